@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the test suite).
+# Both create .venv and install everything on first use; re-running installs nothing new.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SIDA   := $(VENV)/bin/sida
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,dev]'
+	touch $(STAMP)
+
+# Main job (until serving lands): build the small demo bundle and generate a sample grid from it.
+run: setup
+	$(PY) -m models.demo build/demo-bundle
+	$(SIDA) generate --bundle build/demo-bundle --seeds 0-15 --class 3 --out build/demo-grid.png
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,3 @@
+"""sida room: export."""
+
+PROJECT = 'sida'

@@ -1,0 +1,3 @@
+"""What a generator is: preconditioning, UNets, the one-step generator, the bundle, teacher loaders."""
+
+PROJECT = 'sida'

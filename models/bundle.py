@@ -1,0 +1,251 @@
+"""The bundle: sida.json + generator.safetensors, the one contract between train, export and serve.
+
+    bundle/
+      sida.json               format, name, architecture, resolution, channels, space, condition,
+                              init_sigma, sigma_data, provenance, sha256 {file: hex}
+      generator.safetensors   the generator's denoiser weights (EMA), float32 / float16 / bfloat16
+      exports/                written by `sida export` (manifest.json + one folder per runtime)
+
+Every malformed bundle fails with a BundleError naming the file, the field and what was expected.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from models.architecture import ArchitectureError, build_denoiser
+from models.generator import OneStepGenerator
+
+FORMAT = 'sida-bundle/1'
+CONFIG_FILE = 'sida.json'
+WEIGHTS_FILE = 'generator.safetensors'
+SAVE_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+LOADABLE_DTYPES = {'F32', 'F16', 'BF16'}
+
+
+class BundleError(ValueError):
+    def __init__(self, path, field, message):
+        self.path, self.field = str(path), field
+        super().__init__(f'{path}: {field}: {message}' if field else f'{path}: {message}')
+
+
+@dataclasses.dataclass
+class BundleConfig:
+    name: str
+    architecture: dict
+    resolution: int
+    channels: int
+    condition: dict
+    init_sigma: float = 2.5
+    sigma_data: float = 0.5
+    space: str = 'pixel'
+    provenance: dict = dataclasses.field(default_factory=dict)
+    sha256: dict = dataclasses.field(default_factory=dict)
+    format: str = FORMAT
+
+    @property
+    def label_names(self):
+        return list(self.condition.get('labels', [])) if self.condition['kind'] == 'class' else []
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2) + '\n'
+
+
+@dataclasses.dataclass
+class Bundle:
+    path: Path
+    config: BundleConfig
+    generator: OneStepGenerator
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path, data):
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_bundle(path, generator, *, name, condition, provenance=None, dtype='float32', architecture):
+    """Write `generator` (its denoiser's weights) and its config as a bundle directory.
+
+    The weights are written first and the config last (both atomically), so a reader never sees a
+    config whose hash does not describe the weights beside it.
+    """
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f'dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}')
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to('cpu', SAVE_DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in generator.denoiser.state_dict().items()}
+    tmp = path / (WEIGHTS_FILE + '.tmp')
+    save_file(tensors, str(tmp), metadata={'format': FORMAT})
+    os.replace(tmp, path / WEIGHTS_FILE)
+    kwargs = architecture['network_kwargs']
+    config = BundleConfig(
+        name=name, architecture=architecture, resolution=kwargs['img_resolution'], channels=kwargs['in_channels'],
+        condition=condition, init_sigma=generator.init_sigma,
+        sigma_data=architecture.get('precond_kwargs', {}).get('sigma_data', 0.5),
+        provenance=dict(provenance or {}), sha256={WEIGHTS_FILE: sha256_file(path / WEIGHTS_FILE)},
+    )
+    _check_config(path / CONFIG_FILE, config)
+    _atomic_write_bytes(path / CONFIG_FILE, config.to_json().encode())
+    return config
+
+
+def read_config(path):
+    """Parse and check sida.json alone (no weights)."""
+    file = Path(path) / CONFIG_FILE
+    if not Path(path).is_dir():
+        raise BundleError(path, None, 'not a directory; a bundle is a directory holding sida.json and generator.safetensors')
+    if not file.is_file():
+        raise BundleError(file, None, 'missing; a bundle directory must contain sida.json')
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(file, None, f'not valid JSON ({e})') from None
+    if not isinstance(raw, dict):
+        raise BundleError(file, None, 'expected a JSON object')
+    if raw.get('format') != FORMAT:
+        raise BundleError(file, 'format', f'expected {FORMAT!r}, got {raw.get("format")!r}')
+    fields = {f.name: f for f in dataclasses.fields(BundleConfig)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise BundleError(file, unknown[0], f'unknown field; known fields: {sorted(fields)}')
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for name in required:
+        if name not in raw:
+            raise BundleError(file, name, 'missing required field')
+    config = BundleConfig(**raw)
+    _check_config(file, config)
+    return config
+
+
+def _check_config(file, c):
+    def expect(ok, field, message):
+        if not ok:
+            raise BundleError(file, field, message)
+
+    expect(isinstance(c.name, str) and c.name, 'name', 'expected a non-empty string')
+    expect(isinstance(c.resolution, int) and c.resolution > 0, 'resolution', f'expected a positive integer, got {c.resolution!r}')
+    expect(isinstance(c.channels, int) and c.channels > 0, 'channels', f'expected a positive integer, got {c.channels!r}')
+    expect(isinstance(c.init_sigma, (int, float)) and c.init_sigma > 0, 'init_sigma', f'expected a positive number, got {c.init_sigma!r}')
+    expect(isinstance(c.sigma_data, (int, float)) and c.sigma_data > 0, 'sigma_data', f'expected a positive number, got {c.sigma_data!r}')
+    expect(c.space == 'pixel', 'space',
+           f'only "pixel" bundles are supported by this version (latent bundles need a VAE decoder); got {c.space!r}')
+    expect(isinstance(c.provenance, dict), 'provenance', 'expected an object')
+    expect(isinstance(c.sha256, dict), 'sha256', 'expected an object {file: hex digest}')
+    expect(isinstance(c.architecture, dict) and isinstance(c.architecture.get('network_kwargs'), dict), 'architecture',
+           'expected {"precond": ..., "network": ..., "network_kwargs": {...}}')
+
+    kwargs = c.architecture['network_kwargs']
+    expect(kwargs.get('img_resolution') == c.resolution, 'resolution',
+           f'{c.resolution} disagrees with architecture.network_kwargs.img_resolution={kwargs.get("img_resolution")}')
+    expect(kwargs.get('in_channels') == c.channels == kwargs.get('out_channels'), 'channels',
+           f'{c.channels} disagrees with the network in/out channels {kwargs.get("in_channels")}/{kwargs.get("out_channels")}')
+
+    cond = c.condition
+    expect(isinstance(cond, dict) and cond.get('kind') in ('class', 'text', 'none'), 'condition',
+           f'expected {{"kind": "class"|"text"|"none", ...}}, got {cond!r}')
+    label_dim, text_dim = kwargs.get('label_dim', 0), kwargs.get('text_dim', 0)
+    if cond['kind'] == 'class':
+        labels = cond.get('labels')
+        expect(isinstance(labels, list) and all(isinstance(x, str) for x in labels), 'condition.labels',
+               'expected a list of class names')
+        expect(len(labels) == label_dim, 'condition.labels',
+               f'{len(labels)} names but the network has label_dim={label_dim}')
+        expect(len(set(labels)) == len(labels), 'condition.labels', 'class names must be unique')
+    elif cond['kind'] == 'text':
+        expect(isinstance(cond.get('dim'), int) and cond['dim'] == text_dim, 'condition.dim',
+               f'expected the network text_dim={text_dim}, got {cond.get("dim")!r}')
+        expect(isinstance(cond.get('encoder'), str), 'condition.encoder', 'expected the text encoder name or path')
+        expect(isinstance(cond.get('max_tokens'), int) and cond['max_tokens'] > 0, 'condition.max_tokens',
+               'expected a positive integer')
+    else:
+        expect(label_dim == 0 and text_dim == 0, 'condition',
+               f'"none" but the network has label_dim={label_dim}, text_dim={text_dim}')
+
+
+def _safetensors_header(file):
+    """Read the header; report a truncated or corrupt file before safetensors does, in plain words."""
+    size = file.stat().st_size
+    with open(file, 'rb') as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise BundleError(file, None, f'truncated: {size} bytes, too short to hold a safetensors header')
+        (n,) = struct.unpack('<Q', head)
+        if 8 + n > size:
+            raise BundleError(file, None, f'truncated: header declares {n} bytes but the file has {size}')
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BundleError(file, None, 'not a safetensors file (unreadable header)') from None
+    ends = [v['data_offsets'][1] for k, v in header.items() if k != '__metadata__']
+    data_size = size - 8 - n
+    if ends and max(ends) > data_size:
+        raise BundleError(file, None, f'truncated: tensors need {max(ends)} bytes of data, the file holds {data_size}')
+    return {k: v for k, v in header.items() if k != '__metadata__'}
+
+
+def validate_bundle(path, check_hash=True):
+    """Check a bundle completely without loading its weights into memory; return its config."""
+    path = Path(path)
+    config = read_config(path)
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise BundleError(file, None, 'missing; the bundle must contain generator.safetensors')
+    header = _safetensors_header(file)
+    if check_hash:
+        expected = config.sha256.get(WEIGHTS_FILE)
+        if not expected:
+            raise BundleError(path / CONFIG_FILE, f'sha256.{WEIGHTS_FILE}', 'missing; expected the weights\' sha256 hex digest')
+        actual = sha256_file(file)
+        if actual != expected:
+            raise BundleError(file, 'sha256', f'hash mismatch: sida.json says {expected}, the file is {actual} '
+                                              '(corrupted or replaced weights)')
+    try:
+        with torch.device('meta'):
+            denoiser = build_denoiser(config.architecture)
+    except ArchitectureError as e:
+        raise BundleError(path / CONFIG_FILE, 'architecture', str(e)) from None
+    expected = {k: list(v.shape) for k, v in denoiser.state_dict().items()}
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
+    if missing:
+        raise BundleError(file, missing[0], f'missing tensor ({len(missing)} missing in all) for architecture {config.architecture["network"]}')
+    if unexpected:
+        raise BundleError(file, unexpected[0], f'unexpected tensor ({len(unexpected)} in all) for architecture {config.architecture["network"]}')
+    for key, shape in expected.items():
+        if header[key]['shape'] != shape:
+            raise BundleError(file, key, f'shape {header[key]["shape"]}, expected {shape}')
+        if header[key]['dtype'] not in LOADABLE_DTYPES:
+            raise BundleError(file, key, f'dtype {header[key]["dtype"]}, expected one of {sorted(LOADABLE_DTYPES)}')
+    return config
+
+
+def load_bundle(path, device='cpu', dtype=torch.float32, check_hash=True, return_float=False):
+    """Validate, build and load; the generator comes back in eval mode on `device`."""
+    path = Path(path)
+    config = validate_bundle(path, check_hash=check_hash)
+    denoiser = build_denoiser(config.architecture)
+    tensors = {}
+    with safe_open(str(path / WEIGHTS_FILE), framework='pt') as f:
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    denoiser.load_state_dict(state, strict=True)
+    generator = OneStepGenerator(denoiser, init_sigma=config.init_sigma, return_float=return_float)
+    return Bundle(path=path, config=config, generator=generator.eval().requires_grad_(False).to(device))

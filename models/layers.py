@@ -1,0 +1,217 @@
+"""Building blocks shared by the UNets.
+
+Parameter and buffer names follow NVlabs/edm so that official checkpoints load key for key;
+the computations are our own (attention goes through `scaled_dot_product_attention`, which
+PyTorch dispatches to fused kernels on the GPU and ONNX exports as plain matmuls).
+"""
+
+import math
+
+import torch
+from torch.nn.functional import silu
+
+
+def weight_init(shape, mode, fan_in, fan_out):
+    """EDM's initialisers, named by mode."""
+    if mode == 'xavier_uniform':
+        return math.sqrt(6 / (fan_in + fan_out)) * (torch.rand(*shape) * 2 - 1)
+    if mode == 'xavier_normal':
+        return math.sqrt(2 / (fan_in + fan_out)) * torch.randn(*shape)
+    if mode == 'kaiming_uniform':
+        return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
+    if mode == 'kaiming_normal':
+        return math.sqrt(1 / fan_in) * torch.randn(*shape)
+    raise ValueError(f'unknown init mode {mode!r}')
+
+
+class Linear(torch.nn.Module):
+    def __init__(self, in_features, out_features, bias=True, init_mode='kaiming_normal', init_weight=1, init_bias=0):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        fans = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
+        self.weight = torch.nn.Parameter(weight_init([out_features, in_features], **fans) * init_weight)
+        self.bias = torch.nn.Parameter(weight_init([out_features], **fans) * init_bias) if bias else None
+
+    def forward(self, x):
+        w = self.weight.to(x.dtype)
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        return torch.nn.functional.linear(x, w, b)
+
+
+class Conv2d(torch.nn.Module):
+    """Convolution with optional 2x up/downsampling by a separable FIR filter (kernel 0 = resample only)."""
+
+    def __init__(self, in_channels, out_channels, kernel, bias=True, up=False, down=False,
+                 resample_filter=(1, 1), fused_resample=False, init_mode='kaiming_normal', init_weight=1, init_bias=0):
+        if up and down:
+            raise ValueError('Conv2d cannot both upsample and downsample')
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.up = up
+        self.down = down
+        self.fused_resample = fused_resample
+        fans = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
+        self.weight = torch.nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight) if kernel else None
+        self.bias = torch.nn.Parameter(weight_init([out_channels], **fans) * init_bias) if kernel and bias else None
+        f = torch.as_tensor(resample_filter, dtype=torch.float32)
+        f = torch.outer(f, f)[None, None] / f.sum().square()
+        self.register_buffer('resample_filter', f if up or down else None)
+
+    def forward(self, x):
+        conv = torch.nn.functional.conv2d
+        w = self.weight.to(x.dtype) if self.weight is not None else None
+        f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
+        w_pad = w.shape[-1] // 2 if w is not None else 0
+        f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
+
+        if self.fused_resample and self.up and w is not None:
+            x = torch.nn.functional.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
+                                                     groups=self.in_channels, stride=2, padding=max(f_pad - w_pad, 0))
+            x = conv(x, w, padding=max(w_pad - f_pad, 0))
+        elif self.fused_resample and self.down and w is not None:
+            x = conv(x, w, padding=w_pad + f_pad)
+            x = conv(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
+        else:
+            if self.up:
+                x = torch.nn.functional.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
+                                                         groups=self.in_channels, stride=2, padding=f_pad)
+            if self.down:
+                x = conv(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad)
+            if w is not None:
+                x = conv(x, w, padding=w_pad)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        return x
+
+
+class GroupNorm(torch.nn.Module):
+    def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
+        super().__init__()
+        self.num_groups = min(num_groups, num_channels // min_channels_per_group)
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(num_channels))
+        self.bias = torch.nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x):
+        return torch.nn.functional.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+class PositionalEmbedding(torch.nn.Module):
+    """Sinusoidal embedding of the noise label (DDPM++ and ADM); returns [cos | sin]."""
+
+    def __init__(self, num_channels, max_positions=10000, endpoint=False):
+        super().__init__()
+        self.num_channels = num_channels
+        self.max_positions = max_positions
+        self.endpoint = endpoint
+
+    def forward(self, x):
+        half = self.num_channels // 2
+        freqs = torch.arange(half, dtype=torch.float32, device=x.device) / (half - (1 if self.endpoint else 0))
+        freqs = (1 / self.max_positions) ** freqs
+        x = torch.outer(x, freqs.to(x.dtype))
+        return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+class FourierEmbedding(torch.nn.Module):
+    """Random Fourier features of the noise label (NCSN++); returns [cos | sin]."""
+
+    def __init__(self, num_channels, scale=16):
+        super().__init__()
+        self.register_buffer('freqs', torch.randn(num_channels // 2) * scale)
+
+    def forward(self, x):
+        x = torch.outer(x, (2 * math.pi * self.freqs).to(x.dtype))
+        return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+def attention(q, k, v, mask=None):
+    """Softmax attention over [batch*heads, channels, length] tensors, computed in float32 like EDM."""
+    dtype = q.dtype
+    q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).to(dtype)
+
+
+class UNetBlock(torch.nn.Module):
+    """Residual block with optional resampling, self-attention and (for text models) cross-attention.
+
+    Cross-attention is ours, not EDM's: queries from the image, keys/values from the text tokens
+    plus one learned null token, so a caption that is entirely padding still attends somewhere.
+    """
+
+    def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False, attention=False,
+                 num_heads=None, channels_per_head=64, dropout=0, skip_scale=1, eps=1e-5,
+                 resample_filter=(1, 1), resample_proj=False, adaptive_scale=True,
+                 init=None, init_zero=None, init_attn=None, text_dim=0):
+        super().__init__()
+        init = init if init is not None else {}
+        init_zero = init_zero if init_zero is not None else dict(init_weight=0)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.emb_channels = emb_channels
+        self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        self.dropout = dropout
+        self.skip_scale = skip_scale
+        self.adaptive_scale = adaptive_scale
+
+        self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
+        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init)
+        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), **init)
+        self.norm1 = GroupNorm(num_channels=out_channels, eps=eps)
+        self.conv1 = Conv2d(out_channels, out_channels, kernel=3, **init_zero)
+
+        self.skip = None
+        if out_channels != in_channels or up or down:
+            kernel = 1 if resample_proj or out_channels != in_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel=kernel, up=up, down=down, resample_filter=resample_filter, **init)
+
+        if self.num_heads:
+            self.norm2 = GroupNorm(num_channels=out_channels, eps=eps)
+            self.qkv = Conv2d(out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init))
+            self.proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
+
+        self.text_dim = text_dim if self.num_heads else 0
+        if self.text_dim:
+            self.norm3 = GroupNorm(num_channels=out_channels, eps=eps)
+            self.cross_q = Conv2d(out_channels, out_channels, kernel=1, **(init_attn if init_attn is not None else init))
+            self.cross_kv = Linear(text_dim, out_channels * 2, **init)
+            self.cross_null = torch.nn.Parameter(torch.zeros(1, 1, text_dim))
+            self.cross_proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
+
+    def forward(self, x, emb, text=None):
+        orig = x
+        x = self.conv0(silu(self.norm0(x)))
+
+        params = self.affine(emb).unsqueeze(2).unsqueeze(3).to(x.dtype)
+        if self.adaptive_scale:
+            scale, shift = params.chunk(chunks=2, dim=1)
+            x = silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+        else:
+            x = silu(self.norm1(x + params))
+
+        x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
+        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
+
+        if self.num_heads:
+            # EDM's channel layout of qkv is (head, channel, {q,k,v}); keep it for weight compatibility.
+            n, c, h, w = x.shape
+            q, k, v = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
+            x = (self.proj(attention(q, k, v).reshape(n, c, h, w)) + x) * self.skip_scale
+
+        if self.text_dim and text is not None:
+            x = (self.cross_attend(x, *text) + x) * self.skip_scale
+        return x
+
+    def cross_attend(self, x, tokens, keep):
+        n, c, h, w = x.shape
+        heads = self.num_heads
+        tokens = torch.cat([self.cross_null.to(tokens.dtype).expand(n, 1, -1), tokens], dim=1)
+        keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+        q = self.cross_q(self.norm3(x)).reshape(n * heads, c // heads, h * w)
+        kv = self.cross_kv(tokens.to(x.dtype))                                   # [n, L, 2c]
+        k, v = kv.reshape(n, -1, 2, heads, c // heads).permute(2, 0, 3, 4, 1).reshape(2, n * heads, c // heads, -1)
+        mask = keep[:, None, :].repeat_interleave(heads, dim=0)                 # [n*heads, 1, L]
+        return self.cross_proj(attention(q, k, v, mask).reshape(n, c, h, w))

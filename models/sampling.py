@@ -1,0 +1,50 @@
+"""Seeds -> noise and labels, the one way every backend draws them.
+
+Each image's noise comes from its own CPU torch.Generator seeded with the image's seed, so one
+seed gives the same image on every backend, batch size and machine (up to numerics).
+"""
+
+import torch
+
+SEED_MAX = 2 ** 63 - 1
+
+
+def noise_for_seeds(seeds, shape):
+    """[len(seeds), *shape] standard normal float32, one CPU generator per seed."""
+    out = torch.empty(len(seeds), *shape)
+    for i, seed in enumerate(seeds):
+        if not 0 <= int(seed) <= SEED_MAX:
+            raise ValueError(f'seed {seed} out of range 0..{SEED_MAX}')
+        out[i] = torch.randn(*shape, generator=torch.Generator().manual_seed(int(seed)))
+    return out
+
+
+def labels_for_seeds(seeds, num_classes):
+    """A class per seed when the user names none: drawn from a generator seeded by the seed (after its noise stream)."""
+    return torch.tensor([int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(int(s) ^ 0x5EED)))
+                         for s in seeds], dtype=torch.int64)
+
+
+def parse_seeds(text):
+    """'0-63', '1,5,9', '0-3,10' -> list of ints (ranges inclusive)."""
+    seeds = []
+    for part in str(text).split(','):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if '-' in part:
+                lo, hi = (int(x) for x in part.split('-', 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f'bad seed list {text!r}: use numbers and inclusive ranges like 0-63 or 1,5,9') from None
+    if not seeds:
+        raise ValueError(f'bad seed list {text!r}: no seeds')
+    for s in seeds:
+        if not 0 <= s <= SEED_MAX:
+            raise ValueError(f'seed {s} out of range 0..{SEED_MAX}')
+    return seeds

@@ -1,0 +1,3 @@
+"""sida room: serve."""
+
+PROJECT = 'sida'

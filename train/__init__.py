@@ -1,0 +1,3 @@
+"""sida room: train."""
+
+PROJECT = 'sida'

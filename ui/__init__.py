@@ -1,0 +1,3 @@
+"""sida room: ui."""
+
+PROJECT = 'sida'
