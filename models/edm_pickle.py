@@ -145,11 +145,12 @@ def edm_spec_from_init(class_name, init_args, init_kwargs):
     resolution, channels = kwargs.pop('img_resolution'), kwargs.pop('img_channels')
     network_kwargs = dict(img_resolution=resolution, in_channels=channels, out_channels=channels,
                           label_dim=kwargs.pop('label_dim', 0), **kwargs)
-    for key, value in network_kwargs.items():   # numpy scalars and tuples -> JSON-friendly values
-        if isinstance(value, np.generic):
-            network_kwargs[key] = value.item()
-        elif isinstance(value, tuple):
-            network_kwargs[key] = list(value)
+    for kwargs in (precond_kwargs, network_kwargs):   # numpy scalars and tuples -> JSON-friendly values
+        for key, value in kwargs.items():
+            if isinstance(value, np.generic):
+                kwargs[key] = value.item()
+            elif isinstance(value, tuple):
+                kwargs[key] = list(value)
     return {'precond': class_name, 'precond_kwargs': precond_kwargs, 'network': network, 'network_kwargs': network_kwargs}
 
 

@@ -1,0 +1,107 @@
+import pytest
+import torch
+
+from models.architecture import adm, build_denoiser, ddpmpp, ncsnpp
+from tests.conftest import perturb_, tiny_adm, tiny_ddpmpp, tiny_ncsnpp
+
+
+def _inputs(spec, n=2):
+    kw = spec['network_kwargs']
+    res, ch = kw['img_resolution'], kw['in_channels']
+    x = torch.randn(n, ch, res, res)
+    sigma = torch.linspace(0.1, 20, n)
+    labels = torch.nn.functional.one_hot(torch.arange(n) % kw['label_dim'], kw['label_dim']).float() if kw.get('label_dim') else None
+    return x, sigma, labels
+
+
+@pytest.mark.parametrize('make', [tiny_ddpmpp, tiny_ncsnpp, tiny_adm,
+                                  lambda: tiny_ddpmpp(channels=1, label_dim=0, augment_dim=0),
+                                  lambda: tiny_ncsnpp(channel_mult=(1, 2, 2))])
+def test_denoiser_shapes_and_dtype(make):
+    spec = make()
+    net = build_denoiser(spec).eval()
+    x, sigma, labels = _inputs(spec)
+    d = net(x, sigma, labels)
+    assert d.shape == x.shape and d.dtype == torch.float32
+    assert torch.isfinite(d).all()
+
+
+def test_skip_encoder_and_decoder_variants_run():
+    spec = tiny_ddpmpp(channel_mult=(1, 2, 2))
+    spec['network_kwargs'].update(encoder_type='skip', decoder_type='skip')
+    net = build_denoiser(spec).eval()
+    x, sigma, labels = _inputs(spec)
+    assert net(x, sigma, labels).shape == x.shape
+
+
+@pytest.mark.parametrize('make', [tiny_ddpmpp, tiny_adm])
+def test_bottleneck_matches_the_full_pass_and_skips_the_decoder(make):
+    spec = make()
+    net = perturb_(build_denoiser(spec)).eval()
+    x, sigma, labels = _inputs(spec)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in net.model.dec.values()]
+    feat = net(x, sigma, labels, output='bottleneck')
+    assert calls == [], 'encoder-only mode must not run the decoder'
+    for h in hooks:
+        h.remove()
+    d_both, feat_both = net(x, sigma, labels, output='both')
+    torch.testing.assert_close(feat, feat_both)
+    torch.testing.assert_close(d_both, net(x, sigma, labels))
+    res = spec['network_kwargs']['img_resolution'] >> (len(spec['network_kwargs']['channel_mult']) - 1)
+    assert feat.shape[0] == x.shape[0] and feat.shape[2:] == (res, res)
+
+
+def test_cifar10_ddpmpp_bottleneck_is_8x8():
+    spec = ddpmpp(label_dim=10, model_channels=16)   # CIFAR-10 layout, narrower channels to stay fast
+    net = build_denoiser(spec).eval()
+    feat = net(torch.randn(2, 3, 32, 32), torch.tensor([1.0, 2.0]), output='bottleneck')
+    assert feat.mean(dim=1, keepdim=True).shape == (2, 1, 8, 8)
+
+
+def test_text_conditioning_uses_tokens_and_masks_padding():
+    spec = tiny_ddpmpp(label_dim=0, text_dim=24)
+    net = perturb_(build_denoiser(spec), scale=0.1).eval()
+    x, sigma, _ = _inputs(spec)
+    text = torch.randn(2, 1 + 5, 24)
+    text[:, 4:] = 0                                   # rows 4..5 are padding
+    d = net(x, sigma, text_embeds=text)
+    longer = torch.cat([text, torch.zeros(2, 7, 24)], dim=1)
+    torch.testing.assert_close(net(x, sigma, text_embeds=longer), d)   # more padding, same result
+    other = text.clone()
+    other[:, 1] += 1.0                                # change one real token
+    assert (net(x, sigma, text_embeds=other) - d).abs().max() > 1e-4
+    assert torch.isfinite(net(x, sigma, text_embeds=torch.zeros_like(text))).all()  # all padding: null token
+
+
+def test_text_dropout_zeroes_the_whole_condition_in_training():
+    spec = tiny_ddpmpp(label_dim=0, text_dim=8)
+    spec['network_kwargs']['label_dropout'] = 1.0
+    net = perturb_(build_denoiser(spec))
+    x, sigma, _ = _inputs(spec)
+    text = torch.randn(2, 4, 8)
+    net.train()
+    dropped = net(x, sigma, text_embeds=text)
+    net.eval()
+    torch.testing.assert_close(dropped, net(x, sigma, text_embeds=torch.zeros_like(text)))
+
+
+def test_bf16_autocast_runs():
+    spec = tiny_ddpmpp()
+    net = build_denoiser(spec).eval()
+    x, sigma, labels = _inputs(spec)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        d = net(x, sigma, labels)
+    assert d.dtype == torch.float32 and torch.isfinite(d).all()
+
+
+def _count(spec):
+    with torch.device('meta'):
+        return sum(p.numel() for p in build_denoiser(spec).parameters())
+
+
+def test_published_parameter_counts():
+    # EDM (Karras et al. 2022) reports 56M for DDPM++/NCSN++ on CIFAR-10 and 296M for ADM on ImageNet-64.
+    assert round(_count(ddpmpp(label_dim=10)) / 1e6, 1) == 55.7
+    assert round(_count(ncsnpp(label_dim=10)) / 1e6) == 56
+    assert round(_count(adm()) / 1e6, 1) == 295.9
