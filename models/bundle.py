@@ -225,9 +225,9 @@ def validate_bundle(path, check_hash=True):
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
     if missing:
-        raise BundleError(file, missing[0], f'missing tensor ({len(missing)} missing in all) for architecture {config.architecture["network"]}')
+        raise BundleError(file, missing[0], f'missing tensor ({len(missing)} missing in all) for {config.architecture["network"]}')
     if unexpected:
-        raise BundleError(file, unexpected[0], f'unexpected tensor ({len(unexpected)} in all) for architecture {config.architecture["network"]}')
+        raise BundleError(file, unexpected[0], f'unexpected tensor ({len(unexpected)} in all) for {config.architecture["network"]}')
     for key, shape in expected.items():
         if header[key]['shape'] != shape:
             raise BundleError(file, key, f'shape {header[key]["shape"]}, expected {shape}')

