@@ -23,13 +23,14 @@ class Precond(torch.nn.Module):
         raise NotImplementedError
 
     def forward(self, x, sigma, class_labels=None, augment_labels=None, text_embeds=None, output='denoised'):
-        """x: [N,C,H,W] noisy images; sigma: scalar or [N]; class_labels: one-hot [N, label_dim].
+        """x: [N,C,H,W] noisy images (or [N,D] vectors); sigma: scalar or [N]; class_labels: one-hot [N, label_dim].
 
         output='denoised' gives D(x); 'bottleneck' the encoder's last feature map (float32);
         'both' returns (D(x), bottleneck) from a single pass.
         """
         x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
+        per_sample = (x.shape[0],) + (1,) * (x.ndim - 1)   # images [N,1,1,1]; also works for flat data [N,1]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, *per_sample[1:]).expand(per_sample)
         if self.label_dim:
             class_labels = (torch.zeros([x.shape[0], self.label_dim], device=x.device) if class_labels is None
                             else class_labels.to(torch.float32).reshape(-1, self.label_dim))
