@@ -15,7 +15,6 @@ def _make(name, issue):
     return command
 
 
-train = _make('train', 'trainer')
 export = _make('export', 'export')
 serve = _make('serve', 'serve')
 ui = _make('ui', 'ui')

@@ -207,7 +207,7 @@ class Distiller:
                 if gan:
                     loss_gan = adversarial_generator_loss(bottleneck, w, elements).sum() * cfg.loss_scale_g_gan / self.rank_batch
                     loss = 0.5 * loss + 0.5 * loss_gan
-                    totals['loss_g_gan'] += loss_gan.item()
+                    totals['loss_g_gan'] += loss_gan.item() / cfg.loss_scale_g_gan   # logged unscaled, like loss_g
                 loss.backward()
             totals['loss_g'] += loss_sid.sum().item() / self.rank_batch
         sanitize_grads_(self.G.parameters())

@@ -140,7 +140,7 @@ def mode_report(samples, mixture):
 @dataclasses.dataclass
 class ToyConfig:
     method: str = 'sid'
-    iterations: int = 2000
+    iterations: int = 3000
     batch: int = 256
     lr_g: float = 3e-4
     lr_psi: float = 1e-3

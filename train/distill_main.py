@@ -1,0 +1,106 @@
+"""`sida train distill`: assemble teacher, generator, fake score, data and runner; then run."""
+
+import copy
+import dataclasses
+import time
+
+import click
+import torch
+
+from models.bundle import BundleError, load_bundle
+from train import runner
+from train.batches import LabelBatches
+from train.distill import DistillConfig, Distiller
+from train.launch import (
+    condition_of,
+    configure_backends,
+    load_data,
+    load_teacher_any,
+    make_batches,
+    precision_dtype,
+    prepare,
+    sample_grid_writer,
+    setup_runtime,
+    student_bundle_writer,
+    write_json,
+)
+
+
+def main(o):
+    rt = setup_runtime(o['device'])
+    log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
+    if o['method'] in ('sida', 'sid2a') and o['data'] is None:
+        raise click.UsageError(f'--method {o["method"]} needs real images: give --data')
+    if o['method'] == 'sid2a' and o['generator_init'] is None:
+        raise click.UsageError('--method sid2a starts from a SiD generator: give --generator BUNDLE')
+    configure_backends(o['tf32'])
+    try:
+        teacher, spec, bundle_condition = load_teacher_any(o['teacher'], rt.device)
+    except (BundleError, ValueError, FileNotFoundError) as e:
+        raise click.ClickException(f'cannot load the teacher: {e}') from None
+    kw = spec['network_kwargs']
+    shape = (kw['in_channels'], kw['img_resolution'], kw['img_resolution'])
+
+    torch.manual_seed(o['seed'] + rt.rank)     # dropout streams differ per rank, as in the reference
+    generator = copy.deepcopy(teacher).requires_grad_(True)
+    if o['generator_init'] is not None:
+        try:
+            init = load_bundle(o['generator_init'], device=rt.device)
+        except BundleError as e:
+            raise click.ClickException(str(e)) from None
+        if init.config.architecture != spec:
+            raise click.ClickException(f'{o["generator_init"]}: its architecture differs from the teacher\'s')
+        generator.load_state_dict(init.generator.denoiser.state_dict())
+    fake_score = copy.deepcopy(teacher).requires_grad_(True)
+
+    dataset = None
+    if o['data'] is not None:
+        dataset, stream = load_data(o['data'], o['data_prefix'], kw['img_resolution'], kw['in_channels'], o['max_data'],
+                                    rt, o['batch'], o['seed'])
+    condition = condition_of(spec, bundle_condition, dataset.class_names if dataset is not None else None)
+    if dataset is not None:
+        batches = make_batches(dataset, stream, kw.get('label_dim', 0), condition, rt.device)
+    else:
+        if condition['kind'] == 'text':
+            raise click.UsageError('a text-conditioned teacher needs --data with captions (prompts to distil on)')
+        batches = LabelBatches(kw.get('label_dim', 0), o['batch'], o['seed'], rt.rank, rt.world, rt.device)
+
+    cfg = DistillConfig(method=o['method'], alpha=o['alpha'], init_sigma=o['init_sigma'], tmax=o['tmax'], lr_g=o['lr_g'],
+                        lr_psi=o['lr_psi'] or o['lr_g'], batch=o['batch'], batch_gpu=o['batch_gpu'],
+                        loss_scale_g=o['loss_scale_g'], loss_scale_d=o['loss_scale_d'], loss_scale_g_gan=o['loss_scale_g_gan'],
+                        g_warmup_images=o['g_warmup'], gan_start_images=o['gan_start'], ema_halflife_images=o['ema_halflife'],
+                        total_images=o['total_images'], seed=o['seed'],
+                        adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
+    autocast = precision_dtype(o['precision'], rt.device)
+    for net in (teacher, generator, fake_score):
+        prepare(net, rt.device, o['channels_last'], o['compile_'])
+    trainer = Distiller(cfg, teacher, generator, fake_score, batches, shape, device=rt.device, rank=rt.rank, world=rt.world,
+                        autocast_dtype=autocast, ddp=rt.distributed)
+
+    run_cfg = runner.RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
+                               checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
+                               keep_checkpoints=o['keep'], resume=o['resume'])
+    started = time.time()
+    resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_cfg),
+                'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world,
+                'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
+                'precision': str(autocast or 'fp32'), 'data': str(o['data']) if o['data'] else None,
+                'data_prefix': o['data_prefix'], 'channels_last': o['channels_last'], 'compile': o['compile_']}
+    if rt.rank == 0:
+        write_json(o['run_dir'] / 'config.json', resolved)
+        log(f'distilling with {cfg.method} ({rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, '
+            f'{resolved["precision"]}) into {o["run_dir"]}')
+
+    def provenance():
+        return {'method': cfg.method, 'teacher': str(o['teacher']), 'images_seen': trainer.images_seen,
+                'hyperparameters': resolved['distill'], 'per_gpu_batch': resolved['per_gpu_batch'],
+                'precision': resolved['precision'], 'world_size': rt.world, 'wall_seconds': round(time.time() - started)}
+
+    name = f'{o["run_dir"].name}-{cfg.method}'
+    samples = sample_grid_writer(lambda z, c: trainer.generate(trainer.G_ema, z, c), condition, shape, rt.device)
+    runner.run(trainer, run_cfg, student_bundle_writer(trainer, spec, condition, name, provenance, o['save_dtype']),
+               make_samples=samples, rank=rt.rank, log=log)
+    if rt.rank == 0:
+        log(f'done: {trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
+    if rt.distributed:
+        torch.distributed.destroy_process_group()

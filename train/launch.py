@@ -1,0 +1,149 @@
+"""Turning command-line choices into a running trainer: devices, torchrun, models, data, bundles."""
+
+import copy
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from models.architecture import PRESETS, build_denoiser
+from models.bundle import load_bundle, save_bundle
+from models.generator import OneStepGenerator
+from models.images import make_grid, save_png
+from models.sampling import noise_for_seeds
+from models.teachers import load_teacher
+from train.batches import CaptionTable, ImageBatches
+from train.data import DataStream, ImageDataset
+
+
+@dataclasses.dataclass
+class Runtime:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = 'cpu'
+
+    @property
+    def distributed(self):
+        return self.world > 1
+
+
+def setup_runtime(device='auto'):
+    """Single process, or one process per GPU/CPU slot under torchrun (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    rank, local_rank = int(os.environ.get('RANK', '0')), int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda was asked for but CUDA is not available')
+    dev = f'cuda:{local_rank}' if use_cuda else 'cpu'
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group('nccl' if use_cuda else 'gloo')
+    return Runtime(rank, world, local_rank, dev)
+
+
+def precision_dtype(precision, device):
+    if precision == 'auto':
+        precision = 'bf16' if str(device).startswith('cuda') else 'fp32'
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}[precision]
+
+
+def configure_backends(tf32):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+
+
+def prepare(module, device, channels_last=False, compile_=False):
+    module = module.to(device)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if compile_:
+        module.compile()      # in place: state-dict keys stay the same
+    return module
+
+
+def condition_of(spec, bundle_condition=None, class_names=None):
+    """The student's condition record: from the teacher bundle if it has one, else from the data set."""
+    if bundle_condition is not None:
+        return bundle_condition
+    kw = spec['network_kwargs']
+    if kw.get('text_dim'):
+        raise ValueError('a text-conditioned teacher must come as a sida bundle (it names its text encoder)')
+    if kw.get('label_dim'):
+        names = class_names if class_names and len(class_names) == kw['label_dim'] else [str(i) for i in range(kw['label_dim'])]
+        return {'kind': 'class', 'labels': list(names)}
+    return {'kind': 'none'}
+
+
+def load_data(path, prefix, resolution, channels, max_images, runtime, global_batch, seed):
+    dataset = ImageDataset(path, resolution=resolution, channels=channels, prefix=prefix or '', max_images=max_images)
+    stream = DataStream(dataset, global_batch, seed=seed, rank=runtime.rank, world=runtime.world)
+    return dataset, stream
+
+
+def make_batches(dataset, stream, label_dim, condition, device):
+    if label_dim and dataset.label_dim != label_dim:
+        raise ValueError(f'the data set has {dataset.label_dim} classes but the model expects {label_dim}')
+    text_table = None
+    if condition['kind'] == 'text':
+        if dataset.captions is None:
+            raise ValueError('a text-conditioned model needs captions: dataset.json with "captions": [[file, text], ...]')
+        from models.text_encoder import get_text_encoder
+        text_table = CaptionTable(dataset.captions, get_text_encoder(condition['encoder'], condition['max_tokens']))
+    return ImageBatches(stream, device, label_dim, text_table)
+
+
+def sample_grid_writer(net_fn, condition, shape, device, seeds=range(64), text_prompts=None):
+    """A callable writing a PNG grid from fixed seeds (classes cycle through the labels)."""
+    seeds = list(seeds)
+    noise = noise_for_seeds(seeds, shape).to(device)
+    cond = {}
+    if condition['kind'] == 'class':
+        labels = torch.arange(len(seeds)) % len(condition['labels'])
+        cond['class_labels'] = torch.nn.functional.one_hot(labels, len(condition['labels'])).float().to(device)
+    elif condition['kind'] == 'text':
+        from models.text_encoder import get_text_encoder
+        prompts = text_prompts or ['a photo']
+        enc = get_text_encoder(condition['encoder'], condition['max_tokens']).encode(prompts)
+        cond['text_embeds'] = enc[torch.arange(len(seeds)) % len(prompts)].to(device)
+
+    def write(path):
+        from models.generator import to_uint8_nhwc
+        with torch.no_grad():
+            images = to_uint8_nhwc(net_fn(noise, cond)).cpu().numpy()
+        save_png(path, make_grid(images, columns=8))
+    return write
+
+
+def write_json(path, obj):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, default=str) + '\n')
+
+
+def student_bundle_writer(trainer, spec, condition, name, provenance_fn, dtype='float32'):
+    def write(path):
+        g = OneStepGenerator(copy.deepcopy(trainer.G_ema).cpu().float(), init_sigma=trainer.cfg.init_sigma)
+        save_bundle(path, g, name=name, architecture=spec, condition=condition, provenance=provenance_fn(), dtype=dtype)
+    return write
+
+
+def load_teacher_any(path, device):
+    """(denoiser, spec, bundle condition or None)."""
+    path = Path(path)
+    if path.is_dir():
+        bundle = load_bundle(path, device=device)
+        return bundle.generator.denoiser, bundle.config.architecture, bundle.config.condition
+    denoiser, spec = load_teacher(path, device)
+    return denoiser, spec, None
+
+
+def teacher_spec(preset, resolution, channels, label_dim, text_dim, overrides):
+    spec = PRESETS[preset](resolution=resolution, channels=channels, label_dim=label_dim,
+                           **({'text_dim': text_dim} if text_dim else {}), **overrides)
+    build_denoiser(spec)   # fail early on bad kwargs
+    return spec
+

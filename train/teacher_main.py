@@ -1,0 +1,94 @@
+"""`sida train teacher`: an EDM teacher trained with denoising score matching on the user's images."""
+
+import copy
+import dataclasses
+import time
+
+import click
+import torch
+
+from models.architecture import build_denoiser
+from models.bundle import save_bundle
+from models.generator import OneStepGenerator
+from models.sampler import edm_sample
+from train import runner
+from train.data import DataError
+from train.launch import (
+    configure_backends,
+    load_data,
+    make_batches,
+    precision_dtype,
+    prepare,
+    sample_grid_writer,
+    setup_runtime,
+    teacher_spec,
+    write_json,
+)
+from train.teacher import TeacherConfig, TeacherTrainer
+
+
+def main(o):
+    rt = setup_runtime(o['device'])
+    log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
+    if o['data'] is None:
+        raise click.UsageError('a teacher learns from images: give --data')
+    configure_backends(o['tf32'])
+    channels = int(o['img_channels'])
+    try:
+        dataset, stream = load_data(o['data'], o['data_prefix'], o['resolution'], channels, o['max_data'], rt, o['batch'], o['seed'])
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    resolution = o['resolution'] or int(dataset.image(0).shape[-1])
+    if o['cond'] == 'class' and dataset.label_dim == 0:
+        raise click.UsageError(f'{o["data"]}: no labels found (need <class>/<file> folders or dataset.json); use --cond none')
+    label_dim = dataset.label_dim if o['cond'] == 'class' else 0
+    text_dim = 0
+    if o['cond'] == 'text':
+        from models.text_encoder import DEFAULT_ENCODER, get_text_encoder
+        text_dim = get_text_encoder(DEFAULT_ENCODER).dim
+        condition = {'kind': 'text', 'encoder': DEFAULT_ENCODER, 'dim': text_dim, 'max_tokens': 32}
+    elif label_dim:
+        condition = {'kind': 'class', 'labels': list(dataset.class_names)}
+    else:
+        condition = {'kind': 'none'}
+    overrides = dict(model_channels=o['model_channels'], channel_mult=[int(x) for x in o['channel_mult'].split(',')],
+                     num_blocks=o['num_blocks'], attn_resolutions=[int(x) for x in o['attn'].split(',') if x], dropout=o['dropout'])
+    if o['preset'] != 'adm':
+        overrides['augment_dim'] = 0
+    try:
+        spec = teacher_spec(o['preset'], resolution, channels, label_dim, text_dim, overrides)
+    except (TypeError, ValueError) as e:
+        raise click.ClickException(f'bad architecture: {e}') from None
+    batches = make_batches(dataset, stream, label_dim, condition, rt.device)
+
+    torch.manual_seed(o['seed'])
+    net = prepare(build_denoiser(spec), rt.device, o['channels_last'], o['compile_'])
+    cfg = TeacherConfig(lr=o['lr'], lr_rampup_images=o['lr_rampup'], batch=o['batch'], batch_gpu=o['batch_gpu'],
+                        ema_halflife_images=o['ema_halflife'], xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
+    trainer = TeacherTrainer(cfg, net, batches, device=rt.device, rank=rt.rank, world=rt.world,
+                             autocast_dtype=precision_dtype(o['precision'], rt.device), ddp=rt.distributed)
+    run_cfg = runner.RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
+                               checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
+                               keep_checkpoints=o['keep'], resume=o['resume'])
+    started = time.time()
+    resolved = {'command': 'teacher', 'teacher': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_cfg),
+                'architecture': spec, 'condition': condition, 'data': str(o['data']), 'data_prefix': o['data_prefix'],
+                'data_size': len(dataset), 'world_size': rt.world, 'device': rt.device, 'precision': o['precision']}
+    if rt.rank == 0:
+        write_json(o['run_dir'] / 'config.json', resolved)
+        n_params = sum(p.numel() for p in net.parameters())
+        log(f'training a {o["preset"]} teacher ({n_params / 1e6:.1f}M parameters) on {len(dataset):,} images into {o["run_dir"]}')
+
+    def write_bundle(path):
+        net_ema = copy.deepcopy(trainer.ema).cpu().float()
+        save_bundle(path, OneStepGenerator(net_ema), name=f'{o["run_dir"].name}-teacher', architecture=spec, condition=condition,
+                    dtype=o['save_dtype'],
+                    provenance={'method': 'edm-teacher', 'images_seen': trainer.images_seen, 'data': str(o['data']),
+                                'hyperparameters': resolved['teacher'], 'wall_seconds': round(time.time() - started),
+                                'note': 'a denoiser: sample it with the EDM Heun sampler, or distil it with sida train distill'})
+
+    shape = (channels, resolution, resolution)
+    samples = sample_grid_writer(lambda z, c: edm_sample(trainer.ema, z, num_steps=18, **c), condition, shape, rt.device)
+    runner.run(trainer, run_cfg, write_bundle, make_samples=samples, rank=rt.rank, log=log)
+    if rt.distributed:
+        torch.distributed.destroy_process_group()
