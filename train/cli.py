@@ -116,8 +116,9 @@ def teacher(**o):
 @click.option('--iterations', type=click.IntRange(1), default=3000)
 @click.option('--batch', type=click.IntRange(1), default=256)
 @click.option('--biased-teacher', is_flag=True, help='Teacher with uniform mode weights, data with the true ones (SiDA check).')
+@click.option('--gan-scale', type=float, default=0.3, help='SiDA adversarial loss scale (about 1 to pull a biased teacher to the data).')
 @click.option('--seed', type=int, default=0)
-def toy(method, out_dir, iterations, batch, biased_teacher, seed):
+def toy(method, out_dir, iterations, batch, biased_teacher, gan_scale, seed):
     """SiD / SiDA on an 8-Gaussian mixture with an exact teacher (CPU, about a minute).
 
     Writes OUT/metrics.json (sliced Wasserstein before/after, modes covered) and OUT/samples.png.
@@ -126,7 +127,8 @@ def toy(method, out_dir, iterations, batch, biased_teacher, seed):
 
     from train.toy import ToyConfig, run_toy
     with tqdm(total=iterations, unit='it', desc=f'toy {method}') as bar:
-        metrics = run_toy(ToyConfig(method=method, iterations=iterations, batch=batch, biased_teacher=biased_teacher, seed=seed),
+        metrics = run_toy(ToyConfig(method=method, iterations=iterations, batch=batch, biased_teacher=biased_teacher,
+                                    loss_scale_g_gan=gan_scale, seed=seed),
                           out_dir, progress=lambda i, n: bar.update(1))
     click.echo(json.dumps({k: v for k, v in metrics.items() if k != 'mode_frequencies'}, indent=2))
     click.echo(f'wrote {out_dir}/metrics.json and {out_dir}/samples.png')

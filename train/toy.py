@@ -144,12 +144,13 @@ class ToyConfig:
     batch: int = 256
     lr_g: float = 3e-4
     lr_psi: float = 1e-3
-    ema_halflife_images: float = 20_000
-    loss_scale_g_gan: float = 1.0       # the image constant 0.01 is invisible in 2-D (see the spec)
+    ema_halflife_images: float = 100_000
+    loss_scale_g_gan: float = 0.3       # the image constant 0.01 is invisible in 2-D; ~1 moves a biased teacher (spec)
     g_warmup_images: int = 20_000       # SiDA gates, scaled down to the toy's budget
     gan_start_images: int = 40_000
-    pretrain_steps: int = 1500
-    eval_samples: int = 20_000
+    pretrain_steps: int = 3000
+    width: int = 128
+    eval_samples: int = 100_000      # large enough that sampling noise (~0.006 SW) is well below the signal
     snapshots: int = 4
     seed: int = 0
     biased_teacher: bool = False        # SiDA check: teacher with uniform weights, data with the true ones
@@ -162,7 +163,7 @@ def run_toy(cfg, out_dir, progress=None):
     started = time.perf_counter()
     data = Mixture()
     teacher_mixture = Mixture(weights=torch.ones(8)) if cfg.biased_teacher else data
-    teacher_copy = pretrain_teacher_copy(teacher_mixture, steps=cfg.pretrain_steps, seed=cfg.seed)
+    teacher_copy = pretrain_teacher_copy(teacher_mixture, steps=cfg.pretrain_steps, seed=cfg.seed, width=cfg.width)
     G, fake = copy.deepcopy(teacher_copy), copy.deepcopy(teacher_copy)
 
     adversarial = cfg.method != 'sid'
