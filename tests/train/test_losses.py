@@ -96,7 +96,8 @@ def test_nan_samples_are_dropped():
             out[1] = float('nan')
             return out
     x_g = torch.randn(3, 1, 2, 2, requires_grad=True)
-    loss, w, keep, _ = generator_loss(x_g, NaNOnSecond(), Affine(torch.eye(4), torch.zeros(4)).float(), torch.ones(3), torch.randn(3, 1, 2, 2))
+    identity = Affine(torch.eye(4), torch.zeros(4)).float()
+    loss, w, keep, _ = generator_loss(x_g, NaNOnSecond(), identity, torch.ones(3), torch.randn(3, 1, 2, 2))
     assert keep.tolist() == [True, False, True] and loss.shape == (2,) and torch.isfinite(loss).all()
     assert fake_score_loss(NaNOnSecond(), x_g.detach(), torch.ones(3), torch.randn(3, 1, 2, 2)).shape == (2,)
     assert finite_rows(torch.tensor([[1.0], [float('inf')]])).tolist() == [True, False]

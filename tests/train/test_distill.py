@@ -1,0 +1,110 @@
+"""A few real SiD / SiDA steps on a tiny UNet and real CIFAR-10 images, on CPU."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from models.architecture import build_denoiser
+from tests.conftest import perturb_, tiny_ddpmpp
+from train import runner
+from train.batches import ImageBatches, LabelBatches
+from train.data import DataStream, ImageDataset
+from train.distill import DistillConfig, Distiller, ema_beta
+
+BATCH = 8
+
+
+def make_distiller(data_dir, method='sid', seed=0, **overrides):
+    torch.manual_seed(0)
+    teacher = perturb_(build_denoiser(tiny_ddpmpp(dropout=0.0)), scale=0.02).eval()
+    cfg = DistillConfig(method=method, batch=BATCH, lr_g=1e-4, lr_psi=1e-4, seed=seed, total_images=10 * BATCH, **overrides)
+    if data_dir is None:
+        batches = LabelBatches(10, BATCH, seed, 0, 1, 'cpu')
+    else:
+        dataset = ImageDataset(data_dir, resolution=16)
+        batches = ImageBatches(DataStream(dataset, BATCH, seed=seed), 'cpu', label_dim=10)
+    return Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True),
+                     batches, (3, 16, 16))
+
+
+def flat(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+@pytest.mark.parametrize('method', ['sid', 'sida'])
+def test_a_few_steps_train_all_networks(cifar_subset, method):
+    d = make_distiller(cifar_subset, method, g_warmup_images=0, gan_start_images=0)
+    teacher0, g0, f0, ema0 = (flat(m) for m in (d.teacher, d.G, d.fake, d.G_ema))
+    for _ in range(3):
+        stats = d.iteration()
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    assert set(stats) == ({'loss_psi', 'loss_g'} | ({'loss_d', 'loss_g_gan'} if method == 'sida' else set()))
+    assert torch.equal(flat(d.teacher), teacher0)
+    assert not torch.equal(flat(d.G), g0) and not torch.equal(flat(d.fake), f0) and not torch.equal(flat(d.G_ema), ema0)
+    assert d.images_seen == 3 * BATCH
+
+
+def test_data_free_sid_runs_on_labels_alone():
+    d = make_distiller(None, 'sid')
+    assert torch.isfinite(torch.tensor(d.iteration()['loss_g']))
+
+
+def test_sida_gates_generator_and_adversarial_term(cifar_subset):
+    d = make_distiller(cifar_subset, 'sida', g_warmup_images=2 * BATCH, gan_start_images=4 * BATCH)
+    g0 = flat(d.G)
+    seen = [d.iteration() for _ in range(2)]
+    assert torch.equal(flat(d.G), g0) and torch.equal(flat(d.G_ema), g0)   # G bit-identical during the warm-up
+    assert all('loss_g' not in s for s in seen)
+    assert {'loss_g'} <= set(d.iteration()) and 'loss_g_gan' not in d.iteration()
+    assert 'loss_g_gan' in d.iteration()                                    # from 4 batches on
+    assert not torch.equal(flat(d.G), g0)
+
+
+def test_ema_beta_ramp():
+    assert ema_beta(256, 0, 500_000, 0.05) == 0.0                   # first update copies G
+    assert ema_beta(256, 10**8, 500_000, 0.05) == pytest.approx(0.5 ** (256 / 500_000))
+    assert ema_beta(256, 1_000_000, 500_000, 0.05) == pytest.approx(0.5 ** (256 / 50_000))
+
+
+def _train(data_dir, run_dir, total, resume=None):
+    d = make_distiller(data_dir, 'sida', g_warmup_images=BATCH, gan_start_images=2 * BATCH)
+    d.cfg.total_images = total
+    cfg = runner.RunConfig(run_dir=str(run_dir), total_images=total, log_every_images=BATCH, checkpoint_every_images=2 * BATCH,
+                           sample_every_images=0, resume=resume)
+    runner.run(d, cfg, write_bundle=lambda path: path.mkdir(parents=True, exist_ok=True), log=lambda m: None)
+    return d
+
+
+def test_resume_matches_an_uninterrupted_run_exactly(cifar_subset, tmp_path):
+    """Stop after 3 steps, resume to 6: every weight, optimiser moment and the EMA match a straight 6-step run."""
+    straight = _train(cifar_subset, tmp_path / 'a', 6 * BATCH)
+    _train(cifar_subset, tmp_path / 'b', 3 * BATCH)
+    resumed = _train(cifar_subset, tmp_path / 'b', 6 * BATCH, resume='auto')
+    for name in ('G', 'G_ema', 'fake'):
+        assert torch.equal(flat(getattr(resumed, name)), flat(getattr(straight, name))), name
+    for key in ('exp_avg', 'exp_avg_sq'):
+        a = torch.cat([straight.opt_g.state[p][key].flatten() for p in straight.G.parameters() if p in straight.opt_g.state])
+        b = torch.cat([resumed.opt_g.state[p][key].flatten() for p in resumed.G.parameters() if p in resumed.opt_g.state])
+        assert torch.equal(a, b)
+    assert resumed.images_seen == straight.images_seen and resumed.batches.draws == straight.batches.draws
+    log = [json.loads(line) for line in (tmp_path / 'b' / 'log.jsonl').read_text().splitlines()]
+    assert log[-1]['images_seen'] == 6 * BATCH
+
+
+def test_checkpoints_are_bundles_and_pruned(cifar_subset, tmp_path):
+    d = make_distiller(cifar_subset, 'sid')
+    from train.launch import student_bundle_writer
+    writer = student_bundle_writer(d, tiny_ddpmpp(dropout=0.0), {'kind': 'class', 'labels': [str(i) for i in range(10)]},
+                                   'test', lambda: {'method': 'sid'})
+    cfg = runner.RunConfig(run_dir=str(tmp_path), total_images=5 * BATCH, checkpoint_every_images=BATCH, sample_every_images=0,
+                           keep_checkpoints=2)
+    runner.run(d, cfg, writer, log=lambda m: None)
+    names = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+    assert names == ['checkpoint-000000000032', 'checkpoint-000000000040']
+    from models.bundle import load_bundle
+    bundle = load_bundle(tmp_path / 'bundle')
+    assert torch.equal(flat(bundle.generator.denoiser), flat(d.G_ema))
+    load_bundle(tmp_path / 'checkpoints' / names[-1])
+    assert (tmp_path / 'plots' / 'losses.png').exists() and (tmp_path / 'log.jsonl').exists()
