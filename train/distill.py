@@ -117,11 +117,14 @@ class Distiller:
         self.fake_train = self._wrap(self.fake) if ddp else self.fake
         self.rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.images_seen, self.iterations = 0, 0
+        # Teachers trained with EDM's augmentation get 'no augmentation' labels (zeros), as in the reference;
+        # this also keeps map_augment in the graph, which DDP requires of every parameter.
+        augment = getattr(getattr(teacher, 'model', None), 'map_augment', None)
+        self.augment_dim = augment.in_features if augment is not None else 0
 
     def _wrap(self, module):
         from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                                       broadcast_buffers=False)
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
 
     # -- random draws: the global batch on every rank, this rank's slice kept ----------------------------
     def _draw(self, fn, *shape):
@@ -155,6 +158,8 @@ class Distiller:
         return stats
 
     def _micro_batches(self, *tensors, cond):
+        if self.augment_dim:
+            cond = {**cond, 'augment_labels': torch.zeros(self.rank_batch, self.augment_dim, device=self.device)}
         for start in range(0, self.rank_batch, self.micro):
             sl = slice(start, start + self.micro)
             yield [t[sl] if t is not None else None for t in tensors], {k: v[sl] for k, v in cond.items()}, \

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import DataError, DataStream, ImageDataset, StepSampler
 from tests.train.conftest import CIFAR_TAR, CLASSES
+from train.data import DataError, DataStream, ImageDataset, StepSampler
 
 
 def _png(color, size=(12, 8)):
