@@ -82,6 +82,10 @@ def run_options(f):
 @click.option('--loss-scale-g', type=float, default=100.0)
 @click.option('--loss-scale-d', type=float, default=1.0)
 @click.option('--loss-scale-g-gan', type=float, default=0.01)
+@click.option('--metric-features', default=None,
+              help='Quality metric feature network: inception:PATH or classifier:PATH (local TorchScript).')
+@click.option('--metric-every', type=COUNT, default='0', help='Images between quality evaluations (0 = off).')
+@click.option('--metric-samples', type=COUNT, default='10k', help='Generated images per evaluation.')
 @run_options
 def distill(**o):
     """Distil a one-step generator from a diffusion teacher."""

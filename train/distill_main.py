@@ -79,7 +79,7 @@ def main(o):
 
     run_cfg = runner.RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
                                checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
-                               keep_checkpoints=o['keep'], resume=o['resume'])
+                               keep_checkpoints=o['keep'], resume=o['resume'], metric_every_images=o['metric_every'])
     started = time.time()
     resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_cfg),
                 'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world,
@@ -96,11 +96,47 @@ def main(o):
                 'hyperparameters': resolved['distill'], 'per_gpu_batch': resolved['per_gpu_batch'],
                 'precision': resolved['precision'], 'world_size': rt.world, 'wall_seconds': round(time.time() - started)}
 
+    metric = make_metric(o, trainer, dataset, stream if dataset is not None else None, condition, shape, rt) if rt.rank == 0 else None
     name = f'{o["run_dir"].name}-{cfg.method}'
     samples = sample_grid_writer(lambda z, c: trainer.generate(trainer.G_ema, z, c), condition, shape, rt.device)
     runner.run(trainer, run_cfg, student_bundle_writer(trainer, spec, condition, name, provenance, o['save_dtype']),
-               make_samples=samples, rank=rt.rank, log=log)
+               make_samples=samples, metric=metric, rank=rt.rank, log=log)
     if rt.rank == 0:
         log(f'done: {trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
     if rt.distributed:
         torch.distributed.destroy_process_group()
+
+
+def make_metric(o, trainer, dataset, stream, condition, shape, rt):
+    """Frechet distance (+ precision/recall) of G_ema samples against the training data, in the chosen space."""
+    if not o['metric_features'] or not o['metric_every']:
+        return None
+    if dataset is None:
+        raise click.UsageError('--metric-features compares with real images: give --data')
+    from models.generator import to_uint8_nhwc
+    from models.sampling import noise_for_seeds
+    from train.metrics import DataReference, load_features
+    try:
+        features = load_features(o['metric_features'], rt.device)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    real = stream.images if stream.images is not None else dataset.load_all()
+    key = f'{dataset.path}|{o["data_prefix"]}|{len(dataset)}|{dataset.resolution}|{o["max_data"]}'
+    reference = DataReference(features, real, key, cache_dir=o['run_dir'] / 'stats-cache')
+    n = o['metric_samples']
+    noise = noise_for_seeds(range(10**6, 10**6 + n), shape)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.as_tensor(dataset.labels)[torch.randint(len(dataset), (n,), generator=g)] if condition['kind'] == 'class' else None
+    name = features.kind
+
+    def metric():
+        images = []
+        with torch.no_grad():
+            for i in range(0, n, 500):
+                cond = {}
+                if labels is not None:
+                    cond['class_labels'] = torch.nn.functional.one_hot(labels[i:i + 500], len(condition['labels'])).float().to(rt.device)
+                x = trainer.generate(trainer.G_ema, noise[i:i + 500].to(rt.device), cond)
+                images.append(to_uint8_nhwc(x).permute(0, 3, 1, 2).cpu())
+        return reference.compare(torch.cat(images), name)
+    return metric
