@@ -137,3 +137,28 @@ def toy(method, out_dir, iterations, batch, biased_teacher, gan_scale, seed):
                           out_dir, progress=lambda i, n: bar.update(1))
     click.echo(json.dumps({k: v for k, v in metrics.items() if k != 'mode_frequencies'}, indent=2))
     click.echo(f'wrote {out_dir}/metrics.json and {out_dir}/samples.png')
+
+
+@train.command(context_settings=CTX)
+@click.option('--data', required=True, type=click.Path(exists=True, path_type=Path), help='Labelled images (e.g. the CIFAR-10 tarball).')
+@click.option('--train-prefix', default='train', help='Sub-folder of the training split.')
+@click.option('--test-prefix', default='test', help='Sub-folder of the test split.')
+@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option('--epochs', type=click.IntRange(1), default=24)
+@click.option('--width', type=click.IntRange(8), default=64)
+@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
+def classifier(data, train_prefix, test_prefix, out_dir, epochs, width, device):
+    """Train the feature network of the FD-CIFAR metric (a small ResNet; not Inception FID)."""
+    import torch
+
+    from train.classifier import train_classifier
+    from train.data import ImageDataset
+    device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+    splits = []
+    for prefix in (train_prefix, test_prefix):
+        ds = ImageDataset(data, prefix=prefix)
+        if ds.labels is None:
+            _fail(f'{data}/{prefix}: no labels (need <class>/<file> folders or dataset.json)')
+        splits += [ds.load_all(), torch.as_tensor(ds.labels)]
+    info = train_classifier(*splits, out_dir=out_dir, epochs=epochs, width=width, device=device, log=click.echo)
+    click.echo(json.dumps(info, indent=2))
