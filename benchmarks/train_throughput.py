@@ -108,9 +108,11 @@ def main():
         commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip() or None
     except OSError:
         commit = None
-    driver = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'], capture_output=True, text=True).stdout.strip()
+    query = ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader']
+    driver = subprocess.run(query, capture_output=True, text=True).stdout.strip()
     result = {'device': gpu, 'driver': driver, 'torch': torch.__version__, 'commit': commit, 'date': date,
-              'settings': {'network': 'EDM DDPM++ CIFAR-10 cond. (55.7M params)', 'per_gpu_batch': args.batch, 'timed_iterations': args.iters,
+              'settings': {'network': 'EDM DDPM++ CIFAR-10 cond. (55.7M params)', 'per_gpu_batch': args.batch,
+                           'timed_iterations': args.iters,
                            'reference': 'authors\' SiD trainer on this machine kind: 335 img/s fp16 (24.5 GB), 235 img/s fp32'},
               'results': rows}
     out = Path(args.out) / device_name
