@@ -1,3 +1,111 @@
-"""`sida export`: not built yet; the command says so in one line and exits 2."""
+"""`sida export`: ONNX, TensorRT, torch.compile and Triton repositories, each behind the parity gate."""
 
-from sida.not_built import export  # noqa: F401
+import json
+from pathlib import Path
+
+import click
+
+CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+BUNDLE = click.option('--bundle', 'bundle_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
+                      help='Bundle directory; exports go to BUNDLE/exports/ and exports/manifest.json.')
+FORCE = click.option('--force', is_flag=True, help='Keep an export that fails the parity gate (the manifest records it).')
+
+
+def precision_option(choices, default):
+    return click.option('--precision', type=click.Choice(choices), default=default,
+                        help='Precision of the network body (I/O stays float32/uint8).')
+
+
+def _run(fn, *args, **kwargs):
+    """Run an export; every expected failure becomes one line and a non-zero exit."""
+    from export.onnx_export import ExportError
+    from export.parity import ParityError
+    from models.bundle import BundleError
+    try:
+        return fn(*args, **kwargs)
+    except (BundleError, ExportError, ParityError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _summary(entry):
+    parity = entry.get('parity') or {}
+    worst = max((r.get('max_abs_float', 0) for r in parity.get('batches', [])), default=None)
+    return {k: entry.get(k) for k in ('runtime', 'file', 'precision', 'exporter', 'forced')} | {
+        'parity_passed': parity.get('passed'), 'worst_max_abs_float': worst}
+
+
+@click.group(context_settings=CTX)
+def export():
+    """Export a bundle's generator; every export is checked against eager PyTorch (the parity gate)."""
+
+
+@export.command(context_settings=CTX)
+@BUNDLE
+@precision_option(['fp32', 'fp16', 'bf16'], 'fp32')
+@click.option('--opset', type=int, default=18, help='ONNX opset (17 or newer).')
+@click.option('--exporter', type=click.Choice(['dynamo', 'torchscript']), default='dynamo',
+              help='dynamo (current) falls back to torchscript only if it fails, and says so.')
+@FORCE
+def onnx(bundle_dir, precision, opset, exporter, force):
+    """ONNX graph (dynamic batch) checked with ONNX Runtime at batch 1, 3 and 8."""
+    from export.onnx_export import export_onnx
+    entry = _run(export_onnx, bundle_dir, precision, opset, force, exporter=exporter, log=click.echo)
+    click.echo(json.dumps(_summary(entry), indent=2))
+
+
+@export.command(name='compile', context_settings=CTX)
+@BUNDLE
+@precision_option(['fp32', 'fp16', 'bf16'], None)
+@click.option('--mode', default=None, help='torch.compile mode [default: max-autotune on CUDA, default on CPU].')
+@click.option('--buckets', default='1,8,64,256', help='Batch sizes to compile and check (a server pads up to these).')
+@click.option('--device', type=click.Choice(['cuda', 'cpu']), default=None, help='[default: cuda if available]')
+@FORCE
+def compile_(bundle_dir, precision, mode, buckets, device, force):
+    """torch.compile the generator (CUDA graphs, bf16 on GPU) and check it like a file export."""
+    from export.compiled import export_compiled
+    entry = _run(export_compiled, bundle_dir, precision, mode, tuple(int(b) for b in buckets.split(',')), device, force)
+    click.echo(json.dumps(_summary(entry), indent=2))
+
+
+@export.command(context_settings=CTX)
+@BUNDLE
+@precision_option(['fp32', 'fp16', 'bf16', 'fp8'], 'fp16')
+@click.option('--min-batch', type=click.IntRange(1), default=1)
+@click.option('--opt-batch', type=click.IntRange(1), default=8)
+@click.option('--max-batch', type=click.IntRange(1), default=64)
+@click.option('--workspace-gib', type=float, default=8.0, help='Builder workspace limit.')
+@click.option('--via', type=click.Choice(['onnx', 'torch-tensorrt']), default='onnx')
+@FORCE
+def tensorrt(bundle_dir, precision, min_batch, opt_batch, max_batch, workspace_gib, via, force):
+    """Serialized TensorRT engine (one optimisation profile over the batch axis). Needs TensorRT (Docker image)."""
+    from export.tensorrt_export import export_tensorrt
+    entry = _run(export_tensorrt, bundle_dir, precision, min_batch, opt_batch, max_batch, via, workspace_gib, force, log=click.echo)
+    click.echo(json.dumps(_summary(entry), indent=2))
+
+
+@export.command(name='triton-repo', context_settings=CTX)
+@BUNDLE
+@click.option('--out', required=True, type=click.Path(file_okay=False, path_type=Path), help='Model repository directory.')
+@click.option('--runtime', type=click.Choice(['onnxruntime', 'tensorrt', 'python']), default='onnxruntime')
+@click.option('--name', default=None, help='Model name [default: the bundle name].')
+@click.option('--max-batch', type=click.IntRange(1), default=64)
+@click.option('--instances', type=click.IntRange(1), default=1, help='Model instances (instance_group count).')
+@click.option('--kind', type=click.Choice(['KIND_GPU', 'KIND_CPU']), default=None, help='[default: GPU, CPU for python]')
+@click.option('--precision', type=click.Choice(['fp32', 'fp16', 'bf16']), default='fp32', help='Which export to package.')
+def triton_repo(bundle_dir, out, runtime, name, max_batch, instances, kind, precision):
+    """A Triton model repository (config.pbtxt validated with Triton's own protobuf)."""
+    from export.triton_repo import write_triton_repo
+    model_dir = _run(write_triton_repo, bundle_dir, out, runtime, name, max_batch, instances, kind, precision, log=click.echo)
+    click.echo(f'wrote {model_dir} (serve it: tritonserver --model-repository {out})')
+
+
+@export.command(context_settings=CTX)
+@BUNDLE
+def verify(bundle_dir):
+    """Re-run the parity gate of the recorded ONNX exports against the bundle as it is now."""
+    from export.verify import verify_exports
+    results = _run(verify_exports, bundle_dir)
+    click.echo(json.dumps({k: {'passed': v['passed'], **({'reason': v['reason']} if 'reason' in v else {})}
+                           for k, v in results.items()}, indent=2))
+    if not all(v['passed'] for v in results.values()):
+        raise click.ClickException('some exports no longer match the bundle')

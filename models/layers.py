@@ -130,9 +130,10 @@ class FourierEmbedding(torch.nn.Module):
 def attention(q, k, v, mask=None):
     """Softmax attention over [batch*heads, channels, length] tensors, computed in float32 like EDM."""
     dtype = q.dtype
-    q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.transpose(1, 2).to(dtype)
+    # A leading singleton axis makes the inputs 4-D, the layout every ONNX exporter lowers.
+    q, k, v = (t.transpose(1, 2).float().unsqueeze(0) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.unsqueeze(0))
+    return out.squeeze(0).transpose(1, 2).to(dtype)
 
 
 class UNetBlock(torch.nn.Module):

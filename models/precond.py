@@ -18,6 +18,9 @@ class Precond(torch.nn.Module):
         super().__init__()
         self.model = model
         self.label_dim = label_dim
+        # The network body may run in half precision (exports, EDM's use_fp16); the preconditioning
+        # and the output stay float32. Not a weight: it is chosen at run/export time.
+        self.compute_dtype = torch.float32
 
     def coefficients(self, sigma):
         raise NotImplementedError
@@ -35,8 +38,10 @@ class Precond(torch.nn.Module):
             class_labels = (torch.zeros([x.shape[0], self.label_dim], device=x.device) if class_labels is None
                             else class_labels.to(torch.float32).reshape(-1, self.label_dim))
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        result = self.model(c_in * x, c_noise.flatten(), class_labels=class_labels, augment_labels=augment_labels,
-                            text_embeds=text_embeds, output=output)
+        half = self.compute_dtype != torch.float32
+        cast = (lambda t: t.to(self.compute_dtype) if t is not None else None) if half else (lambda t: t)
+        result = self.model(cast(c_in * x), cast(c_noise.flatten()), class_labels=cast(class_labels),
+                            augment_labels=cast(augment_labels), text_embeds=cast(text_embeds), output=output)
         if output == 'bottleneck':
             return result.to(torch.float32)
         F_x, bottleneck = result if output == 'both' else (result, None)

@@ -15,7 +15,6 @@ def _make(name, issue):
     return command
 
 
-export = _make('export', 'export')
 serve = _make('serve', 'serve')
 ui = _make('ui', 'ui')
 bench = _make('bench', 'bench')

@@ -65,7 +65,8 @@ class EDMPickler(pickle.Pickler):
         name = type(obj).__name__
         if name not in EDM_PERSISTENT or isinstance(obj, type):
             return NotImplemented
-        state = dict(obj.__dict__)
+        # EDM's modules have no compute_dtype/text_dim (ours only): leave them out, as an EDM pickle would.
+        state = {k: v for k, v in obj.__dict__.items() if k not in ('compute_dtype', 'text_dim')}
         state['_init_args'] = ()
         # EDM records numpy scalars among the blocks' kwargs (e.g. skip_scale=np.sqrt(0.5)); so do we.
         state['_init_kwargs'] = self.top_init_kwargs if obj is self.top else {'skip_scale': np.sqrt(0.5)}
