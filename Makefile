@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,dev]'
+	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,export,serve,dev]'
 	touch $(STAMP)
 
 # Main job (until serving lands): build the small demo bundle and generate a sample grid from it.

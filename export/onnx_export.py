@@ -56,7 +56,8 @@ def io_spec(config):
     if config.condition['kind'] == 'class':
         inputs.append({'name': 'class_labels', 'dtype': 'int64', 'shape': ['N']})
     elif config.condition['kind'] == 'text':
-        inputs.append({'name': 'text_embeds', 'dtype': 'float32', 'shape': ['N', 1 + config.condition['max_tokens'], config.condition['dim']]})
+        tokens, dim = 1 + config.condition['max_tokens'], config.condition['dim']
+        inputs.append({'name': 'text_embeds', 'dtype': 'float32', 'shape': ['N', tokens, dim]})
     outputs = [{'name': 'images', 'dtype': 'uint8', 'shape': ['N', r, r, 3]},
                {'name': 'images_float', 'dtype': 'float32', 'shape': ['N', c, r, r]}]
     return inputs, outputs

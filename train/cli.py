@@ -60,6 +60,8 @@ def run_options(f):
         click.option('--resume', default=None, help='"auto" (newest checkpoint in --out) or a checkpoint directory.'),
         click.option('--save-dtype', type=click.Choice(['float32', 'float16', 'bfloat16']), default='float32',
                      help='Weight dtype of the written bundles.'),
+        click.option('--export', 'exports', default='', help='After training, export the final bundle: any of '
+                     'onnx, onnx-fp16, compile, triton-repo (comma-separated), each behind the parity gate.'),
     ]):
         f = option(f)
     return f

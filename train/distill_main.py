@@ -14,9 +14,11 @@ from train.distill import DistillConfig, Distiller
 from train.launch import (
     condition_of,
     configure_backends,
+    export_after_training,
     load_data,
     load_teacher_any,
     make_batches,
+    parse_exports,
     precision_dtype,
     prepare,
     sample_grid_writer,
@@ -27,6 +29,10 @@ from train.launch import (
 
 
 def main(o):
+    try:
+        targets = parse_exports(o['exports'])
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint='--export') from None
     rt = setup_runtime(o['device'])
     log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
     if o['method'] in ('sida', 'sid2a') and o['data'] is None:
@@ -103,6 +109,12 @@ def main(o):
                make_samples=samples, metric=metric, rank=rt.rank, log=log)
     if rt.rank == 0:
         log(f'done: {trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
+    if rt.rank == 0 and targets and (o['run_dir'] / 'bundle').is_dir():
+        try:
+            export_after_training(o['run_dir'] / 'bundle', targets, log=log)
+        except Exception as e:   # the trained bundle is safe on disk; say what failed and how to retry
+            raise click.ClickException(f'training finished but export failed: {e} (retry with `sida export ... --bundle '
+                                       f'{o["run_dir"] / "bundle"}`)') from None
     if rt.distributed:
         torch.distributed.destroy_process_group()
 

@@ -147,3 +147,31 @@ def teacher_spec(preset, resolution, channels, label_dim, text_dim, overrides):
     build_denoiser(spec)   # fail early on bad kwargs
     return spec
 
+
+
+EXPORT_TARGETS = ('onnx', 'onnx-fp16', 'compile', 'triton-repo')
+
+
+def parse_exports(text):
+    targets = [t.strip() for t in text.split(',') if t.strip()]
+    unknown = sorted(set(targets) - set(EXPORT_TARGETS))
+    if unknown:
+        raise ValueError(f'unknown --export target(s) {unknown}; choose from {", ".join(EXPORT_TARGETS)}')
+    return targets
+
+
+def export_after_training(bundle_dir, targets, log=print):
+    """Train-then-export: the same exports (and parity gates) as `sida export`, on the final bundle."""
+    from export.compiled import export_compiled
+    from export.onnx_export import export_onnx
+    from export.triton_repo import write_triton_repo
+    for target in targets:
+        if target in ('onnx', 'onnx-fp16'):
+            entry = export_onnx(bundle_dir, 'fp16' if target == 'onnx-fp16' else 'fp32', log=log)
+            log(f'exported {entry["file"]} (parity passed: {entry["parity"]["passed"]})')
+        elif target == 'compile':
+            entry = export_compiled(bundle_dir)
+            log(f'torch.compile checked (parity passed: {entry["parity"]["passed"]})')
+        elif target == 'triton-repo':
+            model_dir = write_triton_repo(bundle_dir, Path(bundle_dir).parent / 'triton-repo', 'onnxruntime', log=log)
+            log(f'wrote Triton repository {model_dir.parent}')

@@ -15,8 +15,10 @@ from train import runner
 from train.data import DataError
 from train.launch import (
     configure_backends,
+    export_after_training,
     load_data,
     make_batches,
+    parse_exports,
     precision_dtype,
     prepare,
     sample_grid_writer,
@@ -28,6 +30,10 @@ from train.teacher import TeacherConfig, TeacherTrainer
 
 
 def main(o):
+    try:
+        targets = parse_exports(o['exports'])
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint='--export') from None
     rt = setup_runtime(o['device'])
     log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
     if o['data'] is None:
@@ -90,5 +96,11 @@ def main(o):
     shape = (channels, resolution, resolution)
     samples = sample_grid_writer(lambda z, c: edm_sample(trainer.ema, z, num_steps=18, **c), condition, shape, rt.device)
     runner.run(trainer, run_cfg, write_bundle, make_samples=samples, rank=rt.rank, log=log)
+    if rt.rank == 0 and targets and (o['run_dir'] / 'bundle').is_dir():
+        try:
+            export_after_training(o['run_dir'] / 'bundle', targets, log=log)
+        except Exception as e:   # the trained bundle is safe on disk; say what failed and how to retry
+            raise click.ClickException(f'training finished but export failed: {e} (retry with `sida export ... --bundle '
+                                       f'{o["run_dir"] / "bundle"}`)') from None
     if rt.distributed:
         torch.distributed.destroy_process_group()

@@ -29,8 +29,11 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     student = tmp_path / 'student'
     r = sida('train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out', student,
              '--images', '48', '--batch', '8', '--g-warmup', '16', '--gan-start', '32', '--log-every', '16', '--sample-every', '48',
-             '--checkpoint-every', '24', '--save-dtype', 'bfloat16')
+             '--checkpoint-every', '24', '--save-dtype', 'bfloat16', '--export', 'onnx,triton-repo')
     assert r.returncode == 0, r.stderr
+    manifest = json.loads((student / 'bundle' / 'exports' / 'manifest.json').read_text())['exports']
+    assert manifest['onnx-fp32']['parity']['passed'] and 'triton-onnxruntime' in manifest
+    assert (student / 'triton-repo' / 'student-sida' / 'config.pbtxt').exists()
     bundle = load_bundle(student / 'bundle')
     assert bundle.config.provenance['method'] == 'sida' and bundle.config.provenance['images_seen'] == 48
     assert bundle.config.condition == config.condition
@@ -54,6 +57,7 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--method', 'sid'], 'cannot load the teacher'),
     (['train', 'teacher', '--out', 'x'], 'give --data'),
     (['train', 'distill', '--teacher', '.', '--out', 'x', '--images', 'lots'], 'not a count'),
+    (['train', 'distill', '--teacher', '.', '--out', 'x', '--export', 'gif'], "unknown --export target(s) ['gif']"),
 ])
 def test_bad_invocations_fail_with_a_reason(tmp_path, args, fragment):
     r = subprocess.run([SIDA, *args], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
