@@ -1,3 +1,62 @@
-"""`sida serve`: not built yet; the command says so in one line and exits 2."""
+"""`sida serve`: the HTTP API (and, later, the UI) on one or more bundles."""
 
-from sida.not_built import serve  # noqa: F401
+import logging
+from pathlib import Path
+
+import click
+
+CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+ZOO = Path(__file__).resolve().parents[1] / 'models' / 'zoo'
+DEMO = Path.home() / '.cache' / 'sida' / 'demo-untrained-ddpmpp'
+
+
+def default_bundles(log):
+    """The bundled zoo; until it ships, a tiny untrained demo model built on first start (said out loud)."""
+    zoo = sorted(p for p in ZOO.glob('*') if (p / 'sida.json').is_file()) if ZOO.is_dir() else []
+    if zoo:
+        return [str(p) for p in zoo]
+    if not (DEMO / 'sida.json').is_file():
+        from models.demo import make_demo_bundle
+        make_demo_bundle(DEMO)
+    log(f'no zoo models are installed yet: serving the small UNTRAINED demo bundle {DEMO} (its images are noise)')
+    return [str(DEMO)]
+
+
+@click.command(context_settings=CTX)
+@click.option('--bundle', 'bundles', multiple=True, type=click.Path(exists=True, file_okay=False),
+              help='Bundle to serve (repeat for several; the first is the default). [default: the zoo]')
+@click.option('--backend', default=None, help='auto | torch | torch-bf16 | compile | onnxruntime | triton  [default: auto]')
+@click.option('--triton-url', default=None, help='External Triton server for --backend triton.')
+@click.option('--host', default=None, help='Bind address [default: 127.0.0.1].')
+@click.option('--port', type=int, default=None, help='[default: 8000]')
+@click.option('--max-batch', type=int, default=None, help='Images per backend call [default: 32].')
+@click.option('--max-delay-ms', type=float, default=None, help='Batching window [default: 5].')
+@click.option('--max-queue-images', type=int, default=None, help='Queue bound before 429 [default: 256].')
+@click.option('--max-n', type=int, default=None, help='Images per request [default: 16].')
+@click.option('--api-key', 'api_keys', multiple=True, help='Require this Bearer key (repeatable).')
+@click.option('--api-keys-file', default=None, help='File with one API key per line.')
+@click.option('--rate-limit', 'rate_limit_per_minute', type=int, default=None, help='Requests per minute per key (0 = off).')
+@click.option('--config', 'config_file', type=click.Path(exists=True, dir_okay=False), default=None,
+              help='Settings file (TOML, YAML or JSON); SIDA_* environment variables work too.')
+@click.option('--no-warmup', is_flag=True, help='Skip the warm-up generation at start.')
+def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
+          api_keys_file, rate_limit_per_minute, config_file, no_warmup):
+    """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from serve.app import create_app
+    from serve.settings import load_settings
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url, host=host,
+                                 port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue_images=max_queue_images,
+                                 max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
+                                 rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise click.ClickException(f'bad setting {".".join(map(str, first["loc"]))}: {first["msg"]}') from None
+    if not settings.bundles:
+        settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
+    click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} (docs at /docs)', err=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level='warning')

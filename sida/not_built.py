@@ -15,6 +15,5 @@ def _make(name, issue):
     return command
 
 
-serve = _make('serve', 'serve')
 ui = _make('ui', 'ui')
 bench = _make('bench', 'bench')

@@ -1,0 +1,182 @@
+"""Backends: one way to turn (noise, condition) into images, for each runtime.
+
+Every backend takes the contract's inputs as CPU tensors ({'noise', 'class_labels' | 'text_embeds'}) and
+returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the host from the seeds, so a
+seed gives the same image on every backend (up to the runtime's precision).
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.manifest import read_manifest
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot run here (missing library, missing export, stale export); the message says why."""
+
+
+class Backend:
+    name = 'base'
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+        self.config = bundle.config
+        self.device, self.precision, self.warm = 'cpu', 'fp32', False
+        self.warmup_seconds = None
+
+    def generate(self, inputs):
+        raise NotImplementedError
+
+    def warmup(self, batch_sizes=(1,)):
+        from export.parity import parity_inputs
+        started = time.perf_counter()
+        for b in batch_sizes:
+            self.generate(parity_inputs(self.config, b, text_encoder=_ZeroText(self.config)))
+        self.warmup_seconds = round(time.perf_counter() - started, 3)
+        self.warm = True
+
+    def describe(self):
+        return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'warm': self.warm,
+                'warmup_seconds': self.warmup_seconds}
+
+
+class _ZeroText:
+    """Warm-up needs the right shapes, not real prompts: zero text embeddings (all padding)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def encode(self, prompts):
+        c = self.config.condition
+        return torch.zeros(len(prompts), 1 + c['max_tokens'], c['dim'])
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch; bf16 autocast on CUDA when asked."""
+
+    name = 'torch'
+
+    def __init__(self, bundle, device=None, precision='fp32'):
+        super().__init__(bundle)
+        self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        self.precision = precision
+        self.generator = bundle.generator.to(self.device).eval()
+        self.generator.return_float = False
+
+    @torch.inference_mode()
+    def generate(self, inputs):
+        feeds = {k: v.to(self.device) for k, v in inputs.items()}
+        if self.precision == 'bf16':
+            with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16):
+                return self.generator(**feeds).cpu().numpy()
+        return self.generator(**feeds).cpu().numpy()
+
+
+class CompiledBackend(TorchBackend):
+    """torch.compile with static shapes: batches are padded up to the next bucket, never recompiled under load."""
+
+    name = 'compile'
+
+    def __init__(self, bundle, device=None, precision=None, buckets=(1, 8, 64), mode=None):
+        from export.compiled import compile_generator
+        device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        precision = precision or ('bf16' if device == 'cuda' else 'fp32')
+        Backend.__init__(self, bundle)
+        self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
+        self.generator = compile_generator(bundle.generator, precision, mode or ('max-autotune' if device == 'cuda' else 'default'),
+                                           device)
+
+    def warmup(self, batch_sizes=None):
+        super().warmup(self.buckets)
+
+    @torch.inference_mode()
+    def generate(self, inputs):
+        n = len(inputs['noise'])
+        out = []
+        for start in range(0, n, self.buckets[-1]):
+            chunk = {k: v[start:start + self.buckets[-1]] for k, v in inputs.items()}
+            m = len(chunk['noise'])
+            bucket = next(b for b in self.buckets if b >= m)
+            padded = {k: torch.cat([v, v[-1:].expand(bucket - m, *v.shape[1:])]) if bucket > m else v for k, v in chunk.items()}
+            images, _ = self.generator(**{k: v.to(self.device) for k, v in padded.items()})
+            out.append(images[:m].cpu().numpy())
+        return np.concatenate(out)
+
+
+class OnnxBackend(Backend):
+    """ONNX Runtime on the bundle's recorded ONNX export (refused if the bundle changed since)."""
+
+    name = 'onnxruntime'
+
+    def __init__(self, bundle, precision='fp32'):
+        super().__init__(bundle)
+        entry = read_manifest(bundle.path)['exports'].get(f'onnx-{precision}')
+        if entry is None:
+            raise BackendUnavailable(f'{bundle.path}: no {precision} ONNX export; run `sida export onnx --bundle {bundle.path}`')
+        if entry.get('bundle_sha256') != bundle.config.sha256:
+            raise BackendUnavailable(f'{bundle.path}: the ONNX export is stale (bundle weights changed); export again')
+        if not entry['parity']['passed']:
+            raise BackendUnavailable(f'{bundle.path}: the ONNX export failed its parity gate (kept with --force); not serving it')
+        from export.onnx_export import ort_session
+        self.session = ort_session(Path(bundle.path) / entry['file'])
+        self.device = 'cuda' if 'CUDAExecutionProvider' in self.session.get_providers() else 'cpu'
+        self.precision = precision
+
+    def generate(self, inputs):
+        return self.session.run(['images'], {k: v.numpy() for k, v in inputs.items()})[0]
+
+
+class TritonBackend(Backend):
+    """A client of a running Triton server (HTTP, KServe v2) serving this bundle's model."""
+
+    name = 'triton'
+
+    def __init__(self, bundle, url, model=None):
+        super().__init__(bundle)
+        try:
+            import tritonclient.http as httpclient
+        except ImportError:
+            raise BackendUnavailable('the triton backend needs tritonclient: pip install "tritonclient[http]"') from None
+        self.httpclient = httpclient
+        self.client = httpclient.InferenceServerClient(url.replace('http://', ''))
+        self.model = model or bundle.config.name
+        self.device, self.url = f'triton:{url}', url
+
+    def generate(self, inputs):
+        dtypes = {'noise': 'FP32', 'class_labels': 'INT64', 'text_embeds': 'FP32'}
+        feeds = []
+        for name, tensor in inputs.items():
+            array = tensor.numpy()
+            if name == 'class_labels':
+                array = array.reshape(-1, 1)            # Triton's [N, 1] view of a per-sample scalar
+            feeds.append(self.httpclient.InferInput(name, list(array.shape), dtypes[name]))
+            feeds[-1].set_data_from_numpy(array)
+        outputs = [self.httpclient.InferRequestedOutput('images')]
+        return self.client.infer(self.model, feeds, outputs=outputs).as_numpy('images')
+
+
+def make_backend(name, bundle, triton_url=None, device=None):
+    """auto: the fastest that works here (compile on CUDA, else a verified ONNX export, else eager torch)."""
+    if name == 'torch':
+        return TorchBackend(bundle, device)
+    if name == 'torch-bf16':
+        return TorchBackend(bundle, device, precision='bf16')
+    if name == 'compile':
+        return CompiledBackend(bundle, device)
+    if name == 'onnxruntime':
+        return OnnxBackend(bundle)
+    if name == 'triton':
+        if not triton_url:
+            raise BackendUnavailable('the triton backend needs --triton-url')
+        return TritonBackend(bundle, triton_url)
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return CompiledBackend(bundle, device)
+        try:
+            return OnnxBackend(bundle)
+        except BackendUnavailable:
+            return TorchBackend(bundle, device)
+    raise BackendUnavailable(f'unknown backend {name!r}; choose auto, torch, torch-bf16, compile, onnxruntime or triton')

@@ -1,0 +1,136 @@
+"""The async micro-batcher: coalesce concurrent requests into one backend call.
+
+Requests (each a few images) wait in a bounded queue; a worker takes as many as fit in `max_batch`
+images, waiting at most `max_delay_ms` for company after the first arrives, runs the backend in a
+thread (the event loop keeps serving), and hands each request its slice. A full queue refuses new
+work at once (the API answers 429 + Retry-After); a request whose client went away is skipped.
+"""
+
+import asyncio
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after):
+        super().__init__(f'queue full; retry after {retry_after}s')
+        self.retry_after = retry_after
+
+
+class BackendFailed(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Job:
+    inputs: dict
+    future: asyncio.Future
+    enqueued: float
+    size: int
+
+
+@dataclasses.dataclass
+class BatchStats:
+    batches: int = 0
+    images: int = 0
+    last_batch_size: int = 0
+    failures: int = 0
+
+
+class MicroBatcher:
+    def __init__(self, backend, max_batch=32, max_delay_ms=5.0, max_queue_images=256, on_batch=None):
+        self.backend, self.max_batch, self.max_delay = backend, max_batch, max_delay_ms / 1000
+        self.max_queue_images = max_queue_images
+        self.queue = asyncio.Queue()
+        self.queued_images = 0
+        self.stats = BatchStats()
+        self.on_batch = on_batch            # callback(batch_size, seconds) for metrics
+        self.healthy = True
+        self._worker = None
+        self._lock = asyncio.Lock()
+
+    def start(self):
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self):
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+
+    async def submit(self, inputs):
+        """inputs: dict of CPU tensors with a leading batch axis. Returns (images, queue_s, run_s)."""
+        size = len(inputs['noise'])
+        if size > self.max_batch:
+            parts = [{k: v[i:i + self.max_batch] for k, v in inputs.items()} for i in range(0, size, self.max_batch)]
+            results = await asyncio.gather(*(self.submit(p) for p in parts))
+            return np.concatenate([r[0] for r in results]), max(r[1] for r in results), sum(r[2] for r in results)
+        if self.queued_images + size > self.max_queue_images:
+            raise QueueFull(retry_after=max(1, round(self.max_queue_images / max(self.max_batch, 1) * 0.05)))
+        future = asyncio.get_running_loop().create_future()
+        self.queued_images += size
+        await self.queue.put(Job(inputs, future, time.perf_counter(), size))
+        return await future
+
+    async def _run(self):
+        while True:
+            first = await self.queue.get()
+            jobs, count = [first], first.size
+            deadline = time.perf_counter() + self.max_delay
+            while count < self.max_batch:
+                timeout = deadline - time.perf_counter()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                if count + job.size > self.max_batch:      # keep it for the next batch, in order
+                    jobs_next = job
+                    await self._execute(jobs)
+                    jobs, count = [jobs_next], jobs_next.size
+                    deadline = time.perf_counter() + self.max_delay
+                    continue
+                jobs.append(job)
+                count += job.size
+            await self._execute(jobs)
+
+    async def _execute(self, jobs):
+        live = []
+        for job in jobs:
+            self.queued_images -= job.size
+            if not job.future.cancelled():          # the client went away: don't spend the GPU on it
+                live.append(job)
+        if not live:
+            return
+        inputs = {k: torch.cat([j.inputs[k] for j in live]) for k in live[0].inputs}
+        started = time.perf_counter()
+        try:
+            images = await asyncio.get_running_loop().run_in_executor(None, self.backend.generate, inputs)
+        except Exception as e:   # a backend failure fails these requests and marks the model unhealthy
+            self.healthy = False
+            self.stats.failures += 1
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(BackendFailed(f'{type(e).__name__}: {e}'))
+            return
+        self.healthy = True
+        run_s = time.perf_counter() - started
+        total = sum(j.size for j in live)
+        self.stats.batches += 1
+        self.stats.images += total
+        self.stats.last_batch_size = total
+        if self.on_batch:
+            self.on_batch(total, run_s)
+        start = 0
+        for job in live:
+            if not job.future.done():
+                job.future.set_result((images[start:start + job.size], started - job.enqueued, run_s))
+            start += job.size

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the HTTP API and the batchers (scraped at /metrics)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter('sida_requests_total', 'HTTP requests', ['route', 'status'], registry=self.registry)
+        self.errors = Counter('sida_errors_total', 'Error responses by code', ['code'], registry=self.registry)
+        self.latency = Histogram('sida_request_seconds', 'Request latency', ['model', 'backend'], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_size = Histogram('sida_batch_size', 'Images per backend call', ['model', 'backend'], registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_seconds = Histogram('sida_batch_seconds', 'Backend call time', ['model', 'backend'], registry=self.registry)
+        self.images = Counter('sida_images_total', 'Images generated', ['model', 'backend'], registry=self.registry)
+        self.queue = Gauge('sida_queue_images', 'Images waiting', ['model'], registry=self.registry)
+
+    def on_batch(self, model, backend, n, seconds):
+        self.batch_size.labels(model, backend).observe(n)
+        self.batch_seconds.labels(model, backend).observe(seconds)
+        self.images.labels(model, backend).inc(n)

@@ -1,0 +1,52 @@
+"""Server settings: SIDA_* environment variables, a TOML/YAML/JSON file (SIDA_CONFIG), or CLI flags."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix='SIDA_', extra='forbid')
+
+    bundles: list[str] = Field(default_factory=list, description='Bundle directories to serve (the first is the default model).')
+    backend: str = Field('auto', description='auto | torch | torch-bf16 | compile | onnxruntime | triton')
+    triton_url: str | None = Field(None, description='Triton server for the triton backend, e.g. http://127.0.0.1:8000')
+    host: str = '127.0.0.1'
+    port: int = 8000
+    max_batch: int = Field(32, ge=1, description='Images per backend call.')
+    max_delay_ms: float = Field(5.0, ge=0, description='How long the first request waits for company.')
+    max_queue_images: int = Field(256, ge=1, description='Images waiting before new requests get 429.')
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_n: int = Field(16, ge=1, description='Images per request.')
+    max_prompt_chars: int = Field(500, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    api_keys: list[str] = Field(default_factory=list, description='Bearer keys; empty = no authentication.')
+    api_keys_file: str | None = Field(None, description='File with one API key per line.')
+    rate_limit_per_minute: int = Field(0, ge=0, description='Requests per minute per key (0 = unlimited).')
+    warmup: bool = True
+    ui: bool = True
+
+    def keys(self):
+        keys = set(self.api_keys)
+        if self.api_keys_file:
+            keys |= {line.strip() for line in Path(self.api_keys_file).read_text().splitlines() if line.strip()}
+        return keys
+
+
+def load_settings(path=None, **overrides):
+    """Settings from env, then a config file (TOML, YAML or JSON), then explicit overrides (CLI flags)."""
+    data = {}
+    if path:
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix == '.toml':
+            import tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in ('.yaml', '.yml'):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            import json
+            data = json.loads(text)
+    return Settings(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
