@@ -16,10 +16,9 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,export,serve,dev]'
 	touch $(STAMP)
 
-# Main job (until serving lands): build the small demo bundle and generate a sample grid from it.
+# Main job: serve the bundled models (API on http://127.0.0.1:8000, docs at /docs).
 run: setup
-	$(PY) -m models.demo build/demo-bundle
-	$(SIDA) generate --bundle build/demo-bundle --seeds 0-15 --class 3 --out build/demo-grid.png
+	$(SIDA) serve
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -58,5 +58,16 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
         raise click.ClickException(f'bad setting {".".join(map(str, first["loc"]))}: {first["msg"]}') from None
     if not settings.bundles:
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
+    from models.bundle import BundleError
+    from serve.backends import BackendUnavailable
+    from serve.registry import ServedModel
+    app_models = []
+    app = None
+    try:   # load before the server starts, so a bad bundle or backend is one line, not a traceback
+        for bundle in settings.bundles:
+            app_models.append(ServedModel(bundle, settings, on_batch=lambda *a: app.state.metrics.on_batch(*a)))
+    except (BundleError, BackendUnavailable, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    app = create_app(settings, models=app_models)
     click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} (docs at /docs)', err=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level='warning')
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level='warning')

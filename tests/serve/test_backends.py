@@ -1,0 +1,51 @@
+"""One seed, the same image through every backend available on CPU: torch, onnxruntime, Triton."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serve.conftest import Server, free_port
+
+
+def image_for(server, seed):
+    r = server.client.post('/v1/generate', json={'class_name': 'dog', 'seed': seed, 'n': 2})
+    assert r.status_code == 200, r.text
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(i['b64'])))).astype(int) for i in r.json()['images']]
+
+
+def test_same_seed_same_image_on_torch_onnxruntime_and_triton(class_bundle_dir, tmp_path):
+    pytest.importorskip('pytriton', reason='nvidia-pytriton (which ships tritonserver) is not installed')
+    from export import tritonserver
+    from export.onnx_export import export_onnx
+    from export.triton_repo import write_triton_repo
+    export_onnx(class_bundle_dir, log=lambda m: None)
+    # The tritonserver in the nvidia-pytriton wheel carries only the python backend: serve sida's generator through it.
+    write_triton_repo(class_bundle_dir, tmp_path / 'repo', 'python', name='demo-untrained-ddpmpp', kind='KIND_CPU')
+    http = free_port()
+    triton = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', http, free_port(), free_port(), log_path=tmp_path / 'triton.log')
+    servers = []
+    try:
+        tritonserver.wait_ready(http, triton, timeout=180)
+        for backend, extra in (('torch', ()), ('onnxruntime', ()), ('triton', ('--triton-url', f'http://127.0.0.1:{http}'))):
+            servers.append(Server('--bundle', class_bundle_dir, '--backend', backend, *extra, tmp_path=tmp_path))
+            assert servers[-1].client.get('/v1/models').json()['data'][0]['backend'] == backend
+        reference = image_for(servers[0], 123)
+        for s in servers[1:]:
+            for a, b in zip(reference, image_for(s, 123)):
+                assert np.abs(a - b).max() <= 1
+    finally:
+        for s in servers:
+            s.stop()
+        tritonserver.stop(triton)
+
+
+def test_unavailable_backend_fails_at_start_with_the_reason(class_bundle_dir, tmp_path):
+    import subprocess
+
+    from tests.serve.conftest import SIDA
+    r = subprocess.run([SIDA, 'serve', '--bundle', str(class_bundle_dir), '--backend', 'triton', '--port', str(free_port())],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and 'needs --triton-url' in r.stderr and 'Traceback' not in r.stderr
