@@ -50,20 +50,31 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http':
             return await self.app(scope, receive, send)
+        too_large = error_response(413, 'payload_too_large', f'request body over {self.limit} bytes')
         length = dict(scope.get('headers') or []).get(b'content-length')
         if length is not None and length.isdigit() and int(length) > self.limit:
-            response = error_response(413, 'payload_too_large', f'request body over {self.limit} bytes')
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+            return await too_large(scope, receive, send)
+        # No (trusted) length, e.g. chunked: read up to the limit here, then replay the body to the app.
+        chunks, seen, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get('body', b''))
+            if message['type'] == 'http.disconnect':
+                return
+            chunks.append(message.get('body', b''))
+            seen += len(chunks[-1])
+            more = message.get('more_body', False)
             if seen > self.limit:
-                raise ApiError(413, 'payload_too_large', f'request body over {self.limit} bytes')
-            return message
-        return await self.app(scope, limited, send)
+                return await too_large(scope, receive, send)
+        body = b''.join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {'type': 'http.request', 'body': body, 'more_body': False}
+        return await self.app(scope, replay, send)
 
 
 class RateLimiter:
@@ -120,10 +131,7 @@ def create_app(settings: Settings, models=None):
         rid = request.headers.get('X-Request-ID') or uuid.uuid4().hex[:16]
         request.state.request_id = rid
         started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except ApiError as e:
-            response = error_response(e.status, e.code, e.message, e.headers)
+        response = await call_next(request)
         response.headers['X-Request-ID'] = rid
         route = request.scope.get('route')
         metrics.requests.labels(getattr(route, 'path', 'unmatched'), str(response.status_code)).inc()
@@ -194,6 +202,8 @@ def create_app(settings: Settings, models=None):
             raise ApiError(504, 'timeout', f'generation took longer than {settings.request_timeout_s}s') from None
         except BackendFailed as e:
             raise ApiError(503, 'backend_unavailable', f'the {model.backend.name} backend failed: {e}', {'Retry-After': '5'}) from None
+        except ValueError as e:      # more images than the queue can ever hold
+            raise ApiError(400, 'invalid_request', str(e)) from None
         total = time.perf_counter() - started
         metrics.latency.labels(model.id, model.backend.name).observe(total)
         return images, seeds, meta, {'queue_ms': 1000 * queue_s, 'generate_ms': 1000 * run_s, 'total_ms': 1000 * total}
@@ -204,6 +214,10 @@ def create_app(settings: Settings, models=None):
 
     @app.get('/readyz', tags=['health'])
     async def readyz():
+        for m in state['models'].values():
+            if not m.batcher.healthy:   # recover without live traffic (a load balancer may have stopped sending any)
+                inputs, _, _ = m.build_inputs(1, seed=0, prompt='a photo' if m.kind == 'text' else None)
+                await m.batcher.probe(inputs, timeout=10)
         models_state = {m.id: {'warm': m.backend.warm or not settings.warmup, 'healthy': m.batcher.healthy}
                         for m in state['models'].values()}
         ready = state['ready'] and all(v['warm'] and v['healthy'] for v in models_state.values())

@@ -50,7 +50,6 @@ class MicroBatcher:
         self.on_batch = on_batch            # callback(batch_size, seconds) for metrics
         self.healthy = True
         self._worker = None
-        self._lock = asyncio.Lock()
 
     def start(self):
         if self._worker is None:
@@ -64,26 +63,60 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        while not self.queue.empty():              # nobody will run these now: answer them
+            job = self.queue.get_nowait()
+            self.queued_images -= job.size
+            if not job.future.done():
+                job.future.set_exception(BackendFailed('the server is shutting down'))
+
+    async def probe(self, inputs, timeout=30):
+        """One small generation through the queue: lets an unhealthy model become ready again without traffic."""
+        try:
+            await asyncio.wait_for(self.submit(inputs), timeout)
+        except (BackendFailed, QueueFull, asyncio.TimeoutError):
+            pass
+        return self.healthy
 
     async def submit(self, inputs):
         """inputs: dict of CPU tensors with a leading batch axis. Returns (images, queue_s, run_s)."""
         size = len(inputs['noise'])
-        if size > self.max_batch:
-            parts = [{k: v[i:i + self.max_batch] for k, v in inputs.items()} for i in range(0, size, self.max_batch)]
-            results = await asyncio.gather(*(self.submit(p) for p in parts))
-            return np.concatenate([r[0] for r in results]), max(r[1] for r in results), sum(r[2] for r in results)
-        if self.queued_images + size > self.max_queue_images:
+        if size > self.max_queue_images:
+            raise ValueError(f'{size} images can never fit this server\'s queue of {self.max_queue_images}')
+        if self.queued_images + size > self.max_queue_images:     # admit the whole request or none of it
             raise QueueFull(retry_after=max(1, round(self.max_queue_images / max(self.max_batch, 1) * 0.05)))
-        future = asyncio.get_running_loop().create_future()
-        self.queued_images += size
-        await self.queue.put(Job(inputs, future, time.perf_counter(), size))
-        return await future
+        loop = asyncio.get_running_loop()
+        jobs = [Job({k: v[i:i + self.max_batch] for k, v in inputs.items()}, loop.create_future(), time.perf_counter(),
+                    min(self.max_batch, size - i)) for i in range(0, size, self.max_batch)]
+        for job in jobs:
+            self.queued_images += job.size
+            self.queue.put_nowait(job)
+        try:
+            results = await asyncio.gather(*(job.future for job in jobs))
+        except BaseException:
+            for job in jobs:                      # cancelled (client gone, timeout): the worker skips them
+                job.future.cancel()
+            raise
+        if len(results) == 1:
+            return results[0]
+        return np.concatenate([r[0] for r in results]), max(r[1] for r in results), sum(r[2] for r in results)
 
     async def _run(self):
         while True:
-            first = await self.queue.get()
-            jobs, count = [first], first.size
-            deadline = time.perf_counter() + self.max_delay
+            try:
+                await self._collect_and_execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception:                     # never let the worker die silently: the next batch gets a fresh start
+                self.healthy = False
+                self.stats.failures += 1
+
+    async def _collect_and_execute(self):
+        """Take the first job, then others until max_batch images or max_delay; a job that would overflow
+        the batch starts the next one (order is kept)."""
+        jobs = [await self.queue.get()]
+        count = jobs[0].size
+        deadline = time.perf_counter() + self.max_delay
+        try:
             while count < self.max_batch:
                 timeout = deadline - time.perf_counter()
                 if timeout <= 0:
@@ -92,15 +125,20 @@ class MicroBatcher:
                     job = await asyncio.wait_for(self.queue.get(), timeout)
                 except asyncio.TimeoutError:
                     break
-                if count + job.size > self.max_batch:      # keep it for the next batch, in order
-                    jobs_next = job
+                if count + job.size > self.max_batch:
                     await self._execute(jobs)
-                    jobs, count = [jobs_next], jobs_next.size
+                    jobs, count = [job], job.size
                     deadline = time.perf_counter() + self.max_delay
-                    continue
-                jobs.append(job)
-                count += job.size
-            await self._execute(jobs)
+                else:
+                    jobs.append(job)
+                    count += job.size
+        except asyncio.CancelledError:           # stopping: answer what was collected
+            for job in jobs:
+                self.queued_images -= job.size
+                if not job.future.done():
+                    job.future.set_exception(BackendFailed('the server is shutting down'))
+            raise
+        await self._execute(jobs)
 
     async def _execute(self, jobs):
         live = []
@@ -110,9 +148,9 @@ class MicroBatcher:
                 live.append(job)
         if not live:
             return
-        inputs = {k: torch.cat([j.inputs[k] for j in live]) for k in live[0].inputs}
         started = time.perf_counter()
         try:
+            inputs = {k: torch.cat([j.inputs[k] for j in live]) for k in live[0].inputs}
             images = await asyncio.get_running_loop().run_in_executor(None, self.backend.generate, inputs)
         except Exception as e:   # a backend failure fails these requests and marks the model unhealthy
             self.healthy = False
@@ -128,7 +166,10 @@ class MicroBatcher:
         self.stats.images += total
         self.stats.last_batch_size = total
         if self.on_batch:
-            self.on_batch(total, run_s)
+            try:
+                self.on_batch(total, run_s)
+            except Exception:
+                pass                                  # metrics must never fail a request
         start = 0
         for job in live:
             if not job.future.done():

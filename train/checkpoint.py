@@ -85,11 +85,33 @@ def write_checkpoint(run_dir, images_seen, write_contents, keep_last=3, keep=())
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / 'state').mkdir(parents=True)
     write_contents(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    _fsync_tree(tmp)
+    old = root / (final.name + '.old')
+    if final.exists():                 # re-saving the same image count: the old one stays whole until the swap
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
+    _fsync_dir(root)
+    shutil.rmtree(old, ignore_errors=True)
     prune(root, keep_last, keep=set(keep) | {final.name})
     return final
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path):
+    """Data on disk before the rename makes it visible (a power cut must not leave empty files behind)."""
+    for p in Path(path).rglob('*'):
+        if p.is_file():
+            with open(p, 'rb') as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
 
 
 def prune(root, keep_last, keep=()):
@@ -97,6 +119,12 @@ def prune(root, keep_last, keep=()):
     for p in complete[:-keep_last] if keep_last else []:
         if p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
+    for p in Path(root).glob('*.old'):          # a crash between the two renames: put the old one back
+        final = p.with_name(p.name[:-len('.old')])
+        if final.exists():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.replace(p, final)
     for p in Path(root).glob('*.tmp'):
         shutil.rmtree(p, ignore_errors=True)   # debris of an interrupted write
 

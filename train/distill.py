@@ -61,6 +61,10 @@ class DistillConfig:
         return self.method != 'sid'
 
 
+def iteration_seed(seed, rank, iteration):
+    return (seed * 1_000_003 + rank * 7_919 + iteration * 104_729) % (2 ** 63)
+
+
 def ema_beta(batch, images_seen, halflife_images, rampup):
     halflife = halflife_images if rampup is None else min(halflife_images, images_seen * rampup)
     return 0.5 ** (batch / max(halflife, 1e-8))
@@ -148,6 +152,9 @@ class Distiller:
     # -- one iteration ---------------------------------------------------------------------------------
     def iteration(self):
         cfg = self.cfg
+        # Dropout draws from the global RNG: reseed it from (seed, rank, iteration) so that a resumed run, on any
+        # number of processes, continues exactly; no per-rank RNG state needs to be checkpointed.
+        torch.manual_seed(iteration_seed(cfg.seed, self.rank, self.iterations))
         stats = self._fake_score_step(self.shape)
         if self.images_seen >= cfg.g_warmup_images:
             stats.update(self._generator_step(self.shape))

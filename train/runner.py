@@ -21,6 +21,8 @@ import signal
 import time
 from pathlib import Path
 
+import torch
+
 from train import checkpoint as ckpt
 
 
@@ -112,6 +114,16 @@ class RunLog:
             self.tb.close()
 
 
+def agreed(flag):
+    """Under DDP every rank must stop at the same iteration: any rank's signal stops them all."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0],
+                     device='cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu')
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def _crossed(before, after, every):
     return every > 0 and before // every != after // every
 
@@ -185,26 +197,29 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
                 window['stats'][k] = window['stats'].get(k, 0.0) + v
             window['count'] += 1
             done = after >= run_cfg.total_images
-            if writer and (_crossed(before, after, run_cfg.log_every_images) or done):
+            stop_now = agreed(stop.requested)
+            measure = metric is not None and (_crossed(before, after, run_cfg.metric_every_images) or done)
+            if writer and (_crossed(before, after, run_cfg.log_every_images) or done or measure):
                 elapsed = time.perf_counter() - window['time']
                 row = {'images_seen': after, 'images_per_s': (after - window['images']) / max(elapsed, 1e-9),
                        **{k: v / window['count'] for k, v in window['stats'].items()}}
-                if metric is not None and (_crossed(before, after, run_cfg.metric_every_images) or done):
+                if measure:
                     row.update(metric())
                     key = next((k for k in row if k.startswith('metric')), None)
-                    if key is not None and (best is None or row[key] < best['value']):
-                        best = {'value': row[key], 'metric': key, 'checkpoint': ckpt.checkpoint_name(after), 'pending': True}
+                    value = row.get(key) if key else None
+                    if value is not None and math.isfinite(value) and (best is None or value < best['value']):
+                        best = {'value': value, 'metric': key, 'checkpoint': ckpt.checkpoint_name(after), 'pending': True}
                 runlog.write(row)
                 bar.set_postfix({k: f'{v:.3g}' for k, v in row.items() if k != 'images_seen'}, refresh=False)
                 window = {'stats': {}, 'count': 0, 'time': time.perf_counter(), 'images': after}
             if writer and make_samples is not None and (_crossed(before, after, run_cfg.sample_every_images) or done):
                 make_samples(run_dir / 'samples' / f'{after:012d}.png')
-            if writer and (_crossed(before, after, run_cfg.checkpoint_every_images) or done or stop.requested
+            if writer and (_crossed(before, after, run_cfg.checkpoint_every_images) or done or stop_now
                            or (best or {}).get('pending')):
                 if best:
                     best.pop('pending', None)
                 last_checkpoint = save(trainer, run_cfg, write_bundle, best)
-            if stop.requested:
+            if stop_now:
                 log(f'stopping on signal at {after:,} images; checkpoint {last_checkpoint}')
                 break
     bar.close()

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from models.precond import edm_loss_weight
-from train.distill import ema_beta, sanitize_grads_, update_ema
+from train.distill import ema_beta, iteration_seed, sanitize_grads_, update_ema
 from train.sid import fake_score_sigma, per_sample_sum
 
 
@@ -54,6 +54,7 @@ class TeacherTrainer:
 
     def iteration(self):
         cfg = self.cfg
+        torch.manual_seed(iteration_seed(cfg.seed, self.rank, self.iterations))   # dropout: exact on resume
         batch = self.batches.next()
         x = batch.real
         shape = tuple(x.shape[1:])

@@ -86,6 +86,13 @@ def test_malformed_requests(server):
     assert r.status_code == 422
     r = server.client.post('/v1/generate', content=b'{"prompt": "' + b'x' * 200_000 + b'"}', headers={'content-type': 'application/json'})
     assert r.status_code == 413 and r.json()['error']['code'] == 'payload_too_large'
+    def chunks():                      # no Content-Length: the limit is enforced while reading
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b'x' * 2000
+        yield b'"}'
+    r = server.client.post('/v1/generate', content=chunks(), headers={'content-type': 'application/json'})
+    assert r.status_code == 413 and r.json()['error']['code'] == 'payload_too_large'
     r = server.client.post('/v1/images/generations', json={'prompt': 'cat', 'size': '64x64'})
     assert r.status_code == 400 and '32x32' in r.json()['error']['message']
     assert server.client.get('/nowhere').json()['error']['code'] == 'not_found'
@@ -133,5 +140,16 @@ def test_full_queue_answers_429_with_retry_after(class_bundle_dir, tmp_path):
         assert 200 in codes and 429 in codes and set(codes) <= {200, 429}
         assert all(ra is not None for c, ra in results if c == 429)
         assert s.client.post('/v1/generate', json={'seed': 1}).status_code == 200
+    finally:
+        s.stop()
+
+
+def test_a_request_larger_than_the_queue_is_a_400_not_a_retry(class_bundle_dir, tmp_path):
+    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-queue-images', '4', '--max-n', '8', '--no-warmup',
+               tmp_path=tmp_path)
+    try:
+        r = s.client.post('/v1/generate', json={'seed': 1, 'n': 8})
+        assert r.status_code == 400 and 'never fit' in r.json()['error']['message'] and 'Retry-After' not in r.headers
+        assert s.client.post('/v1/generate', json={'seed': 1, 'n': 4}).status_code == 200
     finally:
         s.stop()

@@ -77,8 +77,8 @@ def test_backend_failure_gives_503_and_readiness_recovers(class_bundle_dir, tmp_
         assert api.client.get('/readyz').status_code == 503
         triton = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', *ports, log_path=tmp_path / 'triton.log')
         tritonserver.wait_ready(ports[0], triton, timeout=180)
+        assert api.client.get('/readyz').status_code == 200       # recovers by probing, before any traffic returns
         assert api.client.post('/v1/generate', json={'seed': 1}).status_code == 200
-        assert api.client.get('/readyz').status_code == 200
     finally:
         if api:
             api.stop()

@@ -108,3 +108,20 @@ def test_checkpoints_are_bundles_and_pruned(cifar_subset, tmp_path):
     assert torch.equal(flat(bundle.generator.denoiser), flat(d.G_ema))
     load_bundle(tmp_path / 'checkpoints' / names[-1])
     assert (tmp_path / 'plots' / 'losses.png').exists() and (tmp_path / 'log.jsonl').exists()
+
+
+def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp_path):
+    d = make_distiller(cifar_subset, 'sid')
+    values = iter([float('nan'), 3.0, 2.0, 5.0, 4.0])
+    calls = []
+
+    def metric():
+        calls.append(d.images_seen)
+        return {'metric_fd_test': next(values)}
+    cfg = runner.RunConfig(run_dir=str(tmp_path), total_images=5 * BATCH, log_every_images=2 * BATCH,
+                           metric_every_images=BATCH, checkpoint_every_images=100 * BATCH, sample_every_images=0)
+    runner.run(d, cfg, write_bundle=lambda path: path.mkdir(parents=True, exist_ok=True), metric=metric, log=lambda m: None)
+    assert calls == [BATCH * i for i in range(1, 6)]                       # every metric boundary, not only log ones
+    progress = json.loads((tmp_path / 'checkpoints' / 'checkpoint-000000000040' / 'state' / 'progress.json').read_text())
+    assert progress['best']['value'] == 2.0 and progress['best']['checkpoint'] == 'checkpoint-000000000024'
+    assert (tmp_path / 'best').is_dir()
