@@ -39,8 +39,14 @@ def default_bundles(log):
 @click.option('--config', 'config_file', type=click.Path(exists=True, dir_okay=False), default=None,
               help='Settings file (TOML, YAML or JSON); SIDA_* environment variables work too.')
 @click.option('--no-warmup', is_flag=True, help='Skip the warm-up generation at start.')
+@click.option('--triton', 'with_triton', is_flag=True,
+              help='Run the backends inside a real Triton Inference Server (PyTriton) and serve the API through it.')
+@click.option('--triton-http-port', type=int, default=8010, help='Triton KServe v2 HTTP port (with --triton).')
+@click.option('--triton-grpc-port', type=int, default=8011, help='Triton gRPC port (with --triton).')
+@click.option('--triton-metrics-port', type=int, default=8002, help='Triton metrics port (with --triton).')
 def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
-          api_keys_file, rate_limit_per_minute, config_file, no_warmup):
+          api_keys_file, rate_limit_per_minute, config_file, no_warmup, with_triton, triton_http_port, triton_grpc_port,
+          triton_metrics_port):
     """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs."""
     import uvicorn
     from pydantic import ValidationError
@@ -61,13 +67,27 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
     from models.bundle import BundleError
     from serve.backends import BackendUnavailable
     from serve.registry import ServedModel
-    app_models = []
+    app_models, triton = [], None
     app = None
     try:   # load before the server starts, so a bad bundle or backend is one line, not a traceback
+        if with_triton:
+            from serve.pytriton_server import start_triton
+            local = [ServedModel(bundle, settings) for bundle in settings.bundles]
+            triton = start_triton(local, triton_http_port, triton_grpc_port, triton_metrics_port, settings.max_batch,
+                                  settings.max_delay_ms)
+            settings.backend, settings.triton_url = 'triton', f'http://127.0.0.1:{triton_http_port}'
+            click.echo(f'Triton (PyTriton) on http://127.0.0.1:{triton_http_port} (gRPC :{triton_grpc_port}, '
+                       f'metrics :{triton_metrics_port})', err=True)
         for bundle in settings.bundles:
             app_models.append(ServedModel(bundle, settings, on_batch=lambda *a: app.state.metrics.on_batch(*a)))
-    except (BundleError, BackendUnavailable, FileNotFoundError) as e:
+    except (BundleError, BackendUnavailable, FileNotFoundError, RuntimeError) as e:
+        if triton is not None:
+            triton.stop()
         raise click.ClickException(str(e)) from None
     app = create_app(settings, models=app_models)
     click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} (docs at /docs)', err=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level='warning')
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level='warning')
+    finally:
+        if triton is not None:
+            triton.stop()

@@ -49,3 +49,28 @@ def test_unavailable_backend_fails_at_start_with_the_reason(class_bundle_dir, tm
     r = subprocess.run([SIDA, 'serve', '--bundle', str(class_bundle_dir), '--backend', 'triton', '--port', str(free_port())],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and 'needs --triton-url' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_serve_with_pytriton(class_bundle_dir, tmp_path):
+    """`sida serve --triton`: Triton (PyTriton) runs the backend; the API and plain tritonclient both reach it."""
+    pytest.importorskip('pytriton', reason='nvidia-pytriton is not installed')
+    import tritonclient.http as httpclient
+    ports = [free_port() for _ in range(3)]
+    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--triton', '--triton-http-port', ports[0],
+               '--triton-grpc-port', ports[1], '--triton-metrics-port', ports[2], tmp_path=tmp_path)
+    try:
+        assert s.client.get('/v1/models').json()['data'][0]['backend'] == 'triton'
+        via_api = image_for(s, 7)
+        client = httpclient.InferenceServerClient(f'127.0.0.1:{ports[0]}')
+        assert client.is_model_ready('demo-untrained-ddpmpp')
+        from models.sampling import noise_for_seeds
+        noise = noise_for_seeds([7, 8], (3, 32, 32)).numpy()
+        labels = np.array([[5], [5]], dtype=np.int64)                # "dog"
+        inputs = [httpclient.InferInput('noise', list(noise.shape), 'FP32'), httpclient.InferInput('class_labels', [2, 1], 'INT64')]
+        inputs[0].set_data_from_numpy(noise)
+        inputs[1].set_data_from_numpy(labels)
+        direct = client.infer('demo-untrained-ddpmpp', inputs).as_numpy('images').astype(int)
+        for a, b in zip(via_api, direct):
+            assert np.abs(a - b).max() <= 1
+    finally:
+        s.stop()
