@@ -77,6 +77,38 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class RequestContext:
+    """ASGI middleware: a request id (X-Request-ID in and out), one JSON log line and the request metric.
+
+    Pure ASGI rather than @app.middleware('http'), which would hide client disconnects from the handlers.
+    """
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http':
+            return await self.app(scope, receive, send)
+        rid = dict(scope.get('headers') or []).get(b'x-request-id', b'').decode()[:64] or uuid.uuid4().hex[:16]
+        scope.setdefault('state', {})['request_id'] = rid
+        status = {'code': 500}
+        started = time.perf_counter()
+
+        async def send_with_id(message):
+            if message['type'] == 'http.response.start':
+                status['code'] = message['status']
+                headers = [h for h in message.get('headers', []) if h[0].lower() != b'x-request-id']
+                message = {**message, 'headers': headers + [(b'x-request-id', rid.encode())]}
+            await send(message)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get('route')
+            self.metrics.requests.labels(getattr(route, 'path', 'unmatched'), str(status['code'])).inc()
+            log.info(json.dumps({'request_id': rid, 'method': scope.get('method'), 'path': scope.get('path'),
+                                 'status': status['code'], 'ms': round(1000 * (time.perf_counter() - started), 1)}))
+
+
 class RateLimiter:
     """A token bucket per API key (or client address): `per_minute` requests, refilled continuously."""
 
@@ -126,18 +158,7 @@ def create_app(settings: Settings, models=None):
     keys = settings.keys()
     limiter = RateLimiter(settings.rate_limit_per_minute)
 
-    @app.middleware('http')
-    async def request_id(request: Request, call_next):
-        rid = request.headers.get('X-Request-ID') or uuid.uuid4().hex[:16]
-        request.state.request_id = rid
-        started = time.perf_counter()
-        response = await call_next(request)
-        response.headers['X-Request-ID'] = rid
-        route = request.scope.get('route')
-        metrics.requests.labels(getattr(route, 'path', 'unmatched'), str(response.status_code)).inc()
-        log.info(json.dumps({'request_id': rid, 'method': request.method, 'path': request.url.path,
-                             'status': response.status_code, 'ms': round(1000 * (time.perf_counter() - started), 1)}))
-        return response
+    app.add_middleware(RequestContext, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
@@ -183,7 +204,22 @@ def create_app(settings: Settings, models=None):
             raise ApiError(404, 'model_not_found', f'unknown model {model_id!r}; available: {", ".join(state["models"])}')
         return state['models'][model_id]
 
-    async def run(model, n, seed=None, class_label=None, class_name=None, prompt=None):
+    async def wait_or_disconnect(request, awaitable):
+        """Wait for the batcher, but give the work up if the client goes away (its jobs are then skipped)."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    return task.result()
+                if request is not None and await request.is_disconnected():
+                    task.cancel()
+                    raise ApiError(499, 'client_disconnected', 'the client closed the connection')
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def run(model, n, seed=None, class_label=None, class_name=None, prompt=None, request=None):
         if n > settings.max_n:
             raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}')
         if prompt is not None and len(prompt) > settings.max_prompt_chars:
@@ -195,7 +231,8 @@ def create_app(settings: Settings, models=None):
         started = time.perf_counter()
         metrics.queue.labels(model.id).set(model.batcher.queued_images)
         try:
-            images, queue_s, run_s = await asyncio.wait_for(model.batcher.submit(inputs), settings.request_timeout_s)
+            images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, model.batcher.submit(inputs)),
+                                                            settings.request_timeout_s)
         except QueueFull as e:
             raise ApiError(429, 'overloaded', 'the server is busy; try again shortly', {'Retry-After': str(e.retry_after)}) from None
         except asyncio.TimeoutError:
@@ -235,7 +272,8 @@ def create_app(settings: Settings, models=None):
               responses={200: {'content': {'image/png': {}, 'application/zip': {}}}})
     async def generate(body: GenerateRequest, request: Request):
         model = pick(body.model)
-        images, seeds, meta, timings = await run(model, body.n, body.seed, body.class_label, body.class_name, body.prompt)
+        images, seeds, meta, timings = await run(model, body.n, body.seed, body.class_label, body.class_name, body.prompt,
+                                                 request=request)
         blobs = [encode(img, body.format, {'model': model.id, 'seed': s, **m}) for img, s, m in zip(images, seeds, meta)]
         headers = {'X-Seeds': ','.join(map(str, seeds)), 'X-Backend': model.backend.name,
                    'Server-Timing': f'queue;dur={timings["queue_ms"]:.1f}, generate;dur={timings["generate_ms"]:.1f}'}
@@ -249,7 +287,7 @@ def create_app(settings: Settings, models=None):
                            for s, b, m in zip(seeds, blobs, meta)]}
 
     @app.post('/v1/images/generations', response_model=OpenAIImageResponse, tags=['generate'], dependencies=[Depends(authorize)])
-    async def openai_images(body: OpenAIImageRequest):
+    async def openai_images(body: OpenAIImageRequest, request: Request):
         model = pick(body.model)
         size = f'{model.config.resolution}x{model.config.resolution}'
         if body.size is not None and body.size != size:
@@ -257,7 +295,7 @@ def create_app(settings: Settings, models=None):
         if body.response_format != 'b64_json':
             raise ApiError(400, 'invalid_request', 'response_format "url" is not supported; use "b64_json"')
         kwargs = {'prompt': body.prompt} if model.kind == 'text' else {'class_name': body.prompt} if model.kind == 'class' else {}
-        images, seeds, meta, _ = await run(model, body.n, **kwargs)
+        images, seeds, meta, _ = await run(model, body.n, request=request, **kwargs)
         return {'created': int(time.time()),
                 'data': [{'b64_json': base64.b64encode(encode(img, 'png', {'model': model.id, 'seed': s, **m})).decode(),
                           'revised_prompt': m.get('prompt') or m.get('class_name')} for img, s, m in zip(images, seeds, meta)]}

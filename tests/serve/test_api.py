@@ -153,3 +153,23 @@ def test_a_request_larger_than_the_queue_is_a_400_not_a_retry(class_bundle_dir, 
         assert s.client.post('/v1/generate', json={'seed': 1, 'n': 4}).status_code == 200
     finally:
         s.stop()
+
+
+def test_client_disconnect_cancels_the_work(class_bundle_dir, tmp_path):
+    import json as _json
+    import socket
+    import time
+    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-delay-ms', '3000', '--no-warmup', tmp_path=tmp_path)
+    try:
+        body = _json.dumps({'seed': 1}).encode()
+        with socket.create_connection(('127.0.0.1', s.port)) as sock:      # a client that gives up after 0.5 s
+            sock.sendall(b'POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+                         + f'Content-Length: {len(body)}\r\n\r\n'.encode() + body)
+            time.sleep(0.5)
+        time.sleep(4)
+        text = s.client.get('/metrics').text
+        assert 'sida_errors_total{code="client_disconnected"} 1.0' in text
+        assert 'sida_images_total{' not in text           # the abandoned image was never generated
+        assert s.client.post('/v1/generate', json={'seed': 2}).status_code == 200
+    finally:
+        s.stop()
