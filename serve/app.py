@@ -225,7 +225,10 @@ def create_app(settings: Settings, models=None):
         if prompt is not None and len(prompt) > settings.max_prompt_chars:
             raise ApiError(400, 'invalid_request', f'prompt longer than {settings.max_prompt_chars} characters')
         try:
-            inputs, seeds, meta = model.build_inputs(n, seed, class_label, class_name, prompt)
+            embedding = None
+            if model.kind == 'text' and prompt and prompt.strip():
+                embedding = await model.prompts.embed(prompt)          # batched with other requests' new prompts
+            inputs, seeds, meta = model.build_inputs(n, seed, class_label, class_name, prompt, embedding)
         except RequestError as e:
             raise ApiError(e.status, e.code, str(e)) from None
         started = time.perf_counter()
@@ -253,7 +256,8 @@ def create_app(settings: Settings, models=None):
     async def readyz():
         for m in state['models'].values():
             if not m.batcher.healthy:   # recover without live traffic (a load balancer may have stopped sending any)
-                inputs, _, _ = m.build_inputs(1, seed=0, prompt='a photo' if m.kind == 'text' else None)
+                embedding = await m.prompts.embed('a photo') if m.kind == 'text' else None
+                inputs, _, _ = m.build_inputs(1, seed=0, prompt='a photo' if m.kind == 'text' else None, text_embedding=embedding)
                 await m.batcher.probe(inputs, timeout=10)
         models_state = {m.id: {'warm': m.backend.warm or not settings.warmup, 'healthy': m.batcher.healthy}
                         for m in state['models'].values()}
@@ -262,6 +266,10 @@ def create_app(settings: Settings, models=None):
 
     @app.get('/metrics', tags=['health'])
     async def prometheus():
+        for m in state['models'].values():
+            if m.prompts is not None:
+                metrics.text_calls.labels(m.id).set(m.prompts.calls)
+                metrics.text_prompts.labels(m.id).set(m.prompts.encoded)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get('/v1/models', response_model=ModelList, tags=['models'], dependencies=[Depends(authorize)])

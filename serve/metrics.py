@@ -15,6 +15,9 @@ class Metrics:
         self.batch_seconds = Histogram('sida_batch_seconds', 'Backend call time', ['model', 'backend'], registry=self.registry)
         self.images = Counter('sida_images_total', 'Images generated', ['model', 'backend'], registry=self.registry)
         self.queue = Gauge('sida_queue_images', 'Images waiting', ['model'], registry=self.registry)
+        self.text_calls = Gauge('sida_text_encoder_calls', 'Text-encoder calls (batched cache misses)', ['model'],
+                                registry=self.registry)
+        self.text_prompts = Gauge('sida_text_prompts_encoded', 'Distinct prompts encoded', ['model'], registry=self.registry)
 
     def on_batch(self, model, backend, n, seconds):
         self.batch_size.labels(model, backend).observe(n)

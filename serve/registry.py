@@ -1,5 +1,6 @@
 """Served models: a bundle, its backend, its micro-batcher, and the per-model condition handling."""
 
+import asyncio
 import secrets
 from collections import OrderedDict
 
@@ -19,21 +20,48 @@ class RequestError(ValueError):
         self.status, self.code = status, code
 
 
-class PromptCache:
-    """LRU cache of text embeddings: the encoder runs once per distinct prompt."""
+class PromptEncoder:
+    """Text embeddings for prompts: an LRU cache, and cache misses of concurrent requests encoded together in
+    one encoder call (collected for `max_delay_ms`), off the event loop."""
 
-    def __init__(self, encoder, size=1024):
-        self.encoder, self.size, self.items = encoder, size, OrderedDict()
+    def __init__(self, encoder, size=1024, max_delay_ms=2.0):
+        self.encoder, self.size, self.delay = encoder, size, max_delay_ms / 1000
+        self.cache, self.pending, self._scheduled = OrderedDict(), {}, False
+        self.calls, self.encoded = 0, 0
 
-    def get(self, prompt):
-        if prompt in self.items:
-            self.items.move_to_end(prompt)
-            return self.items[prompt]
-        embedding = self.encoder.encode([prompt])[0]
-        self.items[prompt] = embedding
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return embedding
+    async def embed(self, prompt):
+        if prompt in self.cache:
+            self.cache.move_to_end(prompt)
+            return self.cache[prompt]
+        if prompt not in self.pending:
+            self.pending[prompt] = asyncio.get_running_loop().create_future()
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_later(self.delay, lambda: asyncio.ensure_future(self._encode_pending()))
+        return await asyncio.shield(self.pending[prompt])
+
+    async def _encode_pending(self):
+        batch, self.pending, self._scheduled = self.pending, {}, False
+        prompts = list(batch)
+        try:
+            embeddings = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, prompts)
+        except Exception as e:
+            for future in batch.values():
+                future.set_exception(e)
+            return
+        self.calls += 1
+        self.encoded += len(prompts)
+        for prompt, embedding in zip(prompts, embeddings):
+            self.cache[prompt] = embedding
+            batch[prompt].set_result(embedding)
+        while len(self.cache) > self.size:
+            self.cache.popitem(last=False)
+
+    def embed_now(self, prompt):
+        """Synchronous path (warm-up, tools): encode one prompt, through the cache."""
+        if prompt not in self.cache:
+            self.cache[prompt] = self.encoder.encode([prompt])[0]
+        return self.cache[prompt]
 
 
 class ServedModel:
@@ -48,7 +76,7 @@ class ServedModel:
         if self.config.condition['kind'] == 'text':
             from models.text_encoder import get_text_encoder
             c = self.config.condition
-            self.prompts = PromptCache(get_text_encoder(c['encoder'], c['max_tokens']))
+            self.prompts = PromptEncoder(get_text_encoder(c['encoder'], c['max_tokens']))
 
     @property
     def kind(self):
@@ -65,8 +93,9 @@ class ServedModel:
             raise RequestError(f'class_label {class_label} out of range for model {self.id} (0..{len(labels) - 1})')
         return class_label
 
-    def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None):
-        """Contract inputs for n images, plus what each image was: (inputs, seeds, per-image metadata)."""
+    def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None, text_embedding=None):
+        """Contract inputs for n images, plus what each image was: (inputs, seeds, per-image metadata).
+        Text models take the prompt's embedding from `PromptEncoder.embed` (async); without it, it is encoded here."""
         if self.kind != 'class' and (class_label is not None or class_name is not None):
             raise RequestError(f'model {self.id} is {self.kind}-conditioned: it takes no class')
         if self.kind != 'text' and prompt is not None:
@@ -90,7 +119,8 @@ class ServedModel:
             inputs['class_labels'] = labels
             meta = [{'class_name': c.label_names[int(x)]} for x in labels]
         elif self.kind == 'text':
-            inputs['text_embeds'] = self.prompts.get(prompt).unsqueeze(0).expand(n, -1, -1).contiguous()
+            embedding = text_embedding if text_embedding is not None else self.prompts.embed_now(prompt)
+            inputs['text_embeds'] = embedding.unsqueeze(0).expand(n, -1, -1).contiguous()
             meta = [{'prompt': prompt} for _ in seeds]
         return inputs, seeds, meta
 

@@ -53,3 +53,21 @@ def test_prompts_condition_the_text_model(two_model_server):
                               ({'model': 'tiny-text', 'prompt': 'x' * 5000}, 'longer than')]:
         r = c.post('/v1/generate', json=payload)
         assert r.status_code == 400 and fragment in r.json()['error']['message']
+
+
+def test_new_prompts_of_concurrent_requests_are_encoded_together(two_model_server):
+    import concurrent.futures
+    c = two_model_server.client
+    prompts = [f'a photo of thing number {i}' for i in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda p: c.post('/v1/generate', json={'model': 'tiny-text', 'prompt': p, 'seed': 0}).status_code,
+                              prompts))
+    assert set(codes) == {200}
+    metrics = {line.split()[0]: float(line.split()[1]) for line in c.get('/metrics').text.splitlines()
+               if line.startswith('sida_text_')}
+    encoded = metrics['sida_text_prompts_encoded{model="tiny-text"}']
+    calls = metrics['sida_text_encoder_calls{model="tiny-text"}']
+    assert encoded >= 12 and calls < encoded          # several prompts per encoder call
+    c.post('/v1/generate', json={'model': 'tiny-text', 'prompt': prompts[0], 'seed': 1})
+    again = {line.split()[0]: float(line.split()[1]) for line in c.get('/metrics').text.splitlines() if line.startswith('sida_text_')}
+    assert again['sida_text_prompts_encoded{model="tiny-text"}'] == encoded      # cached: not encoded again
