@@ -129,6 +129,29 @@ class OnnxBackend(Backend):
         return self.session.run(['images'], {k: v.numpy() for k, v in inputs.items()})[0]
 
 
+class TensorRTBackend(Backend):
+    """A serialized TensorRT engine from `sida export tensorrt` (GPU, inside an image that ships TensorRT)."""
+
+    name = 'tensorrt'
+
+    def __init__(self, bundle, precision='fp16'):
+        super().__init__(bundle)
+        from export.tensorrt_export import EngineRunner, TensorRTUnavailable
+        entry = read_manifest(bundle.path)['exports'].get(f'tensorrt-{precision}')
+        if entry is None:
+            raise BackendUnavailable(f'{bundle.path}: no {precision} TensorRT engine; run `sida export tensorrt --bundle {bundle.path}`')
+        if entry.get('bundle_sha256') != bundle.config.sha256 or not entry['parity']['passed']:
+            raise BackendUnavailable(f'{bundle.path}: the TensorRT engine is stale or failed its parity gate; build it again')
+        try:
+            self.runner = EngineRunner(Path(bundle.path) / entry['file'])
+        except TensorRTUnavailable as e:
+            raise BackendUnavailable(str(e)) from None
+        self.device, self.precision = 'cuda', precision
+
+    def generate(self, inputs):
+        return self.runner(inputs)[0].numpy()
+
+
 class TritonBackend(Backend):
     """A client of a running Triton server (HTTP, KServe v2) serving this bundle's model."""
 
@@ -168,15 +191,20 @@ def make_backend(name, bundle, triton_url=None, device=None):
         return CompiledBackend(bundle, device)
     if name == 'onnxruntime':
         return OnnxBackend(bundle)
+    if name == 'tensorrt':
+        return TensorRTBackend(bundle)
     if name == 'triton':
         if not triton_url:
             raise BackendUnavailable('the triton backend needs --triton-url')
         return TritonBackend(bundle, triton_url)
     if name == 'auto':
         if torch.cuda.is_available():
-            return CompiledBackend(bundle, device)
+            try:
+                return TensorRTBackend(bundle)
+            except BackendUnavailable:
+                return CompiledBackend(bundle, device)
         try:
             return OnnxBackend(bundle)
         except BackendUnavailable:
             return TorchBackend(bundle, device)
-    raise BackendUnavailable(f'unknown backend {name!r}; choose auto, torch, torch-bf16, compile, onnxruntime or triton')
+    raise BackendUnavailable(f'unknown backend {name!r}; choose auto, torch, torch-bf16, compile, onnxruntime, tensorrt or triton')

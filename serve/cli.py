@@ -25,7 +25,7 @@ def default_bundles(log):
 @click.command(context_settings=CTX)
 @click.option('--bundle', 'bundles', multiple=True, type=click.Path(exists=True, file_okay=False),
               help='Bundle to serve (repeat for several; the first is the default). [default: the zoo]')
-@click.option('--backend', default=None, help='auto | torch | torch-bf16 | compile | onnxruntime | triton  [default: auto]')
+@click.option('--backend', default=None, help='auto | torch | torch-bf16 | compile | onnxruntime | tensorrt | triton  [default: auto]')
 @click.option('--triton-url', default=None, help='External Triton server for --backend triton.')
 @click.option('--host', default=None, help='Bind address [default: 127.0.0.1].')
 @click.option('--port', type=int, default=None, help='[default: 8000]')
