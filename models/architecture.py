@@ -6,7 +6,6 @@ A spec is plain JSON (it lives in sida.json):
 text_dim, ...), so a spec alone builds the denoiser. Presets give EDM's published configurations.
 """
 
-import copy
 import inspect
 
 from models.precond import EDMPrecond, VEPrecond, VPPrecond
@@ -48,10 +47,6 @@ def build_denoiser(spec):
     return pre_cls(network, label_dim=net_kwargs.get('label_dim', 0), **pre_kwargs)
 
 
-def network_kwarg(spec, name, default=0):
-    return spec['network_kwargs'].get(name, default)
-
-
 def _spec(network, precond='EDMPrecond', precond_kwargs=None, **network_kwargs):
     return {'precond': precond, 'precond_kwargs': dict(precond_kwargs or {}),
             'network': network, 'network_kwargs': network_kwargs}
@@ -88,7 +83,3 @@ def adm(resolution=64, channels=3, label_dim=1000, model_channels=192, channel_m
 
 
 PRESETS = {'ddpmpp': ddpmpp, 'ncsnpp': ncsnpp, 'adm': adm}
-
-
-def clone_spec(spec):
-    return copy.deepcopy(spec)
