@@ -24,7 +24,7 @@ class TritonPythonModel:
         import torch
 
         from models.bundle import load_bundle
-        if params.get('torch_threads'):
+        if int(params.get('torch_threads') or 0) > 0:          # 0 = leave PyTorch's default
             torch.set_num_threads(int(params['torch_threads']))
         gpu = args.get('model_instance_kind') == 'GPU' and torch.cuda.is_available()
         self.device = f'cuda:{args.get("model_instance_device_id", 0)}' if gpu else 'cpu'

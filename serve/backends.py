@@ -106,6 +106,18 @@ class CompiledBackend(TorchBackend):
         return np.concatenate(out)
 
 
+def verified_export(bundle, key, what, command):
+    """The manifest entry of an export that matches the bundle as it is now and passed its parity gate."""
+    entry = read_manifest(bundle.path)['exports'].get(key)
+    if entry is None:
+        raise BackendUnavailable(f'{bundle.path}: no {what}; run `sida export {command} --bundle {bundle.path}`')
+    if entry.get('bundle_sha256') != bundle.config.sha256:
+        raise BackendUnavailable(f'{bundle.path}: the {what} is stale (bundle weights changed); export again')
+    if not entry['parity']['passed']:
+        raise BackendUnavailable(f'{bundle.path}: the {what} failed its parity gate (kept with --force); not serving it')
+    return entry
+
+
 class OnnxBackend(Backend):
     """ONNX Runtime on the bundle's recorded ONNX export (refused if the bundle changed since)."""
 
@@ -113,13 +125,7 @@ class OnnxBackend(Backend):
 
     def __init__(self, bundle, precision='fp32'):
         super().__init__(bundle)
-        entry = read_manifest(bundle.path)['exports'].get(f'onnx-{precision}')
-        if entry is None:
-            raise BackendUnavailable(f'{bundle.path}: no {precision} ONNX export; run `sida export onnx --bundle {bundle.path}`')
-        if entry.get('bundle_sha256') != bundle.config.sha256:
-            raise BackendUnavailable(f'{bundle.path}: the ONNX export is stale (bundle weights changed); export again')
-        if not entry['parity']['passed']:
-            raise BackendUnavailable(f'{bundle.path}: the ONNX export failed its parity gate (kept with --force); not serving it')
+        entry = verified_export(bundle, f'onnx-{precision}', f'{precision} ONNX export', 'onnx')
         from export.onnx_export import ort_session
         self.session = ort_session(Path(bundle.path) / entry['file'])
         self.device = 'cuda' if 'CUDAExecutionProvider' in self.session.get_providers() else 'cpu'
@@ -137,11 +143,7 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle, precision='fp16'):
         super().__init__(bundle)
         from export.tensorrt_export import EngineRunner, TensorRTUnavailable
-        entry = read_manifest(bundle.path)['exports'].get(f'tensorrt-{precision}')
-        if entry is None:
-            raise BackendUnavailable(f'{bundle.path}: no {precision} TensorRT engine; run `sida export tensorrt --bundle {bundle.path}`')
-        if entry.get('bundle_sha256') != bundle.config.sha256 or not entry['parity']['passed']:
-            raise BackendUnavailable(f'{bundle.path}: the TensorRT engine is stale or failed its parity gate; build it again')
+        entry = verified_export(bundle, f'tensorrt-{precision}', f'{precision} TensorRT engine', 'tensorrt')
         try:
             self.runner = EngineRunner(Path(bundle.path) / entry['file'])
         except TensorRTUnavailable as e:

@@ -12,34 +12,27 @@ from train import runner
 from train.batches import LabelBatches
 from train.distill import DistillConfig, Distiller
 from train.launch import (
+    begin,
     condition_of,
-    configure_backends,
-    export_after_training,
+    finish,
     load_data,
     load_teacher_any,
     make_batches,
-    parse_exports,
     precision_dtype,
     prepare,
+    run_config,
     sample_grid_writer,
-    setup_runtime,
     student_bundle_writer,
     write_json,
 )
 
 
 def main(o):
-    try:
-        targets = parse_exports(o['exports'])
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint='--export') from None
-    rt = setup_runtime(o['device'])
-    log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
+    targets, rt, log = begin(o)
     if o['method'] in ('sida', 'sid2a') and o['data'] is None:
         raise click.UsageError(f'--method {o["method"]} needs real images: give --data')
     if o['method'] == 'sid2a' and o['generator_init'] is None:
         raise click.UsageError('--method sid2a starts from a SiD generator: give --generator BUNDLE')
-    configure_backends(o['tf32'])
     try:
         teacher, spec, bundle_condition = load_teacher_any(o['teacher'], rt.device)
     except (BundleError, ValueError, FileNotFoundError) as e:
@@ -83,9 +76,7 @@ def main(o):
     trainer = Distiller(cfg, teacher, generator, fake_score, batches, shape, device=rt.device, rank=rt.rank, world=rt.world,
                         autocast_dtype=autocast, ddp=rt.distributed)
 
-    run_cfg = runner.RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
-                               checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
-                               keep_checkpoints=o['keep'], resume=o['resume'], metric_every_images=o['metric_every'])
+    run_cfg = run_config(o)
     started = time.time()
     resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_cfg),
                 'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world,
@@ -109,14 +100,7 @@ def main(o):
                make_samples=samples, metric=metric, rank=rt.rank, log=log)
     if rt.rank == 0:
         log(f'done: {trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
-    if rt.rank == 0 and targets and (o['run_dir'] / 'bundle').is_dir():
-        try:
-            export_after_training(o['run_dir'] / 'bundle', targets, log=log)
-        except Exception as e:   # the trained bundle is safe on disk; say what failed and how to retry
-            raise click.ClickException(f'training finished but export failed: {e} (retry with `sida export ... --bundle '
-                                       f'{o["run_dir"] / "bundle"}`)') from None
-    if rt.distributed:
-        torch.distributed.destroy_process_group()
+    finish(o, rt, targets, log)
 
 
 def make_metric(o, trainer, dataset, stream, condition, shape, rt):

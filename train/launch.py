@@ -175,3 +175,36 @@ def export_after_training(bundle_dir, targets, log=print):
         elif target == 'triton-repo':
             model_dir = write_triton_repo(bundle_dir, Path(bundle_dir).parent / 'triton-repo', 'onnxruntime', log=log)
             log(f'wrote Triton repository {model_dir.parent}')
+
+
+def begin(o):
+    """Shared start of `sida train distill|teacher`: export targets checked first, then the runtime and a rank-0 log."""
+    import click
+    try:
+        targets = parse_exports(o['exports'])
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint='--export') from None
+    rt = setup_runtime(o['device'])
+    log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
+    configure_backends(o['tf32'])
+    return targets, rt, log
+
+
+def run_config(o):
+    from train.runner import RunConfig
+    return RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
+                     checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
+                     keep_checkpoints=o['keep'], resume=o['resume'], metric_every_images=o.get('metric_every') or 0)
+
+
+def finish(o, rt, targets, log):
+    """Shared end: train-then-export on rank 0, then leave the process group."""
+    import click
+    if rt.rank == 0 and targets and (o['run_dir'] / 'bundle').is_dir():
+        try:
+            export_after_training(o['run_dir'] / 'bundle', targets, log=log)
+        except Exception as e:   # the trained bundle is safe on disk; say what failed and how to retry
+            raise click.ClickException(f'training finished but export failed: {e} (retry with `sida export ... --bundle '
+                                       f'{o["run_dir"] / "bundle"}`)') from None
+    if rt.distributed:
+        torch.distributed.destroy_process_group()

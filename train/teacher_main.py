@@ -14,15 +14,14 @@ from models.sampler import edm_sample
 from train import runner
 from train.data import DataError
 from train.launch import (
-    configure_backends,
-    export_after_training,
+    begin,
+    finish,
     load_data,
     make_batches,
-    parse_exports,
     precision_dtype,
     prepare,
+    run_config,
     sample_grid_writer,
-    setup_runtime,
     teacher_spec,
     write_json,
 )
@@ -30,15 +29,9 @@ from train.teacher import TeacherConfig, TeacherTrainer
 
 
 def main(o):
-    try:
-        targets = parse_exports(o['exports'])
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint='--export') from None
-    rt = setup_runtime(o['device'])
-    log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
+    targets, rt, log = begin(o)
     if o['data'] is None:
         raise click.UsageError('a teacher learns from images: give --data')
-    configure_backends(o['tf32'])
     channels = int(o['img_channels'])
     try:
         dataset, stream = load_data(o['data'], o['data_prefix'], o['resolution'], channels, o['max_data'], rt, o['batch'], o['seed'])
@@ -73,9 +66,7 @@ def main(o):
                         ema_halflife_images=o['ema_halflife'], xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
     trainer = TeacherTrainer(cfg, net, batches, device=rt.device, rank=rt.rank, world=rt.world,
                              autocast_dtype=precision_dtype(o['precision'], rt.device), ddp=rt.distributed)
-    run_cfg = runner.RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
-                               checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
-                               keep_checkpoints=o['keep'], resume=o['resume'])
+    run_cfg = run_config(o)
     started = time.time()
     resolved = {'command': 'teacher', 'teacher': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_cfg),
                 'architecture': spec, 'condition': condition, 'data': str(o['data']), 'data_prefix': o['data_prefix'],
@@ -96,11 +87,4 @@ def main(o):
     shape = (channels, resolution, resolution)
     samples = sample_grid_writer(lambda z, c: edm_sample(trainer.ema, z, num_steps=18, **c), condition, shape, rt.device)
     runner.run(trainer, run_cfg, write_bundle, make_samples=samples, rank=rt.rank, log=log)
-    if rt.rank == 0 and targets and (o['run_dir'] / 'bundle').is_dir():
-        try:
-            export_after_training(o['run_dir'] / 'bundle', targets, log=log)
-        except Exception as e:   # the trained bundle is safe on disk; say what failed and how to retry
-            raise click.ClickException(f'training finished but export failed: {e} (retry with `sida export ... --bundle '
-                                       f'{o["run_dir"] / "bundle"}`)') from None
-    if rt.distributed:
-        torch.distributed.destroy_process_group()
+    finish(o, rt, targets, log)
