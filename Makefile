@@ -6,22 +6,33 @@ PY     := $(VENV)/bin/python
 SIDA   := $(VENV)/bin/sida
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup browser run test lint clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,export,serve,dev]'
+	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,export,serve,ui,dev]'
 	touch $(STAMP)
 
 # Main job: serve the bundled models (API on http://127.0.0.1:8000, docs at /docs).
 run: setup
 	$(SIDA) serve
 
-test: setup
+# The UI tests drive Debian's chromium (Playwright's own browser download needs the internet); without it they skip.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then APT=apt-get; elif command -v sudo >/dev/null; then APT='sudo -n apt-get'; fi; \
+	  [ -n "$$APT" ] && $$APT update -q && DEBIAN_FRONTEND=noninteractive $$APT install -y -q chromium; } \
+	  || echo 'chromium could not be installed: the browser tests will skip'
+
+test: setup browser
 	$(PY) -m pytest -q tests
+
+# The zoo recipe (models/zoo/README.md) on a GPU machine: every stage at full length into runs/zoo.
+zoo: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH train/recipes/zoo.sh all runs/zoo
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,23 @@ def noise_for_seeds(seeds, shape):
     return out
 
 
+def slerp(a, b, t):
+    """Spherical interpolation from noise a to noise b ([N, ...]) at t in [0, 1], per image (a seed walk).
+
+    Two independent Gaussian draws are nearly orthogonal with nearly equal norms; a linear mix would shrink the
+    norm (to ~0.71x at t=0.5), noise the generator never saw. Slerp stays on that shell; t=0 gives a exactly, t=1 b.
+    """
+    a64, b64 = a.flatten(1).double(), b.flatten(1).double()
+    cos = (a64 * b64).sum(1) / (a64.norm(dim=1) * b64.norm(dim=1)).clamp_min(1e-12)
+    omega = cos.clamp(-1, 1).acos()
+    sin = omega.sin()
+    parallel = sin < 1e-6              # (anti)parallel: the great circle is undefined, mix linearly
+    sin = torch.where(parallel, torch.ones_like(sin), sin)
+    wa = torch.where(parallel, torch.full_like(sin, 1 - t), ((1 - t) * omega).sin() / sin)
+    wb = torch.where(parallel, torch.full_like(sin, t), (t * omega).sin() / sin)
+    return (wa[:, None] * a64 + wb[:, None] * b64).view(a.shape).to(a.dtype)
+
+
 def labels_for_seeds(seeds, num_classes):
     """A class per seed when the user names none: drawn from a generator seeded by the seed (after its noise stream)."""
     return torch.tensor([int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(int(s) ^ 0x5EED)))

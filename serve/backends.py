@@ -101,7 +101,8 @@ class CompiledBackend(TorchBackend):
             m = len(chunk['noise'])
             bucket = next(b for b in self.buckets if b >= m)
             padded = {k: torch.cat([v, v[-1:].expand(bucket - m, *v.shape[1:])]) if bucket > m else v for k, v in chunk.items()}
-            images, _ = self.generator(**{k: v.to(self.device) for k, v in padded.items()})
+            images = self.generator(**{k: v.to(self.device) for k, v in padded.items()})
+            images = images[0] if isinstance(images, tuple) else images      # a bundle loaded with return_float=True
             out.append(images[:m].cpu().numpy())
         return np.concatenate(out)
 

@@ -1,4 +1,4 @@
-"""`sida serve`: the HTTP API (and, later, the UI) on one or more bundles."""
+"""`sida serve`: the HTTP API and the Gradio demo (/ui) on one or more bundles."""
 
 import logging
 from pathlib import Path
@@ -39,15 +39,17 @@ def default_bundles(log):
 @click.option('--config', 'config_file', type=click.Path(exists=True, dir_okay=False), default=None,
               help='Settings file (TOML, YAML or JSON); SIDA_* environment variables work too.')
 @click.option('--no-warmup', is_flag=True, help='Skip the warm-up generation at start.')
+@click.option('--ui/--no-ui', 'with_ui', default=None, help='Serve the Gradio demo at /ui.  [default: on]')
 @click.option('--triton', 'with_triton', is_flag=True,
               help='Run the backends inside a real Triton Inference Server (PyTriton) and serve the API through it.')
 @click.option('--triton-http-port', type=int, default=8010, help='Triton KServe v2 HTTP port (with --triton).')
 @click.option('--triton-grpc-port', type=int, default=8011, help='Triton gRPC port (with --triton).')
 @click.option('--triton-metrics-port', type=int, default=8002, help='Triton metrics port (with --triton).')
 def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
-          api_keys_file, rate_limit_per_minute, config_file, no_warmup, with_triton, triton_http_port, triton_grpc_port,
+          api_keys_file, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton, triton_http_port, triton_grpc_port,
           triton_metrics_port):
-    """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs."""
+    """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs,
+    and the web demo at /ui."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -58,7 +60,8 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
         settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url, host=host,
                                  port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue_images=max_queue_images,
                                  max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
-                                 rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None)
+                                 rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None,
+                                 ui=with_ui)
     except ValidationError as e:
         first = e.errors()[0]
         raise click.ClickException(f'bad setting {".".join(map(str, first["loc"]))}: {first["msg"]}') from None
@@ -85,7 +88,8 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
             triton.stop()
         raise click.ClickException(str(e)) from None
     app = create_app(settings, models=app_models)
-    click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} (docs at /docs)', err=True)
+    pages = '/docs, demo at /ui' if app.state.ui else '/docs'
+    click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} (docs at {pages})', err=True)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level='warning')
     finally:

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 
 from models.bundle import load_bundle
-from models.sampling import noise_for_seeds
+from models.sampling import noise_for_seeds, slerp
 from serve.backends import make_backend
 from serve.batcher import MicroBatcher
 
@@ -93,9 +93,10 @@ class ServedModel:
             raise RequestError(f'class_label {class_label} out of range for model {self.id} (0..{len(labels) - 1})')
         return class_label
 
-    def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None, text_embedding=None):
+    def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None, text_embedding=None, seed_b=None, mix=None):
         """Contract inputs for n images, plus what each image was: (inputs, seeds, per-image metadata).
-        Text models take the prompt's embedding from `PromptEncoder.embed` (async); without it, it is encoded here."""
+        Text models take the prompt's embedding from `PromptEncoder.embed` (async); without it, it is encoded here.
+        seed_b and mix: a seed walk, image i's noise slerped from seed + i's towards seed_b + i's."""
         if self.kind != 'class' and (class_label is not None or class_name is not None):
             raise RequestError(f'model {self.id} is {self.kind}-conditioned: it takes no class')
         if self.kind != 'text' and prompt is not None:
@@ -108,6 +109,11 @@ class ServedModel:
             raise RequestError('seed + n - 1 exceeds the largest seed (2^63 - 1)')
         c = self.config
         inputs = {'noise': noise_for_seeds(seeds, (c.channels, c.resolution, c.resolution))}
+        seeds_b = [seed_b + i for i in range(n)] if seed_b is not None else []
+        if seeds_b:
+            if seeds_b[-1] > 2 ** 63 - 1:
+                raise RequestError('seed_b + n - 1 exceeds the largest seed (2^63 - 1)')
+            inputs['noise'] = slerp(inputs['noise'], noise_for_seeds(seeds_b, (c.channels, c.resolution, c.resolution)), mix)
         meta = [{} for _ in seeds]
         if self.kind == 'class':
             fixed = self.resolve_class(class_label, class_name)
@@ -122,6 +128,8 @@ class ServedModel:
             embedding = text_embedding if text_embedding is not None else self.prompts.embed_now(prompt)
             inputs['text_embeds'] = embedding.unsqueeze(0).expand(n, -1, -1).contiguous()
             meta = [{'prompt': prompt} for _ in seeds]
+        if seeds_b:
+            meta = [{**m, 'seed_b': b, 'mix': mix} for m, b in zip(meta, seeds_b)]
         return inputs, seeds, meta
 
     def info(self):

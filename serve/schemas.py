@@ -2,7 +2,8 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 SEED_MAX = 2 ** 63 - 1
 
@@ -18,8 +19,21 @@ class GenerateRequest(Strict):
     prompt: str | None = Field(None, description='Text prompt (text models).')
     n: int = Field(1, ge=1, description='Number of images.')
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description='Seed of the first image; image i uses seed + i. Random if absent.')
+    seed_b: int | None = Field(None, ge=0, le=SEED_MAX, description='Seed walk: the seed to walk towards. Image i\'s noise is '
+                               'the spherical interpolation (slerp) of the noise of seed + i and seed_b + i at `mix`. Needs seed and mix.')
+    mix: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                              description='Seed walk: 0 is the noise of seed, 1 that of seed_b, in between a slerp. Needs seed_b.')
     format: Literal['png', 'jpeg', 'webp'] = 'png'
     response: Literal['b64', 'binary'] = Field('b64', description='b64: JSON; binary: the image bytes (one) or a zip (several).')
+
+    @model_validator(mode='after')
+    def _seed_walk_is_complete(self):
+        # A custom error type keeps pydantic's "Value error, " prefix out of the 422 message.
+        if (self.seed_b is None) != (self.mix is None):
+            raise PydanticCustomError('seed_walk', 'seed_b and mix go together: a seed walk needs both')
+        if self.seed_b is not None and self.seed is None:
+            raise PydanticCustomError('seed_walk', 'a seed walk (seed_b, mix) needs seed, the seed it starts from')
+        return self
 
 
 class GeneratedImage(BaseModel):
@@ -28,6 +42,8 @@ class GeneratedImage(BaseModel):
     format: str
     class_name: str | None = None
     prompt: str | None = None
+    seed_b: int | None = None
+    mix: float | None = None
 
 
 class Timings(BaseModel):

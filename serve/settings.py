@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     api_keys_file: str | None = Field(None, description='File with one API key per line.')
     rate_limit_per_minute: int = Field(0, ge=0, description='Requests per minute per key (0 = unlimited).')
     warmup: bool = True
-    ui: bool = True
+    ui: bool = Field(True, description='Serve the Gradio demo at /ui (needs the [ui] extra: gradio).')
 
     def keys(self):
         keys = set(self.api_keys)

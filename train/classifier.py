@@ -60,6 +60,7 @@ def train_classifier(train_images, train_labels, test_images, test_labels, out_d
     """Images uint8 [N,C,H,W]. Writes classifier.pt (TorchScript) and classifier.json (accuracy, settings)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
+    batch = min(batch, len(train_images))     # small data sets still get whole epochs
     num_classes = int(train_labels.max()) + 1
     net = SmallResNet(num_classes, width, train_images.shape[1]).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)

@@ -27,6 +27,21 @@ class Count(click.ParamType):
 COUNT = Count()
 
 
+def parse_duration(text):
+    """'90s', '45m', '2h', '3600' (seconds) -> seconds."""
+    m = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*', str(text))
+    if not m:
+        raise click.BadParameter(f'{text!r} is not a duration like 3600, 90s, 45m or 2h')
+    return float(m.group(1)) * {'': 1, 's': 1, 'm': 60, 'h': 3600}[m.group(2)]
+
+
+class Duration(click.ParamType):
+    name = 'DURATION'
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, (int, float)) else parse_duration(value)
+
+
 def _fail(message):
     raise click.ClickException(message)
 
@@ -40,6 +55,8 @@ def run_options(f):
     for option in reversed([
         click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path), help='Run directory.'),
         click.option('--images', 'total_images', type=COUNT, default='20M', help='Training length in images seen (k/M suffixes).'),
+        click.option('--time-limit', type=Duration(), default='0',
+                     help='Also stop after this much wall time (90s, 45m, 2h; 0 = none): checkpoint and bundle as at the end.'),
         click.option('--batch', type=click.IntRange(1), default=256, help='Global batch (all processes).'),
         click.option('--batch-gpu', type=click.IntRange(1), default=None, help='Micro-batch per process (gradient accumulation).'),
         click.option('--precision', type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']), default='auto',
@@ -53,6 +70,10 @@ def run_options(f):
                      help='Images: folder, zip, tar(.gz), EDM dataset zip or .npz.'),
         click.option('--data-prefix', default='', help='Sub-folder inside --data, e.g. "train".'),
         click.option('--max-data', type=COUNT, default=None, help='Use at most this many images of --data.'),
+        click.option('--captions', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help='Captions for --data (text models): a file from `sida train captions`.'),
+        click.option('--text-embeddings', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help='Precomputed prompt embeddings (from `sida train captions`), for machines without the text encoder.'),
         click.option('--log-every', type=COUNT, default='10k', help='Images between log lines.'),
         click.option('--sample-every', type=COUNT, default='200k', help='Images between sample grids.'),
         click.option('--checkpoint-every', type=COUNT, default='500k', help='Images between checkpoints.'),
@@ -110,6 +131,8 @@ def distill(**o):
 @click.option('--lr-rampup', type=COUNT, default='640k', help='Images over which the learning rate ramps up.')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='500k', help='EMA half-life in images.')
 @click.option('--xflip/--no-xflip', default=True, help='Random horizontal flips.')
+@click.option('--max-tokens', type=click.IntRange(1), default=None,
+              help='Text models: token rows per prompt [default: the --text-embeddings table\'s, else 32].')
 @run_options
 def teacher(**o):
     """Train an EDM teacher (denoising score matching) on your images."""
@@ -164,3 +187,132 @@ def classifier(data, train_prefix, test_prefix, out_dir, epochs, width, device):
         splits += [ds.load_all(), torch.as_tensor(ds.labels)]
     info = train_classifier(*splits, out_dir=out_dir, epochs=epochs, width=width, device=device, log=click.echo)
     click.echo(json.dumps(info, indent=2))
+
+
+@train.command(context_settings=CTX)
+@click.option('--data', required=True, type=click.Path(exists=True, path_type=Path), help='Labelled images.')
+@click.option('--data-prefix', default='', help='Sub-folder inside --data, e.g. "train".')
+@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option('--embed/--no-embed', default=True, help='Also write text-embeddings.safetensors (needs the [text] extra).')
+@click.option('--max-tokens', type=click.IntRange(1), default=32, help='Token rows per embedding (the model\'s max_tokens).')
+@click.option('--extra-prompt', 'extra_prompts', multiple=True, help='More prompts to put in the embedding table.')
+def captions(data, data_prefix, out_dir, embed, max_tokens, extra_prompts):
+    """Caption labelled images from their pixels ("a bright photo of a red automobile").
+
+    Writes OUT/captions.json (for --captions) and OUT/text-embeddings.safetensors: every distinct caption and
+    the demo prompts encoded once, for training on machines without sentence-transformers (--text-embeddings).
+    """
+    from train.captions import DEMO_PROMPTS, caption_dataset, write_captions
+    from train.data import DataError, ImageDataset
+    try:
+        pairs = caption_dataset(ImageDataset(data, prefix=data_prefix))
+    except (DataError, ValueError) as e:
+        _fail(str(e))
+    write_captions(out_dir / 'captions.json', pairs, data)
+    distinct = {c for _, c in pairs}
+    click.echo(f'wrote {out_dir / "captions.json"}: {len(pairs):,} captions, {len(distinct):,} distinct')
+    if embed:
+        from models.text_encoder import DEFAULT_ENCODER, get_text_encoder, save_precomputed
+        try:
+            encoder = get_text_encoder(DEFAULT_ENCODER, max_tokens)
+        except (RuntimeError, ImportError) as e:
+            _fail(f'cannot embed the captions: {e} (or pass --no-embed)')
+        n = save_precomputed(out_dir / 'text-embeddings.safetensors', distinct | set(DEMO_PROMPTS) | set(extra_prompts), encoder)
+        click.echo(f'wrote {out_dir / "text-embeddings.safetensors"}: {n} prompts')
+
+
+def _named_paths(items, option):
+    out = {}
+    for item in items:
+        name, sep, path = item.partition('=')
+        if not sep or not name or not Path(path).exists():
+            raise click.BadParameter(f'{item!r}: expected NAME=PATH with an existing PATH', param_hint=option)
+        out[name] = Path(path)
+    return out
+
+
+@train.command(context_settings=CTX)
+@click.option('--data', required=True, type=click.Path(exists=True, path_type=Path), help='The training images (the reference).')
+@click.option('--data-prefix', default='train')
+@click.option('--test-prefix', default='test', help='Held-out split whose distance is the floor ("" to skip).')
+@click.option('--classifier', 'classifier_path', required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='classifier.pt from `sida train classifier` (the FD-CIFAR feature space).')
+@click.option('--teacher', 'teachers', multiple=True, help='NAME=BUNDLE of a teacher, sampled with EDM Heun (repeatable).')
+@click.option('--teacher-steps', default='18,9', help='Heun steps per teacher evaluation (18 steps = 35 NFE).')
+@click.option('--student', 'students', multiple=True, help='NAME=BUNDLE of a one-step generator (repeatable).')
+@click.option('--captions', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help='Captions of --data (text models are asked for the captions of random training images).')
+@click.option('--text-embeddings', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option('--samples', type=COUNT, default='10k', help='Images per model.')
+@click.option('--batch', type=click.IntRange(1), default=500)
+@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
+@click.option('--out', 'out_path', required=True, type=click.Path(dir_okay=False, path_type=Path), help='metrics JSON to write.')
+@click.option('--record/--no-record', default=False, help='Also write the numbers into each student bundle\'s provenance.metrics.')
+@click.option('--curves', multiple=True, help='LABEL=RUN_DIR: plot FD vs images seen from its log.jsonl (repeatable).')
+def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_steps, students, captions, text_embeddings,
+             samples, batch, device, out_path, record, curves):
+    """FD-CIFAR, precision/recall, class accuracy and time per image of teachers and students, side by side."""
+    import torch
+
+    from models.bundle import BundleError, load_bundle
+    from models.text_encoder import get_text_encoder, use_precomputed
+    from train.data import DataError, ImageDataset
+    from train.evaluate import evaluate as run_eval
+    from train.evaluate import plot_curves, record_in_bundle, student_fn, teacher_fn
+    named = {'teacher': _named_paths(teachers, '--teacher'), 'student': _named_paths(students, '--student')}
+    curve_runs = _named_paths(curves, '--curves')
+    device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if text_embeddings:
+        use_precomputed(text_embeddings)
+    try:
+        steps = [int(s) for s in teacher_steps.split(',') if s.strip()]
+        dataset = ImageDataset(data, prefix=data_prefix, captions=captions)
+        test = ImageDataset(data, prefix=test_prefix) if test_prefix else None
+    except (DataError, ValueError) as e:
+        _fail(str(e))
+    models, bundles = [], {}
+    for role, items in named.items():
+        for name, path in items.items():
+            try:
+                bundle = load_bundle(path, device=device)
+            except BundleError as e:
+                _fail(str(e))
+            c = bundle.config.condition
+            encoder = get_text_encoder(c['encoder'], c['max_tokens']) if c['kind'] == 'text' else None
+            if c['kind'] == 'text' and dataset.captions is None:
+                _fail(f'{name} is a text model: give --captions for {data}')
+            bundle.generator.eval()
+            if role == 'teacher':
+                for s in steps:
+                    fn = teacher_fn(bundle.generator.denoiser, s)
+                    models.append((f'{name} (Heun, {2 * s - 1} NFE)', 'teacher', fn, c['kind'], encoder))
+            else:
+                bundles[name] = (path, bundle)
+                models.append((f'{name} (1 step)', 'student', student_fn(bundle.generator), c['kind'], encoder))
+    result = run_eval(dataset, test, classifier_path, models, n=samples, device=device, batch=batch, autocast=device == 'cuda',
+                      log=click.echo, cache_dir=out_path.parent / 'stats-cache')
+    result['date'] = __import__('datetime').date.today().isoformat()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if curves:
+        png = out_path.with_suffix('.curves.png')
+        plot_curves(curve_runs, png)
+        result['curves'] = str(png)
+    out_path.write_text(json.dumps(result, indent=2) + '\n')
+    click.echo(f'wrote {out_path}')
+    if record:
+        rows = {r['name']: r for r in result['rows']}
+        floor = rows.get('test split', {}).get('fd')
+        teacher35 = next((r['fd'] for r in result['rows'] if r['kind'] == 'teacher' and '35 NFE' in r['name']), None)
+        for name, (path, bundle) in bundles.items():
+            row = rows[f'{name} (1 step)']
+            metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': bundle.config.provenance.get('images_seen'),
+                       'feature_space': 'FD-CIFAR (not Inception FID)', 'eval_samples': row['images']}
+            if 'class_accuracy' in row:
+                metrics['class_accuracy'] = round(row['class_accuracy'], 4)
+            if teacher35 is not None:
+                metrics['fd_cifar_teacher_nfe35'] = round(teacher35, 4)
+            if floor is not None:
+                metrics['fd_cifar_test_split'] = round(floor, 4)
+            record_in_bundle(path, metrics)
+            click.echo(f'recorded metrics in {path}/sida.json')

@@ -88,7 +88,7 @@ def _prepare(image, resolution, channels, where):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, path, resolution=None, channels=3, prefix='', max_images=None):
+    def __init__(self, path, resolution=None, channels=3, prefix='', max_images=None, captions=None):
         self.path, self.resolution, self.channels = Path(path), resolution, channels
         if not self.path.exists():
             raise DataError(f'{self.path}: no such file or folder')
@@ -99,6 +99,8 @@ class ImageDataset(torch.utils.data.Dataset):
             self._init_archive(prefix.strip('/'))
         if len(self) == 0:
             raise DataError(f'{self.path}: no images found' + (f' under {prefix!r}' if prefix else ''))
+        if captions is not None:
+            self._attach_captions(captions)
         if max_images is not None and max_images < len(self):
             keep = np.random.default_rng(0).permutation(len(self))[:max_images]
             keep.sort()
@@ -155,6 +157,18 @@ class ImageDataset(torch.utils.data.Dataset):
                 self.class_names = []
         self.names = images
         self.labels = np.asarray(labels, dtype=np.int64) if labels is not None else None
+
+    def _attach_captions(self, path):
+        """Captions from a separate file ({"captions": [[image name, text], ...]}), e.g. `sida train captions`."""
+        from train.captions import read_captions
+        try:
+            table = read_captions(path)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        missing = [n for n in self.names if n not in table]
+        if missing:
+            raise DataError(f'{path}: no caption for {missing[0]} ({len(missing)} of {len(self.names)} images uncaptioned)')
+        self.captions = [table[n] for n in self.names]
 
     def _subset(self, keep):
         self.names = [self.names[i] for i in keep]

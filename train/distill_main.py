@@ -55,7 +55,7 @@ def main(o):
     dataset = None
     if o['data'] is not None:
         dataset, stream = load_data(o['data'], o['data_prefix'], kw['img_resolution'], kw['in_channels'], o['max_data'],
-                                    rt, o['batch'], o['seed'])
+                                    rt, o['batch'], o['seed'], o['captions'])
     condition = condition_of(spec, bundle_condition, dataset.class_names if dataset is not None else None)
     if dataset is not None:
         batches = make_batches(dataset, stream, kw.get('label_dim', 0), condition, rt.device)

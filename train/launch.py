@@ -79,8 +79,9 @@ def condition_of(spec, bundle_condition=None, class_names=None):
     return {'kind': 'none'}
 
 
-def load_data(path, prefix, resolution, channels, max_images, runtime, global_batch, seed):
-    dataset = ImageDataset(path, resolution=resolution, channels=channels, prefix=prefix or '', max_images=max_images)
+def load_data(path, prefix, resolution, channels, max_images, runtime, global_batch, seed, captions=None):
+    dataset = ImageDataset(path, resolution=resolution, channels=channels, prefix=prefix or '', max_images=max_images,
+                           captions=captions)
     stream = DataStream(dataset, global_batch, seed=seed, rank=runtime.rank, world=runtime.world)
     return dataset, stream
 
@@ -91,7 +92,8 @@ def make_batches(dataset, stream, label_dim, condition, device):
     text_table = None
     if condition['kind'] == 'text':
         if dataset.captions is None:
-            raise ValueError('a text-conditioned model needs captions: dataset.json with "captions": [[file, text], ...]')
+            raise ValueError('a text-conditioned model needs captions: --captions FILE (`sida train captions` makes one) '
+                             'or dataset.json with "captions": [[file, text], ...]')
         from models.text_encoder import get_text_encoder
         text_table = CaptionTable(dataset.captions, get_text_encoder(condition['encoder'], condition['max_tokens']))
     return ImageBatches(stream, device, label_dim, text_table)
@@ -107,7 +109,8 @@ def sample_grid_writer(net_fn, condition, shape, device, seeds=range(64), text_p
         cond['class_labels'] = torch.nn.functional.one_hot(labels, len(condition['labels'])).float().to(device)
     elif condition['kind'] == 'text':
         from models.text_encoder import get_text_encoder
-        prompts = text_prompts or ['a photo']
+        from train.captions import DEMO_PROMPTS
+        prompts = text_prompts or DEMO_PROMPTS
         enc = get_text_encoder(condition['encoder'], condition['max_tokens']).encode(prompts)
         cond['text_embeds'] = enc[torch.arange(len(seeds)) % len(prompts)].to(device)
 
@@ -184,6 +187,12 @@ def begin(o):
         targets = parse_exports(o['exports'])
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint='--export') from None
+    if o.get('text_embeddings'):
+        from models.text_encoder import use_precomputed
+        try:
+            use_precomputed(o['text_embeddings'])
+        except RuntimeError as e:
+            raise click.BadParameter(str(e), param_hint='--text-embeddings') from None
     rt = setup_runtime(o['device'])
     log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
     configure_backends(o['tf32'])
@@ -194,7 +203,8 @@ def run_config(o):
     from train.runner import RunConfig
     return RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
                      checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
-                     keep_checkpoints=o['keep'], resume=o['resume'], metric_every_images=o.get('metric_every') or 0)
+                     keep_checkpoints=o['keep'], resume=o['resume'], metric_every_images=o.get('metric_every') or 0,
+                     time_limit_s=o.get('time_limit') or 0)
 
 
 def finish(o, rt, targets, log):

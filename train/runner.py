@@ -36,6 +36,7 @@ class RunConfig:
     metric_every_images: int = 0          # 0 = no metric during training
     keep_checkpoints: int = 3
     resume: str | None = None             # None | 'auto' | a checkpoint directory
+    time_limit_s: float = 0               # > 0: finish (checkpoint + bundle) once this much wall time has passed
 
 
 class StopRequested:
@@ -187,8 +188,10 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
     last_checkpoint = None
     bar = tqdm(total=run_cfg.total_images, initial=trainer.images_seen, unit='img', unit_scale=True,
                disable=not writer, desc='train', dynamic_ncols=True, mininterval=1)
+    started = time.perf_counter()
+    out_of_time = False
     with StopRequested() as stop:
-        while trainer.images_seen < run_cfg.total_images:
+        while trainer.images_seen < run_cfg.total_images and not out_of_time:
             before = trainer.images_seen
             stats = trainer.iteration()
             after = trainer.images_seen
@@ -196,7 +199,9 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
             for k, v in stats.items():
                 window['stats'][k] = window['stats'].get(k, 0.0) + v
             window['count'] += 1
-            done = after >= run_cfg.total_images
+            # A time limit ends the run like reaching --images does; every rank must agree on when.
+            out_of_time = run_cfg.time_limit_s > 0 and agreed(time.perf_counter() - started > run_cfg.time_limit_s)
+            done = after >= run_cfg.total_images or out_of_time
             stop_now = agreed(stop.requested)
             measure = metric is not None and (_crossed(before, after, run_cfg.metric_every_images) or done)
             if writer and (_crossed(before, after, run_cfg.log_every_images) or done or measure):
@@ -223,7 +228,9 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
                 log(f'stopping on signal at {after:,} images; checkpoint {last_checkpoint}')
                 break
     bar.close()
-    if writer and trainer.images_seen >= run_cfg.total_images:
+    if out_of_time:
+        log(f'time limit of {run_cfg.time_limit_s:.0f}s reached at {trainer.images_seen:,} images')
+    if writer and (trainer.images_seen >= run_cfg.total_images or out_of_time):
         write_bundle(run_dir / 'bundle')
         if best:
             import shutil

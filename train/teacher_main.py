@@ -34,7 +34,8 @@ def main(o):
         raise click.UsageError('a teacher learns from images: give --data')
     channels = int(o['img_channels'])
     try:
-        dataset, stream = load_data(o['data'], o['data_prefix'], o['resolution'], channels, o['max_data'], rt, o['batch'], o['seed'])
+        dataset, stream = load_data(o['data'], o['data_prefix'], o['resolution'], channels, o['max_data'], rt, o['batch'], o['seed'],
+                                    o['captions'])
     except DataError as e:
         raise click.ClickException(str(e)) from None
     resolution = o['resolution'] or int(dataset.image(0).shape[-1])
@@ -43,9 +44,11 @@ def main(o):
     label_dim = dataset.label_dim if o['cond'] == 'class' else 0
     text_dim = 0
     if o['cond'] == 'text':
-        from models.text_encoder import DEFAULT_ENCODER, get_text_encoder
-        text_dim = get_text_encoder(DEFAULT_ENCODER).dim
-        condition = {'kind': 'text', 'encoder': DEFAULT_ENCODER, 'dim': text_dim, 'max_tokens': 32}
+        from models.text_encoder import DEFAULT_ENCODER, get_text_encoder, precomputed_table
+        table = precomputed_table()
+        max_tokens = o['max_tokens'] or (table.max_tokens if table is not None else 32)
+        text_dim = get_text_encoder(DEFAULT_ENCODER, max_tokens).dim
+        condition = {'kind': 'text', 'encoder': DEFAULT_ENCODER, 'dim': text_dim, 'max_tokens': max_tokens}
     elif label_dim:
         condition = {'kind': 'class', 'labels': list(dataset.class_names)}
     else:

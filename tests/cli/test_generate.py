@@ -32,13 +32,6 @@ def test_help_lists_every_subcommand():
         assert f'  {name} ' in result.stdout
 
 
-@pytest.mark.parametrize('name', ['ui', 'bench'])
-def test_unbuilt_subcommands_say_so_and_exit_2(name):
-    result = sida(name)
-    assert result.returncode == 2
-    assert result.stderr.strip().count('\n') == 0 and 'not built yet' in result.stderr
-
-
 def test_generate_twice_writes_byte_identical_pngs(bundle, tmp_path):
     for run in ('a', 'b'):
         grid = tmp_path / f'{run}.png'

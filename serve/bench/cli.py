@@ -1,0 +1,181 @@
+"""`sida bench`: generate | teacher-vs-student | http | train | report.
+
+Each subcommand imports its own code only when it runs, so `sida bench generate` works on machines that
+have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, prometheus_client).
+"""
+
+import click
+
+CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+OUT = click.option('--out', default='benchmarks/results', type=click.Path(file_okay=False),
+                   help='Results root: files go to OUT/<device-slug>/<date>-<name>.json (+ .png).')
+NAME = click.option('--name', default=None, help='Run name in the file name [default: derived from the command].')
+PEAK = click.option('--peak-tflops', type=float, default=None,
+                    help='Peak dense bf16 TFLOP/s for MFU [default: looked up by GPU name; none on CPU].')
+DEVICE = click.option('--device', type=click.Choice(['cuda', 'cpu']), default=None, help='[default: cuda if present, else cpu]')
+PLOT = click.option('--plot/--no-plot', default=True, help='Write the PNG charts beside the JSON.')
+
+
+def int_list(ctx, param, value):
+    try:
+        values = [int(v) for v in str(value).split(',') if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f'{value!r}: expected comma-separated integers like 1,8,64') from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f'{value!r}: expected positive integers')
+    return values
+
+
+def name_list(ctx, param, value):
+    values = [v.strip() for v in str(value).split(',') if v.strip()]
+    if not values:
+        raise click.BadParameter('expected a comma-separated list')
+    return values
+
+
+def _finish(out, info, name, settings, rows, plot):
+    from serve.bench.record import safe_name, write_result
+    path = write_result(out, info, safe_name(name), settings, rows, plot=plot)
+    click.echo(f'wrote {path}' + (f' and {len(list(path.parent.glob(path.stem + "*.png")))} chart(s)' if plot else ''), err=True)
+    click.echo('refresh the table with: sida bench report', err=True)
+    return path
+
+
+@click.group(context_settings=CTX)
+def bench():
+    """Benchmark generation, serving and training; results (JSON + PNG) go to benchmarks/results/<device>/."""
+
+
+@bench.command(context_settings=CTX)
+@click.option('--bundle', required=True, help='Bundle directory, or preset:NAME for random weights of a reference network '
+                                              '(preset:ddpmpp-cifar10, preset:ncsnpp-cifar10, preset:adm-imagenet64, preset:demo).')
+@click.option('--backends', default='eager-fp32,eager-bf16,compile-bf16,onnxruntime,tensorrt,triton', callback=name_list,
+              help='<runtime>[-<precision>]: eager-fp32|bf16, compile-fp32|bf16|fp16, onnxruntime[-fp16], tensorrt[-fp16|bf16|fp32], '
+                   'triton.')
+@click.option('--batch', 'batches', default='1,8,64,256', callback=int_list, help='Batch sizes.')
+@click.option('--runs', default=20, type=click.IntRange(1), help='Measured calls per configuration.')
+@click.option('--warmup', default=3, type=click.IntRange(0), help='Unmeasured calls per configuration first (compile needs >= 3).')
+@click.option('--warmup-seconds', default=1.0, type=click.FloatRange(0), help='...and keep warming up until this long has passed.')
+@click.option('--max-seconds', default=30.0, type=float, help='Stop a configuration\'s measured runs after this long (>= 3 runs).')
+@DEVICE
+@click.option('--io', type=click.Choice(['device', 'host']), default='device',
+              help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
+@click.option('--compile-mode', default=None, help='torch.compile mode [default: max-autotune on CUDA (CUDA graphs), default on CPU].')
+@click.option('--export/--no-export', 'export_missing', default=True,
+              help='Export missing ONNX / TensorRT artefacts into the bundle first (timed as set-up).')
+@click.option('--triton-url', default=None, help='Measure an external Triton serving this bundle [default: a local PyTriton].')
+@PEAK
+@OUT
+@NAME
+@PLOT
+def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_seconds, device, io, compile_mode, export_missing, triton_url,
+             peak_tflops, out, name, plot):
+    """Latency percentiles, images/s, peak GPU memory and MFU per backend and batch size."""
+    from serve.bench.generate import parse_backend, run_generate
+    for b in backends:
+        try:
+            parse_backend(b)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint='--backends') from None
+    try:
+        info, settings, rows = run_generate(bundle, backends, batches, runs, warmup, max_seconds, device, io, compile_mode,
+                                            export_missing, triton_url, peak_tflops, log=lambda m: click.echo(m, err=True),
+                                            warmup_seconds=warmup_seconds)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    _finish(out, info, name or f'generate-{settings["model"]}', settings, rows, plot)
+
+
+@bench.command('teacher-vs-student', context_settings=CTX)
+@click.option('--teacher', required=True, help='Teacher: EDM/SiD network pickle, sida bundle, or preset:NAME.')
+@click.option('--student', required=True, help='One-step student bundle (or preset:NAME).')
+@click.option('--batch', default=64, type=click.IntRange(1))
+@click.option('--runs', default=10, type=click.IntRange(1), help='Measured batches per model.')
+@click.option('--nfe', 'nfes', default='35,18', callback=int_list,
+              help='Teacher network evaluations (Heun: 2*steps-1, so even values get one less).')
+@click.option('--precision', type=click.Choice(['fp32', 'bf16']), default=None, help='[default: bf16 autocast on CUDA, fp32 on CPU]')
+@click.option('--warmup', default=1, type=click.IntRange(0), help='Unmeasured batches per model first.')
+@click.option('--warmup-seconds', default=2.0, type=click.FloatRange(0), help='...and keep warming up until this long has passed.')
+@click.option('--max-seconds', default=60.0, type=float, help='Stop a model\'s measured runs after this long (>= 3 runs).')
+@DEVICE
+@PEAK
+@OUT
+@NAME
+@PLOT
+def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, warmup_seconds, max_seconds, device, peak_tflops, out, name,
+                       plot):
+    """Teacher (EDM Heun, several NFE) vs one-step student: time per image, speed-up, recorded quality."""
+    from serve.bench.teacher import run_teacher_vs_student
+    try:
+        info, settings, rows = run_teacher_vs_student(teacher, student, batch, runs, nfes, precision, device, warmup, max_seconds,
+                                                      peak_tflops, log=lambda m: click.echo(m, err=True), warmup_seconds=warmup_seconds)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    _finish(out, info, name or f'teacher-vs-student-{settings["student_model"]}', settings, rows, plot)
+
+
+@bench.command(context_settings=CTX)
+@click.option('--url', required=True, help='A running `sida serve`, e.g. http://127.0.0.1:8000 (loopback only).')
+@click.option('--concurrency', 'concurrencies', default='1,8,32,128', callback=int_list, help='Concurrent clients, one level at a time.')
+@click.option('--duration', default=10.0, type=click.FloatRange(0.1, 3600), help='Seconds per concurrency level.')
+@click.option('--max-requests', default=20000, type=click.IntRange(1), help='Request cap per level.')
+@click.option('--model', default=None, help='Model id [default: the server\'s first].')
+@click.option('--n', default=1, type=click.IntRange(1), help='Images per request.')
+@click.option('--prompt', default='a photo of a cat', help='Prompt for text models.')
+@click.option('--timeout', default=60.0, type=float, help='Per-request timeout, seconds.')
+@click.option('--warmup-requests', default=4, type=click.IntRange(0), help='Sequential requests before measuring.')
+@click.option('--api-key', default=None, envvar='SIDA_BENCH_API_KEY', help='Bearer key, if the server wants one.')
+@click.option('--allow-remote', is_flag=True, help='Allow a non-loopback URL (only a server you own).')
+@OUT
+@NAME
+@PLOT
+def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, warmup_requests, api_key, allow_remote, out, name,
+         plot):
+    """End-to-end HTTP load on `sida serve`: throughput, latency percentiles, errors by status."""
+    from serve.bench.loadtest import RemoteRefused, run_http
+    from serve.bench.record import machine
+    try:
+        info_server, settings, rows = run_http(url, concurrencies, duration, model, n, max_requests, timeout, prompt, allow_remote,
+                                               warmup_requests, api_key, log=lambda m: click.echo(m, err=True))
+    except RemoteRefused as e:
+        raise click.UsageError(str(e)) from None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:      # server down, refused connection, bad answer: one line
+        raise click.ClickException(f'{url}: {type(e).__name__}: {e}') from None
+    gpu = str(settings.get('server_device') or '').startswith('cuda')
+    if gpu:
+        import torch
+        gpu = torch.cuda.is_available()
+    _finish(out, machine(gpu), name or f'http-{settings["model"]}', settings, rows, plot)
+
+
+@bench.command(context_settings=CTX)
+@click.option('--configs', '--config', 'configs', default='fp32,tf32,bf16,bf16-compile,bf16-compile-cl,sida-bf16-compile',
+              callback=name_list, help='fp32, tf32, bf16, bf16-compile, bf16-compile-cl, sida-fp32, sida-bf16, sida-bf16-compile.')
+@click.option('--network', type=click.Choice(['ddpmpp-cifar10', 'demo']), default='ddpmpp-cifar10', help='Network (random weights).')
+@click.option('--batch', default=128, type=click.IntRange(1), help='Per-device batch.')
+@click.option('--iters', default=20, type=click.IntRange(1), help='Measured iterations per configuration.')
+@click.option('--warmup', default=3, type=click.IntRange(0), help='Unmeasured iterations first.')
+@DEVICE
+@PEAK
+@OUT
+@NAME
+@PLOT
+def train(configs, network, batch, iters, warmup, device, peak_tflops, out, name, plot):
+    """Distillation throughput: generator images/s, step latency, peak memory and MFU per configuration."""
+    from train.throughput import run_train
+    try:
+        info, settings, rows = run_train(configs, network, batch, iters, warmup, device, peak_tflops, log=lambda m: click.echo(m, err=True))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    _finish(out, info, name or f'train-throughput-{network}', settings, rows, plot)
+
+
+@bench.command(context_settings=CTX)
+@click.option('--results', default='benchmarks/results', type=click.Path(file_okay=False), help='Where the result JSON files are.')
+@click.option('--readme', default='benchmarks/README.md', type=click.Path(dir_okay=False), help='The README to rewrite.')
+def report(results, readme):
+    """Rewrite benchmarks/README.md (tables, charts, issue targets) from every result JSON found."""
+    from serve.bench.report import write_report
+    click.echo(f'wrote {write_report(results, readme)}')

@@ -1,0 +1,53 @@
+"""`--bundle preset:NAME`: a randomly initialised bundle of a reference architecture, for speed only.
+
+Speed does not depend on the weights, so before a trained model of an architecture exists its latency,
+throughput and FLOPs can be measured on random weights of exactly that network. The bundle says so in
+its name (`random-...`) and provenance, and is written once under `build/bench-bundles/` and reused.
+"""
+
+from pathlib import Path
+
+import torch
+
+from models.architecture import adm, build_denoiser, ddpmpp, ncsnpp
+from models.bundle import BundleError, save_bundle, validate_bundle
+from models.demo import CIFAR10_CLASSES, tiny_spec
+from models.generator import OneStepGenerator
+
+PREFIX = 'preset:'
+WORK_DIR = Path('build') / 'bench-bundles'
+PRESETS = {
+    'ddpmpp-cifar10': (lambda: ddpmpp(label_dim=10), CIFAR10_CLASSES, 'EDM DDPM++ CIFAR-10 cond. (55.7M params)'),
+    'ncsnpp-cifar10': (lambda: ncsnpp(label_dim=10), CIFAR10_CLASSES, 'EDM NCSN++ CIFAR-10 cond. (56.4M params)'),
+    'adm-imagenet64': (lambda: adm(), [f'class{i}' for i in range(1000)], 'EDM ADM ImageNet-64 cond. (296M params)'),
+    'demo': (tiny_spec, CIFAR10_CLASSES, 'the small untrained demo network (models/demo.py)'),
+}
+
+
+def resolve_bundle(spec, work_dir=WORK_DIR, log=print):
+    """A bundle directory: `spec` itself, or the preset's random bundle (built on first use)."""
+    spec = str(spec)
+    if not spec.startswith(PREFIX):
+        return Path(spec)
+    name = spec[len(PREFIX):]
+    if name not in PRESETS:
+        raise ValueError(f'unknown preset {name!r}; choose one of {", ".join(PRESETS)}')
+    path = Path(work_dir) / name
+    try:
+        validate_bundle(path)
+        return path
+    except BundleError:
+        pass
+    make, labels, what = PRESETS[name]
+    log(f'building a randomly initialised {what} bundle in {path} (for speed measurements only)')
+    torch.manual_seed(0)
+    architecture = make()
+    denoiser = build_denoiser(architecture)
+    with torch.no_grad():   # EDM zero-initialises output layers; perturb them so outputs depend on the input, as in models/demo.py
+        for p in denoiser.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    save_bundle(path, OneStepGenerator(denoiser, init_sigma=2.5), name=f'random-{name}', architecture=architecture,
+                condition={'kind': 'class', 'labels': list(labels)},
+                provenance={'method': 'none (random init): a stand-in for speed measurements', 'preset': name, 'network': what,
+                            'seed': 0})
+    return path

@@ -1,0 +1,216 @@
+"""`sida bench report`: rebuild benchmarks/README.md (tables, plots, targets) from every result JSON found.
+
+The newest file of each (device, run name) is shown; older ones stay on disk as history. Plots are
+redrawn from the JSON, so the README, the tables and the charts always agree.
+
+    sida bench report [--results benchmarks/results] [--readme benchmarks/README.md]
+"""
+
+import json
+import os
+from pathlib import Path
+
+from serve.bench.plots import backend_label, plot_result
+
+DASH = '–'
+
+
+def _fmt(value, scale=1.0, percent=False):
+    """Numbers as people read them in a table: 0.174, 6.44, 35.8, 1,234; '–' for missing."""
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return 'yes' if value else 'no'
+    if not isinstance(value, (int, float)):
+        return str(value).replace('|', '/')
+    value = value * scale
+    if percent:
+        return f'{100 * value:.1f}%'
+    size = abs(value)
+    if size >= 100 or (isinstance(value, int) and size >= 10):
+        return f'{value:,.0f}'
+    if size >= 10:
+        return f'{value:.1f}'
+    if size >= 1 or size == 0:
+        return f'{value:.2f}'
+    return f'{value:.3g}'
+
+
+def _table(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+    lines += ['| ' + ' | '.join(cells) + ' |' for cells in rows]
+    return lines
+
+
+def load_results(results_dir):
+    """Every result file, newest first within each (device slug, name)."""
+    found = {}
+    for path in sorted(Path(results_dir).glob('*/*.json')):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(result, dict) or 'results' not in result:
+            continue
+        name = result.get('name') or path.stem[11:]
+        key = (result.get('device_slug') or path.parent.name, name)
+        result['_path'] = path
+        if key not in found or (result.get('date', ''), path.name) > (found[key].get('date', ''), found[key]['_path'].name):
+            found[key] = result
+    return found
+
+
+def generate_table(rows):
+    done = [r for r in rows if 'images_per_s' in r]
+    lines = _table(['backend', 'device', 'io', 'batch', 'p50 ms', 'p90 ms', 'p99 ms', 'img/s', 'peak GPU MiB', 'GFLOP/img', 'MFU',
+                    'warm-up s'],
+                   [[backend_label(r), r.get('device', DASH), r.get('io', DASH), str(r['batch']), _fmt(r['p50_ms']), _fmt(r.get('p90_ms')),
+                     _fmt(r['p99_ms']), _fmt(r['images_per_s']), _fmt(r.get('peak_gpu_memory_mib')),
+                     _fmt(r.get('flops_per_image'), scale=1e-9), _fmt(r.get('mfu'), percent=True), _fmt(r.get('warmup_s'))]
+                    for r in done])
+    return lines + _not_measured(rows)
+
+
+def teacher_table(rows):
+    done = [r for r in rows if 'images_per_s' in r]
+    return _table(['model', 'NFE', 'batch', 'precision', 'ms / image', 'img/s', 'student speed-up', 'MFU', 'quality (provenance)'],
+                  [[r['backend'], str(r['nfe']), str(r['batch']), r['precision'], _fmt(r['ms_per_image']), _fmt(r['images_per_s']),
+                    _fmt(r['speedup']) + 'x' if r['role'] == 'teacher' else DASH, _fmt(r.get('mfu'), percent=True),
+                    ', '.join(f'{k} {_fmt(v)}' for k, v in (r.get('metrics') or {}).items()) or DASH] for r in done])
+
+
+def http_table(rows):
+    return _table(['concurrency', 'requests', 'img/s', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'server queue p50 ms',
+                   'server generate p50 ms', 'errors'],
+                  [[str(r['concurrency']), str(r['requests']), _fmt(r['images_per_s']), _fmt(r['requests_per_s']),
+                    _fmt(r.get('p50_ms')), _fmt(r.get('p90_ms')), _fmt(r.get('p99_ms')), _fmt(r.get('server_queue_p50_ms')),
+                    _fmt(r.get('server_generate_p50_ms')),
+                    ', '.join(f'{k}: {v}' for k, v in r['errors'].items()) or '0'] for r in rows if r.get('kind') == 'http'])
+
+
+def train_table(rows):
+    done = [r for r in rows if 'images_per_s' in r]
+    lines = _table(['config', 'method', 'precision', 'compile', 'channels-last', 'batch', 'img/s', 'p50 ms / iteration',
+                    'peak GPU GiB', 'MFU'],
+                   [[r['backend'], r['method'], r['precision'], _fmt(r['compile']), _fmt(r['channels_last']), str(r['batch']),
+                     _fmt(r['images_per_s']), _fmt(r['p50_ms']), _fmt(r.get('peak_gpu_memory_mib'), scale=1 / 1024),
+                     _fmt(r.get('mfu', r.get('mfu_vs_bf16_peak')), percent=True)] for r in done])
+    return lines + _not_measured(rows)
+
+
+def _not_measured(rows):
+    """Skipped backends once each (not once per batch), and errors with their batch."""
+    lines, seen = [], set()
+    for r in rows:
+        if 'skipped' in r and r['backend'] not in seen:
+            seen.add(r['backend'])
+            lines.append(f'- `{r["backend"]}` skipped: {r["skipped"]}')
+        elif 'error' in r:
+            lines.append(f'- `{r["backend"]}` batch {r.get("batch")} failed: {r["error"][:300]}')
+    return [''] + lines if lines else []
+
+
+TABLES = {'generate': generate_table, 'teacher-vs-student': teacher_table, 'http': http_table, 'train': train_table}
+
+# The [bench] issue's targets for the CIFAR-10 DDPM++-size generator on the H100: checked where the data exist.
+
+
+def targets(results):
+    """(target, measured, met) for each issue target the device's results can answer."""
+    rows = [r for result in results for r in result['results']]
+    gen = [r for r in rows if r.get('kind') == 'generate' and 'images_per_s' in r]
+    out = []
+    eager256 = [r for r in gen if r['backend'] == 'eager-fp32' and r['batch'] == 256 and r.get('device', '').startswith('cuda')]
+    fast256 = [r for r in gen if r['batch'] == 256 and r['backend'] != 'eager-fp32' and r.get('device', '').startswith('cuda')]
+    if eager256 and fast256:
+        best = max(fast256, key=lambda r: r['images_per_s'])
+        ratio = best['images_per_s'] / eager256[0]['images_per_s']
+        out.append(('batch 256: best backend >= 3x eager-fp32 images/s', f'{backend_label(best)}: {ratio:.2f}x', ratio >= 3))
+        if best.get('mfu') is not None:
+            out.append(('batch 256: MFU >= 40% of bf16 dense peak', f'{backend_label(best)}: {100 * best["mfu"]:.1f}%', best['mfu'] >= 0.4))
+    one = [r for r in gen if r['batch'] == 1 and r.get('device', '').startswith('cuda')]
+    if one:
+        best = min(one, key=lambda r: r['p50_ms'])
+        out.append(('batch-1 latency on the GPU <= 1.5 ms (p50)', f'{backend_label(best)}: {best["p50_ms"]:.3f} ms', best['p50_ms'] <= 1.5))
+    http = {r['concurrency']: r for r in rows if r.get('kind') == 'http'}
+    if 1 in http and 'p50_ms' in http[1]:
+        out.append(('HTTP p50 at concurrency 1 <= 10 ms', f'{http[1]["p50_ms"]:.2f} ms', http[1]['p50_ms'] <= 10))
+    if 1 in http and 128 in http and http[1]['images_per_s']:
+        ratio = http[128]['images_per_s'] / http[1]['images_per_s']
+        out.append(('HTTP concurrency 128 >= 10x concurrency-1 images/s, no errors',
+                    f'{ratio:.1f}x, {http[128]["error_count"]} errors', ratio >= 10 and http[128]['error_count'] == 0))
+    teachers = [r for r in rows if r.get('kind') == 'teacher-vs-student' and r.get('role') == 'teacher' and r.get('nfe') == 35]
+    if teachers:
+        out.append(('student vs teacher (35 NFE Heun) per-image speed-up >= 30x', f'{teachers[0]["speedup"]:.1f}x',
+                    teachers[0]['speedup'] >= 30))
+    return out
+
+
+def _device_order(item):
+    slug, results = item
+    return (slug.startswith('cpu'), slug)
+
+
+def render(results_dir, readme):
+    """The README's text; redraws each shown run's plots on the way."""
+    readme, results_dir = Path(readme), Path(results_dir)
+    found = load_results(results_dir)
+    by_device = {}
+    for (slug, _), result in sorted(found.items()):
+        by_device.setdefault(slug, []).append(result)
+    lines = ['# Benchmarks', '',
+             f'Generated by `sida bench report` from the result files in `{os.path.relpath(results_dir, readme.parent)}/` '
+             '(one JSON per run: device, driver, torch, commit, date, settings, rows; PNG charts beside it).',
+             'Do not edit by hand: measure, then run `sida bench report`.', '',
+             '```bash',
+             'sida bench generate --bundle BUNDLE_OR_preset:ddpmpp-cifar10 --backends eager-fp32,eager-bf16,compile-bf16,onnxruntime,'
+             'tensorrt,triton --batch 1,8,64,256 --runs 50',
+             'sida bench teacher-vs-student --teacher TEACHER_DIR_OR_PKL --student BUNDLE --batch 64 --runs 10',
+             'sida serve --bundle BUNDLE &   sida bench http --url http://127.0.0.1:8000 --concurrency 1,8,32,128 --duration 20',
+             'sida bench train --configs fp32,bf16,bf16-compile --batch 128 --iters 20',
+             'sida bench report',
+             '```', '',
+             '- Latency is wall time per call, fenced by `torch.cuda.synchronize()` on GPU; warm-up calls, compilation, '
+             'exports, engine builds and session creation are timed apart (`warm-up s`, `setup_s` in the JSON).',
+             '- `io device`: inputs already on the device, images left there (the network alone); `io host`: CPU tensors in, '
+             'uint8 images back in host memory (as the server calls a backend).',
+             '- MFU = FLOPs per image (`torch.utils.flop_counter`) x images/s / the device\'s dense bf16 peak '
+             '(H100 SXM and H200 989, A100 312, L4 121 TFLOP/s, or `--peak-tflops`), also for fp32 rows; none on CPU unless given.',
+             '- `preset:NAME` bundles are random weights of a reference network (speed does not depend on weights); '
+             'quality columns come from trained bundles\' `provenance.metrics` only.', '']
+    if not by_device:
+        lines += ['No results yet.', '']
+    for slug, results in sorted(by_device.items(), key=_device_order):
+        first = results[0]
+        lines += [f'## {first["device"]}', '']
+        checks = targets(results) if not slug.startswith('cpu') else []     # the issue's targets are for the H100
+        if checks:
+            lines += ['Targets of the [bench] issue (DDPM++-size CIFAR-10 generator), checked on these results:', '']
+            lines += _table(['target', 'measured', 'met'], [[t, m, 'yes' if ok else 'no'] for t, m, ok in checks]) + ['']
+        for result in sorted(results, key=lambda r: r['name']):
+            path = result['_path']
+            kinds = [k for k in TABLES if any(r.get('kind') == k for r in result['results'])]
+            lines += [f'### {result["name"]}', '',
+                      f'{result["date"]}, commit `{(result.get("commit") or "unknown")[:12]}`, torch {result.get("torch")}, '
+                      f'driver {result.get("driver") or DASH}, load average {_fmt((result.get("machine") or {}).get("load_average_1m"))} '
+                      f'at the start; [JSON]({os.path.relpath(path, readme.parent)})', '']
+            for kind in kinds:
+                lines += TABLES[kind](result['results']) + ['']
+            for png in plot_result(path):
+                lines += [f'![{result["name"]}]({os.path.relpath(png, readme.parent)})', '']
+    return '\n'.join(lines).rstrip() + '\n'
+
+
+def write_report(results_dir='benchmarks/results', readme='benchmarks/README.md'):
+    text = render(results_dir, readme)
+    readme = Path(readme)
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    tmp = readme.with_suffix('.md.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, readme)
+    return readme
+
+
+if __name__ == '__main__':
+    import sys
+    print(write_report(*sys.argv[1:3]))

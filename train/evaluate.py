@@ -1,0 +1,155 @@
+"""Side-by-side quality of a teacher (EDM Heun sampler) and one-step students, in one feature space.
+
+For every model: Frechet distance and precision/recall against the training split, the accuracy with
+which the feature classifier recognises the requested class, and wall-clock per image at a fixed batch.
+The test split's own distance is the floor. Results go to a JSON file and, optionally, into each
+student bundle's `provenance.metrics` (keys `fd_cifar`, `class_accuracy`, ...).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from models.generator import to_uint8_nhwc
+from models.sampler import edm_sample
+from models.sampling import noise_for_seeds
+from train.metrics import DataReference, extract, frechet_distance, load_features, statistics
+
+EVAL_SEED = 10**7        # evaluation noise never overlaps training or sample-grid seeds
+
+
+class Conditions:
+    """What each evaluated image is asked for: a class (uniform), or the caption of a random training image."""
+
+    def __init__(self, dataset, n, kind, text_encoder=None):
+        g = torch.Generator().manual_seed(1)
+        self.kind = kind
+        index = torch.randint(len(dataset), (n,), generator=g)
+        self.labels = torch.as_tensor(dataset.labels)[index] if dataset.labels is not None else None
+        if kind == 'class':
+            self.labels = torch.arange(n) % dataset.label_dim
+        self.embeds = None
+        if kind == 'text':
+            captions = [dataset.captions[i] for i in index.tolist()]
+            self.embeds = torch.cat([text_encoder.encode(captions[i:i + 500]) for i in range(0, n, 500)])
+
+    def batch(self, i, j, num_classes, device):
+        if self.kind == 'class':
+            return {'class_labels': torch.nn.functional.one_hot(self.labels[i:j], num_classes).float().to(device)}
+        if self.kind == 'text':
+            return {'text_embeds': self.embeds[i:j].to(device)}
+        return {}
+
+
+def sample(fn, n, shape, cond, num_classes, device, batch, autocast):
+    """All n images as uint8 [N,C,H,W], plus seconds per image measured after the first (warm-up) batch."""
+    noise = noise_for_seeds(range(EVAL_SEED, EVAL_SEED + n), shape)
+    images, timed, timed_images = [], 0.0, 0
+    for i in range(0, n, batch):
+        j = min(i + batch, n)
+        z, c = noise[i:j].to(device), cond.batch(i, j, num_classes, device)
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            x = fn(z, c)
+        _sync(device)
+        if i > 0 and j - i == batch:
+            timed, timed_images = timed + time.perf_counter() - start, timed_images + (j - i)
+        images.append(to_uint8_nhwc(x.float()).permute(0, 3, 1, 2).cpu())
+    return torch.cat(images), (timed / timed_images if timed_images else None)
+
+
+def _sync(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def class_accuracy(features, images_uint8, labels):
+    """How often the feature network's classifier head names the requested class."""
+    net = features.net
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images_uint8), 500):
+            x = images_uint8[i:i + 500].to(features.device, torch.float32) / 127.5 - 1
+            correct += (net(x).argmax(1).cpu() == labels[i:i + 500]).sum().item()
+    return correct / len(images_uint8)
+
+
+def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='cpu', batch=500, autocast=False, log=print,
+             cache_dir=None):
+    """models: [(name, kind, fn(noise, cond) -> [-1,1] images, condition kind)], kind 'teacher' or 'student'.
+
+    Returns {'reference': ..., 'rows': [{name, fd, precision, recall, class_accuracy, seconds_per_image}]}.
+    """
+    features = load_features(f'classifier:{classifier_path}', device)
+    train_images = dataset.load_all()
+    reference = DataReference(features, train_images, f'{dataset.path}|{len(dataset)}', cache_dir=cache_dir)
+    shape = tuple(train_images.shape[1:])
+    rows = []
+    if test_dataset is not None:
+        test_images = test_dataset.load_all()
+        mu, sigma = statistics(extract(features, test_images))
+        rows.append({'name': 'test split', 'kind': 'data', 'images': len(test_images),
+                     'fd': frechet_distance(mu, sigma, reference.mu, reference.sigma)})
+        if test_dataset.labels is not None:
+            rows[-1]['class_accuracy'] = class_accuracy(features, test_images, torch.as_tensor(test_dataset.labels))
+        log(f'test split: FD {rows[-1]["fd"]:.3f}')
+    encoders = {}
+    for name, kind, fn, cond_kind, encoder in models:
+        if cond_kind == 'text' and encoder is not None:
+            encoders.setdefault(id(encoder), Conditions(dataset, n, 'text', encoder))
+        cond = encoders[id(encoder)] if cond_kind == 'text' else Conditions(dataset, n, cond_kind)
+        images, seconds = sample(fn, n, shape, cond, dataset.label_dim, device, batch, autocast)
+        m = reference.compare(images, 'x')
+        row = {'name': name, 'kind': kind, 'images': n, 'fd': m['metric_fd_x'], 'precision': m['precision_x'],
+               'recall': m['recall_x'], 'seconds_per_image': seconds, 'batch': batch}
+        if cond.labels is not None and cond_kind in ('class', 'text'):
+            row['class_accuracy'] = class_accuracy(features, images, cond.labels)
+        rows.append(row)
+        log(f'{name}: ' + ', '.join(f'{k} {v:.4g}' for k, v in row.items() if isinstance(v, float)))
+    return {'feature_space': 'FD-CIFAR (penultimate features of the project classifier; not Inception FID)',
+            'classifier': str(classifier_path), 'features_id': features.id, 'reference': f'{dataset.path} ({len(dataset)} images)',
+            'device': torch.cuda.get_device_name() if torch.device(device).type == 'cuda' else 'cpu',
+            'precision': 'bf16 autocast' if autocast else 'fp32', 'rows': rows}
+
+
+def teacher_fn(denoiser, num_steps):
+    return lambda z, c: edm_sample(denoiser, z, num_steps=num_steps, **c)
+
+
+def student_fn(generator):
+    """A bundle's OneStepGenerator, returning [-1,1] floats."""
+    return lambda z, c: generator.denoise(z, **c)
+
+
+def record_in_bundle(bundle_dir, metrics):
+    """Merge metrics into sida.json provenance.metrics (weights and their hashes are untouched)."""
+    path = Path(bundle_dir) / 'sida.json'
+    config = json.loads(path.read_text())
+    config.setdefault('provenance', {}).setdefault('metrics', {}).update(metrics)
+    tmp = path.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps(config, indent=2) + '\n')
+    tmp.replace(path)
+
+
+def plot_curves(runs, path, key='metric_fd_classifier'):
+    """Quality vs images seen from runs' log.jsonl files: {label: run_dir} -> one PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, run_dir in runs.items():
+        rows = [json.loads(line) for line in (Path(run_dir) / 'log.jsonl').read_text().splitlines() if line.strip()]
+        pts = [(r['images_seen'], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), marker='o', ms=3, label=label)
+    ax.set_xlabel('images seen by the generator')
+    ax.set_ylabel('FD-CIFAR (lower is better)')
+    ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

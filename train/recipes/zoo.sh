@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The zoo recipe: everything behind models/zoo/, rerun on one GPU.
+#
+#   train/recipes/zoo.sh STAGE [OUT]      STAGE: captions | classifier | teachers | students | evaluate | all
+#
+# captions    CIFAR-10 captions from pixels + their MiniLM embeddings (needs the [text] extra; CPU is fine)
+# classifier  the FD-CIFAR feature network (a small ResNet; not Inception)
+# teachers    class- and text-conditioned EDM teachers, trained side by side on one GPU
+# students    SiDA (class), SiD (class, for comparison) and SiDA (text) one-step students, side by side
+# evaluate    FD-CIFAR of teacher (Heun 35 / 17 NFE), students and the test split; class accuracy; time per image
+#
+# Lengths: TEACHER_IMAGES / STUDENT_IMAGES (images seen) and TIME_LIMIT (wall time per training job, e.g.
+# 8m; 0 = none): whichever comes first ends a job with a checkpoint and a bundle. The defaults are what
+# the shipped zoo used (see models/zoo/README.md).
+set -euo pipefail
+STAGE=${1:?usage: zoo.sh captions|classifier|teachers|students|evaluate|all [OUT]}
+OUT=${2:-runs/zoo}
+DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.gz}
+SIDA=${SIDA:-sida}
+TEACHER_IMAGES=${TEACHER_IMAGES:-200M}
+STUDENT_IMAGES=${STUDENT_IMAGES:-20M}
+TIME_LIMIT=${TIME_LIMIT:-0}
+EVAL_SAMPLES=${EVAL_SAMPLES:-10k}
+CAPTIONS=${CAPTIONS:-$OUT/captions}          # captions.json + text-embeddings.safetensors
+CLASSIFIER=$OUT/classifier/classifier.pt
+ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
+COMMON=(--data "$DATA" --data-prefix train --time-limit "$TIME_LIMIT" --save-dtype float16 --channels-last --tf32)
+TEXT=(--captions "$CAPTIONS/captions.json" --text-embeddings "$CAPTIONS/text-embeddings.safetensors")
+mkdir -p "$OUT"
+
+captions() { $SIDA train captions --data "$DATA" --data-prefix train --out "$CAPTIONS"; }
+
+classifier() { $SIDA train classifier --data "$DATA" --out "$OUT/classifier" --epochs "${CLASSIFIER_EPOCHS:-18}" --width 32; }
+
+teachers() {
+    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" --cond class --out "$OUT/teacher-class" \
+        --images "$TEACHER_IMAGES" --batch "${TEACHER_BATCH:-512}" --lr 1e-3 --lr-rampup 200k --ema 250k \
+        --log-every 100k --sample-every 1M --checkpoint-every 2M > "$OUT/teacher-class.log" 2>&1 &
+    local class_pid=$!
+    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" "${TEXT[@]}" --cond text --out "$OUT/teacher-text" \
+        --images "$TEACHER_IMAGES" --batch "${TEACHER_BATCH:-512}" --lr 1e-3 --lr-rampup 200k --ema 250k \
+        --log-every 100k --sample-every 1M --checkpoint-every 2M > "$OUT/teacher-text.log" 2>&1 &
+    local text_pid=$!
+    wait $class_pid && wait $text_pid
+}
+
+students() {
+    local metric=(--metric-features "classifier:$CLASSIFIER" --metric-every 200k --metric-samples "${METRIC_SAMPLES:-5k}")
+    local student=(--images "$STUDENT_IMAGES" --batch "${STUDENT_BATCH:-256}" --lr 2e-5 --log-every 20k --sample-every 500k --checkpoint-every 2M)
+    $SIDA train distill --method sida --teacher "$OUT/teacher-class/bundle" "${COMMON[@]}" "${student[@]}" "${metric[@]}" \
+        --out "$OUT/sida-class" > "$OUT/sida-class.log" 2>&1 &
+    local p1=$!
+    $SIDA train distill --method sid --teacher "$OUT/teacher-class/bundle" "${COMMON[@]}" "${student[@]}" "${metric[@]}" \
+        --out "$OUT/sid-class" > "$OUT/sid-class.log" 2>&1 &
+    local p2=$!
+    $SIDA train distill --method sida --teacher "$OUT/teacher-text/bundle" "${COMMON[@]}" "${TEXT[@]}" "${student[@]}" \
+        --out "$OUT/sida-text" > "$OUT/sida-text.log" 2>&1 &
+    local p3=$!
+    wait $p1 && wait $p2 && wait $p3
+}
+
+evaluate() {
+    $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record \
+        --teacher "teacher=$OUT/teacher-class/bundle" --student "SiDA=$OUT/sida-class/bundle" --student "SiD=$OUT/sid-class/bundle" \
+        --curves "SiDA=$OUT/sida-class" --curves "SiD=$OUT/sid-class" --out "$OUT/eval-class.json"
+    $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record --test-prefix '' \
+        "${TEXT[@]}" --teacher "teacher-text=$OUT/teacher-text/bundle" --student "SiDA-text=$OUT/sida-text/bundle" \
+        --out "$OUT/eval-text.json"
+}
+
+case $STAGE in
+    all) captions; classifier; teachers; students; evaluate ;;
+    captions|classifier|teachers|students|evaluate) $STAGE ;;
+    *) echo "unknown stage $STAGE" >&2; exit 2 ;;
+esac

@@ -1,0 +1,43 @@
+"""Sample grids for the zoo's model cards: one row per class (or prompt), one column per seed.
+
+    python train/recipes/zoo_grids.py models/zoo/cifar10-cond models/zoo/cifar10-text ...
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from models.bundle import load_bundle  # noqa: E402
+from models.images import make_grid, save_png  # noqa: E402
+from models.sampling import noise_for_seeds  # noqa: E402
+from train.captions import DEMO_PROMPTS  # noqa: E402
+
+SEEDS = range(10)
+
+
+def grid(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    c, shape = bundle.config, (bundle.config.channels, bundle.config.resolution, bundle.config.resolution)
+    rows = c.label_names if c.condition['kind'] == 'class' else DEMO_PROMPTS
+    noise = noise_for_seeds(SEEDS, shape)
+    images = []
+    with torch.inference_mode():
+        for i, row in enumerate(rows):
+            if c.condition['kind'] == 'class':
+                cond = {'class_labels': torch.full((len(SEEDS),), i, dtype=torch.int64)}
+            else:
+                from models.text_encoder import get_text_encoder
+                enc = get_text_encoder(c.condition['encoder'], c.condition['max_tokens']).encode([row])
+                cond = {'text_embeds': enc.expand(len(SEEDS), -1, -1)}
+            images.append(bundle.generator(noise, **cond))
+    out = Path(bundle_dir) / 'samples.png'
+    save_png(out, make_grid(torch.cat(images).numpy(), columns=len(SEEDS)),
+             {'model': c.name, 'seeds': list(SEEDS), 'rows': list(rows)})
+    print(f'wrote {out}: rows = {", ".join(rows)}')
+
+
+if __name__ == '__main__':
+    for path in sys.argv[1:]:
+        grid(path)
