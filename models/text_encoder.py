@@ -68,16 +68,17 @@ class PrecomputedTextEncoder:
 
     def __init__(self, path):
         from safetensors import safe_open
-        from safetensors.torch import load_file
         self.path = str(path)
-        with safe_open(self.path, 'pt') as f:
-            meta = f.metadata() or {}
         try:
+            with safe_open(self.path, 'pt') as f:
+                meta = f.metadata() or {}
+                self.table = f.get_tensor('embeddings').float()
             self.name, self.max_tokens = meta['encoder'], int(meta['max_tokens'])
             prompts = json.loads(meta['prompts'])
-        except (KeyError, ValueError) as e:
-            raise RuntimeError(f'{path}: not a precomputed text-embedding table (metadata {e} missing)') from None
-        self.table = load_file(self.path)['embeddings'].float()
+        except Exception as e:     # safetensors, KeyError, ValueError: all mean "not a table written by save_precomputed"
+            raise RuntimeError(f'{path}: not a precomputed text-embedding table from `sida train captions` ({e})') from None
+        if len(prompts) != len(self.table):
+            raise RuntimeError(f'{path}: {len(prompts)} prompts but {len(self.table)} embeddings')
         self.row = {p: i for i, p in enumerate(prompts)}
         self.dim = self.table.shape[-1]
 
@@ -85,7 +86,7 @@ class PrecomputedTextEncoder:
         missing = [p for p in prompts if p not in self.row]
         if missing:
             raise RuntimeError(f'prompt {missing[0]!r} is not in the precomputed table {self.path} '
-                               f'({len(missing)} missing); encode it there with `sida train captions`')
+                               f'({len(missing)} missing); add it with `sida train captions --extra-prompt`')
         return self.table[torch.tensor([self.row[p] for p in prompts], dtype=torch.long)]
 
 

@@ -56,7 +56,8 @@ def run_options(f):
         click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path), help='Run directory.'),
         click.option('--images', 'total_images', type=COUNT, default='20M', help='Training length in images seen (k/M suffixes).'),
         click.option('--time-limit', type=Duration(), default='0',
-                     help='Also stop after this much wall time (90s, 45m, 2h; 0 = none): checkpoint and bundle as at the end.'),
+                     help='Also stop after this much training-loop time (90s, 45m, 2h; 0 = none; set-up not counted, restarts '
+                          'on --resume): checkpoint and bundle as at the end.'),
         click.option('--batch', type=click.IntRange(1), default=256, help='Global batch (all processes).'),
         click.option('--batch-gpu', type=click.IntRange(1), default=None, help='Micro-batch per process (gradient accumulation).'),
         click.option('--precision', type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']), default='auto',
@@ -121,7 +122,7 @@ def distill(**o):
 @click.option('--resolution', type=int, default=None, help='Model resolution [default: the data set\'s].')
 @click.option('--channels', 'img_channels', type=click.Choice(['1', '3']), default='3')
 @click.option('--cond', type=click.Choice(['class', 'none', 'text']), default='class',
-              help='class: labels from <class>/ folders or dataset.json; text: captions in dataset.json.')
+              help='class: labels from <class>/ folders or dataset.json; text: captions from --captions or dataset.json.')
 @click.option('--model-channels', type=int, default=128)
 @click.option('--channel-mult', default='2,2,2', help='Per-resolution channel multipliers.')
 @click.option('--num-blocks', type=int, default=4)
@@ -217,7 +218,9 @@ def captions(data, data_prefix, out_dir, embed, max_tokens, extra_prompts):
             encoder = get_text_encoder(DEFAULT_ENCODER, max_tokens)
         except (RuntimeError, ImportError) as e:
             _fail(f'cannot embed the captions: {e} (or pass --no-embed)')
-        n = save_precomputed(out_dir / 'text-embeddings.safetensors', distinct | set(DEMO_PROMPTS) | set(extra_prompts), encoder)
+        from export.parity import PROMPTS as PARITY_PROMPTS  # so train-then-export's parity gate finds its prompts too
+        prompts = distinct | set(DEMO_PROMPTS) | set(PARITY_PROMPTS) | set(extra_prompts)
+        n = save_precomputed(out_dir / 'text-embeddings.safetensors', prompts, encoder)
         click.echo(f'wrote {out_dir / "text-embeddings.safetensors"}: {n} prompts')
 
 
@@ -227,6 +230,8 @@ def _named_paths(items, option):
         name, sep, path = item.partition('=')
         if not sep or not name or not Path(path).exists():
             raise click.BadParameter(f'{item!r}: expected NAME=PATH with an existing PATH', param_hint=option)
+        if name in out:
+            raise click.BadParameter(f'the name {name!r} is given twice', param_hint=option)
         out[name] = Path(path)
     return out
 
@@ -242,7 +247,8 @@ def _named_paths(items, option):
 @click.option('--student', 'students', multiple=True, help='NAME=BUNDLE of a one-step generator (repeatable).')
 @click.option('--captions', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help='Captions of --data (text models are asked for the captions of random training images).')
-@click.option('--text-embeddings', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option('--text-embeddings', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help='Precomputed prompt embeddings (from `sida train captions`) instead of loading the text encoder.')
 @click.option('--samples', type=COUNT, default='10k', help='Images per model.')
 @click.option('--batch', type=click.IntRange(1), default=500)
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
@@ -263,10 +269,17 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     curve_runs = _named_paths(curves, '--curves')
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if text_embeddings:
-        use_precomputed(text_embeddings)
     try:
         steps = [int(s) for s in teacher_steps.split(',') if s.strip()]
+        if not steps or min(steps) < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f'{teacher_steps!r}: give Heun step counts >= 1, like 18,9', param_hint='--teacher-steps') from None
+    try:
+        use_precomputed(text_embeddings)
+    except Exception as e:                      # safetensors raises its own error type for a file that is not one
+        raise click.BadParameter(str(e), param_hint='--text-embeddings') from None
+    try:
         dataset = ImageDataset(data, prefix=data_prefix, captions=captions)
         test = ImageDataset(data, prefix=test_prefix) if test_prefix else None
     except (DataError, ValueError) as e:
@@ -279,9 +292,14 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             except BundleError as e:
                 _fail(str(e))
             c = bundle.config.condition
-            encoder = get_text_encoder(c['encoder'], c['max_tokens']) if c['kind'] == 'text' else None
             if c['kind'] == 'text' and dataset.captions is None:
                 _fail(f'{name} is a text model: give --captions for {data}')
+            if c['kind'] == 'class' and list(c['labels']) != list(dataset.class_names):
+                _fail(f'{name}: its classes {c["labels"]} are not the data set\'s {dataset.class_names} (same names, same order)')
+            try:
+                encoder = get_text_encoder(c['encoder'], c['max_tokens']) if c['kind'] == 'text' else None
+            except (RuntimeError, ImportError) as e:
+                _fail(f'{name}: {e}')
             bundle.generator.eval()
             if role == 'teacher':
                 for s in steps:
@@ -303,7 +321,8 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     if record:
         rows = {r['name']: r for r in result['rows']}
         floor = rows.get('test split', {}).get('fd')
-        teacher35 = next((r['fd'] for r in result['rows'] if r['kind'] == 'teacher' and '35 NFE' in r['name']), None)
+        # The teacher's number goes into a student's card only when it is unambiguous: one teacher, run at 35 NFE.
+        teacher35 = rows.get(f'{next(iter(named["teacher"]))} (Heun, 35 NFE)', {}).get('fd') if len(named['teacher']) == 1 else None
         for name, (path, bundle) in bundles.items():
             row = rows[f'{name} (1 step)']
             metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': bundle.config.provenance.get('images_seen'),

@@ -10,6 +10,7 @@ import torch
 from models.bundle import BundleError, load_bundle
 from train import runner
 from train.batches import LabelBatches
+from train.data import DataError
 from train.distill import DistillConfig, Distiller
 from train.launch import (
     begin,
@@ -53,13 +54,17 @@ def main(o):
     fake_score = copy.deepcopy(teacher).requires_grad_(True)
 
     dataset = None
-    if o['data'] is not None:
-        dataset, stream = load_data(o['data'], o['data_prefix'], kw['img_resolution'], kw['in_channels'], o['max_data'],
-                                    rt, o['batch'], o['seed'], o['captions'])
-    condition = condition_of(spec, bundle_condition, dataset.class_names if dataset is not None else None)
-    if dataset is not None:
-        batches = make_batches(dataset, stream, kw.get('label_dim', 0), condition, rt.device)
-    else:
+    condition = None
+    try:
+        if o['data'] is not None:
+            dataset, stream = load_data(o['data'], o['data_prefix'], kw['img_resolution'], kw['in_channels'], o['max_data'],
+                                        rt, o['batch'], o['seed'], o['captions'])
+        condition = condition_of(spec, bundle_condition, dataset.class_names if dataset is not None else None)
+        if dataset is not None:
+            batches = make_batches(dataset, stream, kw.get('label_dim', 0), condition, rt.device)
+    except (DataError, ValueError, RuntimeError, ImportError) as e:    # bad data, captions or text-encoder setup
+        raise click.ClickException(str(e)) from None
+    if dataset is None:
         if condition['kind'] == 'text':
             raise click.UsageError('a text-conditioned teacher needs --data with captions (prompts to distil on)')
         batches = LabelBatches(kw.get('label_dim', 0), o['batch'], o['seed'], rt.rank, rt.world, rt.device)

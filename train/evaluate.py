@@ -29,6 +29,8 @@ class Conditions:
         index = torch.randint(len(dataset), (n,), generator=g)
         self.labels = torch.as_tensor(dataset.labels)[index] if dataset.labels is not None else None
         if kind == 'class':
+            if not dataset.label_dim:
+                raise ValueError(f'{dataset.path}: class models are evaluated against labelled data; this data set has none')
             self.labels = torch.arange(n) % dataset.label_dim
         self.embeds = None
         if kind == 'text':
@@ -85,7 +87,8 @@ def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='c
     """
     features = load_features(f'classifier:{classifier_path}', device)
     train_images = dataset.load_all()
-    reference = DataReference(features, train_images, f'{dataset.path}|{len(dataset)}', cache_dir=cache_dir)
+    key = f'{dataset.path}|{len(dataset)}|{dataset.names[0]}|{dataset.names[-1]}|{tuple(train_images.shape[1:])}'
+    reference = DataReference(features, train_images, key, cache_dir=cache_dir)
     shape = tuple(train_images.shape[1:])
     rows = []
     if test_dataset is not None:

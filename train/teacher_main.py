@@ -47,7 +47,10 @@ def main(o):
         from models.text_encoder import DEFAULT_ENCODER, get_text_encoder, precomputed_table
         table = precomputed_table()
         max_tokens = o['max_tokens'] or (table.max_tokens if table is not None else 32)
-        text_dim = get_text_encoder(DEFAULT_ENCODER, max_tokens).dim
+        try:
+            text_dim = get_text_encoder(DEFAULT_ENCODER, max_tokens).dim
+        except (RuntimeError, ImportError) as e:
+            raise click.ClickException(str(e)) from None
         condition = {'kind': 'text', 'encoder': DEFAULT_ENCODER, 'dim': text_dim, 'max_tokens': max_tokens}
     elif label_dim:
         condition = {'kind': 'class', 'labels': list(dataset.class_names)}
@@ -61,7 +64,10 @@ def main(o):
         spec = teacher_spec(o['preset'], resolution, channels, label_dim, text_dim, overrides)
     except (TypeError, ValueError) as e:
         raise click.ClickException(f'bad architecture: {e}') from None
-    batches = make_batches(dataset, stream, label_dim, condition, rt.device)
+    try:
+        batches = make_batches(dataset, stream, label_dim, condition, rt.device)
+    except (ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
 
     torch.manual_seed(o['seed'])
     net = prepare(build_denoiser(spec), rt.device, o['channels_last'], o['compile_'])

@@ -1,12 +1,14 @@
 """Captions from pixels, precomputed prompt tables, --time-limit, and `sida train evaluate`, run as a user runs them."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
 
 from models.bundle import load_bundle
-from tests.train.test_cli import TINY, sida
+from tests.train.test_cli import SIDA, TINY, sida
 from train.captions import brightness, caption, dominant_colour, read_captions
 from train.data import DataError, ImageDataset
 
@@ -75,9 +77,14 @@ def test_captions_file_missing_an_image_is_refused_by_name(cifar_subset, tmp_pat
 
 def test_text_teacher_trains_from_the_precomputed_table_alone(captioned, cifar_subset, tmp_path):
     """What a GPU box without sentence-transformers does: captions + table, and --time-limit ends the run cleanly."""
-    r = sida('train', 'teacher', '--data', cifar_subset, '--cond', 'text', '--captions', captioned / 'captions.json',
-             '--text-embeddings', captioned / 'text-embeddings.safetensors', '--out', tmp_path / 't', '--images', '1M',
-             '--time-limit', '2s', '--batch', '8', *TINY, '--log-every', '8', '--sample-every', '1M')
+    blocked = tmp_path / 'no-encoder' / 'sentence_transformers'      # this "machine" cannot import the encoder
+    blocked.mkdir(parents=True)
+    (blocked / '__init__.py').write_text('raise ImportError("sentence-transformers is not installed here")\n')
+    args = ['train', 'teacher', '--data', cifar_subset, '--cond', 'text', '--captions', captioned / 'captions.json',
+            '--text-embeddings', captioned / 'text-embeddings.safetensors', '--out', tmp_path / 't', '--images', '1M',
+            '--time-limit', '2s', '--batch', '8', *TINY, '--log-every', '8', '--sample-every', '1M']
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(blocked.parent), os.environ.get('PYTHONPATH', '')])}
+    r = subprocess.run([SIDA, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr
     assert 'time limit of 2s reached' in r.stderr
     bundle = load_bundle(tmp_path / 't' / 'bundle')
@@ -95,16 +102,39 @@ def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset,
     assert r.returncode == 0, r.stderr
     teacher = tmp_path / 'teacher' / 'bundle'
     r = sida('train', 'evaluate', '--data', data, '--test-prefix', 'train', '--classifier', tmp_path / 'clf' / 'classifier.pt',
-             '--teacher', f'teacher={teacher}', '--teacher-steps', '2', '--student', f'student={teacher}', '--samples', '40',
+             '--teacher', f'teacher={teacher}', '--teacher-steps', '18,2', '--student', f'student={teacher}', '--samples', '40',
              '--batch', '20', '--device', 'cpu', '--out', tmp_path / 'eval.json', '--record')
     assert r.returncode == 0, r.stderr
     rows = {row['name']: row for row in json.loads((tmp_path / 'eval.json').read_text())['rows']}
-    assert set(rows) == {'test split', 'teacher (Heun, 3 NFE)', 'student (1 step)'}
+    assert set(rows) == {'test split', 'teacher (Heun, 35 NFE)', 'teacher (Heun, 3 NFE)', 'student (1 step)'}
     assert rows['test split']['fd'] < 1e-6                       # the reference compared with itself
     assert rows['student (1 step)']['fd'] > rows['test split']['fd'] and 0 <= rows['student (1 step)']['class_accuracy'] <= 1
     metrics = load_bundle(teacher).config.provenance['metrics']
     assert metrics['fd_cifar'] == round(rows['student (1 step)']['fd'], 4) and metrics['images_seen'] == 16
-    assert metrics['fd_cifar_test_split'] == round(rows['test split']['fd'], 4) and 'fd_cifar_teacher_nfe35' not in metrics
+    assert metrics['fd_cifar_test_split'] == round(rows['test split']['fd'], 4)
+    assert metrics['fd_cifar_teacher_nfe35'] == round(rows['teacher (Heun, 35 NFE)']['fd'], 4)
     r = sida('train', 'evaluate', '--data', data, '--classifier', tmp_path / 'clf' / 'classifier.pt', '--student', 'x=/nope',
              '--out', tmp_path / 'e2.json')
     assert r.returncode == 2 and "expected NAME=PATH" in r.stderr
+
+
+@pytest.mark.parametrize('args,fragment', [
+    (['--teacher-steps', '0'], 'Heun step counts >= 1'),
+    (['--student', 'a={b}', '--student', 'a={b}'], "'a' is given twice"),
+    (['--text-embeddings', '{clf}'], 'not a precomputed text-embedding table'),
+    (['--student', 'a={other}'], "are not the data set's"),
+])
+def test_evaluate_refuses_bad_input_in_one_line(cifar_subset, tmp_path, args, fragment):
+    from models.architecture import build_denoiser
+    from models.bundle import save_bundle
+    from models.generator import OneStepGenerator
+    from tests.conftest import tiny_ddpmpp
+    names = [f'c{i}' for i in range(10)]                 # not CIFAR's class names
+    save_bundle(tmp_path / 'other', OneStepGenerator(build_denoiser(tiny_ddpmpp())), name='other', architecture=tiny_ddpmpp(),
+                condition={'kind': 'class', 'labels': names})
+    (tmp_path / 'clf.pt').write_bytes(b'not a network')
+    args = [a.format(b=tmp_path / 'other', other=tmp_path / 'other', clf=tmp_path / 'clf.pt') for a in args]
+    r = sida('train', 'evaluate', '--data', cifar_subset.parent, '--data-prefix', 'train', '--test-prefix', '',
+             '--classifier', tmp_path / 'clf.pt', '--out', tmp_path / 'e.json', *args)
+    assert r.returncode in (1, 2) and fragment in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr and not (tmp_path / 'e.json').exists()

@@ -13,6 +13,9 @@
 # 8m; 0 = none): whichever comes first ends a job with a checkpoint and a bundle. The defaults are what
 # the shipped zoo used (see models/zoo/README.md).
 set -euo pipefail
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT     # a failed stage never leaves training jobs behind
+
+wait_all() { local rc=0 pid; for pid in "$@"; do wait "$pid" || rc=$?; done; return $rc; }
 STAGE=${1:?usage: zoo.sh captions|classifier|teachers|students|evaluate|all [OUT]}
 OUT=${2:-runs/zoo}
 DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.gz}
@@ -41,7 +44,7 @@ teachers() {
         --images "$TEACHER_IMAGES" --batch "${TEACHER_BATCH:-512}" --lr 1e-3 --lr-rampup 200k --ema 250k \
         --log-every 100k --sample-every 1M --checkpoint-every 2M > "$OUT/teacher-text.log" 2>&1 &
     local text_pid=$!
-    wait $class_pid && wait $text_pid
+    wait_all $class_pid $text_pid
 }
 
 students() {
@@ -56,7 +59,7 @@ students() {
     $SIDA train distill --method sida --teacher "$OUT/teacher-text/bundle" "${COMMON[@]}" "${TEXT[@]}" "${student[@]}" \
         --out "$OUT/sida-text" > "$OUT/sida-text.log" 2>&1 &
     local p3=$!
-    wait $p1 && wait $p2 && wait $p3
+    wait_all $p1 $p2 $p3
 }
 
 evaluate() {
@@ -69,7 +72,7 @@ evaluate() {
 }
 
 case $STAGE in
-    all) captions; classifier; teachers; students; evaluate ;;
+    all) [ -f "$CAPTIONS/text-embeddings.safetensors" ] || captions; classifier; teachers; students; evaluate ;;
     captions|classifier|teachers|students|evaluate) $STAGE ;;
     *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

@@ -20,13 +20,16 @@ SEEDS = range(10)
 def grid(bundle_dir):
     bundle = load_bundle(bundle_dir)
     c, shape = bundle.config, (bundle.config.channels, bundle.config.resolution, bundle.config.resolution)
-    rows = c.label_names if c.condition['kind'] == 'class' else DEMO_PROMPTS
+    kind = c.condition['kind']
+    rows = c.label_names if kind == 'class' else DEMO_PROMPTS if kind == 'text' else ['unconditional']
     noise = noise_for_seeds(SEEDS, shape)
     images = []
     with torch.inference_mode():
         for i, row in enumerate(rows):
-            if c.condition['kind'] == 'class':
+            if kind == 'class':
                 cond = {'class_labels': torch.full((len(SEEDS),), i, dtype=torch.int64)}
+            elif kind == 'none':
+                cond = {}
             else:
                 from models.text_encoder import get_text_encoder
                 enc = get_text_encoder(c.condition['encoder'], c.condition['max_tokens']).encode([row])
