@@ -23,14 +23,9 @@ DEMO_PROMPTS = ['a photo of a red automobile', 'a crimson car', 'a ship at sea',
 
 def _hsv(image_chw):
     """uint8 [3,H,W] -> hue in degrees, saturation and value in [0,1], each [H,W]."""
-    rgb = image_chw.float().div(255).numpy()
-    mx, mn = rgb.max(0), rgb.min(0)
-    delta = mx - mn
-    r, g, b = rgb
-    safe = np.where(delta > 0, delta, 1)
-    hue = np.select([mx == r, mx == g], [((g - b) / safe) % 6, (b - r) / safe + 2], (r - g) / safe + 4) * 60
-    sat = np.where(mx > 0, delta / np.where(mx > 0, mx, 1), 0)
-    return hue, sat, mx
+    from matplotlib.colors import rgb_to_hsv
+    hsv = rgb_to_hsv(image_chw.permute(1, 2, 0).float().div(255).numpy())
+    return hsv[..., 0] * 360, hsv[..., 1], hsv[..., 2]
 
 
 def dominant_colour(image_chw):

@@ -101,8 +101,8 @@ def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='c
         log(f'test split: FD {rows[-1]["fd"]:.3f}')
     encoders = {}
     for name, kind, fn, cond_kind, encoder in models:
-        if cond_kind == 'text' and encoder is not None:
-            encoders.setdefault(id(encoder), Conditions(dataset, n, 'text', encoder))
+        if cond_kind == 'text' and id(encoder) not in encoders:      # encode the captions once per encoder
+            encoders[id(encoder)] = Conditions(dataset, n, 'text', encoder)
         cond = encoders[id(encoder)] if cond_kind == 'text' else Conditions(dataset, n, cond_kind)
         images, seconds = sample(fn, n, shape, cond, dataset.label_dim, device, batch, autocast)
         m = reference.compare(images, 'x')

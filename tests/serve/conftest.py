@@ -17,6 +17,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_until_answers(process, url, what, timeout):
+    """Poll url until it answers 200; fail early if the process dies, kill it on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f'{what} exited with {process.returncode}')
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f'{what} did not answer in {timeout} s')
+
+
 class Server:
     """`sida serve` as a real uvicorn subprocess on a free loopback port."""
 
@@ -26,19 +42,7 @@ class Server:
         self.log = open(tmp_path / f'server-{self.port}.log', 'wb') if tmp_path else subprocess.DEVNULL
         self.process = subprocess.Popen([SIDA, 'serve', '--port', str(self.port), *map(str, args)], stdout=self.log,
                                         stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f'sida serve exited with {self.process.returncode}')
-            try:
-                if httpx.get(f'{self.url}/readyz', timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            self.stop()
-            raise RuntimeError('sida serve did not become ready in 120 s')
+        wait_until_answers(self.process, f'{self.url}/readyz', 'sida serve', 120)
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def stop(self):

