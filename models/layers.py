@@ -95,6 +95,14 @@ class GroupNorm(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x):
+        if x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
+            # Autocast would upcast group_norm to float32 (and everything after it up to the next conv). The
+            # native kernels accumulate the statistics in float32 anyway, so keep the activations in bf16/fp16.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._norm(x)
+        return self._norm(x)
+
+    def _norm(self, x):
         return torch.nn.functional.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 

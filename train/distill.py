@@ -162,7 +162,9 @@ class Distiller:
             update_ema(self.G_ema, self.G, beta)
         self.images_seen += cfg.batch
         self.iterations += 1
-        return stats
+        # Losses stay on the device until here: one host sync per iteration, not one per micro-batch.
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in stats.values()]).tolist()
+        return dict(zip(stats, values))
 
     def _micro_batches(self, *tensors, cond):
         if self.augment_dim:
@@ -189,12 +191,12 @@ class Distiller:
                     loss_psi, loss_d = fake_score_and_discriminator_loss(self.fake_train, x_g, real_m, sigma_m, eps_m,
                                                                          cfg.sigma_data, **cond)
                     loss = (loss_psi.sum() * cfg.loss_scale_psi + loss_d.sum() * cfg.loss_scale_d) / self.rank_batch
-                    totals['loss_d'] += loss_d.sum().item() / self.rank_batch
+                    totals['loss_d'] += loss_d.detach().sum() / self.rank_batch
                 else:
                     loss_psi = fake_score_loss(self.fake_train, x_g, sigma_m, eps_m, cfg.sigma_data, **cond)
                     loss = loss_psi.sum() * cfg.loss_scale_psi / self.rank_batch
                 loss.backward()
-            totals['loss_psi'] += loss_psi.sum().item() / self.rank_batch
+            totals['loss_psi'] += loss_psi.detach().sum() / self.rank_batch
         sanitize_grads_(self.fake.parameters(), cfg.clip_psi)
         self.opt_psi.step()
         return totals if cfg.adversarial else {'loss_psi': totals['loss_psi']}
@@ -219,9 +221,9 @@ class Distiller:
                 if gan:
                     loss_gan = adversarial_generator_loss(bottleneck, w, elements).sum() * cfg.loss_scale_g_gan / self.rank_batch
                     loss = 0.5 * loss + 0.5 * loss_gan
-                    totals['loss_g_gan'] += loss_gan.item() / cfg.loss_scale_g_gan   # logged unscaled, like loss_g
+                    totals['loss_g_gan'] += loss_gan.detach() / cfg.loss_scale_g_gan   # logged unscaled, like loss_g
                 loss.backward()
-            totals['loss_g'] += loss_sid.sum().item() / self.rank_batch
+            totals['loss_g'] += loss_sid.detach().sum() / self.rank_batch
         sanitize_grads_(self.G.parameters())
         self.opt_g.step()
         return totals

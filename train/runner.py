@@ -188,6 +188,8 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
     last_checkpoint = None
     bar = tqdm(total=run_cfg.total_images, initial=trainer.images_seen, unit='img', unit_scale=True,
                disable=not writer, desc='train', dynamic_ncols=True, mininterval=1)
+    if writer and metric is not None and trainer.images_seen == 0:
+        runlog.write({'images_seen': 0, **metric()})     # the curve starts at the initial generator
     started = time.perf_counter()
     out_of_time = False
     with StopRequested() as stop:

@@ -112,7 +112,7 @@ def test_checkpoints_are_bundles_and_pruned(cifar_subset, tmp_path):
 
 def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp_path):
     d = make_distiller(cifar_subset, 'sid')
-    values = iter([float('nan'), 3.0, 2.0, 5.0, 4.0])
+    values = iter([1.0, float('nan'), 3.0, 2.0, 5.0, 4.0])   # the first is the initial generator's
     calls = []
 
     def metric():
@@ -121,7 +121,9 @@ def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp
     cfg = runner.RunConfig(run_dir=str(tmp_path), total_images=5 * BATCH, log_every_images=2 * BATCH,
                            metric_every_images=BATCH, checkpoint_every_images=100 * BATCH, sample_every_images=0)
     runner.run(d, cfg, write_bundle=lambda path: path.mkdir(parents=True, exist_ok=True), metric=metric, log=lambda m: None)
-    assert calls == [BATCH * i for i in range(1, 6)]                       # every metric boundary, not only log ones
+    assert calls == [BATCH * i for i in range(0, 6)]                       # the start and every metric boundary
+    first = json.loads((tmp_path / 'log.jsonl').read_text().splitlines()[0])
+    assert first == {'images_seen': 0, 'metric_fd_test': 1.0}              # on the curve, never a best checkpoint
     progress = json.loads((tmp_path / 'checkpoints' / 'checkpoint-000000000040' / 'state' / 'progress.json').read_text())
     assert progress['best']['value'] == 2.0 and progress['best']['checkpoint'] == 'checkpoint-000000000024'
     assert (tmp_path / 'best').is_dir()

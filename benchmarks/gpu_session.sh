@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU measurements of one lease, one stage per call of at most 10 minutes (the lent machine's limit):
+#
+#   benchmarks/gpu_session.sh bench   OUT        profile + `sida bench train` (fp32, bf16, bf16+compile) + generate (compile)
+#   benchmarks/gpu_session.sh teacher OUT DATA   a class-conditional CIFAR-10 EDM teacher (zoo architecture), time-boxed
+#   benchmarks/gpu_session.sh student OUT DATA TEACHER   SiDA from that teacher with FD-CIFAR every 20k images
+#
+# Everything is written under OUT (logs, result JSON/PNG, bundles). The machine is bare: python3 with torch,
+# numpy 2 and no fastapi, so everything runs as `python3 -m sida.cli`.
+set -uo pipefail
+STAGE=${1:?stage}; OUT=${2:?out dir}
+export PYTHONUNBUFFERED=1
+SIDA=(python3 -m sida.cli)
+mkdir -p "$OUT"
+ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
+
+case $STAGE in
+bench)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    python3 -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)'
+    RES=/tmp/results
+    # Where the time of one eager bf16 SiD iteration goes (DDPM++ CIFAR-10, batch 128).
+    timeout 90 python3 - <<'EOF' 2>&1 | tee "$OUT/profile-bf16.txt"
+import torch
+from models.architecture import ddpmpp
+from train.throughput import build_distiller
+d = build_distiller(ddpmpp(label_dim=10), 'sid', 'bf16', False, False, 128, 'cuda')
+for _ in range(3):
+    d.iteration()
+torch.cuda.synchronize()
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+    for _ in range(2):
+        d.iteration()
+    torch.cuda.synchronize()
+print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=30, max_name_column_width=60))
+EOF
+    timeout 120 "${SIDA[@]}" bench train --configs fp32,bf16 --batch 128 --iters 10 --out $RES --name train-eager
+    timeout 260 "${SIDA[@]}" bench train --configs bf16-compile --batch 128 --iters 10 --out $RES --name train-compile
+    timeout 170 "${SIDA[@]}" bench generate --bundle preset:ddpmpp-cifar10 --backends eager-bf16,compile-bf16 \
+        --compile-mode reduce-overhead --batch 1,64,256 --runs 30 --max-seconds 8 --out $RES --name generate-compile
+    tar czf "$OUT/results.tgz" -C $RES .
+    ;;
+teacher)
+    DATA=${3:?data}
+    "${SIDA[@]}" train teacher "${ARCH[@]}" --cond class --data "$DATA" --data-prefix train --out /tmp/teacher \
+        --images 200M --time-limit "${TIME_LIMIT:-500s}" --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k \
+        --save-dtype float16 --channels-last --tf32 --log-every 100k --sample-every 5M --checkpoint-every 50M
+    cp -r /tmp/teacher/bundle "$OUT/teacher-bundle"
+    cp /tmp/teacher/log.jsonl "$OUT/teacher-bundle/train-log.jsonl"
+    ;;
+student)
+    DATA=${3:?data}; TEACHER=${4:?teacher bundle}
+    # Short-run schedule: warm-up 20k and adversarial start 40k images instead of the method's 100k/200k, so a run of a
+    # few minutes sees the whole method; everything else is the zoo's student recipe.
+    "${SIDA[@]}" train distill --method sida --teacher "$TEACHER" --data "$DATA" --data-prefix train --out /tmp/student \
+        --images 20M --time-limit "${TIME_LIMIT:-420s}" --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k \
+        --save-dtype float16 --channels-last --tf32 --log-every 10k --sample-every 5M --checkpoint-every 50M \
+        --metric-features classifier:models/zoo/fd-cifar-classifier/classifier.pt --metric-every 20k --metric-samples 5k
+    cp -r /tmp/student/bundle "$OUT/student-bundle"
+    cp /tmp/student/log.jsonl /tmp/student/config.json "$OUT/"
+    "${SIDA[@]}" train evaluate --data "$DATA" --classifier models/zoo/fd-cifar-classifier/classifier.pt --samples 10k \
+        --teacher "teacher=$TEACHER" --teacher-steps 18 --student "SiDA=$OUT/student-bundle" --student "SiDA-zoo=models/zoo/cifar10-cond" \
+        --curves "SiDA=/tmp/student" --out "$OUT/eval.json"
+    ;;
+*) echo "unknown stage $STAGE" >&2; exit 2 ;;
+esac
