@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,export,serve,ui,dev]'
+	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,t2i,export,serve,ui,dev]'
 	touch $(STAMP)
 
 # Main job: serve the bundled models (API on http://127.0.0.1:8000, docs at /docs).

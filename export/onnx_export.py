@@ -58,8 +58,9 @@ def io_spec(config):
     elif config.condition['kind'] == 'text':
         tokens, dim = 1 + config.condition['max_tokens'], config.condition['dim']
         inputs.append({'name': 'text_embeds', 'dtype': 'float32', 'shape': ['N', tokens, dim]})
-    outputs = [{'name': 'images', 'dtype': 'uint8', 'shape': ['N', r, r, 3]},
-               {'name': 'images_float', 'dtype': 'float32', 'shape': ['N', c, r, r]}]
+    side, ch = config.image_resolution, config.image_channels      # latent bundles decode to the VAE's size
+    outputs = [{'name': 'images', 'dtype': 'uint8', 'shape': ['N', side, side, 3]},
+               {'name': 'images_float', 'dtype': 'float32', 'shape': ['N', ch, side, side]}]
     return inputs, outputs
 
 

@@ -36,8 +36,8 @@ def parity_inputs(config, batch, text_encoder=None):
         inputs['class_labels'] = torch.arange(batch, dtype=torch.int64) % len(config.label_names)
     elif kind == 'text':
         if text_encoder is None:
-            from models.text_encoder import get_text_encoder
-            text_encoder = get_text_encoder(config.condition['encoder'], config.condition['max_tokens'])
+            from models.text_encoder import bundle_text_encoder
+            text_encoder = bundle_text_encoder(config)
         inputs['text_embeds'] = text_encoder.encode([PROMPTS[i % len(PROMPTS)] for i in range(batch)])
     return inputs
 

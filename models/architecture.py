@@ -11,8 +11,33 @@ import inspect
 from models.precond import EDMPrecond, VEPrecond, VPPrecond
 from models.unets import DhariwalUNet, SongUNet
 
-NETWORKS = {'SongUNet': SongUNet, 'DhariwalUNet': DhariwalUNet}
-PRECONDS = {'EDMPrecond': EDMPrecond, 'VPPrecond': VPPrecond, 'VEPrecond': VEPrecond}
+NETWORKS = {'SongUNet': SongUNet, 'DhariwalUNet': DhariwalUNet, 'UNet2DConditionModel': None}   # None: imported on use
+PRECONDS = {'EDMPrecond': EDMPrecond, 'VPPrecond': VPPrecond, 'VEPrecond': VEPrecond, 'DiffusersPrecond': None}
+
+
+def _network_class(name):
+    if name == 'UNet2DConditionModel':          # Stable-Diffusion-style latent UNets (the [t2i] extra)
+        try:
+            from diffusers import UNet2DConditionModel
+        except ImportError:
+            raise ArchitectureError('network UNet2DConditionModel needs diffusers: pip install "sida[t2i]"') from None
+        return UNet2DConditionModel
+    return NETWORKS[name]
+
+
+def _precond_class(name):
+    if name == 'DiffusersPrecond':
+        from models.diffusers_teacher import DiffusersPrecond
+        return DiffusersPrecond
+    return PRECONDS[name]
+
+
+def geometry(spec):
+    """(resolution, in_channels, out_channels, label_dim, text_dim) of the network a spec describes."""
+    kw = spec['network_kwargs']
+    if spec['network'] == 'UNet2DConditionModel':
+        return kw.get('sample_size'), kw.get('in_channels'), kw.get('out_channels'), 0, kw.get('cross_attention_dim')
+    return kw.get('img_resolution'), kw.get('in_channels'), kw.get('out_channels'), kw.get('label_dim', 0), kw.get('text_dim', 0)
 
 
 class ArchitectureError(ValueError):
@@ -35,7 +60,7 @@ def build_denoiser(spec):
         raise ArchitectureError(f'unknown network {spec["network"]!r}; known: {sorted(NETWORKS)}')
     if spec['precond'] not in PRECONDS:
         raise ArchitectureError(f'unknown preconditioning {spec["precond"]!r}; known: {sorted(PRECONDS)}')
-    net_cls, pre_cls = NETWORKS[spec['network']], PRECONDS[spec['precond']]
+    net_cls, pre_cls = _network_class(spec['network']), _precond_class(spec['precond'])
     net_kwargs = dict(spec['network_kwargs'])
     pre_kwargs = dict(spec.get('precond_kwargs', {}))
     _check_kwargs(net_cls, net_kwargs, 'network')

@@ -4,11 +4,14 @@
       sida.json               format, name, architecture, resolution, channels, space, condition,
                               init_sigma, sigma_data, provenance, sha256 {file: hex}
       generator.safetensors   the generator's denoiser weights (EMA), float32 / float16 / bfloat16
+      vae.safetensors         latent bundles: the VAE decoder the graph ends with (space names its config)
+      text_encoder/ tokenizer/  latent text bundles: the CLIP text encoder, when condition.encoder is 'clip:.'
       exports/                written by `sida export` (manifest.json + one folder per runtime)
 
 Every malformed bundle fails with a BundleError naming the file, the field and what was expected.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,12 +23,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from models.architecture import ArchitectureError, build_denoiser
-from models.generator import OneStepGenerator
+from models.architecture import ArchitectureError, build_denoiser, geometry
+from models.generator import LatentOneStepGenerator, OneStepGenerator, VaeDecoder
 
 FORMAT = 'sida-bundle/1'
 CONFIG_FILE = 'sida.json'
 WEIGHTS_FILE = 'generator.safetensors'
+VAE_FILE = 'vae.safetensors'
+VAE_DECODER_KEYS = ('decoder.', 'post_quant_conv.')     # what decoding needs of an AutoencoderKL
 SAVE_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 LOADABLE_DTYPES = {'F32', 'F16', 'BF16'}
 
@@ -45,10 +50,23 @@ class BundleConfig:
     condition: dict
     init_sigma: float = 2.5
     sigma_data: float = 0.5
-    space: str = 'pixel'
+    space: str | dict = 'pixel'        # or {"kind": "latent", "vae": "vae.safetensors", "vae_config", "scaling_factor", ...}
     provenance: dict = dataclasses.field(default_factory=dict)
     sha256: dict = dataclasses.field(default_factory=dict)
     format: str = FORMAT
+
+    @property
+    def latent(self):
+        return isinstance(self.space, dict)
+
+    @property
+    def image_resolution(self):
+        """Side of the output images (the VAE's for latent bundles; `resolution` is the noise's)."""
+        return self.space['image_resolution'] if self.latent else self.resolution
+
+    @property
+    def image_channels(self):
+        return 3 if self.latent else self.channels
 
     @property
     def label_names(self):
@@ -79,9 +97,21 @@ def _atomic_write_bytes(path, data):
     os.replace(tmp, path)
 
 
-def save_bundle(path, generator, *, name, condition, provenance=None, dtype='float32', architecture):
+def _write_tensors(path, file, state, dtype):
+    tensors = {k: v.detach().to('cpu', SAVE_DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state.items()}
+    tmp = path / (file + '.tmp')
+    save_file(tensors, str(tmp), metadata={'format': FORMAT})
+    os.replace(tmp, path / file)
+    return sha256_file(path / file)
+
+
+def save_bundle(path, generator, *, name, condition, provenance=None, dtype='float32', architecture, vae=None,
+                text_encoder_from=None):
     """Write `generator` (its denoiser's weights) and its config as a bundle directory.
 
+    Latent generators also give `vae` (a diffusers AutoencoderKL: its decoder is stored) and, for a CLIP text
+    condition kept inside the bundle ('clip:.'), `text_encoder_from`: a directory with text_encoder/ and tokenizer/.
     The weights are written first and the config last (both atomically), so a reader never sees a
     config whose hash does not describe the weights beside it.
     """
@@ -89,21 +119,48 @@ def save_bundle(path, generator, *, name, condition, provenance=None, dtype='flo
         raise ValueError(f'dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}')
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to('cpu', SAVE_DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in generator.denoiser.state_dict().items()}
-    tmp = path / (WEIGHTS_FILE + '.tmp')
-    save_file(tensors, str(tmp), metadata={'format': FORMAT})
-    os.replace(tmp, path / WEIGHTS_FILE)
-    kwargs = architecture['network_kwargs']
+    sha = {WEIGHTS_FILE: _write_tensors(path, WEIGHTS_FILE, generator.denoiser.state_dict(), dtype)}
+    space = 'pixel'
+    if vae is not None:
+        decoder = {k: v for k, v in vae.state_dict().items() if k.startswith(VAE_DECODER_KEYS)}
+        sha[VAE_FILE] = _write_tensors(path, VAE_FILE, decoder, dtype)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        space = {'kind': 'latent', 'vae': VAE_FILE, 'vae_config': _vae_kwargs(vae.config),
+                 'scaling_factor': float(vae.config.scaling_factor), 'shift_factor': vae.config.get('shift_factor'),
+                 'image_resolution': geometry(architecture)[0] * factor}
+    if text_encoder_from is not None:
+        import shutil
+        for sub in ('text_encoder', 'tokenizer'):
+            shutil.copytree(Path(text_encoder_from) / sub, path / sub, dirs_exist_ok=True)
+    resolution, channels = geometry(architecture)[:2]
     config = BundleConfig(
-        name=name, architecture=architecture, resolution=kwargs['img_resolution'], channels=kwargs['in_channels'],
+        name=name, architecture=architecture, resolution=resolution, channels=channels,
         condition=condition, init_sigma=generator.init_sigma,
-        sigma_data=architecture.get('precond_kwargs', {}).get('sigma_data', 0.5),
-        provenance=dict(provenance or {}), sha256={WEIGHTS_FILE: sha256_file(path / WEIGHTS_FILE)},
+        sigma_data=architecture.get('precond_kwargs', {}).get('sigma_data', 1.0 if vae is not None else 0.5),
+        space=space, provenance=dict(provenance or {}), sha256=sha,
     )
     _check_config(path / CONFIG_FILE, config)
     _atomic_write_bytes(path / CONFIG_FILE, config.to_json().encode())
     return config
+
+
+def _vae_kwargs(config):
+    import inspect
+
+    from diffusers import AutoencoderKL
+    params = inspect.signature(AutoencoderKL.__init__).parameters
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if k in params}
+
+
+def build_vae(vae_config, device=None):
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise BundleError('', 'space', 'a latent bundle needs diffusers for its VAE decoder: pip install "sida[t2i]"') from None
+    with torch.device(device) if device else contextlib.nullcontext():
+        vae = AutoencoderKL(**vae_config)
+    vae.encoder, vae.quant_conv = None, None        # decoding never uses them; their weights are not stored
+    return vae
 
 
 def read_config(path):
@@ -131,6 +188,7 @@ def read_config(path):
             raise BundleError(file, name, 'missing required field')
     config = BundleConfig(**raw)
     _check_config(file, config)
+    config.root = Path(path)        # not a field: where files the config names (e.g. 'clip:.') are found
     return config
 
 
@@ -144,23 +202,30 @@ def _check_config(file, c):
     expect(isinstance(c.channels, int) and c.channels > 0, 'channels', f'expected a positive integer, got {c.channels!r}')
     expect(isinstance(c.init_sigma, (int, float)) and c.init_sigma > 0, 'init_sigma', f'expected a positive number, got {c.init_sigma!r}')
     expect(isinstance(c.sigma_data, (int, float)) and c.sigma_data > 0, 'sigma_data', f'expected a positive number, got {c.sigma_data!r}')
-    expect(c.space == 'pixel', 'space',
-           f'only "pixel" bundles are supported by this version (latent bundles need a VAE decoder); got {c.space!r}')
+    if c.latent:
+        sp = c.space
+        expect(sp.get('kind') == 'latent' and sp.get('vae') == VAE_FILE, 'space',
+               f'expected {{"kind": "latent", "vae": "{VAE_FILE}", ...}}, got kind={sp.get("kind")!r} vae={sp.get("vae")!r}')
+        expect(isinstance(sp.get('vae_config'), dict), 'space.vae_config', 'expected the AutoencoderKL config object')
+        expect(isinstance(sp.get('scaling_factor'), (int, float)) and sp['scaling_factor'] > 0, 'space.scaling_factor',
+               'expected a positive number')
+        expect(isinstance(sp.get('image_resolution'), int) and sp['image_resolution'] > 0, 'space.image_resolution',
+               'expected a positive integer')
+    else:
+        expect(c.space == 'pixel', 'space', f'expected "pixel" or a latent-space object, got {c.space!r}')
     expect(isinstance(c.provenance, dict), 'provenance', 'expected an object')
     expect(isinstance(c.sha256, dict), 'sha256', 'expected an object {file: hex digest}')
     expect(isinstance(c.architecture, dict) and isinstance(c.architecture.get('network_kwargs'), dict), 'architecture',
            'expected {"precond": ..., "network": ..., "network_kwargs": {...}}')
 
-    kwargs = c.architecture['network_kwargs']
-    expect(kwargs.get('img_resolution') == c.resolution, 'resolution',
-           f'{c.resolution} disagrees with architecture.network_kwargs.img_resolution={kwargs.get("img_resolution")}')
-    expect(kwargs.get('in_channels') == c.channels == kwargs.get('out_channels'), 'channels',
-           f'{c.channels} disagrees with the network in/out channels {kwargs.get("in_channels")}/{kwargs.get("out_channels")}')
+    expect(isinstance(c.architecture.get('network'), str), 'architecture.network', 'expected the network class name')
+    resolution, in_ch, out_ch, label_dim, text_dim = geometry(c.architecture)
+    expect(resolution == c.resolution, 'resolution', f'{c.resolution} disagrees with the network\'s resolution {resolution}')
+    expect(in_ch == c.channels == out_ch, 'channels', f'{c.channels} disagrees with the network in/out channels {in_ch}/{out_ch}')
 
     cond = c.condition
     expect(isinstance(cond, dict) and cond.get('kind') in ('class', 'text', 'none'), 'condition',
            f'expected {{"kind": "class"|"text"|"none", ...}}, got {cond!r}')
-    label_dim, text_dim = kwargs.get('label_dim', 0), kwargs.get('text_dim', 0)
     if cond['kind'] == 'class':
         labels = cond.get('labels')
         expect(isinstance(labels, list) and all(isinstance(x, str) for x in labels), 'condition.labels',
@@ -200,40 +265,65 @@ def _safetensors_header(file):
     return {k: v for k, v in header.items() if k != '__metadata__'}
 
 
-def validate_bundle(path, check_hash=True):
-    """Check a bundle completely without loading its weights into memory; return its config."""
-    path = Path(path)
-    config = read_config(path)
-    file = path / WEIGHTS_FILE
+def _check_weights_file(path, config, name, module, what, check_hash):
+    """The file exists, is whole, has the recorded hash and exactly `module`'s tensors with their shapes."""
+    file = path / name
     if not file.is_file():
-        raise BundleError(file, None, 'missing; the bundle must contain generator.safetensors')
+        raise BundleError(file, None, f'missing; the bundle must contain {name}')
     header = _safetensors_header(file)
     if check_hash:
-        expected = config.sha256.get(WEIGHTS_FILE)
+        expected = config.sha256.get(name)
         if not expected:
-            raise BundleError(path / CONFIG_FILE, f'sha256.{WEIGHTS_FILE}', 'missing; expected the weights\' sha256 hex digest')
+            raise BundleError(path / CONFIG_FILE, f'sha256.{name}', 'missing; expected the weights\' sha256 hex digest')
         actual = sha256_file(file)
         if actual != expected:
             raise BundleError(file, 'sha256', f'hash mismatch: sida.json says {expected}, the file is {actual} '
                                               '(corrupted or replaced weights)')
-    try:
-        with torch.device('meta'):
-            denoiser = build_denoiser(config.architecture)
-    except ArchitectureError as e:
-        raise BundleError(path / CONFIG_FILE, 'architecture', str(e)) from None
-    expected = {k: list(v.shape) for k, v in denoiser.state_dict().items()}
+    expected = {k: list(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
     if missing:
-        raise BundleError(file, missing[0], f'missing tensor ({len(missing)} missing in all) for {config.architecture["network"]}')
+        raise BundleError(file, missing[0], f'missing tensor ({len(missing)} missing in all) for {what}')
     if unexpected:
-        raise BundleError(file, unexpected[0], f'unexpected tensor ({len(unexpected)} in all) for {config.architecture["network"]}')
+        raise BundleError(file, unexpected[0], f'unexpected tensor ({len(unexpected)} in all) for {what}')
     for key, shape in expected.items():
         if header[key]['shape'] != shape:
             raise BundleError(file, key, f'shape {header[key]["shape"]}, expected {shape}')
         if header[key]['dtype'] not in LOADABLE_DTYPES:
             raise BundleError(file, key, f'dtype {header[key]["dtype"]}, expected one of {sorted(LOADABLE_DTYPES)}')
+
+
+def validate_bundle(path, check_hash=True):
+    """Check a bundle completely without loading its weights into memory; return its config."""
+    path = Path(path)
+    config = read_config(path)
+    try:
+        with torch.device('meta'):
+            denoiser = build_denoiser(config.architecture)
+    except ArchitectureError as e:
+        raise BundleError(path / CONFIG_FILE, 'architecture', str(e)) from None
+    _check_weights_file(path, config, WEIGHTS_FILE, denoiser, config.architecture['network'], check_hash)
+    if config.latent:
+        try:
+            vae = build_vae(config.space['vae_config'], device='meta')
+        except (TypeError, ValueError) as e:
+            raise BundleError(path / CONFIG_FILE, 'space.vae_config', f'not an AutoencoderKL config ({e})') from None
+        except BundleError as e:
+            raise BundleError(path / CONFIG_FILE, e.field, str(e).split(': ', 1)[-1]) from None
+        _check_weights_file(path, config, VAE_FILE, vae, 'the AutoencoderKL decoder', check_hash)
+    encoder = config.condition.get('encoder', '') if config.condition['kind'] == 'text' else ''
+    if encoder.startswith('clip:'):
+        from models.text_encoder import resolve_clip_root
+        root = resolve_clip_root(encoder, path)
+        for sub in ('text_encoder/config.json', 'tokenizer'):
+            if not (root / sub).exists():
+                raise BundleError(root / sub, 'condition.encoder', f'missing; {encoder!r} needs text_encoder/ and tokenizer/ there')
     return config
+
+
+def _read_tensors(file, dtype):
+    with safe_open(str(file), framework='pt') as f:
+        return {k: (t.to(dtype) if t.is_floating_point() else t) for k in f.keys() for t in [f.get_tensor(k)]}
 
 
 def load_bundle(path, device='cpu', dtype=torch.float32, check_hash=True, return_float=False):
@@ -241,11 +331,12 @@ def load_bundle(path, device='cpu', dtype=torch.float32, check_hash=True, return
     path = Path(path)
     config = validate_bundle(path, check_hash=check_hash)
     denoiser = build_denoiser(config.architecture)
-    tensors = {}
-    with safe_open(str(path / WEIGHTS_FILE), framework='pt') as f:
-        for key in f.keys():
-            tensors[key] = f.get_tensor(key)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    denoiser.load_state_dict(state, strict=True)
-    generator = OneStepGenerator(denoiser, init_sigma=config.init_sigma, return_float=return_float)
+    denoiser.load_state_dict(_read_tensors(path / WEIGHTS_FILE, dtype), strict=True)
+    if config.latent:
+        vae = build_vae(config.space['vae_config'])
+        vae.load_state_dict(_read_tensors(path / VAE_FILE, dtype), strict=True)
+        decoder = VaeDecoder(vae.eval(), config.space['scaling_factor'], config.space.get('shift_factor'))
+        generator = LatentOneStepGenerator(denoiser, decoder, init_sigma=config.init_sigma, return_float=return_float)
+    else:
+        generator = OneStepGenerator(denoiser, init_sigma=config.init_sigma, return_float=return_float)
     return Bundle(path=path, config=config, generator=generator.eval().requires_grad_(False).to(device))

@@ -73,8 +73,8 @@ def generate(bundle_dir, seeds, class_name, prompt, out, batch, columns, device,
 
     text_embeds = None
     if kind == 'text':
-        from models.text_encoder import get_text_encoder
-        text_embeds = get_text_encoder(config.condition['encoder'], config.condition['max_tokens']).encode([prompt])
+        from models.text_encoder import bundle_text_encoder
+        text_embeds = bundle_text_encoder(config).encode([prompt])
     fixed_class = resolve_class(config, class_name) if class_name is not None else None
 
     images, metadata = [], []

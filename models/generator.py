@@ -16,7 +16,7 @@ class OneStepGenerator(torch.nn.Module):
         self.init_sigma = float(init_sigma)
         self.return_float = return_float
         self.label_dim = denoiser.label_dim
-        self.text_dim = getattr(denoiser.model, 'text_dim', 0)
+        self.text_dim = getattr(denoiser, 'text_dim', None) or getattr(denoiser.model, 'text_dim', 0)
 
     def one_hot(self, class_labels):
         """int64 [N] -> one-hot float [N, label_dim]; float inputs are taken as already one-hot."""
@@ -49,3 +49,33 @@ def to_uint8_nhwc(x):
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x.permute(0, 2, 3, 1)
+
+
+class LatentOneStepGenerator(OneStepGenerator):
+    """A one-step generator in a VAE's latent space: the same contract, with the decoder inside the graph.
+
+    noise is [N, C_latent, h, w]; the generator's x0 is a (scaled) latent that `decoder` turns into an image
+    in [-1, 1], so `images` are uint8 [N, H, W, 3] at the VAE's resolution and `images_float` [N, 3, H, W].
+    """
+
+    def __init__(self, denoiser, decoder, init_sigma=2.5, return_float=False):
+        super().__init__(denoiser, init_sigma, return_float)
+        self.decoder = decoder
+
+    def forward(self, noise, class_labels=None, text_embeds=None):
+        x = self.decoder(self.denoise(noise, class_labels, text_embeds))
+        images = to_uint8_nhwc(x)
+        return (images, x.clamp(-1, 1)) if self.return_float else images
+
+
+class VaeDecoder(torch.nn.Module):
+    """latent (times the VAE's scaling factor, as diffusion models see it) -> image in [-1, 1], float32 out."""
+
+    def __init__(self, vae, scaling_factor, shift_factor=None):
+        super().__init__()
+        self.vae, self.scaling_factor, self.shift_factor = vae, float(scaling_factor), shift_factor
+
+    def forward(self, latents):
+        z = latents / self.scaling_factor + (self.shift_factor or 0.0)
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode(z.to(dtype), return_dict=False)[0].to(torch.float32)

@@ -7,6 +7,7 @@ The default encoder is sentence-transformers all-MiniLM-L6-v2 (384-d), which the
 import json
 import os
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -45,13 +46,66 @@ class TextEncoder:
         return out
 
 
-def get_text_encoder(name=DEFAULT_ENCODER, max_tokens=32, device='cpu'):
+CLIP_PREFIX = 'clip:'
+
+
+class ClipTextEncoder:
+    """A Stable-Diffusion text encoder (CLIPTextModel + CLIPTokenizer in diffusers layout) from a local directory.
+
+    encode() gives the last hidden states [N, model_max_length, dim]: what an SD UNet cross-attends to. The
+    tokenizer pads every prompt to its maximum length (77) and truncates longer ones, as SD pipelines do, so
+    the rows are the BOS state, the prompt's tokens and the padding states (which SD also attends to).
+    """
+
+    def __init__(self, root, device='cpu'):
+        from transformers import CLIPTextModel, CLIPTokenizer
+        root = Path(root)
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(str(root / 'tokenizer'), local_files_only=True)
+            self.model = CLIPTextModel.from_pretrained(str(root / 'text_encoder'), local_files_only=True).to(device).eval()
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f'{root}: cannot load the CLIP text encoder from text_encoder/ and tokenizer/ ({e})') from None
+        self.name, self.device = f'{CLIP_PREFIX}{root}', device
+        self.length = self.tokenizer.model_max_length
+        self.max_tokens, self.dim = self.length - 1, self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompts):
+        ids = self.tokenizer(list(prompts), padding='max_length', max_length=self.length, truncation=True,
+                             return_tensors='pt').input_ids
+        return self.model(ids.to(self.device))[0].float().cpu()
+
+
+def resolve_clip_root(name, base=None):
+    """'clip:DIR' -> DIR, relative to `base` (a bundle or teacher directory) when not absolute."""
+    root = Path(name[len(CLIP_PREFIX):] or '.')
+    return root if root.is_absolute() or base is None else Path(base) / root
+
+
+def bundle_text_encoder(config, device='cpu'):
+    """The text encoder a bundle's config names (encoders kept inside the bundle are found beside its sida.json)."""
+    c = config.condition
+    return get_text_encoder(c['encoder'], c['max_tokens'], device, base=getattr(config, 'root', None))
+
+
+def get_text_encoder(name=DEFAULT_ENCODER, max_tokens=32, device='cpu', base=None):
+    """The encoder a bundle names. `base`: the bundle directory, for encoders stored inside it ('clip:.')."""
+    if name.startswith(CLIP_PREFIX):
+        encoder = _load_clip(str(resolve_clip_root(name, base).resolve()), device)
+        if encoder.max_tokens != max_tokens:
+            raise RuntimeError(f'{name}: its tokenizer gives {encoder.length} rows, the bundle expects 1 + {max_tokens}')
+        return encoder
     if _precomputed is not None:
         if (_precomputed.name, _precomputed.max_tokens) != (name, max_tokens):
             raise RuntimeError(f'{_precomputed.path} holds {_precomputed.name} embeddings with {_precomputed.max_tokens} tokens, '
                                f'not {name} with {max_tokens}')
         return _precomputed
     return _load_text_encoder(name, max_tokens, device)
+
+
+@lru_cache(maxsize=4)
+def _load_clip(root, device):
+    return ClipTextEncoder(root, device)
 
 
 @lru_cache(maxsize=4)

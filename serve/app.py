@@ -298,7 +298,7 @@ def create_app(settings: Settings, models=None):
     @app.post('/v1/images/generations', response_model=OpenAIImageResponse, tags=['generate'], dependencies=[Depends(authorize)])
     async def openai_images(body: OpenAIImageRequest, request: Request):
         model = pick(body.model)
-        size = f'{model.config.resolution}x{model.config.resolution}'
+        size = f'{model.config.image_resolution}x{model.config.image_resolution}'
         if body.size is not None and body.size != size:
             raise ApiError(400, 'invalid_request', f'size {body.size!r} is not available: model {model.id} makes {size} images')
         if body.response_format != 'b64_json':

@@ -25,7 +25,7 @@ def tensors(config):
         inputs.append(Tensor(name='class_labels', dtype=np.int64, shape=(1,)))
     elif c.condition['kind'] == 'text':
         inputs.append(Tensor(name='text_embeds', dtype=np.float32, shape=(1 + c.condition['max_tokens'], c.condition['dim'])))
-    outputs = [Tensor(name='images', dtype=np.uint8, shape=(c.resolution, c.resolution, 3))]
+    outputs = [Tensor(name='images', dtype=np.uint8, shape=(c.image_resolution, c.image_resolution, 3))]
     return inputs, outputs
 
 

@@ -74,9 +74,8 @@ class ServedModel:
                                     on_batch=(lambda n, s: on_batch(self.id, self.backend.name, n, s)) if on_batch else None)
         self.prompts = None
         if self.config.condition['kind'] == 'text':
-            from models.text_encoder import get_text_encoder
-            c = self.config.condition
-            self.prompts = PromptEncoder(get_text_encoder(c['encoder'], c['max_tokens']))
+            from models.text_encoder import bundle_text_encoder
+            self.prompts = PromptEncoder(bundle_text_encoder(self.config))
 
     @property
     def kind(self):
@@ -134,5 +133,5 @@ class ServedModel:
 
     def info(self):
         c = self.config
-        return {'id': self.id, 'resolution': c.resolution, 'condition': {'kind': self.kind, 'labels': c.label_names},
+        return {'id': self.id, 'resolution': c.image_resolution, 'condition': {'kind': self.kind, 'labels': c.label_names},
                 **{k: v for k, v in self.backend.describe().items() if k in ('backend', 'device', 'precision', 'warm')}}

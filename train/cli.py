@@ -51,42 +51,56 @@ def train():
     """Distil a one-step generator (SiD / SiDA / SiD2A), train a teacher, or run the 2-D toy."""
 
 
-def run_options(f):
-    for option in reversed([
-        click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path), help='Run directory.'),
-        click.option('--images', 'total_images', type=COUNT, default='20M', help='Training length in images seen (k/M suffixes).'),
-        click.option('--time-limit', type=Duration(), default='0',
-                     help='Also stop after this much training-loop time (90s, 45m, 2h; 0 = none; set-up not counted, restarts '
-                          'on --resume): checkpoint and bundle as at the end.'),
-        click.option('--batch', type=click.IntRange(1), default=256, help='Global batch (all processes).'),
-        click.option('--batch-gpu', type=click.IntRange(1), default=None, help='Micro-batch per process (gradient accumulation).'),
-        click.option('--precision', type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']), default='auto',
-                     help='auto = bf16 on CUDA, fp32 on CPU.'),
-        click.option('--tf32/--no-tf32', default=False, help='Allow TF32 matmuls/convolutions (fp32 runs on Ampere+).'),
-        click.option('--channels-last', is_flag=True, help='channels_last memory format for the UNets.'),
-        click.option('--compile', 'compile_', is_flag=True, help='torch.compile the networks.'),
-        click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto'),
-        click.option('--seed', type=int, default=0),
-        click.option('--data', type=click.Path(exists=True, path_type=Path), default=None,
-                     help='Images: folder, zip, tar(.gz), EDM dataset zip or .npz.'),
-        click.option('--data-prefix', default='', help='Sub-folder inside --data, e.g. "train".'),
-        click.option('--max-data', type=COUNT, default=None, help='Use at most this many images of --data.'),
-        click.option('--captions', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help='Captions for --data (text models): a file from `sida train captions`.'),
-        click.option('--text-embeddings', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help='Precomputed prompt embeddings (from `sida train captions`), for machines without the text encoder.'),
-        click.option('--log-every', type=COUNT, default='10k', help='Images between log lines.'),
-        click.option('--sample-every', type=COUNT, default='200k', help='Images between sample grids.'),
-        click.option('--checkpoint-every', type=COUNT, default='500k', help='Images between checkpoints.'),
-        click.option('--keep', type=click.IntRange(1), default=3, help='Checkpoints to keep (plus the best).'),
-        click.option('--resume', default=None, help='"auto" (newest checkpoint in --out) or a checkpoint directory.'),
-        click.option('--save-dtype', type=click.Choice(['float32', 'float16', 'bfloat16']), default='float32',
-                     help='Weight dtype of the written bundles.'),
-        click.option('--export', 'exports', default='', help='After training, export the final bundle: any of '
-                     'onnx, onnx-fp16, compile, triton-repo (comma-separated), each behind the parity gate.'),
-    ]):
+_COMMON_RUN_OPTIONS = [
+    click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path), help='Run directory.'),
+    click.option('--images', 'total_images', type=COUNT, default='20M', help='Training length in images seen (k/M suffixes).'),
+    click.option('--time-limit', type=Duration(), default='0',
+                 help='Also stop after this much training-loop time (90s, 45m, 2h; 0 = none; set-up not counted, restarts '
+                      'on --resume): checkpoint and bundle as at the end.'),
+    click.option('--batch', type=click.IntRange(1), default=256, help='Global batch (all processes).'),
+    click.option('--batch-gpu', type=click.IntRange(1), default=None, help='Micro-batch per process (gradient accumulation).'),
+    click.option('--precision', type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']), default='auto',
+                 help='auto = bf16 on CUDA, fp32 on CPU.'),
+    click.option('--tf32/--no-tf32', default=False, help='Allow TF32 matmuls/convolutions (fp32 runs on Ampere+).'),
+    click.option('--channels-last', is_flag=True, help='channels_last memory format for the UNets.'),
+    click.option('--compile', 'compile_', is_flag=True, help='torch.compile the networks.'),
+    click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto'),
+    click.option('--seed', type=int, default=0),
+    click.option('--log-every', type=COUNT, default='10k', help='Images between log lines.'),
+    click.option('--sample-every', type=COUNT, default='200k', help='Images between sample grids.'),
+    click.option('--checkpoint-every', type=COUNT, default='500k', help='Images between checkpoints.'),
+    click.option('--keep', type=click.IntRange(1), default=3, help='Checkpoints to keep (plus the best).'),
+    click.option('--resume', default=None, help='"auto" (newest checkpoint in --out) or a checkpoint directory.'),
+    click.option('--save-dtype', type=click.Choice(['float32', 'float16', 'bfloat16']), default='float32',
+                 help='Weight dtype of the written bundles.'),
+    click.option('--export', 'exports', default='', help='After training, export the final bundle: any of '
+                 'onnx, onnx-fp16, compile, triton-repo (comma-separated), each behind the parity gate.'),
+]
+_DATA_OPTIONS = [
+    click.option('--data', type=click.Path(exists=True, path_type=Path), default=None,
+                 help='Images: folder, zip, tar(.gz), EDM dataset zip or .npz.'),
+    click.option('--data-prefix', default='', help='Sub-folder inside --data, e.g. "train".'),
+    click.option('--max-data', type=COUNT, default=None, help='Use at most this many images of --data.'),
+    click.option('--captions', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                 help='Captions for --data (text models): a file from `sida train captions`.'),
+    click.option('--text-embeddings', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                 help='Precomputed prompt embeddings (from `sida train captions`), for machines without the text encoder.'),
+]
+
+
+def _apply(options, f):
+    for option in reversed(options):
         f = option(f)
     return f
+
+
+def run_options(f):
+    """Run directory, length, precision, logging, checkpoints and data options of every training command."""
+    return _apply(_COMMON_RUN_OPTIONS[:11] + _DATA_OPTIONS + _COMMON_RUN_OPTIONS[11:], f)
+
+
+def data_free_run_options(f):
+    return _apply(_COMMON_RUN_OPTIONS, f)
 
 
 @train.command(context_settings=CTX)
@@ -114,6 +128,34 @@ def run_options(f):
 def distill(**o):
     """Distil a one-step generator from a diffusion teacher."""
     from train.distill_main import main
+    main(o)
+
+
+@train.command(context_settings=CTX)
+@click.option('--teacher', required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help='Stable-Diffusion-style teacher in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/).')
+@click.option('--prompts', required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='Training prompts: a text file (one per line) or a JSON list of strings. Data-free: no images.')
+@click.option('--guidance', type=float, default=2.0, help='LSG guidance scale kappa, used at all four places.')
+@click.option('--guidance-fake-train', type=float, default=None, help='kappa_1 (fake-score training) [default: --guidance].')
+@click.option('--guidance-fake-eval', type=float, default=None, help='kappa_2/3 (fake score in the G loss) [default: --guidance].')
+@click.option('--guidance-real-eval', type=float, default=None, help='kappa_4 (teacher in the G loss) [default: --guidance].')
+@click.option('--t-init', type=click.IntRange(0, 999), default=625, help='The generator\'s fixed DDPM step.')
+@click.option('--tmin', type=click.IntRange(0, 999), default=20, help='Loss times t ~ U{tmin, ..., tmax-1}.')
+@click.option('--tmax', type=click.IntRange(1, 1000), default=980)
+@click.option('--alpha', type=float, default=1.0, help='SiD alpha.')
+@click.option('--lr', 'lr_g', type=float, default=1e-6, help='Generator learning rate.')
+@click.option('--lr-psi', type=float, default=None, help='Fake-score learning rate [default: --lr].')
+@click.option('--ema', 'ema_halflife', type=COUNT, default='50k', help='EMA half-life in images.')
+@click.option('--empty-prompts', type=click.FloatRange(0, 1), default=0.1,
+              help='Share of "" prompts in the fake-score update (when its guidance is not 1).')
+@click.option('--grad-checkpointing', is_flag=True, help='Gradient checkpointing in the generator and fake-score UNets.')
+@click.option('--teacher-dtype', type=click.Choice(['fp32', 'bf16', 'fp16']), default='fp32',
+              help='Store the frozen teacher in this dtype (halves its memory; autocast runs it in bf16 anyway).')
+@data_free_run_options
+def lsg(**o):
+    """SiD-LSG: distil a Stable-Diffusion-style latent teacher into a one-step text-to-image generator (data-free)."""
+    from train.lsg_main import main
     main(o)
 
 
@@ -261,7 +303,7 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     import torch
 
     from models.bundle import BundleError, load_bundle
-    from models.text_encoder import get_text_encoder, use_precomputed
+    from models.text_encoder import bundle_text_encoder, use_precomputed
     from train.data import DataError, ImageDataset
     from train.evaluate import evaluate as run_eval
     from train.evaluate import plot_curves, record_in_bundle, student_fn, teacher_fn
@@ -297,7 +339,7 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             if c['kind'] == 'class' and list(c['labels']) != list(dataset.class_names):
                 _fail(f'{name}: its classes {c["labels"]} are not the data set\'s {dataset.class_names} (same names, same order)')
             try:
-                encoder = get_text_encoder(c['encoder'], c['max_tokens']) if c['kind'] == 'text' else None
+                encoder = bundle_text_encoder(bundle.config) if c['kind'] == 'text' else None
             except (RuntimeError, ImportError) as e:
                 _fail(f'{name}: {e}')
             bundle.generator.eval()

@@ -133,10 +133,12 @@ def test_label_count_mismatch(bundle):
     _expect(path, 'condition.labels', 'label_dim=10')
 
 
-def test_latent_space_is_refused_clearly(bundle):
+def test_malformed_space_is_refused_clearly(bundle):
     path, _ = bundle
     _edit_config(path, space='latent')
-    _expect(path, 'space', 'VAE')
+    _expect(path, 'space', 'latent-space object')
+    _edit_config(path, space={'kind': 'latent', 'vae': 'vae.safetensors'})
+    _expect(path, 'space.vae_config', 'AutoencoderKL')
 
 
 def test_missing_weights(bundle):
