@@ -47,7 +47,7 @@ def graph_for(generator, kind):
     """A module whose positional inputs are exactly the ONNX inputs, named as in the contract."""
     cls, names = {'class': (_ClassGraph, ['noise', 'class_labels']), 'text': (_TextGraph, ['noise', 'text_embeds']),
                   'none': (_PlainGraph, ['noise'])}[kind]
-    return cls(generator), names
+    return cls(generator).eval(), names
 
 
 def io_spec(config):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from export.manifest import read_manifest, record_export
 from export.onnx_export import ExportError, export_onnx, io_spec
-from models.bundle import CONFIG_FILE, WEIGHTS_FILE, load_bundle
+from models.bundle import CONFIG_FILE, load_bundle
 
 TRITON_DTYPES = {'float32': 'TYPE_FP32', 'int64': 'TYPE_INT64', 'uint8': 'TYPE_UINT8'}
 BACKENDS = {'onnxruntime': ('onnxruntime', 'model.onnx'), 'tensorrt': ('tensorrt', 'model.plan'), 'python': ('python', 'model.py')}
@@ -87,7 +87,8 @@ def write_triton_repo(bundle_dir, out, runtime='onnxruntime', name=None, max_bat
     else:
         shutil.copy(Path(__file__).with_name('triton_model.py'), version_dir / 'model.py')
         (version_dir / 'bundle').mkdir()
-        for f in (CONFIG_FILE, WEIGHTS_FILE):
+        for f in (CONFIG_FILE, *config.sha256):          # every file the bundle hashes (latent: VAE, CLIP encoder)
+            (version_dir / 'bundle' / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(bundle_dir) / f, version_dir / 'bundle' / f)
         parameters = {'sida_root': str(ROOT), 'torch_threads': '0' if kind == 'KIND_GPU' else '2'}
     text = model_config(name, config, runtime, max_batch=max_batch, instances=instances, kind=kind, parameters=parameters)

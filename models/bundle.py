@@ -31,6 +31,9 @@ CONFIG_FILE = 'sida.json'
 WEIGHTS_FILE = 'generator.safetensors'
 VAE_FILE = 'vae.safetensors'
 VAE_DECODER_KEYS = ('decoder.', 'post_quant_conv.')     # what decoding needs of an AutoencoderKL
+TEXT_ENCODER_DIRS = ('text_encoder', 'tokenizer')       # a CLIP encoder kept inside a latent bundle ('clip:.')
+LATENT_NETWORKS = {'UNet2DConditionModel'}
+PICKLED = ('*.bin', '*.pt', '*.pth', '*.ckpt', '*.pkl', '*.msgpack', '*.h5')   # never copied: safetensors only
 SAVE_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 LOADABLE_DTYPES = {'F32', 'F16', 'BF16'}
 
@@ -130,8 +133,11 @@ def save_bundle(path, generator, *, name, condition, provenance=None, dtype='flo
                  'image_resolution': geometry(architecture)[0] * factor}
     if text_encoder_from is not None:
         import shutil
-        for sub in ('text_encoder', 'tokenizer'):
-            shutil.copytree(Path(text_encoder_from) / sub, path / sub, dirs_exist_ok=True)
+        for sub in TEXT_ENCODER_DIRS:
+            shutil.copytree(Path(text_encoder_from) / sub, path / sub, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*PICKLED))
+            for f in sorted((path / sub).rglob('*')):          # every file of the encoder is hashed like the weights
+                if f.is_file():
+                    sha[f.relative_to(path).as_posix()] = sha256_file(f)
     resolution, channels = geometry(architecture)[:2]
     config = BundleConfig(
         name=name, architecture=architecture, resolution=resolution, channels=channels,
@@ -211,8 +217,19 @@ def _check_config(file, c):
                'expected a positive number')
         expect(isinstance(sp.get('image_resolution'), int) and sp['image_resolution'] > 0, 'space.image_resolution',
                'expected a positive integer')
+        vae = sp['vae_config']
+        if isinstance(vae.get('latent_channels'), int):
+            expect(vae['latent_channels'] == c.channels, 'space.vae_config.latent_channels',
+                   f'{vae["latent_channels"]} disagrees with the generator\'s {c.channels} channels')
+        if isinstance(vae.get('block_out_channels'), list):
+            side = c.resolution * 2 ** (len(vae['block_out_channels']) - 1)
+            expect(sp['image_resolution'] == side, 'space.image_resolution',
+                   f'{sp["image_resolution"]} disagrees with the VAE: {c.resolution} latents decode to {side}')
     else:
         expect(c.space == 'pixel', 'space', f'expected "pixel" or a latent-space object, got {c.space!r}')
+    network = c.architecture.get('network') if isinstance(c.architecture, dict) else None
+    expect((network in LATENT_NETWORKS) == c.latent, 'space',
+           f'network {network} works in {"a latent" if network in LATENT_NETWORKS else "pixel"} space, but space is {c.space!r}')
     expect(isinstance(c.provenance, dict), 'provenance', 'expected an object')
     expect(isinstance(c.sha256, dict), 'sha256', 'expected an object {file: hex digest}')
     expect(isinstance(c.architecture, dict) and isinstance(c.architecture.get('network_kwargs'), dict), 'architecture',
@@ -314,10 +331,23 @@ def validate_bundle(path, check_hash=True):
     encoder = config.condition.get('encoder', '') if config.condition['kind'] == 'text' else ''
     if encoder.startswith('clip:'):
         from models.text_encoder import resolve_clip_root
-        root = resolve_clip_root(encoder, path)
+        root = resolve_clip_root(encoder, path).resolve()
+        if not root.is_relative_to(path.resolve()):
+            raise BundleError(path / CONFIG_FILE, 'condition.encoder', f'{encoder!r} points outside the bundle; keep the encoder inside')
         for sub in ('text_encoder/config.json', 'tokenizer'):
             if not (root / sub).exists():
                 raise BundleError(root / sub, 'condition.encoder', f'missing; {encoder!r} needs text_encoder/ and tokenizer/ there')
+        if not any(k.startswith('text_encoder/') and k.endswith('.safetensors') for k in config.sha256):
+            raise BundleError(path / CONFIG_FILE, 'sha256', 'no hashed text_encoder/*.safetensors: the CLIP weights must be '
+                                                             'safetensors recorded in sha256')
+    for name, expected in config.sha256.items():          # the encoder's files (the weights were checked above)
+        if name in (WEIGHTS_FILE, VAE_FILE):
+            continue
+        file = path / name
+        if not file.resolve().is_relative_to(path.resolve()) or not file.is_file():
+            raise BundleError(file, None, 'missing; sida.json records its sha256')
+        if check_hash and sha256_file(file) != expected:
+            raise BundleError(file, 'sha256', f'hash mismatch: sida.json says {expected} (corrupted or replaced file)')
     return config
 
 

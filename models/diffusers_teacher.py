@@ -146,6 +146,9 @@ def scheduler_kwargs(path):
     kw = {'num_train_timesteps': cfg.get('num_train_timesteps', 1000), 'beta_start': cfg.get('beta_start', 0.0001),
           'beta_end': cfg.get('beta_end', 0.02), 'beta_schedule': cfg.get('beta_schedule', 'linear'),
           'prediction_type': cfg.get('prediction_type', 'epsilon')}
+    if cfg.get('rescale_betas_zero_snr'):
+        raise ValueError(f'{path}/scheduler: rescale_betas_zero_snr gives abar = 0 at the last step (infinite sigma); '
+                         'such teachers are not supported')
     if cfg.get('trained_betas') is not None:
         raise ValueError(f'{path}/scheduler: explicit trained_betas are not supported; use a named beta_schedule')
     if kw['beta_schedule'] not in SCHEDULES:

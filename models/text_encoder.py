@@ -62,11 +62,13 @@ class ClipTextEncoder:
         root = Path(root)
         try:
             self.tokenizer = CLIPTokenizer.from_pretrained(str(root / 'tokenizer'), local_files_only=True)
-            self.model = CLIPTextModel.from_pretrained(str(root / 'text_encoder'), local_files_only=True).to(device).eval()
+            self.model = CLIPTextModel.from_pretrained(str(root / 'text_encoder'), local_files_only=True,
+                                                       use_safetensors=True).to(device).eval()
         except (OSError, ValueError) as e:
             raise RuntimeError(f'{root}: cannot load the CLIP text encoder from text_encoder/ and tokenizer/ ({e})') from None
         self.name, self.device = f'{CLIP_PREFIX}{root}', device
-        self.length = self.tokenizer.model_max_length
+        # A tokenizer config without model_max_length reports a huge number; the position table is the real bound.
+        self.length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
         self.max_tokens, self.dim = self.length - 1, self.model.config.hidden_size
 
     @torch.no_grad()

@@ -48,7 +48,7 @@ def _fail(message):
 
 @click.group(context_settings=CTX)
 def train():
-    """Distil a one-step generator (SiD / SiDA / SiD2A), train a teacher, or run the 2-D toy."""
+    """Distil a one-step generator (SiD / SiDA / SiD2A; SiD-LSG for SD teachers), train a teacher, or run the 2-D toy."""
 
 
 _COMMON_RUN_OPTIONS = [
@@ -131,7 +131,7 @@ def distill(**o):
     main(o)
 
 
-@train.command(context_settings=CTX)
+@train.command(context_settings={**CTX, 'default_map': {'batch': 512, 'total_images': '10M'}})   # the reference's
 @click.option('--teacher', required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help='Stable-Diffusion-style teacher in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/).')
 @click.option('--prompts', required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -152,6 +152,8 @@ def distill(**o):
 @click.option('--grad-checkpointing', is_flag=True, help='Gradient checkpointing in the generator and fake-score UNets.')
 @click.option('--teacher-dtype', type=click.Choice(['fp32', 'bf16', 'fp16']), default='fp32',
               help='Store the frozen teacher in this dtype (halves its memory; autocast runs it in bf16 anyway).')
+@click.option('--offload-teacher', is_flag=True,
+              help='Keep the frozen teacher in host memory except during the generator step (CUDA; two copies per iteration).')
 @data_free_run_options
 def lsg(**o):
     """SiD-LSG: distil a Stable-Diffusion-style latent teacher into a one-step text-to-image generator (data-free)."""

@@ -38,6 +38,8 @@ def main(o):
         teacher, spec, bundle_condition = load_teacher_any(o['teacher'], rt.device)
     except (BundleError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(f'cannot load the teacher: {e}') from None
+    if spec['network'] == 'UNet2DConditionModel':
+        raise click.UsageError(f'{o["teacher"]} is a latent text-to-image model: distil it with `sida train lsg`')
     kw = spec['network_kwargs']
     shape = (kw['in_channels'], kw['img_resolution'], kw['img_resolution'])
 

@@ -50,16 +50,18 @@ def main(o):
         encoder = ClipTextEncoder(teacher_dir, rt.device)
     except (ValueError, RuntimeError, ImportError) as e:
         raise click.ClickException(f'cannot load the teacher: {e}') from None
-    if o['teacher_dtype'] != 'fp32':
-        teacher.model.to(DTYPES[o['teacher_dtype']])
-        teacher.compute_dtype = DTYPES[o['teacher_dtype']]
+    if o['precision'] == 'fp16':
+        raise click.UsageError('--precision fp16 is not supported for sid-lsg (the reference needs loss scaling and G gradient '
+                               'clipping for it and reports worse results): use bf16 or fp32')
     unet = spec['network_kwargs']
     shape = (unet['in_channels'], unet['sample_size'], unet['sample_size'])
 
     torch.manual_seed(o['seed'] + rt.rank)
-    generator = copy.deepcopy(teacher).float().requires_grad_(True)
-    fake_score = copy.deepcopy(teacher).float().requires_grad_(True)
-    generator.compute_dtype = fake_score.compute_dtype = torch.float32
+    generator = copy.deepcopy(teacher).requires_grad_(True)       # both start from the teacher's full-precision weights
+    fake_score = copy.deepcopy(teacher).requires_grad_(True)
+    if o['teacher_dtype'] != 'fp32':                              # only the frozen copy is stored in half precision
+        teacher.model.to(DTYPES[o['teacher_dtype']])
+        teacher.compute_dtype = DTYPES[o['teacher_dtype']]
     if o['grad_checkpointing']:
         generator.model.enable_gradient_checkpointing()
         fake_score.model.enable_gradient_checkpointing()
@@ -73,8 +75,8 @@ def main(o):
         prepare(net, rt.device, o['channels_last'], o['compile_'])
     try:
         trainer = LSGDistiller(cfg, teacher, generator, fake_score, batches, shape, encoder.encode(['']),
-                               device=rt.device, rank=rt.rank, world=rt.world, autocast_dtype=precision_dtype(o['precision'], rt.device),
-                               ddp=rt.distributed)
+                               offload_teacher=o['offload_teacher'], device=rt.device, rank=rt.rank, world=rt.world,
+                               autocast_dtype=precision_dtype(o['precision'], rt.device), ddp=rt.distributed)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 
@@ -84,7 +86,7 @@ def main(o):
                 'prompts': str(o['prompts']), 'num_prompts': len(prompts), 'architecture': spec, 'condition': condition,
                 'world_size': rt.world, 'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
                 'precision': str(trainer.autocast_dtype or 'fp32'), 'teacher_dtype': o['teacher_dtype'],
-                'grad_checkpointing': o['grad_checkpointing'], 'compile': o['compile_']}
+                'grad_checkpointing': o['grad_checkpointing'], 'offload_teacher': o['offload_teacher'], 'compile': o['compile_']}
     if rt.rank == 0:
         write_json(o['run_dir'] / 'config.json', resolved)
         log(f'distilling with sid-lsg (guidance {cfg.guidance_fake_train}/{cfg.guidance_fake_eval}/{cfg.guidance_real_eval}, '

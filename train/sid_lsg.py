@@ -19,7 +19,7 @@ import torch
 
 from models.diffusers_teacher import Guided
 from train.distill import Batch, Distiller, sanitize_grads_
-from train.sid import as_per_sample, finite_rows, generator_loss
+from train.sid import as_per_sample, finite_rows, generator_loss, per_sample_sum
 
 
 @dataclasses.dataclass
@@ -60,15 +60,16 @@ class LSGConfig:
 
 
 def lsg_fake_score_loss(fake_score, x_g, sigma, eps, **cond):
-    """Unweighted epsilon-MSE of the (guided) fake score on generated latents, per kept sample (mean over elements).
+    """Unweighted epsilon-MSE of the (guided) fake score on generated latents, per kept sample (summed over elements,
+    as the reference reduces it: sum, times the loss scale, over the batch).
 
-    eps_hat = (x_t - D(x_t)) / sigma, so this is ||D(x_t) - x_g||^2 / sigma^2 / elements.
+    eps_hat = (x_t - D(x_t)) / sigma, so this is ||D(x_t) - x_g||^2 / sigma^2.
     """
     s = as_per_sample(sigma, x_g)
     x_t = x_g + s * eps
     eps_hat = (x_t - fake_score(x_t, sigma, **cond)) / s
     keep = finite_rows(x_g, eps_hat)
-    return ((eps_hat[keep] - eps[keep]) ** 2).flatten(1).mean(dim=1)
+    return per_sample_sum((eps_hat[keep] - eps[keep]) ** 2)
 
 
 class PromptBatches:
@@ -92,14 +93,24 @@ class PromptBatches:
 class LSGDistiller(Distiller):
     """The Distiller's loop with SiD-LSG's two steps; `uncond_embeds` is the text encoder's output for ""."""
 
-    def __init__(self, cfg, teacher, generator, fake_score, batches, sample_shape, uncond_embeds, **kw):
+    def __init__(self, cfg, teacher, generator, fake_score, batches, sample_shape, uncond_embeds, offload_teacher=False, **kw):
+        steps = teacher.schedule['num_train_timesteps']
+        if cfg.tmax > steps or cfg.t_init >= steps:
+            raise ValueError(f'the teacher has {steps} timesteps: need t_init < {steps} and tmax <= {steps} '
+                             f'(got t_init={cfg.t_init}, tmax={cfg.tmax})')
         cfg.init_sigma = float(teacher.sigma_at(cfg.t_init))
         super().__init__(cfg, teacher, generator, fake_score, batches, sample_shape, **kw)
         self.uncond = uncond_embeds.to(self.device)
+        self.sigmas = teacher.log_sigmas.exp().to(self.device)        # sigma of every integer step, wherever the teacher is
+        # The frozen teacher is needed only in the generator step: offloaded, it lives in host memory during the
+        # fake-score step (one UNet fewer on the device then), at the price of two host<->device copies per iteration.
+        self.offload_teacher = offload_teacher and self.device.type == 'cuda'
+        if self.offload_teacher:
+            self.teacher.to('cpu')
 
     def _times(self):
         t = self._draw(lambda s: torch.randint(self.cfg.tmin, self.cfg.tmax, s, device=self.device, generator=self.rng))
-        return self.teacher.sigma_at(t)
+        return self.sigmas[t]
 
     def _fake_score_step(self, shape):
         cfg = self.cfg
@@ -107,7 +118,8 @@ class LSGDistiller(Distiller):
         z, eps = self._normal(shape), self._normal(shape)
         sigma = self._times()
         drop = self._draw(lambda s: torch.rand(s, device=self.device, generator=self.rng))
-        if cfg.guidance_fake_train != 1 and cfg.empty_prompt_prob > 0:
+        # The fake score must know the "" score whenever the G loss evaluates it with guidance (as the reference does).
+        if (cfg.guidance_fake_train != 1 or cfg.guidance_fake_eval != 1) and cfg.empty_prompt_prob > 0:
             empty = (drop < cfg.empty_prompt_prob).reshape(-1, 1, 1)
             cond['text_embeds'] = torch.where(empty, self.uncond.expand_as(cond['text_embeds']), cond['text_embeds'])
         self.G.eval()
@@ -134,6 +146,8 @@ class LSGDistiller(Distiller):
         self.G.train()
         self.fake.eval().requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
+        if self.offload_teacher:
+            self.teacher.to(self.device, non_blocking=True)
         teacher = Guided(self.teacher, self.uncond, cfg.guidance_real_eval)
         fake = Guided(self.fake, self.uncond, cfg.guidance_fake_eval)
         total = 0.0
@@ -143,6 +157,8 @@ class LSGDistiller(Distiller):
                 loss, _, _, _ = generator_loss(x_g, teacher, fake, sigma_m, eps_m, cfg.alpha, **cond_m)
                 (loss.sum() * cfg.loss_scale_g / self.rank_batch).backward()
             total += loss.detach().sum() / self.rank_batch
+        if self.offload_teacher:
+            self.teacher.to('cpu')
         sanitize_grads_(self.G.parameters())
         self.opt_g.step()
         return {'loss_g': total}

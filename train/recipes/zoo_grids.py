@@ -18,7 +18,7 @@ SEEDS = range(10)
 
 def grid(bundle_dir):
     bundle = load_bundle(bundle_dir)
-    c, shape = bundle.config, (bundle.config.channels, bundle.config.resolution, bundle.config.resolution)
+    c, shape = bundle.config, (bundle.config.channels, bundle.config.resolution, bundle.config.resolution)   # noise shape
     kind = c.condition['kind']
     rows = c.label_names if kind == 'class' else DEMO_PROMPTS if kind == 'text' else ['unconditional']
     noise = noise_for_seeds(SEEDS, shape)
@@ -30,8 +30,8 @@ def grid(bundle_dir):
             elif kind == 'none':
                 cond = {}
             else:
-                from models.text_encoder import get_text_encoder
-                enc = get_text_encoder(c.condition['encoder'], c.condition['max_tokens']).encode([row])
+                from models.text_encoder import bundle_text_encoder
+                enc = bundle_text_encoder(c).encode([row])
                 cond = {'text_embeds': enc.expand(len(SEEDS), -1, -1)}
             images.append(bundle.generator(noise, **cond))
     out = Path(bundle_dir) / 'samples.png'
