@@ -13,7 +13,7 @@ ARG CPU_BASE=python:3.11-slim-bookworm
 # Keep this and the tritonserver image in deploy/compose.yaml on one NGC release (YY.MM): a TensorRT engine
 # loads only in the TensorRT version that built it (25.01: TensorRT 10.8, CUDA 12.8, Python 3.12).
 ARG CUDA_BASE=nvcr.io/nvidia/pytorch:25.01-py3
-ARG SIDA_EXTRAS=text,export,serve,ui
+ARG SIDA_EXTRAS=text,t2i,export,serve,ui
 
 
 # ------------------------------------------------------------------------------------------------ cpu

@@ -23,6 +23,7 @@ CONFIGS = {
     'fp32': ('sid', 'fp32', False, False),
     'tf32': ('sid', 'tf32', False, False),
     'bf16': ('sid', 'bf16', False, False),
+    'bf16-cl': ('sid', 'bf16', False, True),         # the H200 profile spends 13% in cuDNN's NCHW<->NHWC transposes
     'bf16-compile': ('sid', 'bf16', True, False),
     'bf16-compile-cl': ('sid', 'bf16', True, True),
     'sida-fp32': ('sida', 'fp32', False, False),

@@ -16,7 +16,24 @@ from train.launch import setup_runtime
 BATCH = 8
 
 
+def build_lsg(sd_dir, rank, world, ddp):
+    """SiD-LSG on the tiny diffusers pipeline at sd_dir, guidance 2 (so Guided wraps the DDP fake score)."""
+    from models.diffusers_teacher import load_unet_denoiser
+    from models.text_encoder import ClipTextEncoder
+    from train.sid_lsg import LSGConfig, LSGDistiller, PromptBatches
+    torch.manual_seed(0)
+    teacher, _ = load_unet_denoiser(sd_dir)
+    perturb_(teacher, scale=0.02).eval().requires_grad_(False)
+    encoder = ClipTextEncoder(sd_dir)
+    cfg = LSGConfig(guidance=2.0, batch=BATCH, lr_g=1e-4, lr_psi=1e-4)
+    batches = PromptBatches(['a red car', 'a ship at sea', 'a bird', 'a cat on a sofa'], encoder, BATCH, 0, rank, world, 'cpu')
+    return LSGDistiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True),
+                        batches, (4, 8, 8), encoder.encode(['']), rank=rank, world=world, ddp=ddp)
+
+
 def build(data_dir, method, rank, world, ddp):
+    if method == 'sid-lsg':
+        return build_lsg(data_dir, rank, world, ddp)
     torch.manual_seed(0)
     teacher = perturb_(build_denoiser(tiny_ddpmpp(dropout=0.0)), scale=0.02).eval()
     cfg = DistillConfig(method=method, batch=BATCH, lr_g=1e-4, lr_psi=1e-4, g_warmup_images=0, gan_start_images=0)

@@ -38,6 +38,24 @@ def test_sid_two_processes_match_one_with_the_same_global_batch(cifar_subset, tm
     assert mean('loss_g') == pytest.approx(single_stats['loss_g'], rel=1e-4)
 
 
+def test_sid_lsg_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    """SiD-LSG with guidance (one batched [uncond; cond] call through the DDP-wrapped fake score) reduces like SiD."""
+    pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
+    from tests.train.tiny_sd import build_tiny_sd
+    sd_dir = build_tiny_sd(tmp_path / 'sd')
+    ddp_grads, stats = _spawn(tmp_path, sd_dir, 'sid-lsg', iterations=1)
+    single = build(sd_dir, 'sid-lsg', 0, 1, ddp=False)
+    single_stats = single.iteration()
+    reference = grads(single)
+    assert set(reference) == set(ddp_grads[0]) and len(reference) > 50
+    for rank_grads in ddp_grads:
+        for key, value in reference.items():
+            scale = value.abs().max().item() + 1e-12
+            torch.testing.assert_close(rank_grads[key], value, rtol=1e-3, atol=1e-4 * scale)
+    for key in ('loss_psi', 'loss_g'):
+        assert (stats[0][0][key] + stats[1][0][key]) / 2 == pytest.approx(single_stats[key], rel=1e-4)
+
+
 def test_sida_each_rank_averages_its_own_batch(cifar_subset, tmp_path):
     _, stats = _spawn(tmp_path, cifar_subset, 'sida', iterations=1)
     per_rank = [build(cifar_subset, 'sida', r, 2, ddp=False).iteration()['loss_d'] for r in range(2)]
