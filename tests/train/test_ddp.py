@@ -22,6 +22,14 @@ def _spawn(tmp_path, data_dir, method, iterations):
     return [load_file(str(tmp_path / f'grads_rank{r}.safetensors')) for r in range(2)], stats
 
 
+def _assert_same_grads(ddp_grads, reference):
+    assert set(reference) == set(ddp_grads[0]) and len(reference) > 50
+    for rank_grads in ddp_grads:
+        for key, value in reference.items():
+            scale = value.abs().max().item() + 1e-12
+            torch.testing.assert_close(rank_grads[key], value, rtol=1e-3, atol=1e-4 * scale)
+
+
 def test_sid_two_processes_match_one_with_the_same_global_batch(cifar_subset, tmp_path):
     """Gradients after the all-reduce equal the single-process gradients of the whole batch (Adam's
     sign-like first step would hide a scaling bug in the weights, so gradients are compared)."""
@@ -29,11 +37,7 @@ def test_sid_two_processes_match_one_with_the_same_global_batch(cifar_subset, tm
     single = build(cifar_subset, 'sid', 0, 1, ddp=False)
     single_stats = single.iteration()
     reference = grads(single)
-    assert set(reference) == set(ddp_grads[0]) and len(reference) > 50
-    for rank_grads in ddp_grads:
-        for key, value in reference.items():
-            scale = value.abs().max().item() + 1e-12
-            torch.testing.assert_close(rank_grads[key], value, rtol=1e-3, atol=1e-4 * scale)
+    _assert_same_grads(ddp_grads, reference)
     mean = lambda k: (stats[0][0][k] + stats[1][0][k]) / 2
     assert mean('loss_g') == pytest.approx(single_stats['loss_g'], rel=1e-4)
 
@@ -47,11 +51,7 @@ def test_sid_lsg_two_processes_match_one_with_the_same_global_batch(tmp_path):
     single = build(sd_dir, 'sid-lsg', 0, 1, ddp=False)
     single_stats = single.iteration()
     reference = grads(single)
-    assert set(reference) == set(ddp_grads[0]) and len(reference) > 50
-    for rank_grads in ddp_grads:
-        for key, value in reference.items():
-            scale = value.abs().max().item() + 1e-12
-            torch.testing.assert_close(rank_grads[key], value, rtol=1e-3, atol=1e-4 * scale)
+    _assert_same_grads(ddp_grads, reference)
     for key in ('loss_psi', 'loss_g'):
         assert (stats[0][0][key] + stats[1][0][key]) / 2 == pytest.approx(single_stats[key], rel=1e-4)
 
