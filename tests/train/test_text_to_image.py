@@ -248,3 +248,40 @@ def test_lsg_resumes_exactly(sd_dir, tmp_path):
     a = load_file(str(tmp_path / 'straight' / 'bundle' / 'generator.safetensors'))
     b = load_file(str(tmp_path / 'split' / 'bundle' / 'generator.safetensors'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_latent_bundle_in_a_triton_python_backend_repository_matches_pytorch(trained, tmp_path):
+    """The repository carries every hashed file of the bundle (VAE, CLIP), and real tritonserver answers like PyTorch."""
+    pytest.importorskip('pytriton', reason='nvidia-pytriton (which ships tritonserver) is not installed')
+    import socket
+
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from export import tritonserver
+    from export.triton_repo import write_triton_repo
+    from models.bundle import load_bundle
+    from models.text_encoder import bundle_text_encoder
+
+    def port():
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            return s.getsockname()[1]
+    write_triton_repo(trained / 'bundle', tmp_path / 'repo', 'python', name='t2i', kind='KIND_CPU')
+    bundle = load_bundle(tmp_path / 'repo' / 't2i' / '1' / 'bundle', return_float=True)       # validates every copied file
+    text = bundle_text_encoder(bundle.config).encode(PROMPTS[:2]).numpy()
+    noise = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    http = port()
+    process = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', http, port(), port(), log_path=tmp_path / 'triton.log')
+    try:
+        client = tritonserver.wait_ready(http, process, timeout=180)
+        inputs = [httpclient.InferInput('noise', noise.shape, 'FP32'), httpclient.InferInput('text_embeds', text.shape, 'FP32')]
+        inputs[0].set_data_from_numpy(noise)
+        inputs[1].set_data_from_numpy(text)
+        result = client.infer('t2i', inputs)
+        with torch.no_grad():
+            images, floats = bundle.generator(torch.from_numpy(noise), text_embeds=torch.from_numpy(text))
+        assert result.as_numpy('images').shape == (2, 16, 16, 3)
+        assert np.abs(result.as_numpy('images_float') - floats.numpy()).max() < 1e-4
+    finally:
+        tritonserver.stop(process)
