@@ -4,6 +4,10 @@
 #   benchmarks/gpu_session.sh bench   OUT        profile + `sida bench train` (fp32, bf16, bf16+compile) + generate (compile)
 #   benchmarks/gpu_session.sh teacher OUT DATA   a class-conditional CIFAR-10 EDM teacher (zoo architecture), time-boxed
 #   benchmarks/gpu_session.sh student OUT DATA TEACHER   SiDA from that teacher with FD-CIFAR every 20k images
+#   benchmarks/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
+#                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
+#       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#           --platform manylinux_2_28_x86_64 -d carry/whl diffusers==0.42.1 importlib_metadata
 #
 # Everything is written under OUT (logs, result JSON/PNG, bundles). The machine is bare: python3 with torch,
 # numpy 2 and no fastapi, so everything runs as `python3 -m sida.cli`.
@@ -61,6 +65,15 @@ student)
     "${SIDA[@]}" train evaluate --data "$DATA" --classifier models/zoo/fd-cifar-classifier/classifier.pt --samples 10k \
         --teacher "teacher=$TEACHER" --teacher-steps 18 --student "SiDA=$OUT/student-bundle" --student "SiDA-zoo=models/zoo/cifar10-cond" \
         --curves "SiDA=/tmp/student" --out "$OUT/eval.json"
+    ;;
+sd)
+    WHEELS=${3:?wheels dir}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    RES=/tmp/results
+    timeout 300 "${SIDA[@]}" bench generate --bundle preset:sd15-512 --backends eager-bf16,compile-bf16 --compile-mode reduce-overhead \
+        --batch 1,4,16 --runs 20 --max-seconds 8 --out $RES --name generate-sd15-512
+    timeout 240 "${SIDA[@]}" bench train --network sd15-unet --configs lsg-bf16 --batch 8 --iters 5 --warmup 2 --out $RES --name train-lsg-sd15
+    tar czf "$OUT/results-sd.tgz" -C $RES .
     ;;
 *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

@@ -20,6 +20,9 @@ from train.launch import configure_backends, prepare
 
 # name -> (method, precision, torch.compile, channels-last)
 CONFIGS = {
+    'lsg-fp32': ('sid-lsg', 'fp32', False, False),     # SiD-LSG on an SD-shaped UNet (networks sd15-unet, tiny-sd)
+    'lsg-bf16': ('sid-lsg', 'bf16', False, False),
+    'lsg-bf16-compile': ('sid-lsg', 'bf16', True, False),
     'fp32': ('sid', 'fp32', False, False),
     'tf32': ('sid', 'tf32', False, False),
     'bf16': ('sid', 'bf16', False, False),
@@ -34,7 +37,10 @@ DEFAULT_CONFIGS = 'fp32,tf32,bf16,bf16-compile,bf16-compile-cl,sida-bf16-compile
 NETWORKS = {
     'ddpmpp-cifar10': (lambda: ddpmpp(label_dim=10), 'EDM DDPM++ CIFAR-10 cond. (55.7M params)'),
     'demo': (tiny_spec, 'the small demo DDPM++ (models/demo.py)'),
+    'sd15-unet': (lambda: 'sd15', 'Stable Diffusion 1.5 UNet shapes (860M params, 64x64x4 latents, 77x768 text)'),
+    'tiny-sd': (lambda: 'tiny', 'a tiny SD-shaped UNet (models/random_sd.py)'),
 }
+LATENT_NETWORKS = ('sd15-unet', 'tiny-sd')
 
 
 class RandomImages:
@@ -50,7 +56,37 @@ class RandomImages:
         return Batch(torch.rand(self.batch, *self.shape, device=self.device) * 2 - 1, cond)
 
 
+class RandomText:
+    """SiD-LSG's prompt batches without a text encoder: random hidden states of CLIP's shape (speed only)."""
+
+    def __init__(self, batch, tokens, dim, device):
+        self.batch, self.tokens, self.dim, self.device, self.draws = batch, tokens, dim, device, 0
+
+    def next(self):
+        self.draws += 1
+        return Batch(None, {'text_embeds': torch.randn(self.batch, self.tokens, self.dim, device=self.device)})
+
+
+def build_lsg_distiller(name, precision, compile_, channels_last, batch, device):
+    from diffusers import UNet2DConditionModel
+
+    from models.diffusers_teacher import DiffusersPrecond
+    from models.random_sd import CONFIGS as SD
+    from train.sid_lsg import LSGConfig, LSGDistiller
+    configure_backends(tf32=precision == 'tf32')
+    torch.manual_seed(0)
+    unet = SD[name]['unet']
+    teacher = DiffusersPrecond(UNet2DConditionModel(**unet))
+    nets = [prepare(copy.deepcopy(teacher), device, channels_last, compile_) for _ in range(3)]
+    dim, side = unet['cross_attention_dim'], unet['sample_size']
+    return LSGDistiller(LSGConfig(batch=batch), nets[0].requires_grad_(False), nets[1].requires_grad_(True), nets[2].requires_grad_(True),
+                        RandomText(batch, 77, dim, device), (unet['in_channels'], side, side), torch.zeros(1, 77, dim), device=device,
+                        autocast_dtype=torch.bfloat16 if precision == 'bf16' else None)
+
+
 def build_distiller(spec, method, precision, compile_, channels_last, batch, device):
+    if method == 'sid-lsg':
+        return build_lsg_distiller(spec, precision, compile_, channels_last, batch, device)
     configure_backends(tf32=precision == 'tf32')
     torch.manual_seed(0)
     teacher = build_denoiser(spec)
@@ -110,11 +146,14 @@ def run_train(configs, network='ddpmpp-cifar10', batch=128, iters=20, warmup=3, 
     """Measure each configuration (failures are recorded as rows, not raised); returns (machine, settings, rows)."""
     from serve.bench.flops import peak_for
     from serve.bench.record import machine
+    if network not in NETWORKS:
+        raise ValueError(f'unknown network {network!r}; choose from {", ".join(NETWORKS)}')
     for name in configs:
         if name not in CONFIGS:
             raise ValueError(f'unknown configuration {name!r}; choose from {", ".join(CONFIGS)}')
-    if network not in NETWORKS:
-        raise ValueError(f'unknown network {network!r}; choose from {", ".join(NETWORKS)}')
+        if (CONFIGS[name][0] == 'sid-lsg') != (network in LATENT_NETWORKS):
+            raise ValueError(f'configuration {name!r} does not run on network {network!r}: the lsg-* configurations take '
+                             f'{" or ".join(LATENT_NETWORKS)}, the others the EDM networks')
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     gpu = torch.device(device).type == 'cuda'
     info = machine(gpu)

@@ -2,6 +2,7 @@
 
 import datetime
 
+import pytest
 import torch
 
 from serve.bench.flops import count_flops, generator_flops, mfu, peak_tflops
@@ -119,3 +120,14 @@ def test_warm_up_runs_at_least_the_calls_and_the_seconds_and_timing_stops_at_its
     import time
     assert len(time_runs(lambda: time.sleep(0.02), 100, max_seconds=0.05)) == 3      # stops past the budget, after 3 runs
     assert len(time_runs(lambda: None, 5)) == 5
+
+
+def test_latent_text_preset_is_a_random_sd_shaped_one_step_bundle(tmp_path, monkeypatch):
+    pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
+    from models.bundle import validate_bundle
+    from serve.bench import presets
+    path = presets.resolve_bundle('preset:tiny-sd', work_dir=tmp_path, log=lambda m: None)
+    config = validate_bundle(path)
+    assert config.latent and config.condition['encoder'] == 'clip:.' and config.image_resolution == 16
+    assert config.name == 'random-tiny-sd' and 'random init' in config.provenance['method']
+    assert presets.resolve_bundle('preset:tiny-sd', work_dir=tmp_path, log=lambda m: pytest.fail('rebuilt')) == path

@@ -18,3 +18,14 @@ def test_train_rows_carry_images_per_s_latency_and_flops(tmp_path, monkeypatch):
         assert row['mfu'] is None and row['peak_gpu_memory_mib'] is None          # CPU, no --peak-tflops
     assert result['results'][1]['method'] == 'sida'
     assert result['settings']['network'] == 'tiny test net'
+
+
+def test_sid_lsg_rows_on_an_sd_shaped_unet(tmp_path):
+    import pytest
+    pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
+    invoke('train', '--network', 'tiny-sd', '--config', 'lsg-fp32', '--batch', 2, '--iters', 2, '--warmup', 1, '--device', 'cpu',
+           '--out', tmp_path)
+    _, result = only_json(tmp_path)
+    (row,) = result['results']
+    assert row['method'] == 'sid-lsg' and row['images_per_s'] > 0 and row['flops_per_image'] > 0
+    assert 'error' not in row

@@ -45,8 +45,8 @@ def test_sid_two_processes_match_one_with_the_same_global_batch(cifar_subset, tm
 def test_sid_lsg_two_processes_match_one_with_the_same_global_batch(tmp_path):
     """SiD-LSG with guidance (one batched [uncond; cond] call through the DDP-wrapped fake score) reduces like SiD."""
     pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
-    from tests.train.tiny_sd import build_tiny_sd
-    sd_dir = build_tiny_sd(tmp_path / 'sd')
+    from models.random_sd import write_random_sd
+    sd_dir = write_random_sd(tmp_path / 'sd')
     ddp_grads, stats = _spawn(tmp_path, sd_dir, 'sid-lsg', iterations=1)
     single = build(sd_dir, 'sid-lsg', 0, 1, ddp=False)
     single_stats = single.iteration()

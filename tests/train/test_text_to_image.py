@@ -17,7 +17,7 @@ pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
 pytest.importorskip('transformers', reason='the [t2i] extra is not installed')
 
 from models.diffusers_teacher import Guided, alphas_cumprod, guided, load_unet_denoiser, schedule_sigmas  # noqa: E402
-from tests.train.tiny_sd import build_tiny_sd  # noqa: E402
+from models.random_sd import write_random_sd  # noqa: E402
 
 SIDA = str(Path(sys.executable).parent / 'sida')
 PROMPTS = ['a red car on a road', 'a ship at sea', 'a small bird on a branch', 'a cat on a sofa', 'a bowl of fruit']
@@ -25,7 +25,7 @@ PROMPTS = ['a red car on a road', 'a ship at sea', 'a small bird on a branch', '
 
 @pytest.fixture(scope='module')
 def sd_dir(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp('t2i') / 'tiny-sd')
+    return write_random_sd(tmp_path_factory.mktemp('t2i') / 'tiny-sd')
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +65,7 @@ def test_timestep_of_a_table_sigma_is_that_integer_step(teacher):
 @pytest.mark.parametrize('prediction', ['epsilon', 'v_prediction'])
 def test_denoiser_is_the_schedulers_x0_prediction(tmp_path, prediction):
     """At integer steps D(x0 + sigma eps; sigma) equals x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar) of the UNet."""
-    path = build_tiny_sd(tmp_path / 'sd', prediction_type=prediction)
+    path = write_random_sd(tmp_path / 'sd', 'tiny', prediction_type=prediction)
     denoiser, _ = load_unet_denoiser(path)
     unet = denoiser.model
     t = torch.tensor([20, 400, 625, 979])
