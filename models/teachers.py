@@ -1,7 +1,8 @@
 """Teacher loaders: every loader takes a local path; nothing is downloaded.
 
 - an EDM / SiD network pickle (`*.pkl`), read by the restricted unpickler (no embedded code runs);
-- a sida bundle or training checkpoint directory (both hold sida.json + generator.safetensors).
+- a sida bundle or training checkpoint directory (both hold sida.json + generator.safetensors);
+- a diffusers Stable-Diffusion directory (unet/ ... scheduler/): its UNet as an EDM denoiser (the [t2i] extra).
 Returns (denoiser in eval mode with frozen weights, architecture spec).
 """
 
@@ -19,4 +20,9 @@ def load_teacher(path, device='cpu'):
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         bundle = load_bundle(path, device=device)
         return bundle.generator.denoiser, bundle.config.architecture
-    raise FileNotFoundError(f'{path}: not a teacher; expected an EDM/SiD network pickle (.pkl) or a sida bundle/checkpoint directory')
+    from models.diffusers_teacher import is_diffusers_dir, load_unet_denoiser
+    if is_diffusers_dir(path):
+        denoiser, spec = load_unet_denoiser(path, device)
+        return denoiser.eval().requires_grad_(False), spec
+    raise FileNotFoundError(f'{path}: not a teacher; expected an EDM/SiD network pickle (.pkl), a sida bundle/checkpoint directory '
+                            'or a diffusers Stable-Diffusion directory')

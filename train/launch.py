@@ -137,7 +137,7 @@ def student_bundle_writer(trainer, spec, condition, name, provenance_fn, dtype='
 def load_teacher_any(path, device):
     """(denoiser, spec, bundle condition or None)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and (path / 'sida.json').is_file():
         bundle = load_bundle(path, device=device)
         return bundle.generator.denoiser, bundle.config.architecture, bundle.config.condition
     denoiser, spec = load_teacher(path, device)

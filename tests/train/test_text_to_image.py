@@ -190,6 +190,8 @@ def test_distill_refuses_a_latent_teacher_and_lsg_refuses_bad_input(trained, sd_
     run = lambda *a: subprocess.run([SIDA, 'train', *a], capture_output=True, text=True, timeout=120)   # noqa: E731
     r = run('distill', '--method', 'sid', '--teacher', str(trained / 'bundle'), '--out', str(tmp_path / 'x'))
     assert r.returncode == 2 and 'sida train lsg' in r.stderr
+    r = run('distill', '--method', 'sid', '--teacher', str(sd_dir), '--out', str(tmp_path / 'x'))
+    assert r.returncode == 2 and 'sida train lsg' in r.stderr
     prompts = tmp_path / 'p.txt'
     prompts.write_text('\n\n')
     r = run('lsg', '--teacher', str(sd_dir), '--prompts', str(prompts), '--out', str(tmp_path / 'y'))
