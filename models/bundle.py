@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models.architecture import ArchitectureError, build_denoiser, geometry
-from models.generator import LatentOneStepGenerator, OneStepGenerator, VaeDecoder
+from models.generator import OneStepGenerator, VaeDecoder
 
 FORMAT = 'sida-bundle/1'
 CONFIG_FILE = 'sida.json'
@@ -128,7 +128,8 @@ def save_bundle(path, generator, *, name, condition, provenance=None, dtype='flo
         decoder = {k: v for k, v in vae.state_dict().items() if k.startswith(VAE_DECODER_KEYS)}
         sha[VAE_FILE] = _write_tensors(path, VAE_FILE, decoder, dtype)
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        space = {'kind': 'latent', 'vae': VAE_FILE, 'vae_config': _vae_kwargs(vae.config),
+        from models.diffusers_teacher import constructor_kwargs
+        space = {'kind': 'latent', 'vae': VAE_FILE, 'vae_config': constructor_kwargs(type(vae), vae.config),
                  'scaling_factor': float(vae.config.scaling_factor), 'shift_factor': vae.config.get('shift_factor'),
                  'image_resolution': geometry(architecture)[0] * factor}
     if text_encoder_from is not None:
@@ -148,14 +149,6 @@ def save_bundle(path, generator, *, name, condition, provenance=None, dtype='flo
     _check_config(path / CONFIG_FILE, config)
     _atomic_write_bytes(path / CONFIG_FILE, config.to_json().encode())
     return config
-
-
-def _vae_kwargs(config):
-    import inspect
-
-    from diffusers import AutoencoderKL
-    params = inspect.signature(AutoencoderKL.__init__).parameters
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if k in params}
 
 
 def build_vae(vae_config, device=None):
@@ -366,7 +359,7 @@ def load_bundle(path, device='cpu', dtype=torch.float32, check_hash=True, return
         vae = build_vae(config.space['vae_config'])
         vae.load_state_dict(_read_tensors(path / VAE_FILE, dtype), strict=True)
         decoder = VaeDecoder(vae.eval(), config.space['scaling_factor'], config.space.get('shift_factor'))
-        generator = LatentOneStepGenerator(denoiser, decoder, init_sigma=config.init_sigma, return_float=return_float)
     else:
-        generator = OneStepGenerator(denoiser, init_sigma=config.init_sigma, return_float=return_float)
+        decoder = None
+    generator = OneStepGenerator(denoiser, init_sigma=config.init_sigma, return_float=return_float, decoder=decoder)
     return Bundle(path=path, config=config, generator=generator.eval().requires_grad_(False).to(device))

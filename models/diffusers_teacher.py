@@ -158,19 +158,19 @@ def scheduler_kwargs(path):
     return kw
 
 
-def unet_kwargs(config):
-    """A UNet2DConditionModel config reduced to its constructor's arguments (JSON-clean)."""
+def constructor_kwargs(cls, config):
+    """A diffusers model config reduced to `cls`'s constructor arguments (JSON-clean: tuples become lists)."""
     import inspect
-
-    from diffusers import UNet2DConditionModel
-    params = inspect.signature(UNet2DConditionModel.__init__).parameters
+    params = inspect.signature(cls.__init__).parameters
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if k in params}
 
 
 def diffusers_spec(path):
     """The sida architecture spec of a diffusers teacher's UNet."""
+    from diffusers import UNet2DConditionModel
+    unet = constructor_kwargs(UNet2DConditionModel, _read_json(Path(path) / 'unet' / 'config.json'))
     return {'precond': 'DiffusersPrecond', 'precond_kwargs': scheduler_kwargs(path), 'network': 'UNet2DConditionModel',
-            'network_kwargs': unet_kwargs(_read_json(Path(path) / 'unet' / 'config.json'))}
+            'network_kwargs': unet}
 
 
 def load_unet_denoiser(path, device='cpu', dtype=torch.float32):

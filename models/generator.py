@@ -4,15 +4,18 @@ I/O contract (identical in PyTorch and every exported graph, see ARCHITECTURE.md
   inputs : noise float32 [N,C,H,W] standard normal (scaled by init_sigma inside);
            class_labels int64 [N]  or  text_embeds float32 [N, 1+T, D]  (or nothing, unconditional)
   outputs: images uint8 [N,H,W,3]  (+ images_float float32 [N,C,H,W] in [-1,1] if return_float)
+Latent generators carry a `decoder` (the VAE's): noise is then a latent, x_g a (scaled) latent, and the images
+come out at the VAE's resolution with 3 channels; the decoder is part of the module, so of every exported graph.
 """
 
 import torch
 
 
 class OneStepGenerator(torch.nn.Module):
-    def __init__(self, denoiser, init_sigma=2.5, return_float=False):
+    def __init__(self, denoiser, init_sigma=2.5, return_float=False, decoder=None):
         super().__init__()
         self.denoiser = denoiser
+        self.decoder = decoder
         self.init_sigma = float(init_sigma)
         self.return_float = return_float
         self.label_dim = denoiser.label_dim
@@ -36,6 +39,8 @@ class OneStepGenerator(torch.nn.Module):
 
     def forward(self, noise, class_labels=None, text_embeds=None):
         x = self.denoise(noise, class_labels, text_embeds)
+        if self.decoder is not None:
+            x = self.decoder(x)
         images = to_uint8_nhwc(x)
         return (images, x.clamp(-1, 1)) if self.return_float else images
 
@@ -49,23 +54,6 @@ def to_uint8_nhwc(x):
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x.permute(0, 2, 3, 1)
-
-
-class LatentOneStepGenerator(OneStepGenerator):
-    """A one-step generator in a VAE's latent space: the same contract, with the decoder inside the graph.
-
-    noise is [N, C_latent, h, w]; the generator's x0 is a (scaled) latent that `decoder` turns into an image
-    in [-1, 1], so `images` are uint8 [N, H, W, 3] at the VAE's resolution and `images_float` [N, 3, H, W].
-    """
-
-    def __init__(self, denoiser, decoder, init_sigma=2.5, return_float=False):
-        super().__init__(denoiser, init_sigma, return_float)
-        self.decoder = decoder
-
-    def forward(self, noise, class_labels=None, text_embeds=None):
-        x = self.decoder(self.denoise(noise, class_labels, text_embeds))
-        images = to_uint8_nhwc(x)
-        return (images, x.clamp(-1, 1)) if self.return_float else images
 
 
 class VaeDecoder(torch.nn.Module):

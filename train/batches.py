@@ -36,6 +36,14 @@ class ImageBatches:
         return Batch(real, cond)
 
 
+def rank_share_of_draw(n, global_batch, seed, draw, rank, world):
+    """This rank's slice of a seeded draw of `global_batch` indices in [0, n): the same global draw on every rank."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + draw)
+    index = torch.randint(n, (global_batch,), generator=g)
+    per_rank = global_batch // world
+    return index[rank * per_rank:(rank + 1) * per_rank]
+
+
 class LabelBatches:
     """Data-free SiD without a data set: uniform class labels (or none), a pure function of (seed, draw)."""
 
@@ -46,13 +54,25 @@ class LabelBatches:
     def next(self):
         cond = {}
         if self.label_dim:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws)
-            labels = torch.randint(self.label_dim, (self.global_batch,), generator=g)
-            per_rank = self.global_batch // self.world
-            labels = labels[self.rank * per_rank:(self.rank + 1) * per_rank]
+            labels = rank_share_of_draw(self.label_dim, self.global_batch, self.seed, self.draws, self.rank, self.world)
             cond['class_labels'] = one_hot(labels, self.label_dim).to(self.device)
         self.draws += 1
         return Batch(None, cond)
+
+
+class PromptBatches:
+    """Data-free prompts (SiD-LSG): a seeded draw of prompt indices per step, encoded on the fly."""
+
+    def __init__(self, prompts, encoder, global_batch, seed, rank, world, device):
+        if not prompts:
+            raise ValueError('no prompts to distil on')
+        self.prompts, self.encoder, self.global_batch, self.seed = list(prompts), encoder, global_batch, seed
+        self.rank, self.world, self.device, self.draws = rank, world, device, 0
+
+    def next(self):
+        mine = rank_share_of_draw(len(self.prompts), self.global_batch, self.seed, self.draws, self.rank, self.world).tolist()
+        self.draws += 1
+        return Batch(None, {'text_embeds': self.encoder.encode([self.prompts[i] for i in mine]).to(self.device)})
 
 
 class CaptionTable:

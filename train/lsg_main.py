@@ -14,8 +14,9 @@ from models.diffusers_teacher import is_diffusers_dir, load_unet_denoiser, load_
 from models.generator import OneStepGenerator, VaeDecoder
 from models.text_encoder import ClipTextEncoder
 from train import runner
+from train.batches import PromptBatches
 from train.launch import begin, finish, precision_dtype, prepare, run_config, sample_grid_writer, write_json
-from train.sid_lsg import LSGConfig, LSGDistiller, PromptBatches
+from train.sid_lsg import LSGConfig, LSGDistiller
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 

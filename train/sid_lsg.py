@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from models.diffusers_teacher import Guided
-from train.distill import Batch, Distiller, sanitize_grads_
+from train.distill import Distiller, sanitize_grads_
 from train.sid import as_per_sample, finite_rows, generator_loss, per_sample_sum
 
 
@@ -70,24 +70,6 @@ def lsg_fake_score_loss(fake_score, x_g, sigma, eps, **cond):
     eps_hat = (x_t - fake_score(x_t, sigma, **cond)) / s
     keep = finite_rows(x_g, eps_hat)
     return per_sample_sum((eps_hat[keep] - eps[keep]) ** 2)
-
-
-class PromptBatches:
-    """Data-free prompts: a seeded draw of prompt indices per step (shared by all ranks), encoded on the fly."""
-
-    def __init__(self, prompts, encoder, global_batch, seed, rank, world, device):
-        if not prompts:
-            raise ValueError('no prompts to distil on')
-        self.prompts, self.encoder, self.global_batch, self.seed = list(prompts), encoder, global_batch, seed
-        self.rank, self.world, self.device, self.draws = rank, world, device, 0
-
-    def next(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.draws)
-        index = torch.randint(len(self.prompts), (self.global_batch,), generator=g)
-        per_rank = self.global_batch // self.world
-        mine = index[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
-        self.draws += 1
-        return Batch(None, {'text_embeds': self.encoder.encode([self.prompts[i] for i in mine]).to(self.device)})
 
 
 class LSGDistiller(Distiller):

@@ -20,7 +20,8 @@ def build_lsg(sd_dir, rank, world, ddp):
     """SiD-LSG on the tiny diffusers pipeline at sd_dir, guidance 2 (so Guided wraps the DDP fake score)."""
     from models.diffusers_teacher import load_unet_denoiser
     from models.text_encoder import ClipTextEncoder
-    from train.sid_lsg import LSGConfig, LSGDistiller, PromptBatches
+    from train.batches import PromptBatches
+    from train.sid_lsg import LSGConfig, LSGDistiller
     torch.manual_seed(0)
     teacher, _ = load_unet_denoiser(sd_dir)
     perturb_(teacher, scale=0.02).eval().requires_grad_(False)

@@ -142,7 +142,7 @@ def test_lsg_training_runs_and_writes_a_latent_bundle(trained, sd_dir):
     assert config.latent and config.resolution == 8 and config.channels == 4 and config.image_resolution == 16
     assert config.condition == {'kind': 'text', 'encoder': 'clip:.', 'dim': 32, 'max_tokens': 76}
     assert config.provenance['method'] == 'sid-lsg' and config.provenance['hyperparameters']['guidance'] == 2.0
-    assert (trained / 'samples').glob('*.png')
+    assert list((trained / 'samples').glob('*.png'))                    # sample grids of decoded images were written
     # the generator moved away from the teacher's weights; the EMA copy is what the bundle holds
     student = load_bundle(trained / 'bundle').generator.denoiser.model.state_dict()
     teacher, _ = load_unet_denoiser(sd_dir)
