@@ -136,10 +136,18 @@ class FourierEmbedding(torch.nn.Module):
 
 
 def attention(q, k, v, mask=None):
-    """Softmax attention over [batch*heads, channels, length] tensors, computed in float32 like EDM."""
+    """Softmax attention over [batch*heads, channels, length] tensors.
+
+    float32 inputs are attended in float32, like EDM. bf16/fp16 inputs (autocast, half-precision serving) stay in
+    their dtype so that the fused flash / memory-efficient kernels run; those keep the softmax statistics in float32.
+    """
     dtype = q.dtype
-    # A leading singleton axis makes the inputs 4-D, the layout every ONNX exporter lowers.
-    q, k, v = (t.transpose(1, 2).float().unsqueeze(0) for t in (q, k, v))
+    half = dtype in (torch.bfloat16, torch.float16)
+    # A leading singleton axis makes the inputs 4-D, the layout every ONNX exporter lowers. The fused kernels need
+    # the channel axis contiguous (else SDPA falls back to its math path); float32 keeps EDM's plain math attention.
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    q, k, v = (t.contiguous() if half else t.float() for t in (q, k, v))
+    q, k, v = (t.unsqueeze(0) for t in (q, k, v))
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.unsqueeze(0))
     return out.squeeze(0).transpose(1, 2).to(dtype)
 

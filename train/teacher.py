@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from models.precond import edm_loss_weight
-from train.distill import ema_beta, iteration_seed, sanitize_grads_, update_ema
+from train.distill import ema_beta, iteration_seed, make_adam, sanitize_grads_, update_ema
 from train.sid import fake_score_sigma, per_sample_sum
 
 
@@ -40,7 +40,7 @@ class TeacherTrainer:
         self.micro = cfg.batch_gpu or self.rank_batch
         if cfg.batch % world or self.rank_batch % self.micro:
             raise ValueError(f'batch {cfg.batch} must split evenly over {world} processes and micro-batches of {self.micro}')
-        self.opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.opt = make_adam(net.parameters(), cfg.lr, 1e-8, self.device, betas=(0.9, 0.999))
         if ddp:
             from torch.nn.parallel import DistributedDataParallel
             self.net_train = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
