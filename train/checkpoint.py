@@ -42,9 +42,13 @@ def load_optimizer(path, optimizer):
         for key in f.keys():
             index, name = key.split('.', 1)
             state.setdefault(int(index), {})[name] = f.get_tensor(key)
-    for group in groups:
+    # Hyperparameters come from the checkpoint; the kernel choice (fused / foreach) is this machine's: a run
+    # checkpointed on CPU or by an older version resumes on the fused CUDA kernel.
+    implementation = ('fused', 'foreach', 'capturable')
+    for group, live in zip(groups, optimizer.param_groups):
         if 'betas' in group:
             group['betas'] = tuple(group['betas'])
+        group.update({key: live[key] for key in implementation if key in live})
     optimizer.load_state_dict({'state': state, 'param_groups': groups})
 
 
