@@ -42,3 +42,16 @@ def test_optimizer_state_round_trip_without_pickle(tmp_path):
     ckpt.load_optimizer(tmp_path / 'opt.safetensors', other)
     assert other.param_groups[0]['lr'] == 1e-3 and other.param_groups[0]['betas'] == (0.0, 0.999)
     assert torch.equal(other.state[q]['exp_avg'], opt.state[p]['exp_avg'])
+
+
+def test_resume_keeps_this_machines_optimizer_kernel_and_the_checkpoints_hyperparameters(tmp_path):
+    p = torch.nn.Parameter(torch.randn(4))
+    saved = torch.optim.Adam([p], lr=1e-3, betas=(0.0, 0.999))     # e.g. written on CPU or by an older version
+    p.grad = torch.ones(4)
+    saved.step()
+    ckpt.save_optimizer(tmp_path / 'opt.safetensors', saved)
+    resumed = torch.optim.Adam([p], lr=5.0, betas=(0.9, 0.9), fused=True)
+    ckpt.load_optimizer(tmp_path / 'opt.safetensors', resumed)
+    group = resumed.param_groups[0]
+    assert group['fused'] is True and group['lr'] == 1e-3 and group['betas'] == (0.0, 0.999)
+    torch.testing.assert_close(resumed.state[p]['exp_avg_sq'], saved.state[p]['exp_avg_sq'])
