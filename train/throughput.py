@@ -26,7 +26,7 @@ CONFIGS = {
     'fp32': ('sid', 'fp32', False, False),
     'tf32': ('sid', 'tf32', False, False),
     'bf16': ('sid', 'bf16', False, False),
-    # channels-last measured slower on the H200 (2026-12-02): native GroupNorm copies NHWC input back to NCHW.
+    # channels-last measured slower on the H200 (2026-12-02): extra layout copies, most likely around GroupNorm.
     'bf16-cl': ('sid', 'bf16', False, True),
     'bf16-compile': ('sid', 'bf16', True, False),
     'bf16-compile-cl': ('sid', 'bf16', True, True),

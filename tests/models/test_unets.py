@@ -105,3 +105,22 @@ def test_published_parameter_counts():
     assert round(_count(ddpmpp(label_dim=10)) / 1e6, 1) == 55.7
     assert round(_count(ncsnpp(label_dim=10)) / 1e6) == 56
     assert round(_count(adm()) / 1e6, 1) == 295.9
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('masked', [False, True])
+def test_attention_matches_softmax_formula_in_float32_and_bf16(dtype, masked):
+    from models.layers import attention
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 16, n) for n in (10, 7, 7))        # [batch*heads, channels, length]
+    mask = (torch.rand(6, 1, 7) > 0.4) if masked else None
+    if masked:
+        mask[:, :, 0] = True                                      # every query keeps at least one key
+    logits = torch.einsum('bcq,bck->bqk', q, k) / 16 ** 0.5
+    if masked:
+        logits = logits.masked_fill(~mask, float('-inf'))
+    expected = torch.einsum('bqk,bck->bcq', logits.softmax(-1), v)
+    out = attention(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+    assert out.dtype == dtype and out.shape == expected.shape
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
