@@ -2,6 +2,8 @@
 # The GPU measurements of one lease, one stage per call of at most 10 minutes (the lent machine's limit):
 #
 #   benchmarks/gpu_session.sh bench   OUT        profile + `sida bench train` (fp32, bf16, bf16 channels-last, compiled)
+#   benchmarks/gpu_session.sh variants OUT NAME V1,V2,..  compiled training variants side by side (train_variants.py),
+#                                                 VARIANTS=... ; PROFILE=V1,.. also profiles those
 #   benchmarks/gpu_session.sh teacher OUT DATA   a class-conditional CIFAR-10 EDM teacher (zoo architecture), time-boxed
 #   benchmarks/gpu_session.sh student OUT DATA TEACHER   SiDA (METHOD=sid: SiD) from that teacher, FD-CIFAR every 20k images
 #   benchmarks/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
@@ -42,6 +44,12 @@ EOF
     # Compiling the three networks takes about 200 s on the H200 (the first iterations; reported as warmup_s).
     timeout $((585 - SECONDS)) "${SIDA[@]}" bench train --configs bf16-compile --batch 128 --iters 10 --out $RES --name train-compile
     tar czf "$OUT/results.tgz" -C $RES .
+    ;;
+variants)
+    NAME=${3:?name}; VARIANTS=${4:?variants}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    timeout $((590 - SECONDS)) python3 benchmarks/train_variants.py "$OUT" "$NAME" "$VARIANTS" --profile "${PROFILE:-}" \
+        --deadline "${DEADLINE:-440}" 2>&1 | tee "$OUT/variants.log"
     ;;
 teacher)
     DATA=${3:?data}

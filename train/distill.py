@@ -160,6 +160,9 @@ class Distiller:
         # Dropout draws from the global RNG: reseed it from (seed, rank, iteration) so that a resumed run, on any
         # number of processes, continues exactly; no per-rank RNG state needs to be checkpointed.
         torch.manual_seed(iteration_seed(cfg.seed, self.rank, self.iterations))
+        if self.device.type == 'cuda':
+            # Networks compiled with CUDA graphs may reuse their output memory from here on (no-op otherwise).
+            torch.compiler.cudagraph_mark_step_begin()
         stats = self._fake_score_step(self.shape)
         if self.images_seen >= cfg.g_warmup_images:
             stats.update(self._generator_step(self.shape))

@@ -58,11 +58,12 @@ def configure_backends(tf32):
 
 
 def prepare(module, device, channels_last=False, compile_=False):
+    """Move (and optionally convert / compile) a network; compile_ is False, True (= 'default') or a torch.compile mode."""
     module = module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_:
-        module.compile()      # in place: state-dict keys stay the same
+        module.compile(mode=None if compile_ is True else compile_)      # in place: state-dict keys stay the same
     return module
 
 

@@ -18,21 +18,23 @@ from train.batches import LabelBatches
 from train.distill import Batch, DistillConfig, Distiller
 from train.launch import configure_backends, prepare
 
-# name -> (method, precision, torch.compile, channels-last)
+# name -> (method, precision, torch.compile mode or False, channels-last)
 CONFIGS = {
     'lsg-fp32': ('sid-lsg', 'fp32', False, False),     # SiD-LSG on an SD-shaped UNet (networks sd15-unet, tiny-sd)
     'lsg-bf16': ('sid-lsg', 'bf16', False, False),
-    'lsg-bf16-compile': ('sid-lsg', 'bf16', True, False),
+    'lsg-bf16-compile': ('sid-lsg', 'bf16', 'default', False),
     'fp32': ('sid', 'fp32', False, False),
     'tf32': ('sid', 'tf32', False, False),
     'bf16': ('sid', 'bf16', False, False),
     # channels-last measured slower on the H200 (2026-12-02): extra layout copies, most likely around GroupNorm.
     'bf16-cl': ('sid', 'bf16', False, True),
-    'bf16-compile': ('sid', 'bf16', True, False),
-    'bf16-compile-cl': ('sid', 'bf16', True, True),
+    'bf16-compile': ('sid', 'bf16', 'default', False),
+    'bf16-compile-cl': ('sid', 'bf16', 'default', True),
+    'bf16-compile-cg': ('sid', 'bf16', 'reduce-overhead', False),           # + CUDA graphs
+    'bf16-compile-autotune': ('sid', 'bf16', 'max-autotune-no-cudagraphs', False),
     'sida-fp32': ('sida', 'fp32', False, False),
     'sida-bf16': ('sida', 'bf16', False, False),
-    'sida-bf16-compile': ('sida', 'bf16', True, False),
+    'sida-bf16-compile': ('sida', 'bf16', 'default', False),
 }
 DEFAULT_CONFIGS = 'fp32,tf32,bf16,bf16-compile,sida-bf16-compile'
 NETWORKS = {
@@ -111,7 +113,8 @@ def count_iteration_flops(spec, method, batch, device):
     return int(counter.get_total_flops())
 
 
-def measure(name, network, batch, iters, device, warmup=3, flops_per_iteration=None, peak=None):
+def measure(name, network, batch, iters, device, warmup=3, flops_per_iteration=None, peak=None, ready=None):
+    """One configuration's row. `ready(distiller)`, if given, runs between warm-up and timing (to wait for the GPU, profile)."""
     from serve.bench.record import percentiles, time_runs
     method, precision, compile_, channels_last = CONFIGS[name]
     spec = NETWORKS[network][0]()
@@ -125,6 +128,8 @@ def measure(name, network, batch, iters, device, warmup=3, flops_per_iteration=N
         d.iteration()
     sync()
     warmup_s = time.perf_counter() - start
+    if ready is not None:
+        ready(d)
     times = time_runs(d.iteration, iters, sync)
     per_iter = sum(times) / len(times)
     images_per_s = batch / per_iter
