@@ -3,7 +3,8 @@
 #
 #   benchmarks/gpu_session.sh bench   OUT        profile + `sida bench train` (fp32, bf16, bf16 channels-last, compiled)
 #   benchmarks/gpu_session.sh variants OUT NAME V1,V2,..  compiled training variants side by side (train_variants.py),
-#                                                 VARIANTS=... ; PROFILE=V1,.. also profiles those
+#                                                 PROFILE=V1,.. also profiles those; TEACHER=BUNDLE also runs the
+#                                                 real trainer with CUDA graphs first (TIMING_AFTER=290 keeps them apart)
 #   benchmarks/gpu_session.sh teacher OUT DATA   a class-conditional CIFAR-10 EDM teacher (zoo architecture), time-boxed
 #   benchmarks/gpu_session.sh student OUT DATA TEACHER   SiDA (METHOD=sid: SiD) from that teacher, FD-CIFAR every 20k images
 #   benchmarks/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
@@ -48,8 +49,22 @@ EOF
 variants)
     NAME=${3:?name}; VARIANTS=${4:?variants}
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    if [ -n "${TEACHER:-}" ]; then
+        # Meanwhile, the real trainer end to end with CUDA graphs (data-free SiD from that teacher bundle), off the GPU
+        # before the variants are timed; SIGTERM at 280 s at the latest (it checkpoints and writes its bundle).
+        timeout 280 "${SIDA[@]}" train distill --method sid --teacher "$TEACHER" --out /tmp/cg-run --compile reduce-overhead \
+            --batch 128 --images 5M --time-limit 200s --log-every 10k --sample-every 100k --checkpoint-every 200k \
+            --save-dtype float16 > "$OUT/trainer-cg.log" 2>&1 &
+        TRAINER=$!
+    fi
     timeout $((590 - SECONDS)) python3 benchmarks/train_variants.py "$OUT" "$NAME" "$VARIANTS" --profile "${PROFILE:-}" \
-        --deadline "${DEADLINE:-440}" 2>&1 | tee "$OUT/variants.log"
+        --deadline "${DEADLINE:-440}" --start-timing-after "${TIMING_AFTER:-0}" 2>&1 | tee "$OUT/variants.log"
+    if [ -n "${TEACHER:-}" ]; then
+        wait $TRAINER; echo "trainer exit $?" >> "$OUT/trainer-cg.log"
+        cp /tmp/cg-run/log.jsonl /tmp/cg-run/config.json "$OUT/" 2>/dev/null
+        ls -R /tmp/cg-run > "$OUT/trainer-cg-files.txt" 2>&1
+        cp /tmp/cg-run/samples/*.png "$OUT/" 2>/dev/null; true
+    fi
     ;;
 teacher)
     DATA=${3:?data}

@@ -6,8 +6,8 @@ parent lets them onto the GPU one after another, nothing else running, for the t
 
     python3 benchmarks/train_variants.py OUT NAME VARIANT[,VARIANT...] [--deadline S] [--profile VARIANT,...]
 
-A variant is a `train.throughput.CONFIGS` name, optionally followed by inductor options:
-`bf16-compile+conv_1x1_as_mm` sets torch._inductor.config.conv_1x1_as_mm = True. Rows go to
+A variant is a `train.throughput.CONFIGS` name, optionally followed by inductor options on top of
+`train.launch.INDUCTOR_OPTIONS`: `bf16-compile+conv_1x1_as_mm=0` turns that one off, `+key` sets key = True. Rows go to
 OUT/<device>/<date>-NAME.json (the `sida bench train` format); profiled variants also write
 OUT/profile-VARIANT.txt (top kernels, GPU-busy share of the wall time) and a gzipped Chrome trace.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def parse(variant):
     config, *options = variant.split('+')
-    return config, {o: True for o in options}
+    return config, {key: value != '0' for key, _, value in (o.partition('=') for o in options)}
 
 
 def profile(d, out, variant, iterations=2):
@@ -57,11 +57,10 @@ def profile(d, out, variant, iterations=2):
 
 
 def child(variant, network, device, flops, peak, batch, iters, out, profiled, events, go):
-    import torch
+    from train import launch
     from train.throughput import measure
     config, options = parse(variant)
-    for key, value in options.items():
-        setattr(torch._inductor.config, key, value)
+    launch.INDUCTOR_OPTIONS.update(options)      # prepare() applies them when it compiles
 
     def ready(d):
         events.put(('warm', variant, None))
@@ -70,7 +69,7 @@ def child(variant, network, device, flops, peak, batch, iters, out, profiled, ev
             profile(d, out, variant)
     try:
         row = measure(config, network, batch, iters, device, 3, flops, peak, ready=ready)
-        row.update(backend=variant, config=config, inductor_options=options)
+        row.update(backend=variant, config=config, inductor_options=dict(launch.INDUCTOR_OPTIONS) if row['compile'] else {})
         events.put(('row', variant, row))
     except Exception as e:      # recorded as the variant's row, like `sida bench train` does
         events.put(('row', variant, {'kind': 'train', 'backend': variant, 'batch': batch, 'device': device,
@@ -84,6 +83,7 @@ def main():
     ap.add_argument('variants')
     ap.add_argument('--deadline', type=float, default=420, help='seconds after start by which a variant must be compiled')
     ap.add_argument('--profile', default='', help='variants to profile before timing')
+    ap.add_argument('--start-timing-after', type=float, default=0, help='seconds after start (leave the GPU to another job)')
     ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--iters', type=int, default=10)
     ap.add_argument('--network', default='ddpmpp-cifar10')
@@ -126,6 +126,8 @@ def main():
             p.kill()
             rows[v] = {'kind': 'train', 'backend': v, 'batch': a.batch, 'device': a.device,
                        'error': f'not compiled within {a.deadline:.0f} s (killed)'}
+    while time.monotonic() - start < a.start_timing_after:
+        time.sleep(1)
     for v in warm:                  # one at a time on an otherwise idle GPU
         gos[v].set()
         turn = time.monotonic()

@@ -56,6 +56,9 @@ class Conv2d(torch.nn.Module):
         self.weight = torch.nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight) if kernel else None
         self.bias = torch.nn.Parameter(weight_init([out_channels], **fans) * init_bias) if kernel and bias else None
         f = torch.as_tensor(resample_filter, dtype=torch.float32)
+        # The [1,1] filter (DDPM++) is a 2x2 box: average pooling down, nearest-neighbour up, exactly. Those
+        # replace the depthwise convolutions, which are slow and keep torch.compile off the channels-last layout.
+        self.box = len(f) == 2 and bool(f[0] == f[1])
         f = torch.outer(f, f)[None, None] / f.sum().square()
         self.register_buffer('resample_filter', f if up or down else None)
 
@@ -67,23 +70,33 @@ class Conv2d(torch.nn.Module):
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
 
         if self.fused_resample and self.up and w is not None:
-            x = torch.nn.functional.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
-                                                     groups=self.in_channels, stride=2, padding=max(f_pad - w_pad, 0))
+            x = self._up(x, f, padding=max(f_pad - w_pad, 0))
             x = conv(x, w, padding=max(w_pad - f_pad, 0))
         elif self.fused_resample and self.down and w is not None:
             x = conv(x, w, padding=w_pad + f_pad)
-            x = conv(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
+            x = self._down(x, f, padding=0)
         else:
             if self.up:
-                x = torch.nn.functional.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]),
-                                                         groups=self.in_channels, stride=2, padding=f_pad)
+                x = self._up(x, f, padding=f_pad)
             if self.down:
-                x = conv(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad)
+                x = self._down(x, f, padding=f_pad)
             if w is not None:
                 x = conv(x, w, padding=w_pad)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         return x
+
+    # A 2-tap filter always has padding 0 here, so the box shortcuts need none.
+    def _up(self, x, f, padding):
+        if self.box:
+            return torch.nn.functional.interpolate(x, scale_factor=2, mode='nearest')
+        return torch.nn.functional.conv_transpose2d(x, f.mul(4).tile([x.shape[1], 1, 1, 1]), groups=x.shape[1], stride=2,
+                                                    padding=padding)
+
+    def _down(self, x, f, padding):
+        if self.box:
+            return torch.nn.functional.avg_pool2d(x, 2)
+        return torch.nn.functional.conv2d(x, f.tile([x.shape[1], 1, 1, 1]), groups=x.shape[1], stride=2, padding=padding)
 
 
 class GroupNorm(torch.nn.Module):

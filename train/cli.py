@@ -51,6 +51,7 @@ def train():
     """Distil a one-step generator (SiD / SiDA / SiD2A; SiD-LSG for SD teachers), train a teacher, or run the 2-D toy."""
 
 
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')   # torch.compile's
 _COMMON_RUN_OPTIONS = [
     click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path), help='Run directory.'),
     click.option('--images', 'total_images', type=COUNT, default='20M', help='Training length in images seen (k/M suffixes).'),
@@ -63,7 +64,9 @@ _COMMON_RUN_OPTIONS = [
                  help='auto = bf16 on CUDA, fp32 on CPU.'),
     click.option('--tf32/--no-tf32', default=False, help='Allow TF32 matmuls/convolutions (fp32 runs on Ampere+).'),
     click.option('--channels-last', is_flag=True, help='channels_last memory format for the UNets.'),
-    click.option('--compile', 'compile_', is_flag=True, help='torch.compile the networks.'),
+    click.option('--compile', 'compile_', type=click.Choice(COMPILE_MODES), is_flag=False, flag_value='default', default=None,
+                 help='torch.compile the networks; a bare --compile is mode "default". "reduce-overhead" adds CUDA graphs '
+                      '(fastest measured: 526 img/s SiD, DDPM++ CIFAR-10, batch 128, H200); the first iterations compile.'),
     click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto'),
     click.option('--seed', type=int, default=0),
     click.option('--log-every', type=COUNT, default='10k', help='Images between log lines.'),

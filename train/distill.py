@@ -65,6 +65,12 @@ def iteration_seed(seed, rank, iteration):
     return (seed * 1_000_003 + rank * 7_919 + iteration * 104_729) % (2 ** 63)
 
 
+def new_step(device):
+    """Tell CUDA-graph trees (torch.compile mode reduce-overhead) that the last step's outputs are dead; no-op otherwise."""
+    if torch.device(device).type == 'cuda':
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def ema_beta(batch, images_seen, halflife_images, rampup):
     halflife = halflife_images if rampup is None else min(halflife_images, images_seen * rampup)
     return 0.5 ** (batch / max(halflife, 1e-8))
@@ -160,9 +166,7 @@ class Distiller:
         # Dropout draws from the global RNG: reseed it from (seed, rank, iteration) so that a resumed run, on any
         # number of processes, continues exactly; no per-rank RNG state needs to be checkpointed.
         torch.manual_seed(iteration_seed(cfg.seed, self.rank, self.iterations))
-        if self.device.type == 'cuda':
-            # Networks compiled with CUDA graphs may reuse their output memory from here on (no-op otherwise).
-            torch.compiler.cudagraph_mark_step_begin()
+        new_step(self.device)
         stats = self._fake_score_step(self.shape)
         if self.images_seen >= cfg.g_warmup_images:
             stats.update(self._generator_step(self.shape))

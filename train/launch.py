@@ -57,12 +57,21 @@ def configure_backends(tf32):
     torch.backends.cudnn.benchmark = True
 
 
+# Inductor settings for compiled training, measured on the H200 (benchmarks/results/nvidia-h200/NOTES.md): 1x1
+# convolutions as matmuls, and channels-last inside the graph even though the UNet decoder's concat convolutions
+# (in = 2 x out channels) trip inductor's heuristic against it; cuDNN otherwise transposes around every convolution.
+INDUCTOR_OPTIONS = {'conv_1x1_as_mm': True, 'force_layout_optimization': True}
+
+
 def prepare(module, device, channels_last=False, compile_=False):
     """Move (and optionally convert / compile) a network; compile_ is False, True (= 'default') or a torch.compile mode."""
     module = module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_:
+        import torch._inductor.config as inductor
+        for key, value in INDUCTOR_OPTIONS.items():
+            setattr(inductor, key, value)
         module.compile(mode=None if compile_ is True else compile_)      # in place: state-dict keys stay the same
     return module
 

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from models.precond import edm_loss_weight
-from train.distill import ema_beta, iteration_seed, make_adam, sanitize_grads_, update_ema
+from train.distill import ema_beta, iteration_seed, make_adam, new_step, sanitize_grads_, update_ema
 from train.sid import fake_score_sigma, per_sample_sum
 
 
@@ -55,6 +55,7 @@ class TeacherTrainer:
     def iteration(self):
         cfg = self.cfg
         torch.manual_seed(iteration_seed(cfg.seed, self.rank, self.iterations))   # dropout: exact on resume
+        new_step(self.device)
         batch = self.batches.next()
         x = batch.real
         shape = tuple(x.shape[1:])
