@@ -55,10 +55,10 @@ class Conv2d(torch.nn.Module):
         fans = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
         self.weight = torch.nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight) if kernel else None
         self.bias = torch.nn.Parameter(weight_init([out_channels], **fans) * init_bias) if kernel and bias else None
-        f = torch.as_tensor(resample_filter, dtype=torch.float32)
         # The [1,1] filter (DDPM++) is a 2x2 box: average pooling down, nearest-neighbour up, exactly. Those
         # replace the depthwise convolutions, which are slow and keep torch.compile off the channels-last layout.
-        self.box = len(f) == 2 and bool(f[0] == f[1])
+        self.box = len(resample_filter) == 2 and resample_filter[0] == resample_filter[1]
+        f = torch.as_tensor(resample_filter, dtype=torch.float32)
         f = torch.outer(f, f)[None, None] / f.sum().square()
         self.register_buffer('resample_filter', f if up or down else None)
 

@@ -35,6 +35,7 @@ CONFIGS = {
     'sida-fp32': ('sida', 'fp32', False, False),
     'sida-bf16': ('sida', 'bf16', False, False),
     'sida-bf16-compile': ('sida', 'bf16', 'default', False),
+    'sida-bf16-compile-cg': ('sida', 'bf16', 'reduce-overhead', False),
 }
 DEFAULT_CONFIGS = 'fp32,tf32,bf16,bf16-compile,sida-bf16-compile'
 NETWORKS = {
