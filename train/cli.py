@@ -66,7 +66,7 @@ _COMMON_RUN_OPTIONS = [
     click.option('--channels-last', is_flag=True, help='channels_last memory format for the UNets.'),
     click.option('--compile', 'compile_', type=click.Choice(COMPILE_MODES), is_flag=False, flag_value='default', default=None,
                  help='torch.compile the networks; a bare --compile is mode "default". "reduce-overhead" adds CUDA graphs '
-                      '(fastest measured: 526 img/s SiD, DDPM++ CIFAR-10, batch 128, H200); the first iterations compile.'),
+                      '(fastest measured: ~600 img/s SiD, DDPM++ CIFAR-10, batch 128, H200); the first iterations compile (minutes).'),
     click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto'),
     click.option('--seed', type=int, default=0),
     click.option('--log-every', type=COUNT, default='10k', help='Images between log lines.'),

@@ -139,6 +139,12 @@ def targets(results):
         ratio = http[128]['images_per_s'] / http[1]['images_per_s']
         out.append(('HTTP concurrency 128 >= 10x concurrency-1 images/s, no errors',
                     f'{ratio:.1f}x, {http[128]["error_count"]} errors', ratio >= 10 and http[128]['error_count'] == 0))
+    train = [r for r in rows if r.get('kind') == 'train' and r.get('method') == 'sid' and r.get('network') == 'ddpmpp-cifar10'
+             and r.get('batch') == 128 and 'images_per_s' in r and r.get('device', '').startswith('cuda')]
+    if train:       # the [trainer] issue's target
+        best = max(train, key=lambda r: r['images_per_s'])
+        out.append(('SiD training, DDPM++ CIFAR-10, batch 128: >= 500 generator img/s', f'{best["backend"]}: {best["images_per_s"]:.1f}',
+                    best['images_per_s'] >= 500))
     teachers = [r for r in rows if r.get('kind') == 'teacher-vs-student' and r.get('role') == 'teacher' and r.get('nfe') == 35]
     if teachers:
         out.append(('student vs teacher (35 NFE Heun) per-image speed-up >= 30x', f'{teachers[0]["speedup"]:.1f}x',

@@ -40,3 +40,17 @@ def test_targets_are_checked_only_where_results_answer_them():
     assert checks['batch 256: MFU >= 40% of bf16 dense peak'][1] is True
     assert checks['batch-1 latency on the GPU <= 1.5 ms (p50)'] == ('compile-bf16: 2.000 ms', False)
     assert not any('HTTP' in t or 'teacher' in t for t in checks)
+
+
+def test_training_target_reads_the_sid_cifar_rows_at_batch_128_on_the_gpu():
+    row = dict(kind='train', method='sid', network='ddpmpp-cifar10', batch=128, device='cuda')
+    rows = [{**row, 'backend': 'bf16-compile', 'images_per_s': 480.0},
+            {**row, 'backend': 'bf16-compile-cg', 'images_per_s': 520.5},
+            {**row, 'backend': 'sida-bf16-compile-cg', 'method': 'sida', 'images_per_s': 900.0},   # other method
+            {**row, 'backend': 'bf16', 'batch': 256, 'images_per_s': 990.0}]                      # other batch
+    target = 'SiD training, DDPM++ CIFAR-10, batch 128: >= 500 generator img/s'
+    checks = {t: (m, ok) for t, m, ok in targets([{'results': rows}])}
+    assert checks[target] == ('bf16-compile-cg: 520.5', True)
+    checks = {t: (m, ok) for t, m, ok in targets([{'results': rows[:1]}])}
+    assert checks[target] == ('bf16-compile: 480.0', False)
+    assert target not in {t for t, _, _ in targets([{'results': [{**rows[0], 'device': 'cpu'}]}])}

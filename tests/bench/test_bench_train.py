@@ -29,3 +29,26 @@ def test_sid_lsg_rows_on_an_sd_shaped_unet(tmp_path):
     (row,) = result['results']
     assert row['method'] == 'sid-lsg' and row['images_per_s'] > 0 and row['flops_per_image'] > 0
     assert 'error' not in row
+
+
+def test_variants_compile_side_by_side_and_are_timed_one_at_a_time(tmp_path):
+    """benchmarks/train_variants.py: one process per variant, inductor overrides recorded, rows in the bench format."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / 'benchmarks' / 'train_variants.py'), str(tmp_path), 'variants-smoke',
+                          'fp32,bf16+conv_1x1_as_mm=0,no-such-config'], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and 'unknown configuration' in out.stderr        # refused before anything runs
+    out = subprocess.run([sys.executable, str(root / 'benchmarks' / 'train_variants.py'), str(tmp_path), 'variants-smoke',
+                          'fp32,bf16+conv_1x1_as_mm=0', '--network', 'demo', '--device', 'cpu', '--batch', '2', '--iters', '2',
+                          '--profile', 'fp32'], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (path,) = tmp_path.glob('*/*-variants-smoke.json')
+    rows = json.loads(path.read_text())['results']
+    assert [r['backend'] for r in rows] == ['fp32', 'bf16+conv_1x1_as_mm=0']
+    assert all(r['runs'] == 2 and r['images_per_s'] > 0 and 'error' not in r for r in rows)
+    assert rows[1]['config'] == 'bf16' and rows[1]['inductor_options'] == {}        # eager: no compiler options apply
+    assert (tmp_path / 'profile-fp32.txt').read_text().startswith('fp32: 2 iterations')
+    assert (tmp_path / 'trace-fp32.json.gz').is_file()

@@ -124,3 +124,22 @@ def test_attention_matches_softmax_formula_in_float32_and_bf16(dtype, masked):
     assert out.dtype == dtype and out.shape == expected.shape
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('kw', [dict(kernel=3, up=True), dict(kernel=3, down=True), dict(kernel=0, up=True), dict(kernel=0, down=True),
+                                dict(kernel=1, down=True), dict(kernel=3, up=True, fused_resample=True),
+                                dict(kernel=3, down=True, fused_resample=True)])
+def test_box_resampling_equals_the_depthwise_filter_exactly(kw, dtype):
+    """The [1,1] filter runs as avg-pool / nearest upsampling (fast, compile-friendly); EDM's FIR convolution must agree."""
+    from models.layers import Conv2d
+    torch.manual_seed(0)
+    conv = Conv2d(8, 8 if kw['kernel'] == 0 else 16, init_bias=0.1, **kw)
+    x = torch.randn(2, 8, 8, 8).to(dtype)
+    assert conv.box
+    fast = conv(x)
+    conv.box = False                      # EDM's depthwise (transposed) convolution with the filter buffer
+    reference = conv(x)
+    assert fast.shape == reference.shape == (2, conv.out_channels, 16 if kw.get('up') else 4, 16 if kw.get('up') else 4)
+    assert torch.equal(fast, reference)
+    assert not Conv2d(8, 8, kernel=0, down=True, resample_filter=(1, 3, 3, 1)).box      # NCSN++ keeps its FIR filter

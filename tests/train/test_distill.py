@@ -127,3 +127,18 @@ def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp
     progress = json.loads((tmp_path / 'checkpoints' / 'checkpoint-000000000040' / 'state' / 'progress.json').read_text())
     assert progress['best']['value'] == 2.0 and progress['best']['checkpoint'] == 'checkpoint-000000000024'
     assert (tmp_path / 'best').is_dir()
+
+
+@pytest.mark.parametrize('mode,expected', [(True, None), ('default', 'default'), ('reduce-overhead', 'reduce-overhead')])
+def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, expected, monkeypatch):
+    import torch._inductor.config as inductor
+    from train import launch
+    calls = []
+    net = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(net, 'compile', lambda mode=None: calls.append(mode))
+    with inductor.patch({k: not v for k, v in launch.INDUCTOR_OPTIONS.items()}):       # restored afterwards
+        assert launch.prepare(net, 'cpu', compile_=mode) is net        # in place: state-dict keys unchanged
+        assert calls == [expected]
+        assert all(getattr(inductor, k) == v for k, v in launch.INDUCTOR_OPTIONS.items())
+    launch.prepare(torch.nn.Linear(2, 2), 'cpu', compile_=False)
+    assert calls == [expected]
