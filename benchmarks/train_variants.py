@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def parse(variant):
     config, *options = variant.split('+')
-    return config, {key: value != '0' for key, _, value in (o.partition('=') for o in options)}
+    return config, {key: value.lower() not in ('0', 'false', 'no', 'off') for key, _, value in (o.partition('=') for o in options)}
 
 
 def profile(d, out, variant, iterations=2):
@@ -98,18 +98,22 @@ def main():
     for v in variants:
         if parse(v)[0] not in CONFIGS:
             ap.error(f'unknown configuration in {v!r}')
+    if len(set(variants)) < len(variants):
+        ap.error('a variant is listed twice')
     gpu = a.device.startswith('cuda')
     info = machine(gpu)
     peak, peak_source = peak_for(info, gpu, None)
-    flops = count_iteration_flops(NETWORKS[a.network][0](), 'sid', a.batch, a.device)
+    methods = {CONFIGS[parse(v)[0]][0] for v in variants}       # every method is held to its own work
+    flops = {m: count_iteration_flops(NETWORKS[a.network][0](), m, a.batch, a.device) for m in sorted(methods)}
     if gpu:
         torch.cuda.empty_cache()
     a.out.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context('spawn')
     events = ctx.Queue()
     gos = {v: ctx.Event() for v in variants}
-    procs = {v: ctx.Process(target=child, args=(v, a.network, a.device, flops, peak, a.batch, a.iters, a.out,
-                                                v in a.profile.split(','), events, gos[v]))
+    procs = {v: ctx.Process(target=child,           # not daemonic: inductor's compile workers are its children
+                            args=(v, a.network, a.device, flops[CONFIGS[parse(v)[0]][0]], peak, a.batch, a.iters, a.out,
+                                  v in a.profile.split(','), events, gos[v]))
              for v in variants}
     for p in procs.values():
         p.start()
@@ -128,15 +132,17 @@ def main():
                        'error': f'not compiled within {a.deadline:.0f} s (killed)'}
     while time.monotonic() - start < a.start_timing_after:
         time.sleep(1)
-    for v in warm:                  # one at a time on an otherwise idle GPU
+    for v in [w for w in warm if w not in rows]:      # one at a time on an otherwise idle GPU
         gos[v].set()
-        turn = time.monotonic()
+        turn, quiet = time.monotonic(), 0
         while v not in rows:
             try:
                 kind, w, row = events.get(timeout=5)
-                rows[w] = row
+                if kind == 'row' and w not in rows:      # late 'warm' news of a killed variant is not a row
+                    rows[w] = row
             except queue.Empty:
-                if not procs[v].is_alive() or time.monotonic() - turn > 150:
+                quiet += not procs[v].is_alive()         # one more quiet wait after it exits: its row may be in transit
+                if quiet > 1 or time.monotonic() - turn > 150:
                     procs[v].kill()
                     rows[v] = {'kind': 'train', 'backend': v, 'batch': a.batch, 'device': a.device,
                                'error': 'died or hung while timed'}
@@ -146,6 +152,8 @@ def main():
               flush=True)
     for p in procs.values():
         p.join(timeout=30)
+        if p.is_alive():        # stuck after its row: do not let it hold the exit
+            p.kill()
     settings = {'network': NETWORKS[a.network][1], 'network_preset': a.network, 'per_device_batch': a.batch,
                 'timed_iterations': a.iters, 'warmup_iterations': 3, 'configs': variants, 'device': a.device,
                 'iteration': 'one fake-score update + one generator update (+ EMA), random weights',

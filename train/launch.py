@@ -57,10 +57,17 @@ def configure_backends(tf32):
     torch.backends.cudnn.benchmark = True
 
 
-# Inductor settings for compiled training, measured on the H200 (benchmarks/results/nvidia-h200/NOTES.md): 1x1
-# convolutions as matmuls, and channels-last inside the graph even though the UNet decoder's concat convolutions
-# (in = 2 x out channels) trip inductor's heuristic against it; cuDNN otherwise transposes around every convolution.
-INDUCTOR_OPTIONS = {'conv_1x1_as_mm': True, 'force_layout_optimization': True}
+# Inductor settings for compiled training, measured together on the H200 with DDPM++ CIFAR-10
+# (benchmarks/results/nvidia-h200/NOTES.md): channels-last inside the graph, although the UNet decoder's concat
+# convolutions (in = 2 x out channels) trip inductor's heuristic against it (cuDNN otherwise transposes around every
+# convolution: 19% of the GPU time), and 1x1 convolutions as matmuls.
+INDUCTOR_OPTIONS = {'force_layout_optimization': True, 'conv_1x1_as_mm': True}
+
+
+def compile_options(mode):
+    """torch.compile takes a mode or options, not both: the mode's own options plus ours, for this compile only."""
+    from torch._inductor import list_mode_options
+    return {**(list_mode_options(mode) if mode not in (True, 'default') else {}), **INDUCTOR_OPTIONS}
 
 
 def prepare(module, device, channels_last=False, compile_=False):
@@ -69,10 +76,7 @@ def prepare(module, device, channels_last=False, compile_=False):
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_:
-        import torch._inductor.config as inductor
-        for key, value in INDUCTOR_OPTIONS.items():
-            setattr(inductor, key, value)
-        module.compile(mode=None if compile_ is True else compile_)      # in place: state-dict keys stay the same
+        module.compile(options=compile_options(compile_))      # in place: state-dict keys stay the same
     return module
 
 

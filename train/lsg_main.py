@@ -42,6 +42,10 @@ def read_prompts(path):
 def main(o):
     targets, rt, log = begin(o)
     teacher_dir = Path(o['teacher']).resolve()
+    if o['offload_teacher'] and o['compile_'] in ('reduce-overhead', 'max-autotune'):
+        # CUDA graphs hold parameter addresses; an offloaded teacher moves its weights every iteration.
+        raise click.UsageError(f'--offload-teacher cannot be combined with --compile {o["compile_"]} (CUDA graphs): '
+                               'drop one, or use --compile default')
     if not is_diffusers_dir(teacher_dir):
         raise click.UsageError(f'--teacher {o["teacher"]}: not a diffusers directory (needs unet/config.json and scheduler/)')
     try:

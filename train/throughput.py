@@ -37,7 +37,6 @@ CONFIGS = {
     'sida-bf16-compile': ('sida', 'bf16', 'default', False),
     'sida-bf16-compile-cg': ('sida', 'bf16', 'reduce-overhead', False),
 }
-DEFAULT_CONFIGS = 'fp32,tf32,bf16,bf16-compile,sida-bf16-compile'
 NETWORKS = {
     'ddpmpp-cifar10': (lambda: ddpmpp(label_dim=10), 'EDM DDPM++ CIFAR-10 cond. (55.7M params)'),
     'demo': (tiny_spec, 'the small demo DDPM++ (models/demo.py)'),

@@ -151,9 +151,10 @@ def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, 
 
 
 @bench.command(context_settings=CTX)
-@click.option('--configs', '--config', 'configs', default='fp32,tf32,bf16,bf16-compile,bf16-compile-cl,sida-bf16-compile',
-              callback=name_list, help='fp32, tf32, bf16, bf16-cl, bf16-compile, bf16-compile-cl, sida-fp32, sida-bf16, '
-              'sida-bf16-compile; on sd15-unet / tiny-sd: lsg-fp32, lsg-bf16, lsg-bf16-compile (SiD-LSG).')
+@click.option('--configs', '--config', 'configs', default='fp32,tf32,bf16,bf16-compile,bf16-compile-cg,sida-bf16-compile-cg',
+              callback=name_list, help='fp32, tf32, bf16, bf16-cl, bf16-compile, bf16-compile-cl, bf16-compile-cg (CUDA graphs), '
+              'bf16-compile-autotune, sida-fp32, sida-bf16, sida-bf16-compile, sida-bf16-compile-cg; on sd15-unet / tiny-sd: '
+              'lsg-fp32, lsg-bf16, lsg-bf16-compile (SiD-LSG).')
 @click.option('--network', type=click.Choice(['ddpmpp-cifar10', 'demo', 'sd15-unet', 'tiny-sd']), default='ddpmpp-cifar10',
               help='Network (random weights).')
 @click.option('--batch', default=128, type=click.IntRange(1), help='Per-device batch.')

@@ -129,16 +129,58 @@ def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp
     assert (tmp_path / 'best').is_dir()
 
 
-@pytest.mark.parametrize('mode,expected', [(True, None), ('default', 'default'), ('reduce-overhead', 'reduce-overhead')])
-def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, expected, monkeypatch):
+@pytest.mark.parametrize('mode,cudagraphs', [(True, False), ('default', False), ('reduce-overhead', True)])
+def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, cudagraphs, monkeypatch):
     import torch._inductor.config as inductor
     from train import launch
-    calls = []
+    calls, before = [], inductor.save_config()
     net = torch.nn.Linear(2, 2)
-    monkeypatch.setattr(net, 'compile', lambda mode=None: calls.append(mode))
-    with inductor.patch({k: not v for k, v in launch.INDUCTOR_OPTIONS.items()}):       # restored afterwards
-        assert launch.prepare(net, 'cpu', compile_=mode) is net        # in place: state-dict keys unchanged
-        assert calls == [expected]
-        assert all(getattr(inductor, k) == v for k, v in launch.INDUCTOR_OPTIONS.items())
+    monkeypatch.setattr(net, 'compile', lambda **kw: calls.append(kw))
+    assert launch.prepare(net, 'cpu', compile_=mode) is net            # in place: state-dict keys unchanged
+    (kw,) = calls
+    assert set(kw) == {'options'} and launch.INDUCTOR_OPTIONS.items() <= kw['options'].items()
+    assert kw['options'].get('triton.cudagraphs', False) is cudagraphs
+    assert inductor.save_config() == before                                # for this compile only, not the process
+    torch.compile(torch.nn.Linear(2, 2), options=kw['options'])          # torch accepts the combination
     launch.prepare(torch.nn.Linear(2, 2), 'cpu', compile_=False)
-    assert calls == [expected]
+    assert len(calls) == 1
+
+
+def test_every_iteration_tells_cuda_graphs_a_new_step_begins(monkeypatch):
+    import train.distill as distill
+    marks = []
+    monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin', lambda: marks.append(1))
+    distill.new_step('cpu')
+    assert marks == []
+    distill.new_step('cuda:0')
+    assert marks == [1]
+    seen = []
+    monkeypatch.setattr(distill, 'new_step', seen.append)
+    spec = tiny_ddpmpp(augment_dim=0, attn_resolutions=())
+    teacher = build_denoiser(spec)
+    d = Distiller(DistillConfig(batch=2, g_warmup_images=0), teacher, copy.deepcopy(teacher).requires_grad_(True),
+                  copy.deepcopy(teacher).requires_grad_(True), LabelBatches(spec['network_kwargs']['label_dim'], 2, 0, 0, 1, 'cpu'),
+                  (3, 16, 16), device='cpu')
+    d.iteration()
+    d.iteration()
+    assert [str(x) for x in seen] == ['cpu', 'cpu']
+
+
+def test_compiled_networks_get_the_options_in_their_generated_code():
+    """The per-compile options reach inductor: with prepare() a 1x1 convolution becomes a matmul; plain compile keeps it."""
+    from torch._inductor.utils import run_and_get_code
+    from models.layers import Conv2d
+    from train.launch import prepare
+    x = torch.randn(2, 8, 4, 4)
+    try:
+        sources = []
+        for ours in (True, False):
+            conv = Conv2d(8, 16, kernel=1)
+            prepare(conv, 'cpu', compile_='default') if ours else conv.compile()
+            out, code = run_and_get_code(conv, x)
+            assert torch.allclose(out, torch.nn.functional.conv2d(x, conv.weight, conv.bias), atol=1e-5)
+            sources.append('\n'.join(code))
+            torch._dynamo.reset()
+    finally:
+        torch._dynamo.reset()
+    assert 'mm(' in sources[0] and 'mm(' not in sources[1]
