@@ -93,7 +93,7 @@ def main():
     import torch
     from serve.bench.flops import peak_for
     from serve.bench.record import machine, write_result
-    from train.throughput import CONFIGS, count_iteration_flops, NETWORKS
+    from train.throughput import CONFIGS, NETWORKS, count_iteration_flops, train_settings
     variants = a.variants.split(',')
     for v in variants:
         if parse(v)[0] not in CONFIGS:
@@ -154,11 +154,7 @@ def main():
         p.join(timeout=30)
         if p.is_alive():        # stuck after its row: do not let it hold the exit
             p.kill()
-    settings = {'network': NETWORKS[a.network][1], 'network_preset': a.network, 'per_device_batch': a.batch,
-                'timed_iterations': a.iters, 'warmup_iterations': 3, 'configs': variants, 'device': a.device,
-                'iteration': 'one fake-score update + one generator update (+ EMA), random weights',
-                'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
-                'flops_counter': 'torch.utils.flop_counter.FlopCounterMode on one eager fp32 iteration of the same method',
+    settings = {**train_settings(a.network, a.batch, a.iters, 3, variants, a.device, peak, peak_source),
                 'harness': 'benchmarks/train_variants.py: compiled in parallel processes, timed one at a time'}
     path = write_result(a.out, info, a.name, settings, [rows[v] for v in variants])
     print(f'wrote {path}', flush=True)

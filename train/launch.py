@@ -67,11 +67,15 @@ INDUCTOR_OPTIONS = {'force_layout_optimization': True, 'conv_1x1_as_mm': True}
 def compile_options(mode):
     """torch.compile takes a mode or options, not both: the mode's own options plus ours, for this compile only."""
     from torch._inductor import list_mode_options
-    return {**(list_mode_options(mode) if mode not in (True, 'default') else {}), **INDUCTOR_OPTIONS}
+    return {**(list_mode_options(mode) if mode != 'default' else {}), **INDUCTOR_OPTIONS}
 
 
-def prepare(module, device, channels_last=False, compile_=False):
-    """Move (and optionally convert / compile) a network; compile_ is False, True (= 'default') or a torch.compile mode."""
+def uses_cuda_graphs(mode):
+    return bool(mode) and compile_options(mode).get('triton.cudagraphs', False)
+
+
+def prepare(module, device, channels_last=False, compile_=None):
+    """Move (and optionally convert / compile) a network; compile_ is None/False or a torch.compile mode name."""
     module = module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ from models.generator import OneStepGenerator, VaeDecoder
 from models.text_encoder import ClipTextEncoder
 from train import runner
 from train.batches import PromptBatches
-from train.launch import begin, finish, precision_dtype, prepare, run_config, sample_grid_writer, write_json
+from train.launch import begin, finish, precision_dtype, prepare, run_config, sample_grid_writer, uses_cuda_graphs, write_json
 from train.sid_lsg import LSGConfig, LSGDistiller
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -42,7 +42,7 @@ def read_prompts(path):
 def main(o):
     targets, rt, log = begin(o)
     teacher_dir = Path(o['teacher']).resolve()
-    if o['offload_teacher'] and o['compile_'] in ('reduce-overhead', 'max-autotune'):
+    if o['offload_teacher'] and uses_cuda_graphs(o['compile_']):
         # CUDA graphs hold parameter addresses; an offloaded teacher moves its weights every iteration.
         raise click.UsageError(f'--offload-teacher cannot be combined with --compile {o["compile_"]} (CUDA graphs): '
                                'drop one, or use --compile default')

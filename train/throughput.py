@@ -182,9 +182,13 @@ def run_train(configs, network='ddpmpp-cifar10', batch=128, iters=20, warmup=3, 
             mem = f', {row["peak_gpu_memory_mib"] / 1024:.1f} GiB' if row['peak_gpu_memory_mib'] else ''
             util = f', MFU {100 * row["mfu"]:.1f}%' if row['mfu'] is not None else ''
             log(f'{name:>18}: {row["images_per_s"]:8.1f} generator img/s, {row["p50_ms"]:.1f} ms/iteration{mem}{util}')
-    settings = {'network': NETWORKS[network][1], 'network_preset': network, 'per_device_batch': batch, 'timed_iterations': iters,
-                'warmup_iterations': warmup, 'configs': list(configs), 'device': device,
-                'iteration': 'one fake-score update + one generator update (+ EMA), random weights',
-                'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
-                'flops_counter': 'torch.utils.flop_counter.FlopCounterMode on one eager fp32 iteration of the same method'}
-    return info, settings, rows
+    return info, train_settings(network, batch, iters, warmup, configs, device, peak, peak_source), rows
+
+
+def train_settings(network, batch, iters, warmup, configs, device, peak, peak_source):
+    """The `settings` record of a training-throughput result file."""
+    return {'network': NETWORKS[network][1], 'network_preset': network, 'per_device_batch': batch, 'timed_iterations': iters,
+            'warmup_iterations': warmup, 'configs': list(configs), 'device': device,
+            'iteration': 'one fake-score update + one generator update (+ EMA), random weights',
+            'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
+            'flops_counter': 'torch.utils.flop_counter.FlopCounterMode on one eager fp32 iteration of the same method'}

@@ -59,6 +59,8 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     (['train', 'distill', '--teacher', '.', '--out', 'x', '--images', 'lots'], 'not a count'),
     (['train', 'distill', '--teacher', '.', '--out', 'x', '--export', 'gif'], "unknown --export target(s) ['gif']"),
     (['train', 'distill', '--teacher', '.', '--out', 'x', '--compile', 'fast'], "'fast' is not one of 'default', 'reduce-overhead'"),
+    (['train', 'lsg', '--teacher', '.', '--prompts', 'README.md', '--out', 'x', '--offload-teacher', '--compile', 'reduce-overhead'],
+     '--offload-teacher cannot be combined with --compile reduce-overhead (CUDA graphs)'),
 ])
 def test_bad_invocations_fail_with_a_reason(tmp_path, args, fragment):
     r = subprocess.run([SIDA, *args], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])

@@ -129,7 +129,7 @@ def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp
     assert (tmp_path / 'best').is_dir()
 
 
-@pytest.mark.parametrize('mode,cudagraphs', [(True, False), ('default', False), ('reduce-overhead', True)])
+@pytest.mark.parametrize('mode,cudagraphs', [('default', False), ('reduce-overhead', True), ('max-autotune', True)])
 def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, cudagraphs, monkeypatch):
     import torch._inductor.config as inductor
     from train import launch
@@ -139,7 +139,7 @@ def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, cuda
     assert launch.prepare(net, 'cpu', compile_=mode) is net            # in place: state-dict keys unchanged
     (kw,) = calls
     assert set(kw) == {'options'} and launch.INDUCTOR_OPTIONS.items() <= kw['options'].items()
-    assert kw['options'].get('triton.cudagraphs', False) is cudagraphs
+    assert kw['options'].get('triton.cudagraphs', False) is cudagraphs is launch.uses_cuda_graphs(mode)
     assert inductor.save_config() == before                                # for this compile only, not the process
     torch.compile(torch.nn.Linear(2, 2), options=kw['options'])          # torch accepts the combination
     launch.prepare(torch.nn.Linear(2, 2), 'cpu', compile_=False)
