@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+from sida.cli_options import CTX
+
 BUNDLE = click.option('--bundle', 'bundle_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
                       help='Bundle directory; exports go to BUNDLE/exports/ and exports/manifest.json.')
 FORCE = click.option('--force', is_flag=True, help='Keep an export that fails the parity gate (the manifest records it).')

@@ -9,7 +9,7 @@ import dataclasses
 
 import torch
 
-from models.sampling import noise_for_seeds
+from models.seeds import noise_for_seeds
 
 PROMPTS = ['a photo of a red car', 'a ship at sea', 'a small bird on a branch']
 

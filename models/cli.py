@@ -51,7 +51,7 @@ def generate(bundle_dir, seeds, class_name, prompt, out, batch, columns, device,
 
     from models.bundle import BundleError, load_bundle
     from models.images import make_grid, save_png
-    from models.sampling import labels_for_seeds, noise_for_seeds, parse_seeds
+    from models.seeds import labels_for_seeds, noise_for_seeds, parse_seeds
 
     try:
         seed_list = parse_seeds(seeds)

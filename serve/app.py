@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve.batcher import BackendFailed, QueueFull
 from serve.images import MEDIA_TYPES, encode, zip_images
 from serve.metrics import Metrics
-from serve.registry import RequestError, ServedModel
 from serve.schemas import ErrorResponse, GenerateRequest, GenerateResponse, ModelList, OpenAIImageRequest, OpenAIImageResponse
+from serve.served_model import RequestError, ServedModel
 from serve.settings import Settings
 
 log = logging.getLogger('sida.serve')

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+from sida.cli_options import CTX
+
 ZOO = Path(__file__).resolve().parents[1] / 'models' / 'zoo'
 DEMO = Path.home() / '.cache' / 'sida' / 'demo-untrained-ddpmpp'
 
@@ -69,7 +70,7 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
     from models.bundle import BundleError
     from serve.backends import BackendUnavailable
-    from serve.registry import ServedModel
+    from serve.served_model import ServedModel
     app_models, triton = [], None
     app = None
     try:   # load before the server starts, so a bad bundle or backend is one line, not a traceback

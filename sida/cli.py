@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     'serve': ('serve.cli:serve', 'Serve bundles over HTTP (FastAPI) and Triton.'),
     'ui': ('ui.cli:ui', 'Run the Gradio demo against a server.'),
     'generate': ('models.cli:generate', 'Generate images from a bundle in one step.'),
-    'bench': ('serve.bench.cli:bench', 'Benchmark generation, serving and training.'),
+    'bench': ('bench.cli:bench', 'Benchmark generation, serving and training.'),
 }
 
 

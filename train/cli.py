@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+from sida.cli_options import CTX
 
 
 def parse_count(text):

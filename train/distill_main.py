@@ -117,7 +117,7 @@ def make_metric(o, trainer, dataset, stream, condition, shape, rt):
     if dataset is None:
         raise click.UsageError('--metric-features compares with real images: give --data')
     from models.generator import to_uint8_nhwc
-    from models.sampling import noise_for_seeds
+    from models.seeds import noise_for_seeds
     from train.metrics import DataReference, load_features
     try:
         features = load_features(o['metric_features'], rt.device)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from models.generator import to_uint8_nhwc
-from models.sampler import edm_sample
-from models.sampling import noise_for_seeds
+from models.heun_sampler import edm_sample
+from models.seeds import noise_for_seeds
 from train.metrics import DataReference, extract, frechet_distance, load_features, statistics
 
 EVAL_SEED = 10**7        # evaluation noise never overlaps training or sample-grid seeds

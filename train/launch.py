@@ -12,8 +12,8 @@ from models.architecture import PRESETS, build_denoiser
 from models.bundle import load_bundle, save_bundle
 from models.generator import OneStepGenerator
 from models.images import make_grid, save_png
-from models.sampling import noise_for_seeds
-from models.teachers import load_teacher
+from models.seeds import noise_for_seeds
+from models.teacher_loader import load_teacher
 from train.batches import CaptionTable, ImageBatches
 from train.data import DataStream, ImageDataset
 
@@ -58,7 +58,7 @@ def configure_backends(tf32):
 
 
 # Inductor settings for compiled training, measured together on the H200 with DDPM++ CIFAR-10
-# (benchmarks/results/nvidia-h200/NOTES.md): channels-last inside the graph, although the UNet decoder's concat
+# (bench/results/nvidia-h200/NOTES.md): channels-last inside the graph, although the UNet decoder's concat
 # convolutions (in = 2 x out channels) trip inductor's heuristic against it (cuDNN otherwise transposes around every
 # convolution: 19% of the GPU time), and 1x1 convolutions as matmuls.
 INDUCTOR_OPTIONS = {'force_layout_optimization': True, 'conv_1x1_as_mm': True}

@@ -10,7 +10,7 @@ import torch
 from models.architecture import build_denoiser
 from models.bundle import save_bundle
 from models.generator import OneStepGenerator
-from models.sampler import edm_sample
+from models.heun_sampler import edm_sample
 from train import runner
 from train.data import DataError
 from train.launch import (
@@ -25,7 +25,7 @@ from train.launch import (
     teacher_spec,
     write_json,
 )
-from train.teacher import TeacherConfig, TeacherTrainer
+from train.score_matching import TeacherConfig, TeacherTrainer
 
 
 def main(o):

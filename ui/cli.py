@@ -4,7 +4,7 @@ import os
 
 import click
 
-CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+from sida.cli_options import CTX
 
 
 @click.command(context_settings=CTX)

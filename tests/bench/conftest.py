@@ -3,10 +3,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from bench.cli import bench
 from models.architecture import build_denoiser
 from models.bundle import save_bundle
 from models.generator import OneStepGenerator
-from serve.bench.cli import bench
 from tests.conftest import perturb_, tiny_ddpmpp
 
 LABELS = {'kind': 'class', 'labels': [f'c{i}' for i in range(10)]}

@@ -5,9 +5,9 @@ import datetime
 import pytest
 import torch
 
-from serve.bench.flops import count_flops, generator_flops, mfu, peak_tflops
-from serve.bench.generate import parse_backend
-from serve.bench.record import percentiles, time_runs, warm_up
+from bench.flops import count_flops, generator_flops, mfu, peak_tflops
+from bench.generate import parse_backend
+from bench.record import percentiles, time_runs, warm_up
 
 TOP_LEVEL = {'device', 'driver', 'torch', 'commit', 'date', 'settings', 'results'}
 
@@ -106,7 +106,7 @@ def test_backend_names_are_runtime_and_precision():
 def test_unknown_backend_is_a_usage_error(tiny_bundle, tmp_path):
     from click.testing import CliRunner
 
-    from serve.bench.cli import bench
+    from bench.cli import bench
     result = CliRunner().invoke(bench, ['generate', '--bundle', str(tiny_bundle), '--backends', 'tflite', '--out', str(tmp_path)])
     assert result.exit_code == 2 and 'tflite' in result.output
     assert not list(tmp_path.iterdir())
@@ -124,8 +124,8 @@ def test_warm_up_runs_at_least_the_calls_and_the_seconds_and_timing_stops_at_its
 
 def test_latent_text_preset_is_a_random_sd_shaped_one_step_bundle(tmp_path, monkeypatch):
     pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
+    from bench import presets
     from models.bundle import validate_bundle
-    from serve.bench import presets
     path = presets.resolve_bundle('preset:tiny-sd', work_dir=tmp_path, log=lambda m: None)
     config = validate_bundle(path)
     assert config.latent and config.condition['encoder'] == 'clip:.' and config.image_resolution == 16

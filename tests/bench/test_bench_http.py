@@ -3,8 +3,8 @@
 import pytest
 from click.testing import CliRunner
 
-from serve.bench.cli import bench
-from serve.bench.loadtest import RemoteRefused, check_loopback, server_timing
+from bench.cli import bench
+from bench.loadtest import RemoteRefused, check_loopback, server_timing
 from tests.bench.conftest import make_bundle, only_json
 from tests.serve.conftest import Server
 

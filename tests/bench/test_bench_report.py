@@ -5,8 +5,8 @@ import shutil
 
 from click.testing import CliRunner
 
-from serve.bench.cli import bench
-from serve.bench.report import targets
+from bench.cli import bench
+from bench.report import targets
 
 
 def test_report_rewrites_the_readme_from_every_result(generate_run, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve.bench.teacher import CountingDenoiser, heun_steps
+from bench.teacher import CountingDenoiser, heun_steps
 from tests.bench.conftest import invoke, make_bundle, only_json
 
 

@@ -5,7 +5,7 @@ from tests.conftest import tiny_ddpmpp
 
 
 def test_train_rows_carry_images_per_s_latency_and_flops(tmp_path, monkeypatch):
-    import train.throughput as throughput
+    import bench.train_throughput as throughput
     monkeypatch.setitem(throughput.NETWORKS, 'demo', (lambda: tiny_ddpmpp(augment_dim=0, attn_resolutions=()), 'tiny test net'))
     invoke('train', '--network', 'demo', '--config', 'fp32,sida-fp32', '--batch', 2, '--iters', 2, '--warmup', 1, '--device', 'cpu',
            '--out', tmp_path)
@@ -32,18 +32,18 @@ def test_sid_lsg_rows_on_an_sd_shaped_unet(tmp_path):
 
 
 def test_variants_compile_side_by_side_and_are_timed_one_at_a_time(tmp_path):
-    """benchmarks/train_variants.py: one process per variant, inductor overrides recorded, rows in the bench format."""
+    """bench/train_variants.py: one process per variant, inductor overrides recorded, rows in the bench format."""
     import json
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, str(root / 'benchmarks' / 'train_variants.py'), str(tmp_path), 'variants-smoke',
-                          'fp32,bf16+conv_1x1_as_mm=0,no-such-config'], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, '-m', 'bench.train_variants', str(tmp_path), 'variants-smoke',
+                          'fp32,bf16+conv_1x1_as_mm=0,no-such-config'], capture_output=True, text=True, timeout=60, cwd=root)
     assert out.returncode == 2 and 'unknown configuration' in out.stderr        # refused before anything runs
-    out = subprocess.run([sys.executable, str(root / 'benchmarks' / 'train_variants.py'), str(tmp_path), 'variants-smoke',
+    out = subprocess.run([sys.executable, '-m', 'bench.train_variants', str(tmp_path), 'variants-smoke',
                           'fp32,bf16+conv_1x1_as_mm=0', '--network', 'demo', '--device', 'cpu', '--batch', '2', '--iters', '2',
-                          '--profile', 'fp32'], capture_output=True, text=True, timeout=300)
+                          '--profile', 'fp32'], capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     (path,) = tmp_path.glob('*/*-variants-smoke.json')
     rows = json.loads(path.read_text())['results']

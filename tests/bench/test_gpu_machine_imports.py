@@ -16,7 +16,7 @@ def test_generate_and_teacher_vs_student_run_with_the_server_stack_unimportable(
             sys.modules[name] = None            # `import name` now raises ImportError, as on the GPU machine
         from click.testing import CliRunner
         from sida.cli import main
-        import train.throughput                 # `sida bench train`'s code
+        import bench.train_throughput                 # `sida bench train`'s code
         bundle, out = {str(tiny_bundle)!r}, {str(tmp_path)!r}
         for args in (['generate', '--bundle', bundle, '--backends', 'eager-fp32,tensorrt', '--batch', '1', '--runs', '1',
                       '--warmup', '0', '--warmup-seconds', '0', '--no-plot', '--out', out],

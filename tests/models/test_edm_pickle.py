@@ -6,7 +6,7 @@ import torch
 
 from models.architecture import build_denoiser
 from models.edm_pickle import UnsafePickleError, load_edm_pickle
-from models.teachers import load_teacher
+from models.teacher_loader import load_teacher
 from tests.conftest import perturb_, tiny_adm, tiny_ddpmpp, tiny_ncsnpp
 from tests.models.edm_format import write_edm_pickle
 

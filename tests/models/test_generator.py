@@ -3,7 +3,7 @@ import torch
 
 from models.architecture import build_denoiser
 from models.generator import OneStepGenerator, to_uint8_nhwc
-from models.sampling import labels_for_seeds, noise_for_seeds, parse_seeds
+from models.seeds import labels_for_seeds, noise_for_seeds, parse_seeds
 from tests.conftest import perturb_, tiny_ddpmpp
 
 

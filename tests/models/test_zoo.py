@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.bundle import load_bundle, validate_bundle
-from models.sampling import noise_for_seeds
+from models.seeds import noise_for_seeds
 
 ZOO = Path(__file__).resolve().parents[2] / 'models' / 'zoo'
 EXPECTED = Path(__file__).with_name('zoo_expected.json')

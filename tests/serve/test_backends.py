@@ -65,7 +65,7 @@ def test_serve_with_pytriton(class_bundle_dir, tmp_path):
         via_api = image_for(s, 7)
         client = httpclient.InferenceServerClient(f'127.0.0.1:{ports[0]}')
         assert client.is_model_ready('demo-untrained-ddpmpp')
-        from models.sampling import noise_for_seeds
+        from models.seeds import noise_for_seeds
         noise = noise_for_seeds([7, 8], (3, 32, 32)).numpy()
         labels = np.array([[5], [5]], dtype=np.int64)                # "dog"
         inputs = [httpclient.InferInput('noise', list(noise.shape), 'FP32'), httpclient.InferInput('class_labels', [2, 1], 'INT64')]

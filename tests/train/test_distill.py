@@ -132,6 +132,7 @@ def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp
 @pytest.mark.parametrize('mode,cudagraphs', [('default', False), ('reduce-overhead', True), ('max-autotune', True)])
 def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, cudagraphs, monkeypatch):
     import torch._inductor.config as inductor
+
     from train import launch
     calls, before = [], inductor.save_config()
     net = torch.nn.Linear(2, 2)
@@ -169,6 +170,7 @@ def test_every_iteration_tells_cuda_graphs_a_new_step_begins(monkeypatch):
 def test_compiled_networks_get_the_options_in_their_generated_code():
     """The per-compile options reach inductor: with prepare() a 1x1 convolution becomes a matmul; plain compile keeps it."""
     from torch._inductor.utils import run_and_get_code
+
     from models.layers import Conv2d
     from train.launch import prepare
     x = torch.randn(2, 8, 4, 4)

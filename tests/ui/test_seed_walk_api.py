@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.sampling import noise_for_seeds, slerp
+from models.seeds import noise_for_seeds, slerp
 from tests.ui.conftest import CLASS_MODEL
 
 

@@ -10,7 +10,7 @@ import torch
 
 from models.bundle import load_bundle
 from models.images import make_grid, save_png
-from models.sampling import noise_for_seeds
+from models.seeds import noise_for_seeds
 from train.captions import DEMO_PROMPTS
 
 SEEDS = range(10)

@@ -115,7 +115,7 @@ def count_iteration_flops(spec, method, batch, device):
 
 def measure(name, network, batch, iters, device, warmup=3, flops_per_iteration=None, peak=None, ready=None):
     """One configuration's row. `ready(distiller)`, if given, runs between warm-up and timing (to wait for the GPU, profile)."""
-    from serve.bench.record import percentiles, time_runs
+    from bench.record import percentiles, time_runs
     method, precision, compile_, channels_last = CONFIGS[name]
     spec = NETWORKS[network][0]()
     cuda = torch.device(device).type == 'cuda'
@@ -150,8 +150,8 @@ def measure(name, network, batch, iters, device, warmup=3, flops_per_iteration=N
 
 def run_train(configs, network='ddpmpp-cifar10', batch=128, iters=20, warmup=3, device=None, peak_override=None, log=print):
     """Measure each configuration (failures are recorded as rows, not raised); returns (machine, settings, rows)."""
-    from serve.bench.flops import peak_for
-    from serve.bench.record import machine
+    from bench.flops import peak_for
+    from bench.record import machine
     if network not in NETWORKS:
         raise ValueError(f'unknown network {network!r}; choose from {", ".join(NETWORKS)}')
     for name in configs:

@@ -19,9 +19,9 @@ from typing import Callable
 
 import torch
 
-from models.sampling import noise_for_seeds
-from serve.bench.flops import generator_flops, mfu, peak_for
-from serve.bench.record import machine, percentiles, time_runs, warm_up
+from bench.flops import generator_flops, mfu, peak_for
+from bench.record import machine, percentiles, time_runs, warm_up
+from models.seeds import noise_for_seeds
 
 PRECISIONS = {'eager': ('fp32', 'bf16'), 'compile': ('fp32', 'bf16', 'fp16'), 'onnxruntime': ('fp32', 'fp16'),
               'tensorrt': ('fp32', 'fp16', 'bf16', 'fp8'), 'triton': ('fp32',)}
@@ -256,8 +256,8 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
     """Measure every (backend, batch); returns (machine info, settings, rows)."""
     from tqdm import tqdm
 
+    from bench.presets import resolve_bundle
     from models.bundle import validate_bundle
-    from serve.bench.presets import resolve_bundle
     for b in backends:
         parse_backend(b)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')

@@ -120,7 +120,7 @@ def write_result(out, info, name, settings, rows, plot=True):
     tmp.write_text(json.dumps(result, indent=2, default=str) + '\n')
     os.replace(tmp, path)
     if plot:
-        from serve.bench.plots import plot_result
+        from bench.plots import plot_result
         plot_result(path)
     return path
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurements of one lease, one stage per call of at most 10 minutes (the lent machine's limit):
 #
-#   benchmarks/gpu_session.sh bench   OUT        profile + `sida bench train` (fp32, bf16, bf16 channels-last, compiled)
-#   benchmarks/gpu_session.sh variants OUT NAME V1,V2,..  compiled training variants side by side (train_variants.py),
+#   bench/gpu_session.sh bench   OUT        profile + `sida bench train` (fp32, bf16, bf16 channels-last, compiled)
+#   bench/gpu_session.sh variants OUT NAME V1,V2,..  compiled training variants side by side (train_variants.py),
 #                                                 PROFILE=V1,.. also profiles those; TEACHER=BUNDLE also runs the
 #                                                 real trainer with CUDA graphs first (TIMING_AFTER=290 keeps them apart)
-#   benchmarks/gpu_session.sh teacher OUT DATA   a class-conditional CIFAR-10 EDM teacher (zoo architecture), time-boxed
-#   benchmarks/gpu_session.sh student OUT DATA TEACHER   SiDA (METHOD=sid: SiD) from that teacher, FD-CIFAR every 20k images
-#   benchmarks/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
+#   bench/gpu_session.sh teacher OUT DATA   a class-conditional CIFAR-10 EDM teacher (zoo architecture), time-boxed
+#   bench/gpu_session.sh student OUT DATA TEACHER   SiDA (METHOD=sid: SiD) from that teacher, FD-CIFAR every 20k images
+#   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #           --platform manylinux_2_28_x86_64 -d carry/whl diffusers==0.42.1 importlib_metadata
@@ -30,7 +30,7 @@ bench)
     timeout 60 python3 - <<'EOF' 2>&1 | tee "$OUT/profile-bf16-cl.txt"
 import torch
 from models.architecture import ddpmpp
-from train.throughput import build_distiller
+from bench.train_throughput import build_distiller
 d = build_distiller(ddpmpp(label_dim=10), 'sid', 'bf16', False, True, 128, 'cuda')
 for _ in range(3):
     d.iteration()
@@ -57,7 +57,7 @@ variants)
             --save-dtype float16 > "$OUT/trainer-cg.log" 2>&1 &
         TRAINER=$!
     fi
-    timeout $((590 - SECONDS)) python3 benchmarks/train_variants.py "$OUT" "$NAME" "$VARIANTS" --profile "${PROFILE:-}" \
+    timeout $((590 - SECONDS)) python -m bench.train_variants "$OUT" "$NAME" "$VARIANTS" --profile "${PROFILE:-}" \
         --deadline "${DEADLINE:-440}" --start-timing-after "${TIMING_AFTER:-0}" 2>&1 | tee "$OUT/variants.log"
     if [ -n "${TEACHER:-}" ]; then
         wait $TRAINER; echo "trainer exit $?" >> "$OUT/trainer-cg.log"

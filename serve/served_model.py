@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 
 from models.bundle import load_bundle
-from models.sampling import noise_for_seeds, slerp
+from models.seeds import noise_for_seeds, slerp
 from serve.backends import make_backend
 from serve.batcher import MicroBatcher
 
@@ -117,7 +117,7 @@ class ServedModel:
         if self.kind == 'class':
             fixed = self.resolve_class(class_label, class_name)
             if fixed is None:
-                from models.sampling import labels_for_seeds
+                from models.seeds import labels_for_seeds
                 labels = labels_for_seeds(seeds, len(c.label_names))
             else:
                 labels = torch.full((n,), fixed, dtype=torch.int64)

@@ -1,16 +1,16 @@
-"""`sida bench report`: rebuild benchmarks/README.md (tables, plots, targets) from every result JSON found.
+"""`sida bench report`: rebuild bench/README.md (tables, plots, targets) from every result JSON found.
 
 The newest file of each (device, run name) is shown; older ones stay on disk as history. Plots are
 redrawn from the JSON, so the README, the tables and the charts always agree.
 
-    sida bench report [--results benchmarks/results] [--readme benchmarks/README.md]
+    sida bench report [--results bench/results] [--readme bench/README.md]
 """
 
 import json
 import os
 from pathlib import Path
 
-from serve.bench.plots import backend_label, plot_result
+from bench.plots import backend_label, plot_result
 
 DASH = '–'
 
@@ -142,7 +142,7 @@ def targets(results):
                     f'{ratio:.1f}x, {http[128]["error_count"]} errors', ratio >= 10 and http[128]['error_count'] == 0))
     train = [r for r in rows if r.get('kind') == 'train' and r.get('method') == 'sid' and r.get('network') == 'ddpmpp-cifar10'
              and r.get('batch') == 128 and 'images_per_s' in r and r.get('device', '').startswith('cuda')
-             and '+' not in r['backend']]       # variants with inductor overrides (benchmarks/train_variants.py) are not the CLI's
+             and '+' not in r['backend']]       # variants with inductor overrides (bench/train_variants.py) are not the CLI's
     if train:       # the [trainer] issue's target
         best = max(train, key=lambda r: r['images_per_s'])
         out.append(('SiD training, DDPM++ CIFAR-10, batch 128: >= 500 generator img/s', f'{best["backend"]}: {best["images_per_s"]:.1f}',
@@ -210,7 +210,7 @@ def render(results_dir, readme):
     return '\n'.join(lines).rstrip() + '\n'
 
 
-def write_report(results_dir='benchmarks/results', readme='benchmarks/README.md'):
+def write_report(results_dir='bench/results', readme='bench/README.md'):
     text = render(results_dir, readme)
     readme = Path(readme)
     readme.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ import contextlib
 
 import torch
 
-from serve.bench.flops import denoiser_flops, generator_flops, mfu, peak_for
-from serve.bench.record import machine, percentiles, time_runs, warm_up
+from bench.flops import denoiser_flops, generator_flops, mfu, peak_for
+from bench.record import machine, percentiles, time_runs, warm_up
 
 
 class CountingDenoiser:
@@ -67,11 +67,11 @@ def _row(role, name, batch, times, device, precision, flops_per_image, peak, ext
 
 def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), precision=None, device=None, warmup=1,
                            max_seconds=60.0, peak_override=None, log=print, warmup_seconds=2.0):
+    from bench.presets import resolve_bundle
     from models.bundle import load_bundle
-    from models.sampler import edm_sample
-    from models.sampling import noise_for_seeds
-    from models.teachers import load_teacher
-    from serve.bench.presets import resolve_bundle
+    from models.heun_sampler import edm_sample
+    from models.seeds import noise_for_seeds
+    from models.teacher_loader import load_teacher
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     dev = torch.device(device)
     precision = precision or ('bf16' if dev.type == 'cuda' else 'fp32')
@@ -145,7 +145,7 @@ def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), p
                 'teacher_resolution': t_kw['img_resolution'], 'student_resolution': s_config.resolution,
                 'same_shape': t_shape == shape, 'batch': batch, 'runs': runs, 'warmup': warmup, 'warmup_seconds': warmup_seconds,
                 'nfe_requested': list(nfes), 'precision': precision,
-                'device': device, 'sampler': 'EDM Heun (Karras et al. 2022, Algorithm 1, S_churn=0), models/sampler.py edm_sample',
+                'device': device, 'sampler': 'EDM Heun (Karras et al. 2022, Algorithm 1, S_churn=0), models/heun_sampler.py edm_sample',
                 'teacher_metrics': teacher_metrics, 'student_metrics': student_metrics,
                 'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
                 'timing': 'eager PyTorch, wall clock per batch fenced by torch.cuda.synchronize on GPU; warm-up excluded'}

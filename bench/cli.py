@@ -6,8 +6,9 @@ have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, promethe
 
 import click
 
-CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
-OUT = click.option('--out', default='benchmarks/results', type=click.Path(file_okay=False),
+from sida.cli_options import CTX
+
+OUT = click.option('--out', default='bench/results', type=click.Path(file_okay=False),
                    help='Results root: files go to OUT/<device-slug>/<date>-<name>.json (+ .png).')
 NAME = click.option('--name', default=None, help='Run name in the file name [default: derived from the command].')
 PEAK = click.option('--peak-tflops', type=float, default=None,
@@ -34,7 +35,7 @@ def name_list(ctx, param, value):
 
 
 def _finish(out, info, name, settings, rows, plot):
-    from serve.bench.record import safe_name, write_result
+    from bench.record import safe_name, write_result
     path = write_result(out, info, safe_name(name), settings, rows, plot=plot)
     click.echo(f'wrote {path}' + (f' and {len(list(path.parent.glob(path.stem + "*.png")))} chart(s)' if plot else ''), err=True)
     click.echo('refresh the table with: sida bench report', err=True)
@@ -43,7 +44,7 @@ def _finish(out, info, name, settings, rows, plot):
 
 @click.group(context_settings=CTX)
 def bench():
-    """Benchmark generation, serving and training; results (JSON + PNG) go to benchmarks/results/<device>/."""
+    """Benchmark generation, serving and training; results (JSON + PNG) go to bench/results/<device>/."""
 
 
 @bench.command(context_settings=CTX)
@@ -71,7 +72,7 @@ def bench():
 def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_seconds, device, io, compile_mode, export_missing, triton_url,
              peak_tflops, out, name, plot):
     """Latency percentiles, images/s, peak GPU memory and MFU per backend and batch size."""
-    from serve.bench.generate import parse_backend, run_generate
+    from bench.generate import parse_backend, run_generate
     for b in backends:
         try:
             parse_backend(b)
@@ -105,7 +106,7 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
 def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, warmup_seconds, max_seconds, device, peak_tflops, out, name,
                        plot):
     """Teacher (EDM Heun, several NFE) vs one-step student: time per image, speed-up, recorded quality."""
-    from serve.bench.teacher import run_teacher_vs_student
+    from bench.teacher import run_teacher_vs_student
     try:
         info, settings, rows = run_teacher_vs_student(teacher, student, batch, runs, nfes, precision, device, warmup, max_seconds,
                                                       peak_tflops, log=lambda m: click.echo(m, err=True), warmup_seconds=warmup_seconds)
@@ -132,8 +133,8 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, w
 def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, warmup_requests, api_key, allow_remote, out, name,
          plot):
     """End-to-end HTTP load on `sida serve`: throughput, latency percentiles, errors by status."""
-    from serve.bench.loadtest import RemoteRefused, run_http
-    from serve.bench.record import machine
+    from bench.loadtest import RemoteRefused, run_http
+    from bench.record import machine
     try:
         info_server, settings, rows = run_http(url, concurrencies, duration, model, n, max_requests, timeout, prompt, allow_remote,
                                                warmup_requests, api_key, log=lambda m: click.echo(m, err=True))
@@ -167,7 +168,7 @@ def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, 
 @PLOT
 def train(configs, network, batch, iters, warmup, device, peak_tflops, out, name, plot):
     """Distillation throughput: generator images/s, step latency, peak memory and MFU per configuration."""
-    from train.throughput import run_train
+    from bench.train_throughput import run_train
     try:
         info, settings, rows = run_train(configs, network, batch, iters, warmup, device, peak_tflops, log=lambda m: click.echo(m, err=True))
     except ValueError as e:
@@ -176,9 +177,9 @@ def train(configs, network, batch, iters, warmup, device, peak_tflops, out, name
 
 
 @bench.command(context_settings=CTX)
-@click.option('--results', default='benchmarks/results', type=click.Path(file_okay=False), help='Where the result JSON files are.')
-@click.option('--readme', default='benchmarks/README.md', type=click.Path(dir_okay=False), help='The README to rewrite.')
+@click.option('--results', default='bench/results', type=click.Path(file_okay=False), help='Where the result JSON files are.')
+@click.option('--readme', default='bench/README.md', type=click.Path(dir_okay=False), help='The README to rewrite.')
 def report(results, readme):
-    """Rewrite benchmarks/README.md (tables, charts, issue targets) from every result JSON found."""
-    from serve.bench.report import write_report
+    """Rewrite bench/README.md (tables, charts, issue targets) from every result JSON found."""
+    from bench.report import write_report
     click.echo(f'wrote {write_report(results, readme)}')

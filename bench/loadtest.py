@@ -13,7 +13,7 @@ import ipaddress
 import time
 from urllib.parse import urlparse
 
-from serve.bench.record import percentiles
+from bench.record import percentiles
 
 
 class RemoteRefused(ValueError):

@@ -4,9 +4,9 @@ torch.compile of the three DDPM++ networks takes ~200 s, most of it single-threa
 lasts at most 10 minutes. So every variant gets its own process: all compile at once (CPU), then the
 parent lets them onto the GPU one after another, nothing else running, for the timed iterations.
 
-    python3 benchmarks/train_variants.py OUT NAME VARIANT[,VARIANT...] [--deadline S] [--profile VARIANT,...]
+    python -m bench.train_variants OUT NAME VARIANT[,VARIANT...] [--deadline S] [--profile VARIANT,...]
 
-A variant is a `train.throughput.CONFIGS` name, optionally followed by inductor options on top of
+A variant is a `bench.train_throughput.CONFIGS` name, optionally followed by inductor options on top of
 `train.launch.INDUCTOR_OPTIONS`: `bf16-compile+conv_1x1_as_mm=0` turns that one off, `+key` sets key = True. Rows go to
 OUT/<device>/<date>-NAME.json (the `sida bench train` format); profiled variants also write
 OUT/profile-VARIANT.txt (top kernels, GPU-busy share of the wall time) and a gzipped Chrome trace.
@@ -22,8 +22,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse(variant):
@@ -57,8 +55,8 @@ def profile(d, out, variant, iterations=2):
 
 
 def child(variant, network, device, flops, peak, batch, iters, out, profiled, events, go):
+    from bench.train_throughput import measure
     from train import launch
-    from train.throughput import measure
     config, options = parse(variant)
     launch.INDUCTOR_OPTIONS.update(options)      # prepare() applies them when it compiles
 
@@ -91,9 +89,10 @@ def main():
     a = ap.parse_args()
     start = time.monotonic()
     import torch
-    from serve.bench.flops import peak_for
-    from serve.bench.record import machine, write_result
-    from train.throughput import CONFIGS, NETWORKS, count_iteration_flops, train_settings
+
+    from bench.flops import peak_for
+    from bench.record import machine, write_result
+    from bench.train_throughput import CONFIGS, NETWORKS, count_iteration_flops, train_settings
     variants = a.variants.split(',')
     for v in variants:
         if parse(v)[0] not in CONFIGS:
@@ -148,14 +147,15 @@ def main():
                                'error': 'died or hung while timed'}
         r = rows[v]
         print(f'[{time.monotonic() - start:6.0f} s] {v}: ' + (r.get('error') or
-              f'{r["images_per_s"]:.1f} img/s, {r["p50_ms"]:.1f} ms, {(r["peak_gpu_memory_mib"] or 0) / 1024:.1f} GiB, warm-up {r["warmup_s"]:.0f} s'),
+              f'{r["images_per_s"]:.1f} img/s, {r["p50_ms"]:.1f} ms, '
+              f'{(r["peak_gpu_memory_mib"] or 0) / 1024:.1f} GiB, warm-up {r["warmup_s"]:.0f} s'),
               flush=True)
     for p in procs.values():
         p.join(timeout=30)
         if p.is_alive():        # stuck after its row: do not let it hold the exit
             p.kill()
     settings = {**train_settings(a.network, a.batch, a.iters, 3, variants, a.device, peak, peak_source),
-                'harness': 'benchmarks/train_variants.py: compiled in parallel processes, timed one at a time'}
+                'harness': 'bench/train_variants.py: compiled in parallel processes, timed one at a time'}
     path = write_result(a.out, info, a.name, settings, [rows[v] for v in variants])
     print(f'wrote {path}', flush=True)
     json.dump({v: rows[v] for v in variants}, sys.stdout, indent=1, default=str)

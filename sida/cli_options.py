@@ -1,0 +1,32 @@
+"""Click pieces every subcommand shares, so an option name means the same thing everywhere.
+
+    --device   auto | cpu | cuda          (auto: cuda when present, else cpu)
+    dtypes     fp32 | fp16 | bf16         (one spelling; `torch_dtype` maps them)
+"""
+
+import click
+
+# Every command shows its defaults (click renders them; help strings never type them by hand).
+CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
+
+DEVICES = ('auto', 'cpu', 'cuda')
+DTYPES = ('fp32', 'fp16', 'bf16')
+
+
+def device_option(help='Where to run: auto = cuda when present, else cpu.'):
+    return click.option('--device', type=click.Choice(DEVICES), default='auto', help=help)
+
+
+def resolve_device(name):
+    """'auto' -> 'cuda' or 'cpu'; asking for cuda without one is a usage error, not a traceback."""
+    import torch
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise click.BadParameter('CUDA is not available on this machine; use --device cpu', param_hint='--device')
+    return name
+
+
+def torch_dtype(name):
+    import torch
+    return {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[name]
