@@ -40,12 +40,13 @@ COPY train/ train/
 COPY export/ export/
 COPY serve/ serve/
 COPY ui/ ui/
+COPY bench/ bench/
 COPY deploy/ deploy/
 # Editable on purpose: `sida serve` finds the zoo at models/zoo beside the code, and Triton python-backend
 # repositories made here point their sida_root at /opt/sida.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps -e . \
-    && python -m compileall -q sida models train export serve ui deploy \
+    && python -m compileall -q sida models train export serve ui bench deploy \
     && sida --version
 
 
@@ -102,11 +103,12 @@ COPY train/ train/
 COPY export/ export/
 COPY serve/ serve/
 COPY ui/ ui/
+COPY bench/ bench/
 COPY deploy/ deploy/
 # PIP_CONSTRAINT emptied: the image's pins must not reach the isolated build of the project itself (setuptools>=68).
 RUN --mount=type=cache,target=/root/.cache/pip \
     PIP_CONSTRAINT='' python -m pip install --no-deps -e . \
-    && python -m compileall -q sida models train export serve ui deploy \
+    && python -m compileall -q sida models train export serve ui bench deploy \
     && sida --version
 
 

@@ -8,9 +8,6 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def readyz_url():

@@ -1,6 +1,6 @@
 """The one-step generator: a denoiser evaluated once at sigma = init_sigma on pure noise.
 
-I/O contract (identical in PyTorch and every exported graph, see ARCHITECTURE.md):
+I/O contract (identical in PyTorch and every exported graph, see docs/bundles.md):
   inputs : noise float32 [N,C,H,W] standard normal (scaled by init_sigma inside);
            class_labels int64 [N]  or  text_embeds float32 [N, 1+T, D]  (or nothing, unconditional)
   outputs: images uint8 [N,H,W,3]  (+ images_float float32 [N,C,H,W] in [-1,1] if return_float)
