@@ -31,8 +31,8 @@ def seed_value(seed):
 
 
 def caption(p):
-    what = p.class_name or p.prompt or ''
-    return f'seed {p.seed}' + (f' · {what}' if what else '')
+    what = p.item.get('class_name') or p.item.get('prompt') or ''
+    return f'seed {p.item["seed"]}' + (f' · {what}' if what else '')
 
 
 def timing_line(info, gen, count, round_trip_ms=None):
@@ -93,7 +93,7 @@ class Actions:
             return failed(e, before=1, after=1)
         paths = files.save_pictures(gen.model, gen.pictures)
         gallery = [(path, caption(p)) for path, p in zip(paths, gen.pictures)]
-        archive = files.save_zip(gen.model, gen.pictures, f'{gen.model}-seed{gen.pictures[0].seed}-x{len(paths)}.zip')
+        archive = files.save_zip(gen.model, gen.pictures, f'{gen.model}-seed{gen.pictures[0].item["seed"]}-x{len(paths)}.zip')
         return gallery, timing_line(info, gen, f'{len(paths)} image' + ('s' if len(paths) > 1 else '')), archive
 
     async def live_generate(self, live, model, class_choice, prompt, seed, n, api_key=''):
@@ -116,7 +116,7 @@ class Actions:
             return failed(e, before=1, after=1)
         pictures = [g.pictures[0] for g in gens]
         paths = files.save_pictures(model, pictures)
-        gallery = [(path, f'mix {p.mix:.2f}') for path, p in zip(paths, pictures)]
+        gallery = [(path, f'mix {p.item["mix"]:.2f}') for path, p in zip(paths, pictures)]
         slowest = max(gens, key=lambda g: g.server_ms)
         archive = files.save_zip(model, pictures, f'{model}-walk-{common["seed"]}-to-{common["seed_b"]}.zip')
         return gallery, timing_line(info, slowest, f'{frames} frames (slowest shown)', round_trip) + ' for all frames', archive

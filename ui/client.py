@@ -20,14 +20,14 @@ class ApiError(Exception):
 
 @dataclass
 class Picture:
-    """One generated image: the API's encoded bytes (PNG with its text chunks, kept as they came) and what it is."""
+    """One generated image: its bytes as the API encoded them (PNG text chunks kept) and the API's JSON item
+    about it (seed, format, class_name | prompt, seed_b, mix: whatever the API says), without the base64."""
     data: bytes
-    format: str
-    seed: int
-    class_name: str | None = None
-    prompt: str | None = None
-    seed_b: int | None = None
-    mix: float | None = None
+    item: dict
+
+    @classmethod
+    def from_api(cls, item):
+        return cls(base64.b64decode(item['b64']), {k: v for k, v in item.items() if k != 'b64'})
 
 
 @dataclass
@@ -93,8 +93,7 @@ class SidaApi:
         response = await self._request('POST', '/v1/generate', api_key, json={**body, 'format': 'png', 'response': 'b64'})
         data = response.json()
         round_trip = 1000 * (time.perf_counter() - started)
-        pictures = [Picture(base64.b64decode(i['b64']), i['format'], i['seed'], i.get('class_name'), i.get('prompt'),
-                            i.get('seed_b'), i.get('mix')) for i in data['images']]
+        pictures = [Picture.from_api(item) for item in data['images']]
         t = data['timings']
         return Generation(data['model'], data['backend'], pictures, t['queue_ms'], t['generate_ms'], t['total_ms'], round_trip)
 

@@ -9,8 +9,9 @@ from gradio import processing_utils, utils
 
 
 def file_name(model, picture):
-    walk = f'-to{picture.seed_b}-mix{picture.mix:.2f}' if picture.seed_b is not None else ''
-    return re.sub(r'[^A-Za-z0-9._-]+', '_', f'{model}-seed{picture.seed}{walk}') + f'.{picture.format}'
+    item = picture.item
+    walk = f'-to{item["seed_b"]}-mix{item["mix"]:.2f}' if item.get('seed_b') is not None else ''
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', f'{model}-seed{item["seed"]}{walk}') + f'.{item["format"]}'
 
 
 def save(data, name):

@@ -3,6 +3,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,8 @@ def wait_until_answers(process, url, what, timeout):
 
 
 class Server:
-    """`sida serve` as a real uvicorn subprocess on a free loopback port."""
+    """`sida serve` as a real uvicorn subprocess on a free loopback port: for what only a real server shows
+    (the socket, disconnects, the process's memory and its shutdown, other processes as clients)."""
 
     def __init__(self, *args, env=None, tmp_path=None):
         self.port = free_port()
@@ -53,7 +55,20 @@ class Server:
             self.process.kill()
 
 
-@pytest.fixture(scope='module')
+@contextmanager
+def in_process(*bundles, **settings):
+    """The real app (its lifespan run: models loaded, warmed, batchers started) behind a TestClient, with no socket.
+    Requests from several threads at once are served concurrently, on the app's one event loop."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.settings import Settings
+    settings = {'backend': 'torch', 'ui': False, **settings}
+    with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings))) as client:
+        yield client
+
+
+@pytest.fixture(scope='session')
 def class_bundle_dir(tmp_path_factory):
     from models.demo import make_demo_bundle
     path = tmp_path_factory.mktemp('serve') / 'demo'
@@ -61,7 +76,7 @@ def class_bundle_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def server(class_bundle_dir, tmp_path_factory):
     s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-n', '8', tmp_path=tmp_path_factory.mktemp('logs'))
     yield s

@@ -1,4 +1,5 @@
-"""The HTTP API against a real uvicorn server (subprocess), with httpx and Pillow."""
+"""The HTTP API in-process: the real app (models, batchers, middleware) behind a TestClient, with httpx and Pillow.
+What needs a socket (streamed bodies, disconnects, shutdown) is in test_real_server.py."""
 
 import base64
 import concurrent.futures
@@ -9,52 +10,58 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve.conftest import Server
+from tests.serve.conftest import in_process
 
 
 def decode(b64):
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
-def test_health_readiness_models_and_metrics(server):
-    assert server.client.get('/healthz').json() == {'status': 'ok'}
-    ready = server.client.get('/readyz')
+@pytest.fixture(scope='module')
+def api(class_bundle_dir):
+    with in_process(class_bundle_dir, max_n=8) as client:
+        yield client
+
+
+def test_health_readiness_models_and_metrics(api):
+    assert api.get('/healthz').json() == {'status': 'ok'}
+    ready = api.get('/readyz')
     assert ready.status_code == 200 and ready.json()['ready']
-    models = server.client.get('/v1/models').json()['data']
+    models = api.get('/v1/models').json()['data']
     assert models[0]['id'] == 'demo-untrained-ddpmpp' and models[0]['resolution'] == 32
     assert models[0]['condition'] == {'kind': 'class', 'labels': ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
                                                                   'horse', 'ship', 'truck']}
     assert models[0]['backend'] == 'torch'
-    server.client.post('/v1/generate', json={'n': 1, 'seed': 1})
-    text = server.client.get('/metrics').text
+    api.post('/v1/generate', json={'n': 1, 'seed': 1})
+    text = api.get('/metrics').text
     assert 'sida_requests_total' in text and 'sida_batch_size_bucket' in text and 'sida_request_seconds' in text
-    assert server.client.get('/openapi.json').json()['info']['title'] == 'sida'
+    assert api.get('/openapi.json').json()['info']['title'] == 'sida'
 
 
-def test_generate_json_png_with_metadata_and_reproducible_seeds(server):
-    r = server.client.post('/v1/generate', json={'class_name': 'Cat', 'n': 3, 'seed': 10})
+def test_generate_json_png_with_metadata_and_reproducible_seeds(api):
+    r = api.post('/v1/generate', json={'class_name': 'Cat', 'n': 3, 'seed': 10})
     assert r.status_code == 200 and r.headers['X-Request-ID'] == r.json()['request_id']
     body = r.json()
     assert [i['seed'] for i in body['images']] == [10, 11, 12] and body['images'][0]['class_name'] == 'cat'
     image = Image.open(io.BytesIO(base64.b64decode(body['images'][0]['b64'])))
     assert image.size == (32, 32) and image.text['seed'] == '10' and image.text['class_name'] == 'cat'
-    again = server.client.post('/v1/generate', json={'class_name': 'cat', 'n': 1, 'seed': 11}).json()
+    again = api.post('/v1/generate', json={'class_name': 'cat', 'n': 1, 'seed': 11}).json()
     assert np.abs(decode(again['images'][0]['b64']).astype(int) - decode(body['images'][1]['b64']).astype(int)).max() <= 1
     assert set(body['timings']) == {'queue_ms', 'generate_ms', 'total_ms'}
 
 
 @pytest.mark.parametrize('fmt,media', [('png', 'image/png'), ('jpeg', 'image/jpeg'), ('webp', 'image/webp')])
-def test_binary_responses(server, fmt, media):
-    r = server.client.post('/v1/generate', json={'class_label': 2, 'seed': 0, 'format': fmt, 'response': 'binary'})
+def test_binary_responses(api, fmt, media):
+    r = api.post('/v1/generate', json={'class_label': 2, 'seed': 0, 'format': fmt, 'response': 'binary'})
     assert r.status_code == 200 and r.headers['content-type'] == media
     assert Image.open(io.BytesIO(r.content)).size == (32, 32)
-    r = server.client.post('/v1/generate', json={'class_label': 2, 'seed': 0, 'n': 3, 'format': fmt, 'response': 'binary'})
+    r = api.post('/v1/generate', json={'class_label': 2, 'seed': 0, 'n': 3, 'format': fmt, 'response': 'binary'})
     assert r.headers['content-type'] == 'application/zip'
     assert sorted(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == [f'seed{i}.{fmt}' for i in range(3)]
 
 
-def test_openai_images_endpoint(server):
-    r = server.client.post('/v1/images/generations', json={'prompt': 'ship', 'n': 2, 'size': '32x32', 'response_format': 'b64_json'})
+def test_openai_images_endpoint(api):
+    r = api.post('/v1/images/generations', json={'prompt': 'ship', 'n': 2, 'size': '32x32', 'response_format': 'b64_json'})
     assert r.status_code == 200
     data = r.json()['data']
     assert len(data) == 2 and data[0]['revised_prompt'] == 'ship' and decode(data[0]['b64_json']).shape == (32, 32, 3)
@@ -73,107 +80,80 @@ def test_openai_images_endpoint(server):
     ({'model': 'nope'}, 404, 'unknown model'),
     ({'format': 'gif'}, 422, 'format'),
 ])
-def test_bad_input_gets_a_4xx_with_a_message(server, payload, status, fragment):
-    r = server.client.post('/v1/generate', json=payload)
+def test_bad_input_gets_a_4xx_with_a_message(api, payload, status, fragment):
+    r = api.post('/v1/generate', json=payload)
     assert r.status_code == status, r.text
     assert fragment in r.json()['error']['message'] and 'Traceback' not in r.text
 
 
-def test_malformed_requests(server):
-    r = server.client.post('/v1/generate', content=b'{"n": ', headers={'content-type': 'application/json'})
+def test_malformed_requests(api):
+    r = api.post('/v1/generate', content=b'{"n": ', headers={'content-type': 'application/json'})
     assert r.status_code == 422 and r.json()['error']['code'] == 'invalid_request'
-    r = server.client.post('/v1/generate', content=b'n=1', headers={'content-type': 'application/x-www-form-urlencoded'})
+    r = api.post('/v1/generate', content=b'n=1', headers={'content-type': 'application/x-www-form-urlencoded'})
     assert r.status_code == 422
-    r = server.client.post('/v1/generate', content=b'{"prompt": "' + b'x' * 200_000 + b'"}', headers={'content-type': 'application/json'})
+    r = api.post('/v1/generate', content=b'{"prompt": "' + b'x' * 200_000 + b'"}', headers={'content-type': 'application/json'})
     assert r.status_code == 413 and r.json()['error']['code'] == 'payload_too_large'
-    def chunks():                      # no Content-Length: the limit is enforced while reading
-        yield b'{"prompt": "'
-        for _ in range(100):
-            yield b'x' * 2000
-        yield b'"}'
-    r = server.client.post('/v1/generate', content=chunks(), headers={'content-type': 'application/json'})
-    assert r.status_code == 413 and r.json()['error']['code'] == 'payload_too_large'
-    r = server.client.post('/v1/images/generations', json={'prompt': 'cat', 'size': '64x64'})
+    r = api.post('/v1/images/generations', json={'prompt': 'cat', 'size': '64x64'})
     assert r.status_code == 400 and '32x32' in r.json()['error']['message']
-    assert server.client.get('/nowhere').json()['error']['code'] == 'not_found'
-    assert server.client.post('/v1/generate', json={'seed': 3}).status_code == 200       # still serving
+    assert api.get('/nowhere').json()['error']['code'] == 'not_found'
+    assert api.post('/v1/generate', json={'seed': 3}).status_code == 200       # still serving
 
 
-def test_concurrent_requests_are_batched(server):
+def test_concurrent_requests_are_batched(api):
     def counts():
-        lines = server.client.get('/metrics').text.splitlines()
+        lines = api.get('/metrics').text.splitlines()
         value = lambda prefix: float(next(line for line in lines if line.startswith(prefix)).split()[-1])
         return value('sida_batch_size_count'), value('sida_images_total')
     calls_before, images_before = counts()
 
     def one(i):   # one image per request: more images than backend calls only if requests were coalesced
-        return server.client.post('/v1/generate', json={'seed': i, 'n': 1}).status_code
+        return api.post('/v1/generate', json={'seed': i, 'n': 1}).status_code
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert set(pool.map(one, range(32))) == {200}
     calls, images = counts()
     assert images - images_before == 32 and calls - calls_before < 32
 
 
-def test_api_keys_and_rate_limit(class_bundle_dir, tmp_path):
-    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--api-key', 'sekrit', '--rate-limit', '3', '--no-warmup',
-               tmp_path=tmp_path)
-    try:
-        r = s.client.post('/v1/generate', json={'seed': 1})
-        assert r.status_code == 401 and r.json()['error']['code'] == 'unauthorized'
-        assert s.client.get('/v1/models', headers={'Authorization': 'Bearer wrong'}).status_code == 401
+def test_api_keys_and_rate_limit(class_bundle_dir):
+    with in_process(class_bundle_dir, api_keys=['sekrit'], rate_limit_per_minute=3, warmup=False) as c:
+        r = c.post('/v1/generate', json={'seed': 1})
+        assert r.status_code == 401 and r.json()['error']['code'] == 'unauthorized' and r.headers['WWW-Authenticate'] == 'Bearer'
+        assert c.get('/v1/models', headers={'Authorization': 'Bearer wrong'}).status_code == 401
         auth = {'Authorization': 'Bearer sekrit'}
-        codes = [s.client.post('/v1/generate', json={'seed': 1}, headers=auth).status_code for _ in range(5)]
+        codes = [c.post('/v1/generate', json={'seed': 1}, headers=auth).status_code for _ in range(5)]
         assert codes[:3] == [200, 200, 200] and codes[-1] == 429
-        r = s.client.post('/v1/generate', json={'seed': 1}, headers=auth)
+        r = c.post('/v1/generate', json={'seed': 1}, headers=auth)
         assert r.status_code == 429 and int(r.headers['Retry-After']) >= 1
-        assert s.client.get('/healthz').status_code == 200
-    finally:
-        s.stop()
+        assert c.get('/healthz').status_code == 200
 
 
-def test_full_queue_answers_429_with_retry_after(class_bundle_dir, tmp_path):
-    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-queue-images', '4', '--max-batch', '4', '--max-n', '4',
-               '--max-delay-ms', '50', tmp_path=tmp_path)
-    try:
+def test_full_queue_answers_429_with_retry_after(class_bundle_dir):
+    with in_process(class_bundle_dir, max_queue_images=4, max_batch=4, max_n=4, max_delay_ms=50) as c:
         def one(i):
-            r = s.client.post('/v1/generate', json={'seed': i, 'n': 4})
+            r = c.post('/v1/generate', json={'seed': i, 'n': 4})
             return r.status_code, r.headers.get('Retry-After')
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             results = list(pool.map(one, range(24)))
-        codes = [c for c, _ in results]
+        codes = [code for code, _ in results]
         assert 200 in codes and 429 in codes and set(codes) <= {200, 429}
-        assert all(ra is not None for c, ra in results if c == 429)
-        assert s.client.post('/v1/generate', json={'seed': 1}).status_code == 200
-    finally:
-        s.stop()
+        assert all(ra is not None for code, ra in results if code == 429)
+        assert c.post('/v1/generate', json={'seed': 1}).status_code == 200
 
 
-def test_a_request_larger_than_the_queue_is_a_400_not_a_retry(class_bundle_dir, tmp_path):
-    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-queue-images', '4', '--max-n', '8', '--no-warmup',
-               tmp_path=tmp_path)
-    try:
-        r = s.client.post('/v1/generate', json={'seed': 1, 'n': 8})
+def test_a_request_larger_than_the_queue_is_a_400_not_a_retry(class_bundle_dir):
+    with in_process(class_bundle_dir, max_queue_images=4, max_n=8, warmup=False) as c:
+        r = c.post('/v1/generate', json={'seed': 1, 'n': 8})
         assert r.status_code == 400 and 'never fit' in r.json()['error']['message'] and 'Retry-After' not in r.headers
-        assert s.client.post('/v1/generate', json={'seed': 1, 'n': 4}).status_code == 200
-    finally:
-        s.stop()
+        assert c.post('/v1/generate', json={'seed': 1, 'n': 4}).status_code == 200
 
 
-def test_client_disconnect_cancels_the_work(class_bundle_dir, tmp_path):
-    import json as _json
-    import socket
-    import time
-    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-delay-ms', '3000', '--no-warmup', tmp_path=tmp_path)
-    try:
-        body = _json.dumps({'seed': 1}).encode()
-        with socket.create_connection(('127.0.0.1', s.port)) as sock:      # a client that gives up after 0.5 s
-            sock.sendall(b'POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
-                         + f'Content-Length: {len(body)}\r\n\r\n'.encode() + body)
-            time.sleep(0.5)
-        time.sleep(4)
-        text = s.client.get('/metrics').text
-        assert 'sida_errors_total{code="client_disconnected"} 1.0' in text
-        assert 'sida_images_total{' not in text           # the abandoned image was never generated
-        assert s.client.post('/v1/generate', json={'seed': 2}).status_code == 200
-    finally:
-        s.stop()
+def test_the_openapi_schema_names_every_route_and_the_version(api):
+    import sida
+    spec = api.get('/openapi.json').json()
+    assert spec['info']['version'] == sida.__version__
+    assert {path: sorted(ops) for path, ops in spec['paths'].items()} == {
+        '/healthz': ['get'], '/readyz': ['get'], '/metrics': ['get'], '/v1/models': ['get'], '/v1/generate': ['post'],
+        '/v1/images/generations': ['post']}
+    generate = spec['paths']['/v1/generate']['post']
+    assert generate['operationId'] == 'generate_v1_generate_post'
+    assert set(generate['responses']) == {'200', '400', '401', '404', '413', '422', '429', '503'}

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve.conftest import Server, free_port
+from tests.serve.conftest import Server, free_port, in_process
 
 
-def image_for(server, seed):
-    r = server.client.post('/v1/generate', json={'class_name': 'dog', 'seed': seed, 'n': 2})
+def image_for(client, seed):
+    r = client.post('/v1/generate', json={'class_name': 'dog', 'seed': seed, 'n': 2})
     assert r.status_code == 200, r.text
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(i['b64'])))).astype(int) for i in r.json()['images']]
 
@@ -26,31 +26,28 @@ def test_same_seed_same_image_on_torch_onnxruntime_and_triton(class_bundle_dir, 
     write_triton_repo(class_bundle_dir, tmp_path / 'repo', 'python', name='demo-untrained-ddpmpp', kind='KIND_CPU')
     http = free_port()
     triton = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', http, free_port(), free_port(), log_path=tmp_path / 'triton.log')
-    servers = []
     try:
         tritonserver.wait_ready(http, triton, timeout=180)
-        for backend, extra in (('torch', ()), ('onnxruntime', ()), ('triton', ('--triton-url', f'http://127.0.0.1:{http}'))):
-            servers.append(Server('--bundle', class_bundle_dir, '--backend', backend, *extra, tmp_path=tmp_path))
-            assert servers[-1].client.get('/v1/models').json()['data'][0]['backend'] == backend
-        reference = image_for(servers[0], 123)
-        for s in servers[1:]:
-            for a, b in zip(reference, image_for(s, 123)):
+        images = {}
+        for backend in ('torch', 'onnxruntime', 'triton'):
+            with in_process(class_bundle_dir, backend=backend, triton_url=f'http://127.0.0.1:{http}', warmup=False) as api:
+                assert api.get('/v1/models').json()['data'][0]['backend'] == backend
+                images[backend] = image_for(api, 123)
+        for backend in ('onnxruntime', 'triton'):
+            for a, b in zip(images['torch'], images[backend]):
                 assert np.abs(a - b).max() <= 1
     finally:
-        for s in servers:
-            s.stop()
         tritonserver.stop(triton)
 
 
 @pytest.mark.parametrize('backend,fragment', [('triton', 'needs --triton-url'), ('tensorrt', 'no fp16 TensorRT engine'),
                                               ('warp-drive', 'unknown backend')])
 def test_unavailable_backend_fails_at_start_with_the_reason(class_bundle_dir, backend, fragment):
-    import subprocess
+    from click.testing import CliRunner
 
-    from tests.serve.conftest import SIDA
-    r = subprocess.run([SIDA, 'serve', '--bundle', str(class_bundle_dir), '--backend', backend, '--port', str(free_port())],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and fragment in r.stderr and 'Traceback' not in r.stderr
+    from sida.cli import main
+    r = CliRunner().invoke(main, ['serve', '--bundle', str(class_bundle_dir), '--backend', backend, '--port', str(free_port())])
+    assert r.exit_code == 1 and fragment in r.stderr and 'Traceback' not in r.output, r.output
 
 
 def test_serve_with_pytriton(class_bundle_dir, tmp_path):
@@ -62,7 +59,7 @@ def test_serve_with_pytriton(class_bundle_dir, tmp_path):
                '--triton-grpc-port', ports[1], '--triton-metrics-port', ports[2], tmp_path=tmp_path)
     try:
         assert s.client.get('/v1/models').json()['data'][0]['backend'] == 'triton'
-        via_api = image_for(s, 7)
+        via_api = image_for(s.client, 7)
         client = httpclient.InferenceServerClient(f'127.0.0.1:{ports[0]}')
         assert client.is_model_ready('demo-untrained-ddpmpp')
         from models.seeds import noise_for_seeds

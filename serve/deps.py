@@ -1,0 +1,53 @@
+"""The handlers' dependencies, as `Annotated` types: the app state, the caller's key (auth), the rate limit,
+and the model a request names."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from serve.errors import ApiError
+from serve.schemas import GenerateRequest, OpenAIImageRequest
+from serve.served_model import ServedModel
+from serve.state import AppState
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.sida
+
+
+State = Annotated[AppState, Depends(app_state)]
+
+
+def caller(request: Request, state: State) -> str:
+    """Who is asking: the API key when the server has keys (401 without a valid one), else the client address."""
+    if not state.keys:
+        return request.client.host if request.client else 'unknown'
+    header = request.headers.get('Authorization', '')
+    token = header[7:].strip() if header.lower().startswith('bearer ') else None
+    if token not in state.keys:
+        raise ApiError(401, 'unauthorized', 'missing or invalid API key (Authorization: Bearer <key>)', {'WWW-Authenticate': 'Bearer'})
+    return token
+
+
+Caller = Annotated[str, Depends(caller)]
+
+
+def rate_limited(key: Caller, state: State) -> str:
+    state.limiter.check(key)
+    return key
+
+
+# Authenticated and within the rate limit; routers put it in `dependencies=[...]`.
+Authorized = Depends(rate_limited)
+
+
+def generate_model(body: GenerateRequest, state: State) -> ServedModel:
+    return state.pick(body.model)
+
+
+def openai_model(body: OpenAIImageRequest, state: State) -> ServedModel:
+    return state.pick(body.model)
+
+
+GenerateModel = Annotated[ServedModel, Depends(generate_model)]
+OpenAIModel = Annotated[ServedModel, Depends(openai_model)]

@@ -1,0 +1,68 @@
+"""The generation step every generating route shares: check limits, build the model's inputs, queue them on its
+micro-batcher, wait (or give up if the client leaves), and encode the images."""
+
+import asyncio
+import base64
+import time
+
+from serve.batcher import BackendFailed, QueueFull
+from serve.errors import ApiError
+from serve.images import encode
+from serve.served_model import RequestError
+
+
+async def wait_or_disconnect(request, awaitable):
+    """Wait for the batcher, but give the work up if the client goes away (its jobs are then skipped)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if request is not None and await request.is_disconnected():
+                task.cancel()
+                raise ApiError(499, 'client_disconnected', 'the client closed the connection')
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def make_images(state, model, n, seed=None, class_label=None, class_name=None, prompt=None, request=None, seed_b=None, mix=None):
+    """n images from `model`: (images, seeds, per-image metadata, timings in ms). Every failure is an ApiError."""
+    settings, metrics = state.settings, state.metrics
+    if n > settings.max_n:
+        raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}')
+    if prompt is not None and len(prompt) > settings.max_prompt_chars:
+        raise ApiError(400, 'invalid_request', f'prompt longer than {settings.max_prompt_chars} characters')
+    try:
+        embedding = None
+        if model.kind == 'text' and prompt and prompt.strip():
+            embedding = await model.prompts.embed(prompt)          # batched with other requests' new prompts
+        inputs, seeds, meta = model.build_inputs(n, seed, class_label, class_name, prompt, embedding, seed_b, mix)
+    except RequestError as e:
+        raise ApiError(e.status, e.code, str(e)) from None
+    started = time.perf_counter()
+    metrics.queue.labels(model.id).set(model.batcher.queued_images)
+    try:
+        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, model.batcher.submit(inputs)),
+                                                        settings.request_timeout_s)
+    except QueueFull as e:
+        raise ApiError(429, 'overloaded', 'the server is busy; try again shortly', {'Retry-After': str(e.retry_after)}) from None
+    except asyncio.TimeoutError:
+        raise ApiError(504, 'timeout', f'generation took longer than {settings.request_timeout_s}s') from None
+    except BackendFailed as e:
+        raise ApiError(503, 'backend_unavailable', f'the {model.backend.name} backend failed: {e}', {'Retry-After': '5'}) from None
+    except ValueError as e:      # more images than the queue can ever hold
+        raise ApiError(400, 'invalid_request', str(e)) from None
+    total = time.perf_counter() - started
+    metrics.latency.labels(model.id, model.backend.name).observe(total)
+    return images, seeds, meta, {'queue_ms': 1000 * queue_s, 'generate_ms': 1000 * run_s, 'total_ms': 1000 * total}
+
+
+def encoded(model, images, seeds, meta, fmt):
+    """Each image as file bytes in `fmt`, carrying model, seed and condition as metadata (PNG text chunks)."""
+    return [encode(img, fmt, {'model': model.id, 'seed': s, **m}) for img, s, m in zip(images, seeds, meta)]
+
+
+def b64(blob):
+    return base64.b64encode(blob).decode()

@@ -1,0 +1,26 @@
+"""Liveness (the process answers) and readiness (every model warm and its backend healthy)."""
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from serve.deps import State
+
+router = APIRouter(tags=['health'])
+
+
+@router.get('/healthz')
+async def healthz():
+    return {'status': 'ok'}
+
+
+@router.get('/readyz')
+async def readyz(state: State):
+    for m in state.models.values():
+        if not m.batcher.healthy:   # recover without live traffic (a load balancer may have stopped sending any)
+            embedding = await m.prompts.embed('a photo') if m.kind == 'text' else None
+            inputs, _, _ = m.build_inputs(1, seed=0, prompt='a photo' if m.kind == 'text' else None, text_embedding=embedding)
+            await m.batcher.probe(inputs, timeout=10)
+    models = {m.id: {'warm': m.backend.warm or not state.settings.warmup, 'healthy': m.batcher.healthy}
+              for m in state.models.values()}
+    ready = state.ready and all(v['warm'] and v['healthy'] for v in models.values())
+    return JSONResponse({'ready': ready, 'models': models}, status_code=200 if ready else 503)

@@ -1,0 +1,26 @@
+"""POST /v1/images/generations: the OpenAI images API shape (b64_json only; the prompt is a class name for class models)."""
+
+import time
+
+from fastapi import APIRouter, Request
+
+from serve.deps import Authorized, OpenAIModel, State
+from serve.errors import ApiError
+from serve.generation import b64, encoded, make_images
+from serve.schemas import OpenAIImageRequest, OpenAIImageResponse
+
+router = APIRouter(tags=['generate'], dependencies=[Authorized])
+
+
+@router.post('/v1/images/generations', response_model=OpenAIImageResponse)
+async def openai_images(body: OpenAIImageRequest, model: OpenAIModel, state: State, request: Request):
+    size = f'{model.config.image_resolution}x{model.config.image_resolution}'
+    if body.size is not None and body.size != size:
+        raise ApiError(400, 'invalid_request', f'size {body.size!r} is not available: model {model.id} makes {size} images')
+    if body.response_format != 'b64_json':
+        raise ApiError(400, 'invalid_request', 'response_format "url" is not supported; use "b64_json"')
+    condition = {'prompt': body.prompt} if model.kind == 'text' else {'class_name': body.prompt} if model.kind == 'class' else {}
+    images, seeds, meta, _ = await make_images(state, model, body.n, request=request, **condition)
+    return {'created': int(time.time()),
+            'data': [{'b64_json': b64(blob), 'revised_prompt': m.get('prompt') or m.get('class_name')}
+                     for blob, m in zip(encoded(model, images, seeds, meta, 'png'), meta)]}

@@ -1,0 +1,61 @@
+"""What the app holds while it runs (typed), and the lifespan that loads and warms the models into it."""
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from serve.errors import ApiError, log
+from serve.metrics import Metrics
+from serve.rate_limit import RateLimiter
+from serve.served_model import ServedModel
+from serve.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    keys: set[str]                                   # accepted API keys; empty: no authentication
+    limiter: RateLimiter
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    ready: bool = False
+
+    def pick(self, model_id):
+        """The model a request names (None: the first one)."""
+        if not self.models:
+            raise ApiError(503, 'not_ready', 'models are still loading', {'Retry-After': '5'})
+        if model_id is None:
+            return next(iter(self.models.values()))
+        if model_id not in self.models:
+            raise ApiError(404, 'model_not_found', f'unknown model {model_id!r}; available: {", ".join(self.models)}')
+        return self.models[model_id]
+
+
+def lifespan_for(state: AppState, models=None):
+    """models: ServedModel objects built already (the CLI, tests); otherwise built from settings.bundles here.
+
+    The state also lives on app.state (not only in the lifespan's yielded state), because the in-process UI reaches
+    the API through httpx.ASGITransport, whose requests carry no lifespan state."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        settings = state.settings
+        loaded = models if models is not None else [ServedModel(b, settings, on_batch=state.metrics.on_batch)
+                                                    for b in settings.bundles]
+        if not loaded:
+            raise RuntimeError('no models to serve: give at least one bundle')
+        for m in loaded:
+            if settings.warmup:
+                await asyncio.get_running_loop().run_in_executor(None, m.backend.warmup)
+            m.batcher.start()
+            state.models[m.id] = m
+        state.ready = True
+        log.info(json.dumps({'event': 'ready', 'models': [m.info() for m in loaded]}))
+        try:
+            yield {'sida': state}
+        finally:
+            state.ready = False
+            for m in loaded:
+                await m.batcher.stop()
+    return lifespan

@@ -1,0 +1,37 @@
+"""What only a real uvicorn server shows: bodies streamed over the socket, a client that hangs up, and shutdown."""
+
+import json
+import socket
+import time
+
+from tests.serve.conftest import Server
+
+
+def test_a_streamed_body_over_the_limit_is_refused_while_reading(server):
+    def chunks():                      # no Content-Length (chunked): the limit is enforced while reading
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b'x' * 2000
+        yield b'"}'
+    r = server.client.post('/v1/generate', content=chunks(), headers={'content-type': 'application/json'})
+    assert r.status_code == 413 and r.json()['error']['code'] == 'payload_too_large'
+    assert server.client.post('/v1/generate', json={'seed': 3}).status_code == 200       # still serving
+
+
+def test_client_disconnect_cancels_the_work_and_shutdown_is_clean(class_bundle_dir, tmp_path):
+    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-delay-ms', '3000', '--no-warmup', tmp_path=tmp_path)
+    try:
+        body = json.dumps({'seed': 1}).encode()
+        with socket.create_connection(('127.0.0.1', s.port)) as sock:      # a client that gives up after 0.5 s
+            sock.sendall(b'POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+                         + f'Content-Length: {len(body)}\r\n\r\n'.encode() + body)
+            time.sleep(0.5)
+        time.sleep(4)
+        text = s.client.get('/metrics').text
+        assert 'sida_errors_total{code="client_disconnected"} 1.0' in text
+        assert 'sida_images_total{' not in text           # the abandoned image was never generated
+        assert s.client.post('/v1/generate', json={'seed': 2}).status_code == 200
+        s.process.terminate()                              # SIGTERM: the lifespan stops the batchers, the process exits 0
+        assert s.process.wait(20) == 0
+    finally:
+        s.stop()
