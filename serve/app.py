@@ -36,17 +36,19 @@ def create_app(settings: Settings, models=None):
 
 
 def mount_pages(app):
-    """Mount each installed page (the Gradio demo: `ui = ui.mount:mount_in_process`). One that cannot load, e.g.
-    without gradio, is skipped with a log line, so the [serve] extra alone still serves the API. True if any mounted."""
-    mounted = False
+    """Mount each installed page (the Gradio demo: `ui = ui.mount:mount_in_process`); True if any was mounted.
+    A page that cannot load (gradio is not installed) is left out, said in one log line: the [serve] extra alone
+    still serves the API."""
+    mounted, unloadable = False, []
     for page in entry_points(group=PAGES):
         try:
             mount = page.load()
         except ImportError as e:
-            log.warning(json.dumps({'event': 'page_disabled', 'page': page.name, 'reason': f'{e} (pip install sida[ui])'}))
+            unloadable.append(f'/{page.name}: {e}')
             continue
         mount(app, path=f'/{page.name}')
         mounted = True
     if not mounted:
-        log.warning(json.dumps({'event': 'ui_disabled', 'reason': f'no web page is installed ({PAGES} entry points)'}))
+        reason = '; '.join(unloadable) or f'no {PAGES} entry point is installed'
+        log.warning(json.dumps({'event': 'ui_disabled', 'reason': f'{reason} (pip install sida[ui])'}))
     return mounted

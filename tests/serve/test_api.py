@@ -4,6 +4,7 @@ What needs a socket (streamed bodies, disconnects, shutdown) is in test_real_ser
 import base64
 import concurrent.futures
 import io
+import sys
 import zipfile
 
 import numpy as np
@@ -145,6 +146,16 @@ def test_a_request_larger_than_the_queue_is_a_400_not_a_retry(class_bundle_dir):
         r = c.post('/v1/generate', json={'seed': 1, 'n': 8})
         assert r.status_code == 400 and 'never fit' in r.json()['error']['message'] and 'Retry-After' not in r.headers
         assert c.post('/v1/generate', json={'seed': 1, 'n': 4}).status_code == 200
+
+
+def test_without_gradio_the_api_runs_without_the_page_and_says_so_once(class_bundle_dir, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, 'gradio', None)            # as if the [ui] extra were not installed
+    monkeypatch.delitem(sys.modules, 'ui.mount', raising=False)
+    with caplog.at_level('WARNING', logger='sida.serve'), in_process(class_bundle_dir, ui=True, warmup=False) as c:
+        assert c.app.state.ui is False and c.get('/ui/').status_code == 404
+        assert c.post('/v1/generate', json={'seed': 1}).status_code == 200
+    [line] = [r.getMessage() for r in caplog.records if 'ui_disabled' in r.getMessage()]
+    assert 'gradio' in line and 'pip install sida[ui]' in line
 
 
 def test_the_openapi_schema_names_every_route_and_the_version(api):

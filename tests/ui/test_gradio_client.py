@@ -40,14 +40,16 @@ def test_mounted_ui_walks_compares_and_reports_errors(server, tmp_path):
     assert "unknown model 'nope'" in status
 
 
-def test_a_server_with_api_keys_needs_the_key_in_the_page(bundles, tmp_path):
-    from tests.serve.conftest import Server
-    s = Server('--bundle', bundles[0], '--backend', 'torch', '--api-key', 'sekret', '--no-warmup', tmp_path=tmp_path)
-    try:
-        client = gradio_client.Client(f'{s.url}/ui/', verbose=False, download_files=str(tmp_path))
-        _, status, _ = client.predict(CLASS_MODEL, 'cat', '', 0, 1, '', api_name='/generate')
+def test_a_server_with_api_keys_needs_the_key_in_the_page(bundles):
+    """The page's actions on the in-process API of a server with keys (the app's own event loop runs them)."""
+    from tests.serve.conftest import in_process
+    from ui.actions import Actions
+    from ui.client import SidaApi
+    with in_process(bundles[0], api_keys=['sekret'], warmup=False) as c:
+        actions = Actions(SidaApi.in_process(c.app))
+        with pytest.warns(UserWarning, match='invalid API key'):      # the page's toast (gr.Warning)
+            _, status, _ = c.portal.call(actions.generate, CLASS_MODEL, 'cat', '', 0, 1, '')
         assert 'missing or invalid API key' in status and 'HTTP 401' in status
-        gallery, status, _ = client.predict(CLASS_MODEL, 'cat', '', 0, 1, 'sekret', api_name='/generate')
+        gallery, status, _ = c.portal.call(actions.generate, CLASS_MODEL, 'cat', '', 0, 1, 'sekret')
         assert len(gallery) == 1 and 'round trip' in status
-    finally:
-        s.stop()
+        assert Image.open(gallery[0][0]).text == {'model': CLASS_MODEL, 'seed': '0', 'class_name': 'cat'}
