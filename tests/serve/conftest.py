@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,3 +82,33 @@ def server(class_bundle_dir, tmp_path_factory):
     s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-n', '8', tmp_path=tmp_path_factory.mktemp('logs'))
     yield s
     s.stop()
+
+
+class Triton:
+    """A real tritonserver (the one in the nvidia-pytriton wheel) serving the demo bundle through its python backend."""
+
+    def __init__(self, bundle_dir, tmp):
+        from export.triton_repo import write_triton_repo
+        write_triton_repo(bundle_dir, tmp / 'repo', 'python', name='demo-untrained-ddpmpp', kind='KIND_CPU')
+        self.tmp, self.ports = tmp, (free_port(), free_port(), free_port())
+        self.url = f'http://127.0.0.1:{self.ports[0]}'
+        self.start()
+
+    def start(self):
+        from export import tritonserver
+        self.process = tritonserver.start(self.tmp / 'repo', self.tmp / 'ws', *self.ports, log_path=self.tmp / 'triton.log')
+        tritonserver.wait_ready(self.ports[0], self.process, timeout=180)
+
+    def stop(self):
+        """Gone at once, as in a crash: SIGKILL to its process group (the server and its python-backend stubs)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture(scope='session')
+def triton(class_bundle_dir, tmp_path_factory):
+    """One Triton for the session (it takes long to start); a test that stops it starts it again."""
+    pytest.importorskip('pytriton', reason='nvidia-pytriton (which ships tritonserver) is not installed')
+    t = Triton(class_bundle_dir, tmp_path_factory.mktemp('triton'))
+    yield t
+    t.stop()

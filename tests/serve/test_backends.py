@@ -16,28 +16,17 @@ def image_for(client, seed):
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(i['b64'])))).astype(int) for i in r.json()['images']]
 
 
-def test_same_seed_same_image_on_torch_onnxruntime_and_triton(class_bundle_dir, tmp_path):
-    pytest.importorskip('pytriton', reason='nvidia-pytriton (which ships tritonserver) is not installed')
-    from export import tritonserver
+def test_same_seed_same_image_on_torch_onnxruntime_and_triton(class_bundle_dir, triton):
     from export.onnx_export import export_onnx
-    from export.triton_repo import write_triton_repo
     export_onnx(class_bundle_dir, log=lambda m: None)
-    # The tritonserver in the nvidia-pytriton wheel carries only the python backend: serve sida's generator through it.
-    write_triton_repo(class_bundle_dir, tmp_path / 'repo', 'python', name='demo-untrained-ddpmpp', kind='KIND_CPU')
-    http = free_port()
-    triton = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', http, free_port(), free_port(), log_path=tmp_path / 'triton.log')
-    try:
-        tritonserver.wait_ready(http, triton, timeout=180)
-        images = {}
-        for backend in ('torch', 'onnxruntime', 'triton'):
-            with in_process(class_bundle_dir, backend=backend, triton_url=f'http://127.0.0.1:{http}', warmup=False) as api:
-                assert api.get('/v1/models').json()['data'][0]['backend'] == backend
-                images[backend] = image_for(api, 123)
-        for backend in ('onnxruntime', 'triton'):
-            for a, b in zip(images['torch'], images[backend]):
-                assert np.abs(a - b).max() <= 1
-    finally:
-        tritonserver.stop(triton)
+    images = {}
+    for backend in ('torch', 'onnxruntime', 'triton'):
+        with in_process(class_bundle_dir, backend=backend, triton_url=triton.url, warmup=False) as api:
+            assert api.get('/v1/models').json()['data'][0]['backend'] == backend
+            images[backend] = image_for(api, 123)
+    for backend in ('onnxruntime', 'triton'):
+        for a, b in zip(images['torch'], images[backend]):
+            assert np.abs(a - b).max() <= 1
 
 
 @pytest.mark.parametrize('backend,fragment', [('triton', 'needs --triton-url'), ('tensorrt', 'no fp16 TensorRT engine'),

@@ -6,9 +6,8 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 
-from tests.serve.conftest import free_port, in_process
+from tests.serve.conftest import in_process
 
 
 def rss_mb(pid):
@@ -57,26 +56,14 @@ def test_bounded_load_has_no_unintended_errors(server, tmp_path):
     assert growth < 300, report          # no leak worth the name across a few thousand images
 
 
-def test_backend_failure_gives_503_and_readiness_recovers(class_bundle_dir, tmp_path):
+def test_backend_failure_gives_503_and_readiness_recovers(class_bundle_dir, triton):
     """Stop the Triton server under a running API: 503 + not ready; start it again: served and ready."""
-    pytest.importorskip('pytriton', reason='nvidia-pytriton (which ships tritonserver) is not installed')
-    from export import tritonserver
-    from export.triton_repo import write_triton_repo
-    write_triton_repo(class_bundle_dir, tmp_path / 'repo', 'python', name='demo-untrained-ddpmpp', kind='KIND_CPU')
-    ports = (free_port(), free_port(), free_port())
-    start = lambda: tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', *ports, log_path=tmp_path / 'triton.log')
-    triton = start()
-    try:
-        tritonserver.wait_ready(ports[0], triton, timeout=180)
-        with in_process(class_bundle_dir, backend='triton', triton_url=f'http://127.0.0.1:{ports[0]}') as api:
-            assert api.post('/v1/generate', json={'seed': 1}).status_code == 200
-            tritonserver.stop(triton)
-            r = api.post('/v1/generate', json={'seed': 1})
-            assert r.status_code == 503 and r.json()['error']['code'] == 'backend_unavailable' and 'Retry-After' in r.headers
-            assert api.get('/readyz').status_code == 503
-            triton = start()
-            tritonserver.wait_ready(ports[0], triton, timeout=180)
-            assert api.get('/readyz').status_code == 200       # recovers by probing, before any traffic returns
-            assert api.post('/v1/generate', json={'seed': 1}).status_code == 200
-    finally:
-        tritonserver.stop(triton)
+    with in_process(class_bundle_dir, backend='triton', triton_url=triton.url) as api:
+        assert api.post('/v1/generate', json={'seed': 1}).status_code == 200
+        triton.stop()
+        r = api.post('/v1/generate', json={'seed': 1})
+        assert r.status_code == 503 and r.json()['error']['code'] == 'backend_unavailable' and 'Retry-After' in r.headers
+        assert api.get('/readyz').status_code == 503
+        triton.start()
+        assert api.get('/readyz').status_code == 200       # recovers by probing, before any traffic returns
+        assert api.post('/v1/generate', json={'seed': 1}).status_code == 200

@@ -1,4 +1,5 @@
-"""What only a real uvicorn server shows: bodies streamed over the socket, a client that hangs up, and shutdown."""
+"""What only a real uvicorn server shows: bodies streamed over the socket and a client that hangs up.
+(Draining on SIGTERM is tested on the image's entrypoint, in tests/deploy.)"""
 
 import json
 import socket
@@ -18,7 +19,7 @@ def test_a_streamed_body_over_the_limit_is_refused_while_reading(server):
     assert server.client.post('/v1/generate', json={'seed': 3}).status_code == 200       # still serving
 
 
-def test_client_disconnect_cancels_the_work_and_shutdown_is_clean(class_bundle_dir, tmp_path):
+def test_client_disconnect_cancels_the_work(class_bundle_dir, tmp_path):
     s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--max-delay-ms', '3000', '--no-warmup', tmp_path=tmp_path)
     try:
         body = json.dumps({'seed': 1}).encode()
@@ -31,7 +32,5 @@ def test_client_disconnect_cancels_the_work_and_shutdown_is_clean(class_bundle_d
         assert 'sida_errors_total{code="client_disconnected"} 1.0' in text
         assert 'sida_images_total{' not in text           # the abandoned image was never generated
         assert s.client.post('/v1/generate', json={'seed': 2}).status_code == 200
-        s.process.terminate()                              # SIGTERM: the lifespan stops the batchers, the process exits 0
-        assert s.process.wait(20) == 0
     finally:
         s.stop()
