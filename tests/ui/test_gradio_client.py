@@ -1,4 +1,5 @@
-"""The page's endpoints through gradio_client: the standalone `sida ui --api URL` and the /ui mounted in `sida serve`."""
+"""The page's endpoints through gradio_client (the standalone `sida ui --api URL` and the /ui mounted in `sida serve`),
+and its actions on the in-process API of a server with keys."""
 
 import zipfile
 
