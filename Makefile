@@ -12,6 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
+	rm -rf sida.egg-info   # a stale one beside the sources would shadow the installed entry points
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,t2i,export,serve,ui,dev]'
 	touch $(STAMP)
