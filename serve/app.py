@@ -149,7 +149,7 @@ def create_app(settings: Settings, models=None):
         for m in loaded:
             await m.batcher.stop()
 
-    app = FastAPI(title='sida', version='0.1.0', lifespan=lifespan,
+    app = FastAPI(title='sida', version=__import__('sida').__version__, lifespan=lifespan,
                   description='One-step image generation (SiD / SiDA distilled generators).',
                   responses={400: {'model': ErrorResponse}, 401: {'model': ErrorResponse}, 404: {'model': ErrorResponse},
                              413: {'model': ErrorResponse}, 422: {'model': ErrorResponse}, 429: {'model': ErrorResponse},
