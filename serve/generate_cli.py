@@ -21,7 +21,7 @@ from sida.cli_options import CTX, device_option
 @click.option('--grid', type=click.Path(dir_okay=False, path_type=Path), default=None, help='Write one grid of all images to this PNG.')
 @click.option('--out', type=click.Path(file_okay=False, path_type=Path), default=None,
               help='Write one PNG per seed into this folder (seedNNNNNN.png).')
-@click.option('--columns', default=None, type=click.IntRange(min=1), help='Grid columns [default: as square as possible].')
+@click.option('--columns', default=None, type=click.IntRange(min=1), show_default='as square as possible', help='Grid columns.')
 @click.option('--batch', default=64, type=click.IntRange(min=1), help='Images per backend call.')
 @click.option('--backend', default='torch', callback=backend_callback, help=BACKEND_HELP)
 @click.option('--triton-url', default=None, help='Triton server for --backend triton, e.g. http://127.0.0.1:8000.')
