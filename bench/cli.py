@@ -6,14 +6,15 @@ have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, promethe
 
 import click
 
-from sida.cli_options import CTX
+from serve.runtimes import BACKEND_HELP
+from sida.cli_options import CTX, device_option, resolve_device
 
 OUT = click.option('--out', default='bench/results', type=click.Path(file_okay=False),
                    help='Results root: files go to OUT/<device-slug>/<date>-<name>.json (+ .png).')
-NAME = click.option('--name', default=None, help='Run name in the file name [default: derived from the command].')
-PEAK = click.option('--peak-tflops', type=float, default=None,
-                    help='Peak dense bf16 TFLOP/s for MFU [default: looked up by GPU name; none on CPU].')
-DEVICE = click.option('--device', type=click.Choice(['cuda', 'cpu']), default=None, help='[default: cuda if present, else cpu]')
+NAME = click.option('--name', default=None, show_default='derived from the command', help='Run name in the file name.')
+PEAK = click.option('--peak-tflops', type=float, default=None, show_default='looked up by GPU name; none on CPU',
+                    help='Peak dense bf16 TFLOP/s for MFU.')
+DEVICE = device_option()
 PLOT = click.option('--plot/--no-plot', default=True, help='Write the PNG charts beside the JSON.')
 
 
@@ -50,9 +51,8 @@ def bench():
 @bench.command(context_settings=CTX)
 @click.option('--bundle', required=True, help='Bundle directory, or preset:NAME for random weights of a reference network '
                                               '(preset:ddpmpp-cifar10, preset:ncsnpp-cifar10, preset:adm-imagenet64, preset:demo).')
-@click.option('--backends', default='eager-fp32,eager-bf16,compile-bf16,onnxruntime,tensorrt,triton', callback=name_list,
-              help='<runtime>[-<precision>]: eager-fp32|bf16, compile-fp32|bf16|fp16, onnxruntime[-fp16], tensorrt[-fp16|bf16|fp32], '
-                   'triton.')
+@click.option('--backends', default='torch-fp32,torch-bf16,compile-bf16,onnxruntime,tensorrt,triton', callback=name_list,
+              help='Comma-separated backends, named as for `sida serve --backend` (no auto): ' + BACKEND_HELP.split(';')[0] + '.')
 @click.option('--batch', 'batches', default='1,8,64,256', callback=int_list, help='Batch sizes.')
 @click.option('--runs', default=20, type=click.IntRange(1), help='Measured calls per configuration.')
 @click.option('--warmup', default=3, type=click.IntRange(0), help='Unmeasured calls per configuration first (compile needs >= 3).')
@@ -61,10 +61,10 @@ def bench():
 @DEVICE
 @click.option('--io', type=click.Choice(['device', 'host']), default='device',
               help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
-@click.option('--compile-mode', default=None, help='torch.compile mode [default: max-autotune on CUDA (CUDA graphs), default on CPU].')
+@click.option('--compile-mode', default=None, show_default='max-autotune on CUDA (CUDA graphs), default on CPU', help='torch.compile mode.')
 @click.option('--export/--no-export', 'export_missing', default=True,
               help='Export missing ONNX / TensorRT artefacts into the bundle first (timed as set-up).')
-@click.option('--triton-url', default=None, help='Measure an external Triton serving this bundle [default: a local PyTriton].')
+@click.option('--triton-url', default=None, show_default='a local PyTriton', help='Measure an external Triton serving this bundle.')
 @PEAK
 @OUT
 @NAME
@@ -72,6 +72,7 @@ def bench():
 def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_seconds, device, io, compile_mode, export_missing, triton_url,
              peak_tflops, out, name, plot):
     """Latency percentiles, images/s, peak GPU memory and MFU per backend and batch size."""
+    device = resolve_device(device)
     from bench.generate import parse_backend, run_generate
     for b in backends:
         try:
@@ -90,11 +91,12 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
 @bench.command('teacher-vs-student', context_settings=CTX)
 @click.option('--teacher', required=True, help='Teacher: EDM/SiD network pickle, sida bundle, or preset:NAME.')
 @click.option('--student', required=True, help='One-step student bundle (or preset:NAME).')
-@click.option('--batch', default=64, type=click.IntRange(1))
+@click.option('--batch', default=64, type=click.IntRange(1), help='Images per batch.')
 @click.option('--runs', default=10, type=click.IntRange(1), help='Measured batches per model.')
 @click.option('--nfe', 'nfes', default='35,18', callback=int_list,
               help='Teacher network evaluations (Heun: 2*steps-1, so even values get one less).')
-@click.option('--precision', type=click.Choice(['fp32', 'bf16']), default=None, help='[default: bf16 autocast on CUDA, fp32 on CPU]')
+@click.option('--precision', type=click.Choice(['fp32', 'bf16']), default=None, show_default='bf16 autocast on CUDA, fp32 on CPU',
+              help='Precision of both models.')
 @click.option('--warmup', default=1, type=click.IntRange(0), help='Unmeasured batches per model first.')
 @click.option('--warmup-seconds', default=2.0, type=click.FloatRange(0), help='...and keep warming up until this long has passed.')
 @click.option('--max-seconds', default=60.0, type=float, help='Stop a model\'s measured runs after this long (>= 3 runs).')
@@ -106,6 +108,7 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
 def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, warmup_seconds, max_seconds, device, peak_tflops, out, name,
                        plot):
     """Teacher (EDM Heun, several NFE) vs one-step student: time per image, speed-up, recorded quality."""
+    device = resolve_device(device)
     from bench.teacher import run_teacher_vs_student
     try:
         info, settings, rows = run_teacher_vs_student(teacher, student, batch, runs, nfes, precision, device, warmup, max_seconds,
@@ -120,7 +123,7 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, w
 @click.option('--concurrency', 'concurrencies', default='1,8,32,128', callback=int_list, help='Concurrent clients, one level at a time.')
 @click.option('--duration', default=10.0, type=click.FloatRange(0.1, 3600), help='Seconds per concurrency level.')
 @click.option('--max-requests', default=20000, type=click.IntRange(1), help='Request cap per level.')
-@click.option('--model', default=None, help='Model id [default: the server\'s first].')
+@click.option('--model', default=None, show_default='the server\'s first', help='Model id.')
 @click.option('--n', default=1, type=click.IntRange(1), help='Images per request.')
 @click.option('--prompt', default='a photo of a cat', help='Prompt for text models.')
 @click.option('--timeout', default=60.0, type=float, help='Per-request timeout, seconds.')
@@ -152,25 +155,27 @@ def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, 
 
 
 @bench.command(context_settings=CTX)
-@click.option('--configs', '--config', 'configs', default='fp32,tf32,bf16,bf16-compile,bf16-compile-cg,sida-bf16-compile-cg',
+@click.option('--variants', default='fp32,tf32,bf16,bf16-compile,bf16-compile-cg,sida-bf16-compile-cg',
               callback=name_list, help='fp32, tf32, bf16, bf16-cl, bf16-compile, bf16-compile-cl, bf16-compile-cg (CUDA graphs), '
               'bf16-compile-autotune, sida-fp32, sida-bf16, sida-bf16-compile, sida-bf16-compile-cg; on sd15-unet / tiny-sd: '
               'lsg-fp32, lsg-bf16, lsg-bf16-compile (SiD-LSG).')
 @click.option('--network', type=click.Choice(['ddpmpp-cifar10', 'demo', 'sd15-unet', 'tiny-sd']), default='ddpmpp-cifar10',
               help='Network (random weights).')
 @click.option('--batch', default=128, type=click.IntRange(1), help='Per-device batch.')
-@click.option('--iters', default=20, type=click.IntRange(1), help='Measured iterations per configuration.')
+@click.option('--iters', default=20, type=click.IntRange(1), help='Measured iterations per variant.')
 @click.option('--warmup', default=3, type=click.IntRange(0), help='Unmeasured iterations first.')
 @DEVICE
 @PEAK
 @OUT
 @NAME
 @PLOT
-def train(configs, network, batch, iters, warmup, device, peak_tflops, out, name, plot):
-    """Distillation throughput: generator images/s, step latency, peak memory and MFU per configuration."""
+def train(variants, network, batch, iters, warmup, device, peak_tflops, out, name, plot):
+    """Distillation throughput: generator images/s, step latency, peak memory and MFU per variant."""
+    device = resolve_device(device)
     from bench.train_throughput import run_train
     try:
-        info, settings, rows = run_train(configs, network, batch, iters, warmup, device, peak_tflops, log=lambda m: click.echo(m, err=True))
+        info, settings, rows = run_train(variants, network, batch, iters, warmup, device, peak_tflops,
+                                         log=lambda m: click.echo(m, err=True))
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     _finish(out, info, name or f'train-throughput-{network}', settings, rows, plot)

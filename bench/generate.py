@@ -1,7 +1,7 @@
 """`sida bench generate`: one bundle on several runtimes and batch sizes: latency, throughput, memory, MFU.
 
-Backends are named `<runtime>[-<precision>]`: eager-fp32, eager-bf16, compile-bf16, onnxruntime(-fp16),
-tensorrt(-fp16), triton. They are serve/backends.py's Backends; with `--io device` (the default) the
+Backends are named as in `sida serve` (serve/runtimes.py), `<runtime>[-<precision>]`: torch-fp32, torch-bf16,
+compile-bf16, onnxruntime(-fp16), tensorrt(-fp16), triton. They are serve/backends.py's Backends; with `--io device` (the default) the
 PyTorch ones are timed on inputs already on the device with outputs left there (what the GPU does),
 while ONNX Runtime, TensorRT and Triton always take CPU inputs and return host bytes (`io: host`), as
 the server calls them. Set-up (loading, exporting, compiling, session creation, engine builds) and each
@@ -21,12 +21,10 @@ import torch
 
 from bench.flops import generator_flops, mfu, peak_for
 from bench.record import machine, percentiles, time_runs, warm_up
-from models.seeds import noise_for_seeds
+from models.seeds import example_inputs
+from serve import runtimes
 
-PRECISIONS = {'eager': ('fp32', 'bf16'), 'compile': ('fp32', 'bf16', 'fp16'), 'onnxruntime': ('fp32', 'fp16'),
-              'tensorrt': ('fp32', 'fp16', 'bf16', 'fp8'), 'triton': ('fp32',)}
-DEFAULT_PRECISION = {'eager': 'fp32', 'compile': 'bf16', 'onnxruntime': 'fp32', 'tensorrt': 'fp16', 'triton': 'fp32'}
-DEFAULT_BACKENDS = 'eager-fp32,eager-bf16,compile-bf16,onnxruntime,tensorrt,triton'
+DEFAULT_BACKENDS = 'torch-fp32,torch-bf16,compile-bf16,onnxruntime,tensorrt,triton'
 
 
 class Skipped(Exception):
@@ -34,24 +32,9 @@ class Skipped(Exception):
 
 
 def parse_backend(name):
-    runtime, _, precision = name.partition('-')
-    if runtime not in PRECISIONS:
-        raise ValueError(f'unknown backend {name!r}: use <runtime>[-<precision>] with runtime one of {", ".join(PRECISIONS)}')
-    precision = precision or DEFAULT_PRECISION[runtime]
-    if precision not in PRECISIONS[runtime]:
-        raise ValueError(f'backend {name!r}: {runtime} precisions are {", ".join(PRECISIONS[runtime])}')
-    return runtime, precision
-
-
-def bench_inputs(config, batch):
-    """The contract's CPU inputs: noise from seeds 0..batch-1, classes cycling, all-padding text embeddings."""
-    inputs = {'noise': noise_for_seeds(range(batch), (config.channels, config.resolution, config.resolution))}
-    kind = config.condition['kind']
-    if kind == 'class':
-        inputs['class_labels'] = torch.arange(batch, dtype=torch.int64) % len(config.label_names)
-    elif kind == 'text':
-        inputs['text_embeds'] = torch.zeros(batch, 1 + config.condition['max_tokens'], config.condition['dim'])
-    return inputs
+    """serve's backend names, each row naming its precision (a bare runtime takes its default)."""
+    runtime, precision = runtimes.parse_backend(name)
+    return runtime, precision or runtimes.DEFAULT_PRECISION[runtime]
 
 
 @dataclass
@@ -95,7 +78,7 @@ def open_runner(backend, bundle_dir, device, batches, io='device', compile_mode=
     setup = {}
     bundle = _timed(setup, 'load_s', load_bundle, bundle_dir)
     try:
-        if runtime in ('eager', 'compile'):
+        if runtime in ('torch', 'compile'):
             return _torch_runner(backend, runtime, precision, bundle, device, batches, io, compile_mode, setup)
         if runtime == 'onnxruntime':
             return _onnx_runner(backend, precision, bundle, export_missing, setup, log)
@@ -109,7 +92,7 @@ def open_runner(backend, bundle_dir, device, batches, io='device', compile_mode=
 def _torch_runner(backend, runtime, precision, bundle, device, batches, io, compile_mode, setup):
     from serve.backends import CompiledBackend, TorchBackend
     dev = torch.device(device)
-    if runtime == 'eager':
+    if runtime == 'torch':
         served = TorchBackend(bundle, device, precision)
         autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == 'bf16' else contextlib.nullcontext
     else:
@@ -133,56 +116,48 @@ def _torch_runner(backend, runtime, precision, bundle, device, batches, io, comp
                   setup, close, min_warmup)
 
 
+def _ensure_export(backend, bundle, kind, precision, export_missing, setup, log, **options):
+    """Export if missing (timed as set-up, not measured); a backend that cannot be exported here is skipped."""
+    from export.ensure import ExportMissing, ensure_export, recorded_export
+    from export.onnx_export import ExportError
+    from export.parity import ParityError
+    if not export_missing:
+        try:
+            return recorded_export(bundle.path, bundle.config, kind, precision)
+        except ExportMissing as e:
+            raise Skipped(f'{e} (or drop --no-export)') from None
+    try:
+        return _timed(setup, 'export_s', ensure_export, bundle.path, kind, precision, log=lambda m: log(f'{backend}: {m}'), **options)
+    except ImportError as e:
+        raise Skipped(f'exporting {kind} needs the `{e.name}` package, not installed here') from None
+    except (ExportError, ParityError) as e:
+        raise Skipped(f'the {kind} export failed: {e}') from None
+
+
 def _onnx_runner(backend, precision, bundle, export_missing, setup, log):
-    from serve.backends import BackendUnavailable, OnnxBackend
+    from serve.backends import OnnxBackend
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise Skipped('onnxruntime is not installed (pip install onnxruntime)') from None
-    try:
-        served = _timed(setup, 'session_s', OnnxBackend, bundle, precision)
-    except BackendUnavailable as e:
-        if not export_missing:
-            raise Skipped(f'{e} (or drop --no-export)') from None
-        from export.onnx_export import ExportError, export_onnx
-        from export.parity import ParityError
-        log(f'{backend}: {e}; exporting it now (timed as set-up, not measured)')
-        try:
-            entry = _timed(setup, 'export_s', export_onnx, bundle.path, precision, log=log)
-        except ImportError as e:
-            raise Skipped(f'exporting ONNX needs the `{e.name}` package, not installed here') from None
-        except (ExportError, ParityError) as e:
-            raise Skipped(f'the ONNX export failed: {e}') from None
-        setup['exporter'] = entry['exporter']
-        served = _timed(setup, 'session_s', OnnxBackend, bundle, precision)
+    setup['exporter'] = _ensure_export(backend, bundle, 'onnx', precision, export_missing, setup, log)['exporter']
+    served = _timed(setup, 'session_s', OnnxBackend, bundle, precision)
     setup['providers'] = served.session.get_providers()
     return Runner(backend, 'onnxruntime', precision, served.device, 'host', served.generate, setup_s=setup)
 
 
 def _tensorrt_runner(backend, precision, bundle, device, batches, export_missing, setup, log):
     from export.tensorrt_export import TensorRTUnavailable, require_tensorrt
-    from serve.backends import BackendUnavailable, TensorRTBackend
+    from serve.backends import TensorRTBackend
     try:
         require_tensorrt()
     except TensorRTUnavailable as e:
         raise Skipped(str(e)) from None
     if torch.device(device).type != 'cuda':
         raise Skipped('TensorRT runs on CUDA GPUs only; this run is on the CPU')
-    try:
-        served = _timed(setup, 'engine_load_s', TensorRTBackend, bundle, precision)
-    except BackendUnavailable as e:
-        if not export_missing:
-            raise Skipped(f'{e} (or drop --no-export)') from None
-        from export.onnx_export import ExportError
-        from export.parity import ParityError
-        from export.tensorrt_export import export_tensorrt
-        log(f'{backend}: {e}; building the engine now (timed as set-up, not measured)')
-        try:
-            _timed(setup, 'engine_build_s', export_tensorrt, bundle.path, precision, min_batch=min(batches),
-                   opt_batch=max(batches), max_batch=max(batches), log=log)
-        except (ExportError, ParityError) as e:
-            raise Skipped(f'the TensorRT engine build failed: {e}') from None
-        served = _timed(setup, 'engine_load_s', TensorRTBackend, bundle, precision)
+    _ensure_export(backend, bundle, 'tensorrt', precision, export_missing, setup, log, min_batch=min(batches),
+                   opt_batch=max(batches), max_batch=max(batches))
+    served = _timed(setup, 'engine_load_s', TensorRTBackend, bundle, precision)
     return Runner(backend, 'tensorrt', precision, 'cuda', 'host', served.generate, setup_s=setup)
 
 
@@ -212,7 +187,7 @@ def _triton_runner(backend, bundle, device, batches, triton_url, setup):
     except Exception:
         triton.stop()
         raise
-    setup['inner_backend'] = f'eager-fp32 on {inner.device} (PyTriton, KServe v2 HTTP)'
+    setup['inner_backend'] = f'torch-fp32 on {inner.device} (PyTriton, KServe v2 HTTP)'
 
     def close():
         served.client.close()       # Triton waits for open client connections before it stops
@@ -224,7 +199,7 @@ def measure(runner, config, batch, runs, warmup, max_seconds, flops_per_image, p
     """One (backend, batch) configuration: warm-up calls (timed apart), then the measured runs."""
     cuda = runner.device.startswith('cuda')
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    inputs = runner.stage(bench_inputs(config, batch))
+    inputs = runner.stage(example_inputs(config, batch))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     warmup_s, warmup_calls = warm_up(lambda: runner.call(inputs), max(warmup, runner.min_warmup), warmup_seconds, sync)

@@ -41,9 +41,9 @@ with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, tor
     torch.cuda.synchronize()
 print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=30, max_name_column_width=60))
 EOF
-    timeout 100 "${SIDA[@]}" bench train --configs fp32,bf16,bf16-cl --batch 128 --iters 10 --out $RES --name train-eager
+    timeout 100 "${SIDA[@]}" bench train --variants fp32,bf16,bf16-cl --batch 128 --iters 10 --out $RES --name train-eager
     # Compiling the three networks takes about 200 s on the H200 (the first iterations; reported as warmup_s).
-    timeout $((585 - SECONDS)) "${SIDA[@]}" bench train --configs bf16-compile --batch 128 --iters 10 --out $RES --name train-compile
+    timeout $((585 - SECONDS)) "${SIDA[@]}" bench train --variants bf16-compile --batch 128 --iters 10 --out $RES --name train-compile
     tar czf "$OUT/results.tgz" -C $RES .
     ;;
 variants)
@@ -94,9 +94,9 @@ sd)
     WHEELS=${3:?wheels dir}
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
     RES=/tmp/results
-    timeout 300 "${SIDA[@]}" bench generate --bundle preset:sd15-512 --backends eager-bf16,compile-bf16 --compile-mode reduce-overhead \
+    timeout 300 "${SIDA[@]}" bench generate --bundle preset:sd15-512 --backends torch-bf16,compile-bf16 --compile-mode reduce-overhead \
         --batch 1,4,16 --runs 20 --max-seconds 8 --out $RES --name generate-sd15-512
-    timeout 240 "${SIDA[@]}" bench train --network sd15-unet --configs lsg-bf16 --batch 8 --iters 5 --warmup 2 --out $RES --name train-lsg-sd15
+    timeout 240 "${SIDA[@]}" bench train --network sd15-unet --variants lsg-bf16 --batch 8 --iters 5 --warmup 2 --out $RES --name train-lsg-sd15
     tar czf "$OUT/results-sd.tgz" -C $RES .
     ;;
 *) echo "unknown stage $STAGE" >&2; exit 2 ;;

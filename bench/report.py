@@ -42,8 +42,16 @@ def _table(header, rows):
     return lines
 
 
+def current_backend_name(row):
+    """Results recorded before the shared vocabulary name eager PyTorch `eager-*`; today it is `torch-*` (as in `sida serve`)."""
+    backend = row.get('backend')
+    if row.get('kind', 'generate') == 'generate' and isinstance(backend, str) and backend.startswith('eager-'):
+        row['backend'] = 'torch-' + backend[len('eager-'):]
+    return row
+
+
 def load_results(results_dir):
-    """Every result file, newest first within each (device slug, name)."""
+    """Every result file, newest first within each (device slug, name); old backend names read as today's."""
     found = {}
     for path in sorted(Path(results_dir).glob('*/*.json')):
         try:
@@ -55,6 +63,7 @@ def load_results(results_dir):
         name = result.get('name') or path.stem[11:]
         key = (result.get('device_slug') or path.parent.name, name)
         result['_path'] = path
+        result['results'] = [current_backend_name(r) for r in result['results']]
         if key not in found or (result.get('date', ''), path.name) > (found[key].get('date', ''), found[key]['_path'].name):
             found[key] = result
     return found
@@ -121,12 +130,12 @@ def targets(results):
     rows = [r for result in results for r in result['results']]
     gen = [r for r in rows if r.get('kind') == 'generate' and 'images_per_s' in r]
     out = []
-    eager256 = [r for r in gen if r['backend'] == 'eager-fp32' and r['batch'] == 256 and r.get('device', '').startswith('cuda')]
-    fast256 = [r for r in gen if r['batch'] == 256 and r['backend'] != 'eager-fp32' and r.get('device', '').startswith('cuda')]
+    eager256 = [r for r in gen if r['backend'] == 'torch-fp32' and r['batch'] == 256 and r.get('device', '').startswith('cuda')]
+    fast256 = [r for r in gen if r['batch'] == 256 and r['backend'] != 'torch-fp32' and r.get('device', '').startswith('cuda')]
     if eager256 and fast256:
         best = max(fast256, key=lambda r: r['images_per_s'])
         ratio = best['images_per_s'] / eager256[0]['images_per_s']
-        out.append(('batch 256: best backend >= 3x eager-fp32 images/s', f'{backend_label(best)}: {ratio:.2f}x', ratio >= 3))
+        out.append(('batch 256: best backend >= 3x torch-fp32 images/s', f'{backend_label(best)}: {ratio:.2f}x', ratio >= 3))
         if best.get('mfu') is not None:
             out.append(('batch 256: MFU >= 40% of bf16 dense peak', f'{backend_label(best)}: {100 * best["mfu"]:.1f}%', best['mfu'] >= 0.4))
     one = [r for r in gen if r['batch'] == 1 and r.get('device', '').startswith('cuda')]
@@ -171,11 +180,11 @@ def render(results_dir, readme):
              '(one JSON per run: device, driver, torch, commit, date, settings, rows; PNG charts beside it).',
              'Do not edit by hand: measure, then run `sida bench report`.', '',
              '```bash',
-             'sida bench generate --bundle BUNDLE_OR_preset:ddpmpp-cifar10 --backends eager-fp32,eager-bf16,compile-bf16,onnxruntime,'
+             'sida bench generate --bundle BUNDLE_OR_preset:ddpmpp-cifar10 --backends torch-fp32,torch-bf16,compile-bf16,onnxruntime,'
              'tensorrt,triton --batch 1,8,64,256 --runs 50',
              'sida bench teacher-vs-student --teacher TEACHER_DIR_OR_PKL --student BUNDLE --batch 64 --runs 10',
              'sida serve --bundle BUNDLE &   sida bench http --url http://127.0.0.1:8000 --concurrency 1,8,32,128 --duration 20',
-             'sida bench train --configs fp32,bf16,bf16-compile --batch 128 --iters 20',
+             'sida bench train --variants fp32,bf16,bf16-compile --batch 128 --iters 20',
              'sida bench report',
              '```', '',
              '- Latency is wall time per call, fenced by `torch.cuda.synchronize()` on GPU; warm-up calls, compilation, '

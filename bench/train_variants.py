@@ -85,12 +85,14 @@ def main():
     ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--iters', type=int, default=10)
     ap.add_argument('--network', default='ddpmpp-cifar10')
-    ap.add_argument('--device', default='cuda')
+    ap.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='auto: cuda when present, else cpu')
     a = ap.parse_args()
     start = time.monotonic()
     import torch
 
     from bench.flops import peak_for
+    from sida.cli_options import resolve_device
+    a.device = resolve_device(a.device)
     from bench.record import machine, write_result
     from bench.train_throughput import CONFIGS, NETWORKS, count_iteration_flops, train_settings
     variants = a.variants.split(',')

@@ -5,15 +5,15 @@ from pathlib import Path
 
 import click
 
-from sida.cli_options import CTX
+from sida.cli_options import CTX, DTYPES, device_option, resolve_device
 
 BUNDLE = click.option('--bundle', 'bundle_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
                       help='Bundle directory; exports go to BUNDLE/exports/ and exports/manifest.json.')
 FORCE = click.option('--force', is_flag=True, help='Keep an export that fails the parity gate (the manifest records it).')
 
 
-def precision_option(choices, default):
-    return click.option('--precision', type=click.Choice(choices), default=default,
+def precision_option(choices, default, shown=None):
+    return click.option('--precision', type=click.Choice(choices), default=default, show_default=shown or True,
                         help='Precision of the network body (I/O stays float32/uint8).')
 
 
@@ -42,8 +42,8 @@ def export():
 
 @export.command(context_settings=CTX)
 @BUNDLE
-@precision_option(['fp32', 'fp16', 'bf16'], 'fp32')
-@click.option('--opset', type=int, default=18, help='ONNX opset (17 or newer).')
+@precision_option(list(DTYPES), 'fp32')
+@click.option('--opset', type=click.IntRange(17), default=18, help='ONNX opset (17 or newer).')
 @click.option('--exporter', type=click.Choice(['dynamo', 'torchscript']), default='dynamo',
               help='dynamo (current) falls back to torchscript only if it fails, and says so.')
 @FORCE
@@ -56,26 +56,27 @@ def onnx(bundle_dir, precision, opset, exporter, force):
 
 @export.command(name='compile', context_settings=CTX)
 @BUNDLE
-@precision_option(['fp32', 'fp16', 'bf16'], None)
-@click.option('--mode', default=None, help='torch.compile mode [default: max-autotune on CUDA, default on CPU].')
+@precision_option(list(DTYPES), None, 'bf16 on CUDA, fp32 on CPU')
+@click.option('--mode', default=None, show_default='max-autotune on CUDA, default on CPU', help='torch.compile mode.')
 @click.option('--buckets', default='1,8,64,256', help='Batch sizes to compile and check (a server pads up to these).')
-@click.option('--device', type=click.Choice(['cuda', 'cpu']), default=None, help='[default: cuda if available]')
+@device_option()
 @FORCE
 def compile_(bundle_dir, precision, mode, buckets, device, force):
     """torch.compile the generator (CUDA graphs, bf16 on GPU) and check it like a file export."""
     from export.compiled import export_compiled
-    entry = _run(export_compiled, bundle_dir, precision, mode, tuple(int(b) for b in buckets.split(',')), device, force)
+    entry = _run(export_compiled, bundle_dir, precision, mode, tuple(int(b) for b in buckets.split(',')), resolve_device(device), force)
     click.echo(json.dumps(_summary(entry), indent=2))
 
 
 @export.command(context_settings=CTX)
 @BUNDLE
-@precision_option(['fp32', 'fp16', 'bf16', 'fp8'], 'fp16')
-@click.option('--min-batch', type=click.IntRange(1), default=1)
-@click.option('--opt-batch', type=click.IntRange(1), default=8)
-@click.option('--max-batch', type=click.IntRange(1), default=64)
+@precision_option([*DTYPES, 'fp8'], 'fp16')
+@click.option('--min-batch', type=click.IntRange(1), default=1, help='Smallest batch of the optimisation profile.')
+@click.option('--opt-batch', type=click.IntRange(1), default=8, help='Batch the engine is tuned for.')
+@click.option('--max-batch', type=click.IntRange(1), default=64, help='Largest batch of the optimisation profile.')
 @click.option('--workspace-gib', type=float, default=8.0, help='Builder workspace limit.')
-@click.option('--via', type=click.Choice(['onnx', 'torch-tensorrt']), default='onnx')
+@click.option('--via', type=click.Choice(['onnx', 'torch-tensorrt']), default='onnx',
+              help='Build from the ONNX export or with Torch-TensorRT.')
 @FORCE
 def tensorrt(bundle_dir, precision, min_batch, opt_batch, max_batch, workspace_gib, via, force):
     """Serialized TensorRT engine (one optimisation profile over the batch axis). Needs TensorRT (Docker image)."""
@@ -86,13 +87,16 @@ def tensorrt(bundle_dir, precision, min_batch, opt_batch, max_batch, workspace_g
 
 @export.command(name='triton-repo', context_settings=CTX)
 @BUNDLE
-@click.option('--out', required=True, type=click.Path(file_okay=False, path_type=Path), help='Model repository directory.')
-@click.option('--runtime', type=click.Choice(['onnxruntime', 'tensorrt', 'python']), default='onnxruntime')
-@click.option('--name', default=None, help='Model name [default: the bundle name].')
-@click.option('--max-batch', type=click.IntRange(1), default=64)
+@click.option('--out', required=True, type=click.Path(file_okay=False, path_type=Path),
+              help='The model repository folder (the model goes to OUT/NAME/1/).')
+@click.option('--runtime', type=click.Choice(['onnxruntime', 'tensorrt', 'python']), default='onnxruntime',
+              help='Triton backend: an ONNX export, a TensorRT engine, or sida\'s generator in Triton\'s python backend.')
+@click.option('--name', default=None, show_default='the bundle name', help='Model name in the repository.')
+@click.option('--max-batch', type=click.IntRange(1), default=64, help='max_batch_size in config.pbtxt.')
 @click.option('--instances', type=click.IntRange(1), default=1, help='Model instances (instance_group count).')
-@click.option('--kind', type=click.Choice(['KIND_GPU', 'KIND_CPU']), default=None, help='[default: GPU, CPU for python]')
-@click.option('--precision', type=click.Choice(['fp32', 'fp16', 'bf16']), default='fp32', help='Which export to package.')
+@click.option('--kind', type=click.Choice(['KIND_GPU', 'KIND_CPU']), default=None,
+              show_default='KIND_GPU; KIND_CPU for python', help='Where Triton runs the instances.')
+@click.option('--precision', type=click.Choice(DTYPES), default='fp32', help='Which export to package.')
 def triton_repo(bundle_dir, out, runtime, name, max_batch, instances, kind, precision):
     """A Triton model repository (config.pbtxt validated with Triton's own protobuf)."""
     from export.triton_repo import write_triton_repo

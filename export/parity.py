@@ -9,7 +9,7 @@ import dataclasses
 
 import torch
 
-from models.seeds import noise_for_seeds
+from models.seeds import example_inputs
 
 PROMPTS = ['a photo of a red car', 'a ship at sea', 'a small bird on a branch']
 
@@ -28,18 +28,14 @@ TOLERANCES = {
 
 
 def parity_inputs(config, batch, text_encoder=None):
-    """Noise and condition for batch `batch`: seeds 0..batch-1."""
-    shape = (config.channels, config.resolution, config.resolution)
-    inputs = {'noise': noise_for_seeds(range(batch), shape)}
-    kind = config.condition['kind']
-    if kind == 'class':
-        inputs['class_labels'] = torch.arange(batch, dtype=torch.int64) % len(config.label_names)
-    elif kind == 'text':
+    """The example inputs for batch `batch` (seeds 0..batch-1), with real prompts' embeddings for text models."""
+    text_embeds = None
+    if config.condition['kind'] == 'text':
         if text_encoder is None:
             from models.text_encoder import bundle_text_encoder
             text_encoder = bundle_text_encoder(config)
-        inputs['text_embeds'] = text_encoder.encode([PROMPTS[i % len(PROMPTS)] for i in range(batch)])
-    return inputs
+        text_embeds = text_encoder.encode([PROMPTS[i % len(PROMPTS)] for i in range(batch)])
+    return example_inputs(config, batch, text_embeds=text_embeds)
 
 
 def compare(reference, candidate):

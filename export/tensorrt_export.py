@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from export.manifest import read_manifest, record_export, runtime_versions
-from export.onnx_export import ExportError, export_onnx, io_spec
+from export.ensure import ensure_export
+from export.manifest import record_export, runtime_versions
+from export.onnx_export import ExportError, io_spec
 from export.parity import gate, run_parity
 from models.bundle import load_bundle
 
@@ -115,7 +116,7 @@ def export_tensorrt(bundle_dir, precision='fp16', min_batch=1, opt_batch=8, max_
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if via == 'onnx':
-        onnx_entry = read_manifest(bundle_dir)['exports'].get('onnx-fp32') or export_onnx(bundle_dir, 'fp32', log=log)
+        onnx_entry = ensure_export(bundle_dir, 'onnx', 'fp32', log=log)
         plan = out_dir / 'model.plan'
         build_engine(Path(bundle_dir) / onnx_entry['file'], plan, precision, shapes, workspace_gib,
                      timing_cache=out_dir / 'timing.cache', log=log)

@@ -8,8 +8,9 @@ Triton's own ModelConfig protobuf (shipped in tritonclient) before it is written
 import shutil
 from pathlib import Path
 
+from export.ensure import ensure_export
 from export.manifest import read_manifest, record_export
-from export.onnx_export import ExportError, export_onnx, io_spec
+from export.onnx_export import ExportError, io_spec
 from models.bundle import CONFIG_FILE, load_bundle
 
 TRITON_DTYPES = {'float32': 'TYPE_FP32', 'int64': 'TYPE_INT64', 'uint8': 'TYPE_UINT8'}
@@ -73,7 +74,7 @@ def write_triton_repo(bundle_dir, out, runtime='onnxruntime', name=None, max_bat
     version_dir.mkdir(parents=True)
     parameters = None
     if runtime == 'onnxruntime':
-        entry = read_manifest(bundle_dir)['exports'].get(f'onnx-{precision}') or export_onnx(bundle_dir, precision, log=log)
+        entry = ensure_export(bundle_dir, 'onnx', precision, log=log)
         shutil.copy(Path(bundle_dir) / entry['file'], version_dir / 'model.onnx')
         data = Path(bundle_dir) / (entry['file'] + '.data')
         if data.exists():

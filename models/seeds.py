@@ -65,3 +65,17 @@ def parse_seeds(text):
         if not 0 <= s <= SEED_MAX:
             raise ValueError(f'seed {s} out of range 0..{SEED_MAX}')
     return seeds
+
+
+def example_inputs(config, batch, seed=0, text_embeds=None):
+    """The contract's inputs for `batch` images from seeds seed..seed+batch-1: classes cycle through the labels;
+    text models get `text_embeds` ([batch, 1 + max_tokens, dim]) or all-padding zeros (shapes, not prompts).
+    The one set of example inputs for the parity gate, warm-up and benchmarks."""
+    inputs = {'noise': noise_for_seeds(range(seed, seed + batch), (config.channels, config.resolution, config.resolution))}
+    kind = config.condition['kind']
+    if kind == 'class':
+        inputs['class_labels'] = torch.arange(batch, dtype=torch.int64) % len(config.label_names)
+    elif kind == 'text':
+        c = config.condition
+        inputs['text_embeds'] = text_embeds if text_embeds is not None else torch.zeros(batch, 1 + c['max_tokens'], c['dim'])
+    return inputs

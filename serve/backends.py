@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.manifest import read_manifest
+from export.ensure import ExportMissing, recorded_export
+from models.seeds import example_inputs
+from serve.runtimes import parse_backend
 
 
 class BackendUnavailable(RuntimeError):
@@ -31,27 +33,15 @@ class Backend:
         raise NotImplementedError
 
     def warmup(self, batch_sizes=(1,)):
-        from export.parity import parity_inputs
         started = time.perf_counter()
         for b in batch_sizes:
-            self.generate(parity_inputs(self.config, b, text_encoder=_ZeroText(self.config)))
+            self.generate(example_inputs(self.config, b))     # the right shapes, not real prompts
         self.warmup_seconds = round(time.perf_counter() - started, 3)
         self.warm = True
 
     def describe(self):
         return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'warm': self.warm,
                 'warmup_seconds': self.warmup_seconds}
-
-
-class _ZeroText:
-    """Warm-up needs the right shapes, not real prompts: zero text embeddings (all padding)."""
-
-    def __init__(self, config):
-        self.config = config
-
-    def encode(self, prompts):
-        c = self.config.condition
-        return torch.zeros(len(prompts), 1 + c['max_tokens'], c['dim'])
 
 
 class TorchBackend(Backend):
@@ -107,16 +97,12 @@ class CompiledBackend(TorchBackend):
         return np.concatenate(out)
 
 
-def verified_export(bundle, key, what, command):
+def verified_export(bundle, kind, precision):
     """The manifest entry of an export that matches the bundle as it is now and passed its parity gate."""
-    entry = read_manifest(bundle.path)['exports'].get(key)
-    if entry is None:
-        raise BackendUnavailable(f'{bundle.path}: no {what}; run `sida export {command} --bundle {bundle.path}`')
-    if entry.get('bundle_sha256') != bundle.config.sha256:
-        raise BackendUnavailable(f'{bundle.path}: the {what} is stale (bundle weights changed); export again')
-    if not entry['parity']['passed']:
-        raise BackendUnavailable(f'{bundle.path}: the {what} failed its parity gate (kept with --force); not serving it')
-    return entry
+    try:
+        return recorded_export(bundle.path, bundle.config, kind, precision)
+    except ExportMissing as e:
+        raise BackendUnavailable(str(e)) from None
 
 
 class OnnxBackend(Backend):
@@ -126,7 +112,7 @@ class OnnxBackend(Backend):
 
     def __init__(self, bundle, precision='fp32'):
         super().__init__(bundle)
-        entry = verified_export(bundle, f'onnx-{precision}', f'{precision} ONNX export', 'onnx')
+        entry = verified_export(bundle, 'onnx', precision)
         from export.onnx_export import ort_session
         self.session = ort_session(Path(bundle.path) / entry['file'])
         self.device = 'cuda' if 'CUDAExecutionProvider' in self.session.get_providers() else 'cpu'
@@ -144,7 +130,7 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle, precision='fp16'):
         super().__init__(bundle)
         from export.tensorrt_export import EngineRunner, TensorRTUnavailable
-        entry = verified_export(bundle, f'tensorrt-{precision}', f'{precision} TensorRT engine', 'tensorrt')
+        entry = verified_export(bundle, 'tensorrt', precision)
         try:
             self.runner = EngineRunner(Path(bundle.path) / entry['file'])
         except TensorRTUnavailable as e:
@@ -185,23 +171,10 @@ class TritonBackend(Backend):
 
 
 def make_backend(name, bundle, triton_url=None, device=None):
-    """auto: the fastest that works here (compile on CUDA, else a verified ONNX export, else eager torch)."""
-    if name == 'torch':
-        return TorchBackend(bundle, device)
-    if name == 'torch-bf16':
-        return TorchBackend(bundle, device, precision='bf16')
-    if name == 'compile':
-        return CompiledBackend(bundle, device)
-    if name == 'onnxruntime':
-        return OnnxBackend(bundle)
-    if name == 'tensorrt':
-        return TensorRTBackend(bundle)
-    if name == 'triton':
-        if not triton_url:
-            raise BackendUnavailable('the triton backend needs --triton-url')
-        return TritonBackend(bundle, triton_url)
+    """A backend by its name in the shared vocabulary (serve/runtimes.py), e.g. torch, torch-bf16, onnxruntime-fp16.
+    auto: the fastest that works here (TensorRT or compile on CUDA, else a verified ONNX export, else eager torch)."""
     if name == 'auto':
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and device != 'cpu':
             try:
                 return TensorRTBackend(bundle)
             except BackendUnavailable:
@@ -210,4 +183,18 @@ def make_backend(name, bundle, triton_url=None, device=None):
             return OnnxBackend(bundle)
         except BackendUnavailable:
             return TorchBackend(bundle, device)
-    raise BackendUnavailable(f'unknown backend {name!r}; choose auto, torch, torch-bf16, compile, onnxruntime, tensorrt or triton')
+    try:
+        runtime, precision = parse_backend(name)
+    except ValueError as e:
+        raise BackendUnavailable(f'{e}, or auto') from None
+    if runtime == 'torch':
+        return TorchBackend(bundle, device, precision or 'fp32')
+    if runtime == 'compile':
+        return CompiledBackend(bundle, device, precision)
+    if runtime == 'onnxruntime':
+        return OnnxBackend(bundle, precision or 'fp32')
+    if runtime == 'tensorrt':
+        return TensorRTBackend(bundle, precision or 'fp16')
+    if not triton_url:
+        raise BackendUnavailable('the triton backend needs --triton-url')
+    return TritonBackend(bundle, triton_url)

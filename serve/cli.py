@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from serve.runtimes import BACKEND_HELP, backend_callback
 from sida.cli_options import CTX
 
 ZOO = Path(__file__).resolve().parents[1] / 'models' / 'zoo'
@@ -23,24 +24,32 @@ def default_bundles(log):
     return [str(DEMO)]
 
 
+def setting(name):
+    """The settings' own default, shown by click (the option itself defaults to None: unset flags leave env/file alone)."""
+    from serve.settings import Settings
+    default = Settings.model_fields[name].default
+    return ', '.join(map(str, default)) if isinstance(default, list) else str(default)
+
+
 @click.command(context_settings=CTX)
-@click.option('--bundle', 'bundles', multiple=True, type=click.Path(exists=True, file_okay=False),
-              help='Bundle to serve (repeat for several; the first is the default). [default: the zoo]')
-@click.option('--backend', default=None, help='auto | torch | torch-bf16 | compile | onnxruntime | tensorrt | triton  [default: auto]')
+@click.option('--bundle', 'bundles', multiple=True, type=click.Path(exists=True, file_okay=False), show_default='the zoo',
+              help='Bundle to serve (repeat for several; the first is the default).')
+@click.option('--backend', default=None, callback=backend_callback, show_default=setting('backend'), help=BACKEND_HELP)
 @click.option('--triton-url', default=None, help='External Triton server for --backend triton.')
-@click.option('--host', default=None, help='Bind address [default: 127.0.0.1].')
-@click.option('--port', type=int, default=None, help='[default: 8000]')
-@click.option('--max-batch', type=int, default=None, help='Images per backend call [default: 32].')
-@click.option('--max-delay-ms', type=float, default=None, help='Batching window [default: 5].')
-@click.option('--max-queue-images', type=int, default=None, help='Queue bound before 429 [default: 256].')
-@click.option('--max-n', type=int, default=None, help='Images per request [default: 16].')
+@click.option('--host', default=None, show_default=setting('host'), help='Bind address.')
+@click.option('--port', type=int, default=None, show_default=setting('port'), help='HTTP port.')
+@click.option('--max-batch', type=int, default=None, show_default=setting('max_batch'), help='Images per backend call.')
+@click.option('--max-delay-ms', type=float, default=None, show_default=setting('max_delay_ms'), help='Batching window, milliseconds.')
+@click.option('--max-queue-images', type=int, default=None, show_default=setting('max_queue_images'), help='Queue bound before 429.')
+@click.option('--max-n', type=int, default=None, show_default=setting('max_n'), help='Images per request.')
 @click.option('--api-key', 'api_keys', multiple=True, help='Require this Bearer key (repeatable).')
-@click.option('--api-keys-file', default=None, help='File with one API key per line.')
-@click.option('--rate-limit', 'rate_limit_per_minute', type=int, default=None, help='Requests per minute per key (0 = off).')
+@click.option('--api-keys-file', default=None, type=click.Path(dir_okay=False), help='File with one API key per line.')
+@click.option('--rate-limit', 'rate_limit_per_minute', type=int, default=None, show_default=setting('rate_limit_per_minute'),
+              help='Requests per minute per key (0 = off).')
 @click.option('--config', 'config_file', type=click.Path(exists=True, dir_okay=False), default=None,
               help='Settings file (TOML, YAML or JSON); SIDA_* environment variables work too.')
 @click.option('--no-warmup', is_flag=True, help='Skip the warm-up generation at start.')
-@click.option('--ui/--no-ui', 'with_ui', default=None, help='Serve the Gradio demo at /ui.  [default: on]')
+@click.option('--ui/--no-ui', 'with_ui', default=None, show_default='on', help='Serve the Gradio demo at /ui.')
 @click.option('--triton', 'with_triton', is_flag=True,
               help='Run the backends inside a real Triton Inference Server (PyTriton) and serve the API through it.')
 @click.option('--triton-http-port', type=int, default=8010, help='Triton KServe v2 HTTP port (with --triton).')

@@ -6,6 +6,7 @@ import base64
 import time
 
 from serve.batcher import BackendFailed, QueueFull
+from serve.conditions import image_metadata
 from serve.errors import ApiError
 from serve.images import encode
 from serve.served_model import RequestError
@@ -61,7 +62,7 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
 
 def encoded(model, images, seeds, meta, fmt):
     """Each image as file bytes in `fmt`, carrying model, seed and condition as metadata (PNG text chunks)."""
-    return [encode(img, fmt, {'model': model.id, 'seed': s, **m}) for img, s, m in zip(images, seeds, meta)]
+    return [encode(img, fmt, image_metadata(model.id, s, **m)) for img, s, m in zip(images, seeds, meta)]
 
 
 def b64(blob):

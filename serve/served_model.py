@@ -10,6 +10,7 @@ from models.bundle import load_bundle
 from models.seeds import noise_for_seeds, slerp
 from serve.backends import make_backend
 from serve.batcher import MicroBatcher
+from serve.conditions import ConditionError, check_condition, condition_metadata, resolve_class
 
 
 class RequestError(ValueError):
@@ -82,26 +83,19 @@ class ServedModel:
         return self.config.condition['kind']
 
     def resolve_class(self, class_label=None, class_name=None):
-        labels = self.config.label_names
-        if class_name is not None:
-            lowered = [x.lower() for x in labels]
-            if class_name.strip().lower() not in lowered:
-                raise RequestError(f'unknown class {class_name!r} for model {self.id}; known: {", ".join(labels)}')
-            return lowered.index(class_name.strip().lower())
-        if class_label is not None and class_label >= len(labels):
-            raise RequestError(f'class_label {class_label} out of range for model {self.id} (0..{len(labels) - 1})')
-        return class_label
+        try:
+            return resolve_class(self.config, self.id, class_label, class_name)
+        except ConditionError as e:
+            raise RequestError(str(e)) from None
 
     def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None, text_embedding=None, seed_b=None, mix=None):
         """Contract inputs for n images, plus what each image was: (inputs, seeds, per-image metadata).
         Text models take the prompt's embedding from `PromptEncoder.embed` (async); without it, it is encoded here.
         seed_b and mix: a seed walk, image i's noise slerped from seed + i's towards seed_b + i's."""
-        if self.kind != 'class' and (class_label is not None or class_name is not None):
-            raise RequestError(f'model {self.id} is {self.kind}-conditioned: it takes no class')
-        if self.kind != 'text' and prompt is not None:
-            raise RequestError(f'model {self.id} is {self.kind}-conditioned: it takes no prompt')
-        if self.kind == 'text' and not (prompt or '').strip():
-            raise RequestError(f'model {self.id} is text-conditioned: give a prompt')
+        try:
+            check_condition(self.kind, self.id, class_label is not None or class_name is not None, prompt)
+        except ConditionError as e:
+            raise RequestError(str(e)) from None
         first = seed if seed is not None else secrets.randbelow(2 ** 62)
         seeds = [first + i for i in range(n)]
         if seeds[-1] > 2 ** 63 - 1:
@@ -113,7 +107,7 @@ class ServedModel:
             if seeds_b[-1] > 2 ** 63 - 1:
                 raise RequestError('seed_b + n - 1 exceeds the largest seed (2^63 - 1)')
             inputs['noise'] = slerp(inputs['noise'], noise_for_seeds(seeds_b, (c.channels, c.resolution, c.resolution)), mix)
-        meta = [{} for _ in seeds]
+        names = [None] * n
         if self.kind == 'class':
             fixed = self.resolve_class(class_label, class_name)
             if fixed is None:
@@ -122,13 +116,12 @@ class ServedModel:
             else:
                 labels = torch.full((n,), fixed, dtype=torch.int64)
             inputs['class_labels'] = labels
-            meta = [{'class_name': c.label_names[int(x)]} for x in labels]
+            names = [c.label_names[int(x)] for x in labels]
         elif self.kind == 'text':
             embedding = text_embedding if text_embedding is not None else self.prompts.embed_now(prompt)
             inputs['text_embeds'] = embedding.unsqueeze(0).expand(n, -1, -1).contiguous()
-            meta = [{'prompt': prompt} for _ in seeds]
-        if seeds_b:
-            meta = [{**m, 'seed_b': b, 'mix': mix} for m, b in zip(meta, seeds_b)]
+        meta = [condition_metadata(name, prompt if self.kind == 'text' else None, b, mix if seeds_b else None)
+                for name, b in zip(names, seeds_b or [None] * n)]
         return inputs, seeds, meta
 
     def info(self):

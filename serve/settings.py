@@ -5,12 +5,14 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serve.runtimes import BACKEND_HELP
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix='SIDA_', extra='forbid')
 
     bundles: list[str] = Field(default_factory=list, description='Bundle directories to serve (the first is the default model).')
-    backend: str = Field('auto', description='auto | torch | torch-bf16 | compile | onnxruntime | tensorrt | triton')
+    backend: str = Field('auto', description=BACKEND_HELP)
     triton_url: str | None = Field(None, description='Triton server for the triton backend, e.g. http://127.0.0.1:8000')
     host: str = '127.0.0.1'
     port: int = 8000

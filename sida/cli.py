@@ -12,11 +12,12 @@ from sida import __version__
 
 # name -> (module:attribute of the click command, one-line help)
 SUBCOMMANDS = {
-    'train': ('train.cli:train', 'Distil a one-step generator (SiD / SiDA / SiD2A) or train a teacher.'),
+    'serve': ('serve.cli:serve', 'Serve bundles over HTTP (FastAPI) and Triton, with the web demo at /ui.'),
+    'generate': ('serve.generate_cli:generate', 'Generate images from a bundle in one step, through any serving backend.'),
+    'train': ('train.cli:train', 'Distil a one-step generator (SiD / SiDA / SiD2A / SiD-LSG) or train a teacher.'),
+    'data': ('train.data_cli:data', 'Prepare data sets for the training recipes.'),
     'export': ('export.cli:export', 'Export a bundle to ONNX / TensorRT / Triton behind a parity gate.'),
-    'serve': ('serve.cli:serve', 'Serve bundles over HTTP (FastAPI) and Triton.'),
     'ui': ('ui.cli:ui', 'Run the Gradio demo against a server.'),
-    'generate': ('models.cli:generate', 'Generate images from a bundle in one step.'),
     'bench': ('bench.cli:bench', 'Benchmark generation, serving and training.'),
 }
 

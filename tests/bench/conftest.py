@@ -43,7 +43,7 @@ def tiny_bundle(tmp_path_factory):
 def generate_run(tiny_bundle, tmp_path_factory):
     """One real `sida bench generate` run, shared by the tests that read its JSON and by the report test."""
     out = tmp_path_factory.mktemp('results')
-    invoke('generate', '--bundle', tiny_bundle, '--backends', 'eager-fp32,onnxruntime,tensorrt', '--batch', '1,2', '--runs', '2',
+    invoke('generate', '--bundle', tiny_bundle, '--backends', 'torch-fp32,onnxruntime,tensorrt', '--batch', '1,2', '--runs', '2',
            '--warmup', '1', '--warmup-seconds', '0.2', '--peak-tflops', '0.5', '--out', out, '--name', 'tiny')
     path, result = only_json(out)
     return out, path, result

@@ -36,7 +36,7 @@ def test_result_file_has_the_schema_and_lives_under_device_and_date(generate_run
 def test_each_backend_is_measured_at_each_batch_or_skipped_with_the_reason(generate_run):
     _, _, result = generate_run
     got = {(r['backend'], r['batch']) for r in measured(result)}
-    assert got == {('eager-fp32', 1), ('eager-fp32', 2), ('onnxruntime', 1), ('onnxruntime', 2)}
+    assert got == {('torch-fp32', 1), ('torch-fp32', 2), ('onnxruntime', 1), ('onnxruntime', 2)}
     skipped = [r for r in result['results'] if r['backend'] == 'tensorrt']
     assert [r['batch'] for r in skipped] == [1, 2]
     assert all('TensorRT is not installed' in r['skipped'] for r in skipped)
@@ -46,7 +46,7 @@ def test_onnx_export_and_session_are_setup_not_measurement(generate_run):
     _, _, result = generate_run
     onnx = [r for r in measured(result) if r['backend'] == 'onnxruntime']
     assert onnx[0]['io'] == 'host' and onnx[0]['setup_s']['export_s'] > 0 and onnx[0]['setup_s']['session_s'] > 0
-    eager = [r for r in measured(result) if r['backend'] == 'eager-fp32']
+    eager = [r for r in measured(result) if r['backend'] == 'torch-fp32']
     assert eager[0]['io'] == 'device' and 'export_s' not in eager[0]['setup_s']
 
 
@@ -94,7 +94,7 @@ def test_backend_names_are_runtime_and_precision():
     assert parse_backend('compile-bf16') == ('compile', 'bf16')
     assert parse_backend('onnxruntime') == ('onnxruntime', 'fp32')
     assert parse_backend('tensorrt') == ('tensorrt', 'fp16')
-    for bad in ('eager-int4', 'tflite'):
+    for bad in ('torch-int4', 'tflite'):
         try:
             parse_backend(bad)
         except ValueError as e:

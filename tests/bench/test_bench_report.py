@@ -6,7 +6,7 @@ import shutil
 from click.testing import CliRunner
 
 from bench.cli import bench
-from bench.report import targets
+from bench.report import load_results, targets
 
 
 def test_report_rewrites_the_readme_from_every_result(generate_run, tmp_path):
@@ -23,7 +23,7 @@ def test_report_rewrites_the_readme_from_every_result(generate_run, tmp_path):
     assert 'stale' not in text and text.startswith('# Benchmarks')
     assert f'## {result["device"]}' in text and '### tiny' in text
     assert '| backend | device | io | batch | p50 ms |' in text
-    assert text.count('| eager-fp32 |') == 2 and text.count('| onnxruntime |') == 2
+    assert text.count('| torch-fp32 |') == 2 and text.count('| onnxruntime |') == 2
     assert text.count('`tensorrt` skipped: TensorRT is not installed') == 1
     assert f'![tiny](results/{path.parent.name}/{path.stem}.png)' in text
     assert (results / path.parent.name / f'{path.stem}.png').is_file()
@@ -31,12 +31,12 @@ def test_report_rewrites_the_readme_from_every_result(generate_run, tmp_path):
 
 
 def test_targets_are_checked_only_where_results_answer_them():
-    gen = [{'kind': 'generate', 'backend': 'eager-fp32', 'batch': 256, 'device': 'cuda', 'images_per_s': 100.0, 'p50_ms': 9.0},
+    gen = [{'kind': 'generate', 'backend': 'torch-fp32', 'batch': 256, 'device': 'cuda', 'images_per_s': 100.0, 'p50_ms': 9.0},
            {'kind': 'generate', 'backend': 'compile-bf16', 'batch': 256, 'device': 'cuda', 'images_per_s': 350.0, 'p50_ms': 3.0,
             'mfu': 0.41},
            {'kind': 'generate', 'backend': 'compile-bf16', 'batch': 1, 'device': 'cuda', 'images_per_s': 500.0, 'p50_ms': 2.0}]
     checks = {t: (m, ok) for t, m, ok in targets([{'results': gen}])}
-    assert checks['batch 256: best backend >= 3x eager-fp32 images/s'] == ('compile-bf16: 3.50x', True)
+    assert checks['batch 256: best backend >= 3x torch-fp32 images/s'] == ('compile-bf16: 3.50x', True)
     assert checks['batch 256: MFU >= 40% of bf16 dense peak'][1] is True
     assert checks['batch-1 latency on the GPU <= 1.5 ms (p50)'] == ('compile-bf16: 2.000 ms', False)
     assert not any('HTTP' in t or 'teacher' in t for t in checks)
@@ -55,3 +55,11 @@ def test_training_target_reads_the_sid_cifar_rows_at_batch_128_on_the_gpu():
     checks = {t: (m, ok) for t, m, ok in targets([{'results': rows[:1]}])}
     assert checks[target] == ('bf16-compile: 480.0', False)
     assert target not in {t for t, _, _ in targets([{'results': [{**rows[0], 'device': 'cpu'}]}])}
+
+
+def test_results_recorded_with_the_old_eager_names_read_as_torch(tmp_path):
+    (tmp_path / 'cpu').mkdir()
+    rows = [{'kind': 'generate', 'backend': 'eager-bf16', 'batch': 1}, {'kind': 'train', 'backend': 'eager-x', 'batch': 1}]
+    (tmp_path / 'cpu' / '2026-01-01-old.json').write_text(json.dumps({'name': 'old', 'date': '2026-01-01', 'results': rows}))
+    [result] = load_results(tmp_path).values()
+    assert [r['backend'] for r in result['results']] == ['torch-bf16', 'eager-x']    # training variants keep their names

@@ -7,7 +7,7 @@ from tests.conftest import tiny_ddpmpp
 def test_train_rows_carry_images_per_s_latency_and_flops(tmp_path, monkeypatch):
     import bench.train_throughput as throughput
     monkeypatch.setitem(throughput.NETWORKS, 'demo', (lambda: tiny_ddpmpp(augment_dim=0, attn_resolutions=()), 'tiny test net'))
-    invoke('train', '--network', 'demo', '--config', 'fp32,sida-fp32', '--batch', 2, '--iters', 2, '--warmup', 1, '--device', 'cpu',
+    invoke('train', '--network', 'demo', '--variants', 'fp32,sida-fp32', '--batch', 2, '--iters', 2, '--warmup', 1, '--device', 'cpu',
            '--out', tmp_path)
     path, result = only_json(tmp_path)
     assert path.name.endswith('-train-throughput-demo.json') and path.with_suffix('.png').is_file()
@@ -23,7 +23,7 @@ def test_train_rows_carry_images_per_s_latency_and_flops(tmp_path, monkeypatch):
 def test_sid_lsg_rows_on_an_sd_shaped_unet(tmp_path):
     import pytest
     pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
-    invoke('train', '--network', 'tiny-sd', '--config', 'lsg-fp32', '--batch', 2, '--iters', 2, '--warmup', 1, '--device', 'cpu',
+    invoke('train', '--network', 'tiny-sd', '--variants', 'lsg-fp32', '--batch', 2, '--iters', 2, '--warmup', 1, '--device', 'cpu',
            '--out', tmp_path)
     _, result = only_json(tmp_path)
     (row,) = result['results']

@@ -18,7 +18,7 @@ def test_generate_and_teacher_vs_student_run_with_the_server_stack_unimportable(
         from sida.cli import main
         import bench.train_throughput                 # `sida bench train`'s code
         bundle, out = {str(tiny_bundle)!r}, {str(tmp_path)!r}
-        for args in (['generate', '--bundle', bundle, '--backends', 'eager-fp32,tensorrt', '--batch', '1', '--runs', '1',
+        for args in (['generate', '--bundle', bundle, '--backends', 'torch-fp32,tensorrt', '--batch', '1', '--runs', '1',
                       '--warmup', '0', '--warmup-seconds', '0', '--no-plot', '--out', out],
                      ['teacher-vs-student', '--teacher', bundle, '--student', bundle, '--batch', '1', '--runs', '1', '--nfe', '1',
                       '--warmup', '0', '--warmup-seconds', '0', '--no-plot', '--out', out]):

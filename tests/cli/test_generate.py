@@ -28,14 +28,14 @@ def bundle(tmp_path_factory):
 def test_help_lists_every_subcommand():
     result = sida('--help')
     assert result.returncode == 0
-    for name in ['train', 'export', 'serve', 'ui', 'generate', 'bench']:
+    for name in ['serve', 'generate', 'train', 'data', 'export', 'ui', 'bench']:
         assert f'  {name} ' in result.stdout
 
 
 def test_generate_twice_writes_byte_identical_pngs(bundle, tmp_path):
     for run in ('a', 'b'):
         grid = tmp_path / f'{run}.png'
-        assert sida('generate', '--bundle', str(bundle), '--seeds', '0-5', '--batch', '4', '--out', str(grid)).returncode == 0
+        assert sida('generate', '--bundle', str(bundle), '--seeds', '0-5', '--batch', '4', '--grid', str(grid)).returncode == 0
         assert sida('generate', '--bundle', str(bundle), '--seeds', '0-5', '--class', 'cat', '--out', str(tmp_path / run)).returncode == 0
     assert (tmp_path / 'a.png').read_bytes() == (tmp_path / 'b.png').read_bytes()
     files = sorted(p.name for p in (tmp_path / 'a').iterdir())
@@ -44,7 +44,7 @@ def test_generate_twice_writes_byte_identical_pngs(bundle, tmp_path):
         assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes()
     image = Image.open(tmp_path / 'a' / 'seed000003.png')
     assert image.size == (32, 32) and image.mode == 'RGB'
-    assert image.text['seed'] == '3' and image.text['class'] == 'cat' and image.text['model'] == 'demo-untrained-ddpmpp'
+    assert image.text['seed'] == '3' and image.text['class_name'] == 'cat' and image.text['model'] == 'demo-untrained-ddpmpp'
     grid = Image.open(tmp_path / 'a.png')
     assert grid.size == (3 * 32, 2 * 32)
 
@@ -61,9 +61,12 @@ def test_one_seed_gives_the_same_image_in_any_batch(bundle, tmp_path):
     (['--class', 'unicorn'], 'unknown class'),
     (['--seeds', '9-2'], 'bad seed list'),
     (['--prompt', 'a cat'], 'takes no prompt'),
+    (['--class', '12'], 'out of range'),
+    (['--backend', 'warp-drive'], 'unknown backend'),
+    (['--out', 'also-a-folder'], 'exactly one of --grid'),
 ])
 def test_bad_input_is_a_usage_error_with_a_reason(bundle, tmp_path, args, fragment):
-    result = sida('generate', '--bundle', str(bundle), '--out', str(tmp_path / 'x.png'), *args)
+    result = sida('generate', '--bundle', str(bundle), '--grid', str(tmp_path / 'x.png'), *args)
     assert result.returncode == 2 and fragment in result.stderr
     assert 'Traceback' not in result.stderr
 
@@ -72,7 +75,7 @@ def test_broken_bundle_is_one_line_and_exit_1(bundle, tmp_path):
     broken = tmp_path / 'broken'
     shutil.copytree(bundle, broken)
     (broken / 'generator.safetensors').write_bytes(b'\0' * 100)
-    result = sida('generate', '--bundle', str(broken), '--out', str(tmp_path / 'x.png'))
+    result = sida('generate', '--bundle', str(broken), '--grid', str(tmp_path / 'x.png'))
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'generator.safetensors' in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -89,5 +92,19 @@ def test_text_bundle_generates_from_a_prompt(tmp_path):
     result = sida('generate', '--bundle', str(tmp_path / 'b'), '--prompt', 'a red car', '--seeds', '0-1', '--out', str(tmp_path / 'out'))
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / 'out' / 'seed000001.png').text['prompt'] == 'a red car'
-    missing = sida('generate', '--bundle', str(tmp_path / 'b'), '--out', str(tmp_path / 'x.png'))
-    assert missing.returncode == 2 and 'give --prompt' in missing.stderr
+    missing = sida('generate', '--bundle', str(tmp_path / 'b'), '--grid', str(tmp_path / 'x.png'))
+    assert missing.returncode == 2 and 'give a prompt' in missing.stderr
+
+
+def test_same_seed_same_image_on_torch_and_onnxruntime(bundle, tmp_path):
+    pytest.importorskip('onnxruntime', reason='the [export] extra is not installed')
+    exported = sida('export', 'onnx', '--bundle', str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    for backend in ('torch', 'onnxruntime'):
+        result = sida('generate', '--bundle', str(bundle), '--seeds', '3,7', '--class', 'dog', '--backend', backend,
+                      '--device', 'cpu', '--out', str(tmp_path / backend))
+        assert result.returncode == 0, result.stderr
+    for name in ('seed000003.png', 'seed000007.png'):
+        a, b = (Image.open(tmp_path / backend / name) for backend in ('torch', 'onnxruntime'))
+        assert a.text == b.text == {'model': 'demo-untrained-ddpmpp', 'seed': name[4:10].lstrip('0'), 'class_name': 'dog'}
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1

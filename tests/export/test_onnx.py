@@ -69,7 +69,7 @@ def test_cli_one_line_errors_and_success(class_bundle, tmp_path):
     r = sida('export', 'onnx', '--bundle', class_bundle, '--precision', 'fp64')
     assert r.returncode == 2 and "'fp64' is not one of" in r.stderr
     r = sida('export', 'onnx', '--bundle', class_bundle, '--opset', '12')
-    assert r.returncode == 1 and 'too old' in r.stderr
+    assert r.returncode == 2 and 'x>=17' in r.stderr
     r = sida('export', 'onnx', '--bundle', class_bundle)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout[r.stdout.index('{'):])['parity_passed'] is True

@@ -29,14 +29,14 @@ def test_same_seed_same_image_on_torch_onnxruntime_and_triton(class_bundle_dir, 
             assert np.abs(a - b).max() <= 1
 
 
-@pytest.mark.parametrize('backend,fragment', [('triton', 'needs --triton-url'), ('tensorrt', 'no fp16 TensorRT engine'),
-                                              ('warp-drive', 'unknown backend')])
-def test_unavailable_backend_fails_at_start_with_the_reason(class_bundle_dir, backend, fragment):
+@pytest.mark.parametrize('backend,fragment,code', [('triton', 'needs --triton-url', 1), ('tensorrt', 'no fp16 TensorRT engine', 1),
+                                                   ('warp-drive', 'unknown backend', 2)])     # a misspelt name is a usage error
+def test_unavailable_backend_fails_at_start_with_the_reason(class_bundle_dir, backend, fragment, code):
     from click.testing import CliRunner
 
     from sida.cli import main
     r = CliRunner().invoke(main, ['serve', '--bundle', str(class_bundle_dir), '--backend', backend, '--port', str(free_port())])
-    assert r.exit_code == 1 and fragment in r.stderr and 'Traceback' not in r.output, r.output
+    assert r.exit_code == code and fragment in r.stderr and 'Traceback' not in r.output, r.output
 
 
 def test_serve_with_pytriton(class_bundle_dir, tmp_path):

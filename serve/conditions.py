@@ -1,0 +1,45 @@
+"""What a model is conditioned on, checked one way for the API and `sida generate`, and the metadata keys an image carries."""
+
+
+class ConditionError(ValueError):
+    """A condition this model cannot take (unknown class, a prompt for a class model, ...); the message says why."""
+
+
+def resolve_class(config, model_id, class_label=None, class_name=None):
+    """A class index from an index or a name (case-insensitive); None when neither is given."""
+    labels = config.label_names
+    if class_name is not None:
+        lowered = [x.lower() for x in labels]
+        if class_name.strip().lower() not in lowered:
+            raise ConditionError(f'unknown class {class_name!r} for model {model_id}; known: {", ".join(labels)}')
+        return lowered.index(class_name.strip().lower())
+    if class_label is not None and not 0 <= class_label < len(labels):
+        raise ConditionError(f'class_label {class_label} out of range for model {model_id} (0..{len(labels) - 1})')
+    return class_label
+
+
+def check_condition(kind, model_id, has_class=False, prompt=None):
+    """Refuse a condition the model kind does not take, and a text model without a prompt."""
+    if kind != 'class' and has_class:
+        raise ConditionError(f'model {model_id} is {kind}-conditioned: it takes no class')
+    if kind != 'text' and prompt is not None:
+        raise ConditionError(f'model {model_id} is {kind}-conditioned: it takes no prompt')
+    if kind == 'text' and not (prompt or '').strip():
+        raise ConditionError(f'model {model_id} is text-conditioned: give a prompt')
+
+
+def condition_metadata(class_name=None, prompt=None, seed_b=None, mix=None):
+    """The per-image condition keys of the API's answer (and of PNG text chunks)."""
+    meta = {}
+    if class_name is not None:
+        meta['class_name'] = class_name
+    if prompt is not None:
+        meta['prompt'] = prompt
+    if seed_b is not None:
+        meta.update(seed_b=seed_b, mix=mix)
+    return meta
+
+
+def image_metadata(model, seed, **condition):
+    """Everything a generated image carries: model id, seed and its condition, with the API's keys."""
+    return {'model': model, 'seed': seed, **condition_metadata(**condition)}
