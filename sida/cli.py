@@ -13,6 +13,7 @@ from sida import __version__
 # name -> (module:attribute of the click command, one-line help)
 SUBCOMMANDS = {
     'train': ('train.cli:train', 'Distil a one-step generator (SiD / SiDA / SiD2A) or train a teacher.'),
+    'data': ('train.data_cli:data', 'Prepare data sets for the training recipes.'),
     'export': ('export.cli:export', 'Export a bundle to ONNX / TensorRT / Triton behind a parity gate.'),
     'serve': ('serve.cli:serve', 'Serve bundles over HTTP (FastAPI) and Triton.'),
     'ui': ('ui.cli:ui', 'Run the Gradio demo against a server.'),
