@@ -18,7 +18,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT     # a failed stage never leave
 wait_all() { local rc=0 pid; for pid in "$@"; do wait "$pid" || rc=$?; done; return $rc; }
 STAGE=${1:?usage: zoo.sh captions|classifier|teachers|students|evaluate|all [OUT]}
 OUT=${2:-runs/zoo}
-DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.gz}
+DATA=${DATA:-data/cifar10/cifar10-jpeg.tar.gz}   # what `sida data cifar10 --out data/cifar10` writes
 SIDA=${SIDA:-sida}
 TEACHER_IMAGES=${TEACHER_IMAGES:-200M}
 STUDENT_IMAGES=${STUDENT_IMAGES:-20M}
