@@ -14,6 +14,7 @@ from models.generator import OneStepGenerator
 from models.images import make_grid, save_png
 from models.seeds import noise_for_seeds
 from models.teacher_loader import load_teacher
+from train import runner
 from train.batches import CaptionTable, ImageBatches
 from train.data import DataStream, ImageDataset
 
@@ -255,7 +256,6 @@ def run_training(o, command, configure, build):
     if rt.rank == 0:
         write_json(o['run_dir'] / 'config.json', training.resolved)
         log(training.summary)
-    from train import runner
     runner.run(training.trainer, run_config(o), training.write_bundle, make_samples=training.make_samples,
                metric=training.metric, rank=rt.rank, log=log)
     if rt.rank == 0:
@@ -267,8 +267,7 @@ SAVE_DTYPES = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}     # -
 
 
 def run_config(o):
-    from train.runner import RunConfig
-    return RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
+    return runner.RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
                      checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
                      keep_checkpoints=o['keep'], resume=o['resume'], metric_every_images=o.get('metric_every') or 0,
                      time_limit_s=o.get('time_limit') or 0)
