@@ -54,7 +54,7 @@ variants)
         # before the variants are timed; SIGTERM at 280 s at the latest (it checkpoints and writes its bundle).
         timeout 280 "${SIDA[@]}" train distill --method sid --teacher "$TEACHER" --out /tmp/cg-run --compile reduce-overhead \
             --batch 128 --images 5M --time-limit 200s --log-every 10k --sample-every 100k --checkpoint-every 200k \
-            --save-dtype float16 > "$OUT/trainer-cg.log" 2>&1 &
+            --save-dtype fp16 > "$OUT/trainer-cg.log" 2>&1 &
         TRAINER=$!
     fi
     timeout $((590 - SECONDS)) python -m bench.train_variants "$OUT" "$NAME" "$VARIANTS" --profile "${PROFILE:-}" \
@@ -70,7 +70,7 @@ teacher)
     DATA=${3:?data}
     "${SIDA[@]}" train teacher "${ARCH[@]}" --cond class --data "$DATA" --data-prefix train --out /tmp/teacher \
         --images 200M --time-limit "${TIME_LIMIT:-500s}" --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k \
-        --save-dtype float16 --channels-last --tf32 --log-every 100k --sample-every 5M --checkpoint-every 50M
+        --save-dtype fp16 --channels-last --tf32 --log-every 100k --sample-every 5M --checkpoint-every 50M
     cp -r /tmp/teacher/bundle "$OUT/teacher-bundle"
     cp /tmp/teacher/log.jsonl "$OUT/teacher-bundle/train-log.jsonl"
     ;;
@@ -82,13 +82,13 @@ student)
     SCHEDULE=(--g-warmup 20k --gan-start 40k); [ "$METHOD" = sid ] && SCHEDULE=()
     "${SIDA[@]}" train distill --method "$METHOD" --teacher "$TEACHER" --data "$DATA" --data-prefix train --out /tmp/student \
         --images 20M --time-limit "${TIME_LIMIT:-420s}" --batch 256 --lr 2e-5 "${SCHEDULE[@]}" \
-        --save-dtype float16 --channels-last --tf32 --log-every 10k --sample-every 5M --checkpoint-every 50M \
+        --save-dtype fp16 --channels-last --tf32 --log-every 10k --sample-every 5M --checkpoint-every 50M \
         --metric-features classifier:models/zoo/fd-cifar-classifier/classifier.pt --metric-every 20k --metric-samples 5k
     cp -r /tmp/student/bundle "$OUT/student-bundle"
     cp /tmp/student/log.jsonl /tmp/student/config.json "$OUT/"
     "${SIDA[@]}" train evaluate --data "$DATA" --classifier models/zoo/fd-cifar-classifier/classifier.pt --samples 10k \
         --teacher "teacher=$TEACHER" --teacher-steps 18,9 --student "$METHOD=$OUT/student-bundle" \
-        --student "SiDA-zoo=models/zoo/cifar10-cond" --curves "$METHOD=/tmp/student" --out "$OUT/eval.json"
+        --student "SiDA-zoo=models/zoo/cifar10-cond" --curves "$METHOD=/tmp/student" --out "$OUT/eval"
     ;;
 sd)
     WHEELS=${3:?wheels dir}

@@ -1,12 +1,13 @@
 """`sida train`: distil (SiD / SiDA / SiD2A), train a teacher, or run the analytic 2-D toy."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import click
 
-from sida.cli_options import CTX
+from sida.cli_options import CTX, DTYPES, device_option, resolve_device
 
 
 def parse_count(text):
@@ -53,13 +54,15 @@ def train():
 
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')   # torch.compile's
 _COMMON_RUN_OPTIONS = [
-    click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path), help='Run directory.'),
+    click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help='Run folder: config.json, logs, sample grids, checkpoints and the final bundle.'),
     click.option('--images', 'total_images', type=COUNT, default='20M', help='Training length in images seen (k/M suffixes).'),
     click.option('--time-limit', type=Duration(), default='0',
                  help='Also stop after this much training-loop time (90s, 45m, 2h; 0 = none; set-up not counted, restarts '
                       'on --resume): checkpoint and bundle as at the end.'),
     click.option('--batch', type=click.IntRange(1), default=256, help='Global batch (all processes).'),
-    click.option('--batch-gpu', type=click.IntRange(1), default=None, help='Micro-batch per process (gradient accumulation).'),
+    click.option('--batch-gpu', type=click.IntRange(1), default=None, show_default='the whole per-process batch',
+                 help='Micro-batch per process (gradient accumulation).'),
     click.option('--precision', type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']), default='auto',
                  help='auto = bf16 on CUDA, fp32 on CPU.'),
     click.option('--tf32/--no-tf32', default=False, help='Allow TF32 matmuls/convolutions (fp32 runs on Ampere+).'),
@@ -67,17 +70,17 @@ _COMMON_RUN_OPTIONS = [
     click.option('--compile', 'compile_', type=click.Choice(COMPILE_MODES), is_flag=False, flag_value='default', default=None,
                  help='torch.compile the networks; a bare --compile is mode "default". "reduce-overhead" adds CUDA graphs '
                       '(fastest measured: ~600 img/s SiD, DDPM++ CIFAR-10, batch 128, H200); the first iterations compile (minutes).'),
-    click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto'),
-    click.option('--seed', type=int, default=0),
+    device_option(),
+    click.option('--seed', type=int, default=0, help='Seed of every random draw (noise, data order, initialisation).'),
     click.option('--log-every', type=COUNT, default='10k', help='Images between log lines.'),
     click.option('--sample-every', type=COUNT, default='200k', help='Images between sample grids.'),
     click.option('--checkpoint-every', type=COUNT, default='500k', help='Images between checkpoints.'),
     click.option('--keep', type=click.IntRange(1), default=3, help='Checkpoints to keep (plus the best).'),
-    click.option('--resume', default=None, help='"auto" (newest checkpoint in --out) or a checkpoint directory.'),
-    click.option('--save-dtype', type=click.Choice(['float32', 'float16', 'bfloat16']), default='float32',
-                 help='Weight dtype of the written bundles.'),
+    click.option('--resume', default=None, help='"auto" (newest checkpoint in --out) or a checkpoint folder.'),
+    click.option('--save-dtype', type=click.Choice(DTYPES), default='fp32', help='Weight dtype of the written bundles.'),
     click.option('--export', 'exports', default='', help='After training, export the final bundle: any of '
                  'onnx, onnx-fp16, compile, triton-repo (comma-separated), each behind the parity gate.'),
+    click.option('--dry-run', is_flag=True, help='Print the resolved configuration as JSON and exit (loads no data or teacher).'),
 ]
 _DATA_OPTIONS = [
     click.option('--data', type=click.Path(exists=True, path_type=Path), default=None,
@@ -112,17 +115,18 @@ def data_free_run_options(f):
               help='EDM/SiD network pickle, or a sida bundle / checkpoint directory.')
 @click.option('--generator', 'generator_init', type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help='SiD2A: the SiD generator bundle to start from.')
-@click.option('--alpha', type=float, default=None, help='SiD alpha [default: 1.2 for sid, 1.0 for sida/sid2a].')
+@click.option('--alpha', type=float, default=None, show_default='1.2 for sid, 1.0 for sida/sid2a', help='SiD alpha.')
 @click.option('--lr', 'lr_g', type=float, default=1e-5, help='Generator learning rate.')
-@click.option('--lr-psi', type=float, default=None, help='Fake-score learning rate [default: --lr].')
-@click.option('--init-sigma', type=float, default=2.5)
-@click.option('--tmax', type=int, default=800)
+@click.option('--lr-psi', type=float, default=None, show_default='--lr', help='Fake-score learning rate.')
+@click.option('--init-sigma', type=float, default=2.5, help="The generator's fixed input noise level.")
+@click.option('--tmax', type=click.IntRange(1, 1000), default=800, help='Generator-loss times t ~ U[0, tmax/1000].')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='500k', help='EMA half-life in images.')
-@click.option('--g-warmup', type=COUNT, default=None, help='Images before G updates [default: 0 sid, 100k sida].')
-@click.option('--gan-start', type=COUNT, default='200k', help='Images before the adversarial term (sida).')
-@click.option('--loss-scale-g', type=float, default=100.0)
-@click.option('--loss-scale-d', type=float, default=1.0)
-@click.option('--loss-scale-g-gan', type=float, default=0.01)
+@click.option('--g-warmup', type=COUNT, default=None, show_default='0 for sid, 100k for sida/sid2a',
+              help='Images before the generator is first updated (the fake score warms up).')
+@click.option('--gan-start', type=COUNT, default='200k', help='Images before the adversarial term joins (sida/sid2a).')
+@click.option('--loss-scale-g', type=float, default=100.0, help='Scale of the SiD generator loss.')
+@click.option('--loss-scale-d', type=float, default=1.0, help='Scale of the discriminator loss (sida/sid2a).')
+@click.option('--loss-scale-g-gan', type=float, default=0.01, help="Scale of the generator's adversarial loss (sida/sid2a).")
 @click.option('--metric-features', default=None,
               help='Quality metric feature network: inception:PATH or classifier:PATH (local TorchScript).')
 @click.option('--metric-every', type=COUNT, default='0', help='Images between quality evaluations (0 = off).')
@@ -140,20 +144,21 @@ def distill(**o):
 @click.option('--prompts', required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='Training prompts: a text file (one per line) or a JSON list of strings. Data-free: no images.')
 @click.option('--guidance', type=float, default=2.0, help='LSG guidance scale kappa, used at all four places.')
-@click.option('--guidance-fake-train', type=float, default=None, help='kappa_1 (fake-score training) [default: --guidance].')
-@click.option('--guidance-fake-eval', type=float, default=None, help='kappa_2/3 (fake score in the G loss) [default: --guidance].')
-@click.option('--guidance-real-eval', type=float, default=None, help='kappa_4 (teacher in the G loss) [default: --guidance].')
+@click.option('--guidance-fake-train', type=float, default=None, show_default='--guidance', help='kappa_1 (fake-score training).')
+@click.option('--guidance-fake-eval', type=float, default=None, show_default='--guidance',
+              help='kappa_2/3 (fake score in the G loss).')
+@click.option('--guidance-real-eval', type=float, default=None, show_default='--guidance', help='kappa_4 (teacher in the G loss).')
 @click.option('--t-init', type=click.IntRange(0, 999), default=625, help='The generator\'s fixed DDPM step.')
 @click.option('--tmin', type=click.IntRange(0, 999), default=20, help='Loss times t ~ U{tmin, ..., tmax-1}.')
-@click.option('--tmax', type=click.IntRange(1, 1000), default=980)
+@click.option('--tmax', type=click.IntRange(1, 1000), default=980, help='Upper end (exclusive) of the loss times.')
 @click.option('--alpha', type=float, default=1.0, help='SiD alpha.')
 @click.option('--lr', 'lr_g', type=float, default=1e-6, help='Generator learning rate.')
-@click.option('--lr-psi', type=float, default=None, help='Fake-score learning rate [default: --lr].')
+@click.option('--lr-psi', type=float, default=None, show_default='--lr', help='Fake-score learning rate.')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='50k', help='EMA half-life in images.')
 @click.option('--empty-prompts', type=click.FloatRange(0, 1), default=0.1,
               help='Share of "" prompts in the fake-score update (when its guidance is not 1).')
 @click.option('--grad-checkpointing', is_flag=True, help='Gradient checkpointing in the generator and fake-score UNets.')
-@click.option('--teacher-dtype', type=click.Choice(['fp32', 'bf16', 'fp16']), default='fp32',
+@click.option('--teacher-dtype', type=click.Choice(DTYPES), default='fp32',
               help='Store the frozen teacher in this dtype (halves its memory; autocast runs it in bf16 anyway).')
 @click.option('--offload-teacher', is_flag=True,
               help='Keep the frozen teacher in host memory except during the generator step (CUDA; two copies per iteration).')
@@ -165,22 +170,22 @@ def lsg(**o):
 
 
 @train.command(context_settings=CTX)
-@click.option('--preset', type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp')
-@click.option('--resolution', type=int, default=None, help='Model resolution [default: the data set\'s].')
-@click.option('--channels', 'img_channels', type=click.Choice(['1', '3']), default='3')
+@click.option('--preset', type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp', help='EDM network architecture.')
+@click.option('--resolution', type=click.IntRange(4), default=None, show_default="the data set's", help='Model resolution.')
+@click.option('--channels', 'img_channels', type=click.Choice(['1', '3']), default='3', help='Image channels (1 = greyscale).')
 @click.option('--cond', type=click.Choice(['class', 'none', 'text']), default='class',
               help='class: labels from <class>/ folders or dataset.json; text: captions from --captions or dataset.json.')
-@click.option('--model-channels', type=int, default=128)
+@click.option('--model-channels', type=click.IntRange(1), default=128, help='Base channel count of the UNet.')
 @click.option('--channel-mult', default='2,2,2', help='Per-resolution channel multipliers.')
-@click.option('--num-blocks', type=int, default=4)
-@click.option('--attn', default='16', help='Resolutions with self-attention.')
-@click.option('--dropout', type=float, default=0.13)
-@click.option('--lr', type=float, default=1e-3)
+@click.option('--num-blocks', type=click.IntRange(1), default=4, help='Residual blocks per resolution.')
+@click.option('--attn', default='16', help='Resolutions with self-attention (comma-separated; "" for none).')
+@click.option('--dropout', type=click.FloatRange(0, 1), default=0.13, help='Dropout probability in the residual blocks.')
+@click.option('--lr', type=float, default=1e-3, help='Learning rate (Adam).')
 @click.option('--lr-rampup', type=COUNT, default='640k', help='Images over which the learning rate ramps up.')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='500k', help='EMA half-life in images.')
 @click.option('--xflip/--no-xflip', default=True, help='Random horizontal flips.')
-@click.option('--max-tokens', type=click.IntRange(1), default=None,
-              help='Text models: token rows per prompt [default: the --text-embeddings table\'s, else 32].')
+@click.option('--max-tokens', type=click.IntRange(1), default=None, show_default="the --text-embeddings table's, else 32",
+              help='Text models: token rows per prompt.')
 @run_options
 def teacher(**o):
     """Train an EDM teacher (denoising score matching) on your images."""
@@ -189,14 +194,16 @@ def teacher(**o):
 
 
 @train.command(context_settings=CTX)
-@click.option('--method', type=click.Choice(['sid', 'sida']), default='sid')
-@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option('--iterations', type=click.IntRange(1), default=3000)
-@click.option('--batch', type=click.IntRange(1), default=256)
+@click.option('--method', type=click.Choice(['sid', 'sida']), default='sid', help='sid follows the teacher; sida adds real samples.')
+@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
+              help='Run folder: metrics.json and samples.png.')
+@click.option('--iterations', type=click.IntRange(1), default=3000, help='Training iterations.')
+@click.option('--batch', type=click.IntRange(1), default=256, help='Samples per iteration.')
 @click.option('--biased-teacher', is_flag=True, help='Teacher with uniform mode weights, data with the true ones (SiDA check).')
 @click.option('--gan-scale', type=float, default=0.3, help='SiDA adversarial loss scale (about 1 to pull a biased teacher to the data).')
-@click.option('--seed', type=int, default=0)
-def toy(method, out_dir, iterations, batch, biased_teacher, gan_scale, seed):
+@click.option('--seed', type=int, default=0, help='Seed of every random draw.')
+@click.option('--dry-run', is_flag=True, help='Print the resolved configuration as JSON and exit.')
+def toy(method, out_dir, iterations, batch, biased_teacher, gan_scale, seed, dry_run):
     """SiD / SiDA on an 8-Gaussian mixture with an exact teacher (CPU, about a minute).
 
     Writes OUT/metrics.json (sliced Wasserstein before/after, modes covered) and OUT/samples.png.
@@ -204,10 +211,13 @@ def toy(method, out_dir, iterations, batch, biased_teacher, gan_scale, seed):
     from tqdm import tqdm
 
     from train.toy import ToyConfig, run_toy
+    cfg = ToyConfig(method=method, iterations=iterations, batch=batch, biased_teacher=biased_teacher, loss_scale_g_gan=gan_scale,
+                    seed=seed)
+    if dry_run:
+        click.echo(json.dumps({'command': 'toy', 'toy': dataclasses.asdict(cfg), 'out': str(out_dir)}, indent=2, default=str))
+        return
     with tqdm(total=iterations, unit='it', desc=f'toy {method}') as bar:
-        metrics = run_toy(ToyConfig(method=method, iterations=iterations, batch=batch, biased_teacher=biased_teacher,
-                                    loss_scale_g_gan=gan_scale, seed=seed),
-                          out_dir, progress=lambda i, n: bar.update(1))
+        metrics = run_toy(cfg, out_dir, progress=lambda i, n: bar.update(1))
     click.echo(json.dumps({k: v for k, v in metrics.items() if k != 'mode_frequencies'}, indent=2))
     click.echo(f'wrote {out_dir}/metrics.json and {out_dir}/samples.png')
 
@@ -216,17 +226,18 @@ def toy(method, out_dir, iterations, batch, biased_teacher, gan_scale, seed):
 @click.option('--data', required=True, type=click.Path(exists=True, path_type=Path), help='Labelled images (e.g. the CIFAR-10 tarball).')
 @click.option('--train-prefix', default='train', help='Sub-folder of the training split.')
 @click.option('--test-prefix', default='test', help='Sub-folder of the test split.')
-@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option('--epochs', type=click.IntRange(1), default=24)
-@click.option('--width', type=click.IntRange(8), default=64)
-@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
+@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
+              help='Folder for classifier.pt and its training record.')
+@click.option('--epochs', type=click.IntRange(1), default=24, help='Passes over the training split.')
+@click.option('--width', type=click.IntRange(8), default=64, help='Channels of the first ResNet stage.')
+@device_option()
 def classifier(data, train_prefix, test_prefix, out_dir, epochs, width, device):
     """Train the feature network of the FD-CIFAR metric (a small ResNet; not Inception FID)."""
     import torch
 
     from train.classifier import train_classifier
     from train.data import ImageDataset
-    device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+    device = resolve_device(device)
     splits = []
     for prefix in (train_prefix, test_prefix):
         ds = ImageDataset(data, prefix=prefix)
@@ -240,7 +251,8 @@ def classifier(data, train_prefix, test_prefix, out_dir, epochs, width, device):
 @train.command(context_settings=CTX)
 @click.option('--data', required=True, type=click.Path(exists=True, path_type=Path), help='Labelled images.')
 @click.option('--data-prefix', default='', help='Sub-folder inside --data, e.g. "train".')
-@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
+              help='Folder for captions.json and text-embeddings.safetensors.')
 @click.option('--embed/--no-embed', default=True, help='Also write text-embeddings.safetensors (needs the [text] extra).')
 @click.option('--max-tokens', type=click.IntRange(1), default=32, help='Token rows per embedding (the model\'s max_tokens).')
 @click.option('--extra-prompt', 'extra_prompts', multiple=True, help='More prompts to put in the embedding table.')
@@ -285,7 +297,7 @@ def _named_paths(items, option):
 
 @train.command(context_settings=CTX)
 @click.option('--data', required=True, type=click.Path(exists=True, path_type=Path), help='The training images (the reference).')
-@click.option('--data-prefix', default='train')
+@click.option('--data-prefix', default='train', help='Sub-folder of the training split inside --data.')
 @click.option('--test-prefix', default='test', help='Held-out split whose distance is the floor ("" to skip).')
 @click.option('--classifier', 'classifier_path', required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='classifier.pt from `sida train classifier` (the FD-CIFAR feature space).')
@@ -297,13 +309,14 @@ def _named_paths(items, option):
 @click.option('--text-embeddings', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help='Precomputed prompt embeddings (from `sida train captions`) instead of loading the text encoder.')
 @click.option('--samples', type=COUNT, default='10k', help='Images per model.')
-@click.option('--batch', type=click.IntRange(1), default=500)
-@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
-@click.option('--out', 'out_path', required=True, type=click.Path(dir_okay=False, path_type=Path), help='metrics JSON to write.')
+@click.option('--batch', type=click.IntRange(1), default=500, help='Images per generator call.')
+@device_option()
+@click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
+              help='Folder for eval.json (and curves.png with --curves, stats-cache/).')
 @click.option('--record/--no-record', default=False, help='Also write the numbers into each student bundle\'s provenance.metrics.')
 @click.option('--curves', multiple=True, help='LABEL=RUN_DIR: plot FD vs images seen from its log.jsonl (repeatable).')
 def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_steps, students, captions, text_embeddings,
-             samples, batch, device, out_path, record, curves):
+             samples, batch, device, out_dir, record, curves):
     """FD-CIFAR, precision/recall, class accuracy and time per image of teachers and students, side by side."""
     import torch
 
@@ -314,7 +327,7 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     from train.evaluate import plot_curves, record_in_bundle, student_fn, teacher_fn
     named = {'teacher': _named_paths(teachers, '--teacher'), 'student': _named_paths(students, '--student')}
     curve_runs = _named_paths(curves, '--curves')
-    device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+    device = resolve_device(device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         steps = [int(s) for s in teacher_steps.split(',') if s.strip()]
@@ -356,11 +369,12 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
                 bundles[name] = (path, bundle)
                 models.append((f'{name} (1 step)', 'student', student_fn(bundle.generator), c['kind'], encoder))
     result = run_eval(dataset, test, classifier_path, models, n=samples, device=device, batch=batch, autocast=device == 'cuda',
-                      log=click.echo, cache_dir=out_path.parent / 'stats-cache')
+                      log=click.echo, cache_dir=out_dir / 'stats-cache')
     result['date'] = __import__('datetime').date.today().isoformat()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = out_dir / 'eval.json'
     if curves:
-        png = out_path.with_suffix('.curves.png')
+        png = out_dir / 'curves.png'
         plot_curves(curve_runs, png)
         result['curves'] = str(png)
     out_path.write_text(json.dumps(result, indent=2) + '\n')

@@ -1,4 +1,4 @@
-"""The distillation loop: SiD, SiDA and SiD2A with one set of code (Zhou et al. 2024, 2025).
+"""The distillation loop: SiD, SiDA and SiD2A with one set of code (Zhou et al. 2024, 2025; docs/method.md §3-4).
 
 Per iteration (the method's 1:1 alternation):
   1. fake-score step: x_g = G(z) without gradient; f_psi learns to denoise x_g (SiDA: and to tell noisy

@@ -8,32 +8,45 @@ import click
 import torch
 
 from models.bundle import BundleError, load_bundle
-from train import runner
 from train.batches import LabelBatches
 from train.data import DataError
 from train.distill import DistillConfig, Distiller
 from train.launch import (
-    begin,
+    SAVE_DTYPES,
+    Training,
     condition_of,
-    finish,
     load_data,
     load_teacher_any,
     make_batches,
     precision_dtype,
     prepare,
     run_config,
+    run_training,
     sample_grid_writer,
     student_bundle_writer,
-    write_json,
 )
 
 
 def main(o):
-    targets, rt, log = begin(o)
+    run_training(o, 'distill', lambda: configure(o), lambda cfg, rt: build(o, cfg, rt))
+
+
+def configure(o):
+    """Usage checks and the typed distill settings, from the options alone (what --dry-run prints)."""
     if o['method'] in ('sida', 'sid2a') and o['data'] is None:
         raise click.UsageError(f'--method {o["method"]} needs real images: give --data')
     if o['method'] == 'sid2a' and o['generator_init'] is None:
         raise click.UsageError('--method sid2a starts from a SiD generator: give --generator BUNDLE')
+    cfg = DistillConfig(method=o['method'], alpha=o['alpha'], init_sigma=o['init_sigma'], tmax=o['tmax'], lr_g=o['lr_g'],
+                        lr_psi=o['lr_psi'] or o['lr_g'], batch=o['batch'], batch_gpu=o['batch_gpu'],
+                        loss_scale_g=o['loss_scale_g'], loss_scale_d=o['loss_scale_d'], loss_scale_g_gan=o['loss_scale_g_gan'],
+                        g_warmup_images=o['g_warmup'], gan_start_images=o['gan_start'], ema_halflife_images=o['ema_halflife'],
+                        total_images=o['total_images'], seed=o['seed'],
+                        adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
+    return cfg
+
+
+def build(o, cfg, rt):
     try:
         teacher, spec, bundle_condition = load_teacher_any(o['teacher'], rt.device)
     except (BundleError, ValueError, FileNotFoundError) as e:
@@ -71,29 +84,20 @@ def main(o):
             raise click.UsageError('a text-conditioned teacher needs --data with captions (prompts to distil on)')
         batches = LabelBatches(kw.get('label_dim', 0), o['batch'], o['seed'], rt.rank, rt.world, rt.device)
 
-    cfg = DistillConfig(method=o['method'], alpha=o['alpha'], init_sigma=o['init_sigma'], tmax=o['tmax'], lr_g=o['lr_g'],
-                        lr_psi=o['lr_psi'] or o['lr_g'], batch=o['batch'], batch_gpu=o['batch_gpu'],
-                        loss_scale_g=o['loss_scale_g'], loss_scale_d=o['loss_scale_d'], loss_scale_g_gan=o['loss_scale_g_gan'],
-                        g_warmup_images=o['g_warmup'], gan_start_images=o['gan_start'], ema_halflife_images=o['ema_halflife'],
-                        total_images=o['total_images'], seed=o['seed'],
-                        adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
     autocast = precision_dtype(o['precision'], rt.device)
     for net in (teacher, generator, fake_score):
         prepare(net, rt.device, o['channels_last'], o['compile_'])
     trainer = Distiller(cfg, teacher, generator, fake_score, batches, shape, device=rt.device, rank=rt.rank, world=rt.world,
                         autocast_dtype=autocast, ddp=rt.distributed)
 
-    run_cfg = run_config(o)
     started = time.time()
-    resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_cfg),
+    resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
                 'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world,
                 'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
                 'precision': str(autocast or 'fp32'), 'data': str(o['data']) if o['data'] else None,
                 'data_prefix': o['data_prefix'], 'channels_last': o['channels_last'], 'compile': o['compile_']}
-    if rt.rank == 0:
-        write_json(o['run_dir'] / 'config.json', resolved)
-        log(f'distilling with {cfg.method} ({rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, '
-            f'{resolved["precision"]}) into {o["run_dir"]}')
+    summary = (f'distilling with {cfg.method} ({rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, '
+               f'{resolved["precision"]}) into {o["run_dir"]}')
 
     def provenance():
         return {'method': cfg.method, 'teacher': str(o['teacher']), 'images_seen': trainer.images_seen,
@@ -103,11 +107,8 @@ def main(o):
     metric = make_metric(o, trainer, dataset, stream if dataset is not None else None, condition, shape, rt) if rt.rank == 0 else None
     name = f'{o["run_dir"].name}-{cfg.method}'
     samples = sample_grid_writer(lambda z, c: trainer.generate(trainer.G_ema, z, c), condition, shape, rt.device)
-    runner.run(trainer, run_cfg, student_bundle_writer(trainer, spec, condition, name, provenance, o['save_dtype']),
-               make_samples=samples, metric=metric, rank=rt.rank, log=log)
-    if rt.rank == 0:
-        log(f'done: {trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
-    finish(o, rt, targets, log)
+    write_bundle = student_bundle_writer(trainer, spec, condition, name, provenance, SAVE_DTYPES[o['save_dtype']])
+    return Training(trainer, write_bundle, resolved, summary, make_samples=samples, metric=metric)
 
 
 def make_metric(o, trainer, dataset, stream, condition, shape, rt):

@@ -14,6 +14,7 @@ from models.generator import OneStepGenerator
 from models.images import make_grid, save_png
 from models.seeds import noise_for_seeds
 from models.teacher_loader import load_teacher
+from train import runner
 from train.batches import CaptionTable, ImageBatches
 from train.data import DataStream, ImageDataset
 
@@ -198,28 +199,75 @@ def export_after_training(bundle_dir, targets, log=print):
             log(f'wrote Triton repository {model_dir.parent}')
 
 
-def begin(o):
-    """Shared start of `sida train distill|teacher`: export targets checked first, then the runtime and a rank-0 log."""
+def export_targets(o):
+    """The --export targets, checked before anything is loaded."""
     import click
     try:
-        targets = parse_exports(o['exports'])
+        return parse_exports(o['exports'])
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint='--export') from None
+
+
+def begin(o):
+    """Shared start of every training command: the runtime (torchrun-aware) and a rank-0 log."""
+    import click
     if o.get('text_embeddings'):
         from models.text_encoder import use_precomputed
         try:
             use_precomputed(o['text_embeddings'])
         except RuntimeError as e:
             raise click.BadParameter(str(e), param_hint='--text-embeddings') from None
+    from sida.cli_options import resolve_device
+    resolve_device(o['device'])          # --device cuda without CUDA: a usage error, not a traceback
     rt = setup_runtime(o['device'])
     log = (lambda msg: click.echo(msg, err=True)) if rt.rank == 0 else (lambda msg: None)
     configure_backends(o['tf32'])
-    return targets, rt, log
+    return rt, log
+
+
+@dataclasses.dataclass
+class Training:
+    """What a command builds for `run_training`: a trainer and its run-specific parts."""
+    trainer: object
+    write_bundle: object                 # path -> None: the final (and checkpoint) bundle
+    resolved: dict                       # config.json
+    summary: str                         # the first log line
+    make_samples: object = None          # path -> None: a sample grid
+    metric: object = None                # () -> dict: a quality evaluation
+
+
+def run_training(o, command, configure, build):
+    """The sequence every `sida train` run shares:
+
+    export targets checked -> configure() (usage checks, the typed settings) -> on --dry-run print them and
+    stop, as edm's train.py does -> runtime -> build(cfg, rt) -> Training (data, networks, trainer) ->
+    config.json -> train/runner.py (atomic checkpoints, --resume, SIGTERM) -> export on rank 0 -> finish.
+    """
+    import click
+    targets = export_targets(o)
+    cfg = configure()
+    if o['dry_run']:
+        options = {k: v for k, v in o.items() if k != 'dry_run'}
+        click.echo(json.dumps({'command': command, command: dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
+                               'options': options}, indent=2, default=str))
+        return
+    rt, log = begin(o)
+    training = build(cfg, rt)
+    if rt.rank == 0:
+        write_json(o['run_dir'] / 'config.json', training.resolved)
+        log(training.summary)
+    runner.run(training.trainer, run_config(o), training.write_bundle, make_samples=training.make_samples,
+               metric=training.metric, rank=rt.rank, log=log)
+    if rt.rank == 0:
+        log(f'done: {training.trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
+    finish(o, rt, targets, log)
+
+
+SAVE_DTYPES = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}     # --save-dtype -> the bundle's names
 
 
 def run_config(o):
-    from train.runner import RunConfig
-    return RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
+    return runner.RunConfig(run_dir=str(o['run_dir']), total_images=o['total_images'], log_every_images=o['log_every'],
                      checkpoint_every_images=o['checkpoint_every'], sample_every_images=o['sample_every'],
                      keep_checkpoints=o['keep'], resume=o['resume'], metric_every_images=o.get('metric_every') or 0,
                      time_limit_s=o.get('time_limit') or 0)

@@ -13,12 +13,10 @@ from models.bundle import save_bundle
 from models.diffusers_teacher import is_diffusers_dir, load_unet_denoiser, load_vae
 from models.generator import OneStepGenerator, VaeDecoder
 from models.text_encoder import ClipTextEncoder
-from train import runner
+from sida.cli_options import torch_dtype
 from train.batches import PromptBatches
-from train.launch import begin, finish, precision_dtype, prepare, run_config, sample_grid_writer, uses_cuda_graphs, write_json
+from train.launch import SAVE_DTYPES, Training, precision_dtype, prepare, run_config, run_training, sample_grid_writer, uses_cuda_graphs
 from train.sid_lsg import LSGConfig, LSGDistiller
-
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def read_prompts(path):
@@ -40,12 +38,28 @@ def read_prompts(path):
 
 
 def main(o):
-    targets, rt, log = begin(o)
-    teacher_dir = Path(o['teacher']).resolve()
+    run_training(o, 'lsg', lambda: configure(o), lambda cfg, rt: build(o, cfg, rt))
+
+
+def configure(o):
+    """Usage checks and the typed lsg settings, from the options alone (what --dry-run prints)."""
     if o['offload_teacher'] and uses_cuda_graphs(o['compile_']):
         # CUDA graphs hold parameter addresses; an offloaded teacher moves its weights every iteration.
         raise click.UsageError(f'--offload-teacher cannot be combined with --compile {o["compile_"]} (CUDA graphs): '
                                'drop one, or use --compile default')
+    if o['precision'] == 'fp16':
+        raise click.UsageError('--precision fp16 is not supported for sid-lsg (the reference needs loss scaling and G gradient '
+                               'clipping for it and reports worse results): use bf16 or fp32')
+    cfg = LSGConfig(guidance=o['guidance'], guidance_fake_train=o['guidance_fake_train'], guidance_fake_eval=o['guidance_fake_eval'],
+                    guidance_real_eval=o['guidance_real_eval'], t_init=o['t_init'], tmin=o['tmin'], tmax=o['tmax'],
+                    alpha=o['alpha'], lr_g=o['lr_g'], lr_psi=o['lr_psi'] or o['lr_g'], batch=o['batch'], batch_gpu=o['batch_gpu'],
+                    empty_prompt_prob=o['empty_prompts'], ema_halflife_images=o['ema_halflife'], total_images=o['total_images'],
+                    seed=o['seed'], adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
+    return cfg
+
+
+def build(o, cfg, rt):
+    teacher_dir = Path(o['teacher']).resolve()
     if not is_diffusers_dir(teacher_dir):
         raise click.UsageError(f'--teacher {o["teacher"]}: not a diffusers directory (needs unet/config.json and scheduler/)')
     try:
@@ -55,9 +69,6 @@ def main(o):
         encoder = ClipTextEncoder(teacher_dir, rt.device)
     except (ValueError, RuntimeError, ImportError) as e:
         raise click.ClickException(f'cannot load the teacher: {e}') from None
-    if o['precision'] == 'fp16':
-        raise click.UsageError('--precision fp16 is not supported for sid-lsg (the reference needs loss scaling and G gradient '
-                               'clipping for it and reports worse results): use bf16 or fp32')
     unet = spec['network_kwargs']
     shape = (unet['in_channels'], unet['sample_size'], unet['sample_size'])
 
@@ -65,16 +76,11 @@ def main(o):
     generator = copy.deepcopy(teacher).requires_grad_(True)       # both start from the teacher's full-precision weights
     fake_score = copy.deepcopy(teacher).requires_grad_(True)
     if o['teacher_dtype'] != 'fp32':                              # only the frozen copy is stored in half precision
-        teacher.model.to(DTYPES[o['teacher_dtype']])
-        teacher.compute_dtype = DTYPES[o['teacher_dtype']]
+        teacher.model.to(torch_dtype(o['teacher_dtype']))
+        teacher.compute_dtype = torch_dtype(o['teacher_dtype'])
     if o['grad_checkpointing']:
         generator.model.enable_gradient_checkpointing()
         fake_score.model.enable_gradient_checkpointing()
-    cfg = LSGConfig(guidance=o['guidance'], guidance_fake_train=o['guidance_fake_train'], guidance_fake_eval=o['guidance_fake_eval'],
-                    guidance_real_eval=o['guidance_real_eval'], t_init=o['t_init'], tmin=o['tmin'], tmax=o['tmax'],
-                    alpha=o['alpha'], lr_g=o['lr_g'], lr_psi=o['lr_psi'] or o['lr_g'], batch=o['batch'], batch_gpu=o['batch_gpu'],
-                    empty_prompt_prob=o['empty_prompts'], ema_halflife_images=o['ema_halflife'], total_images=o['total_images'],
-                    seed=o['seed'], adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
     batches = PromptBatches(prompts, encoder, o['batch'], o['seed'], rt.rank, rt.world, rt.device)
     for net in (teacher, generator, fake_score):
         prepare(net, rt.device, o['channels_last'], o['compile_'])
@@ -92,10 +98,8 @@ def main(o):
                 'world_size': rt.world, 'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
                 'precision': str(trainer.autocast_dtype or 'fp32'), 'teacher_dtype': o['teacher_dtype'],
                 'grad_checkpointing': o['grad_checkpointing'], 'offload_teacher': o['offload_teacher'], 'compile': o['compile_']}
-    if rt.rank == 0:
-        write_json(o['run_dir'] / 'config.json', resolved)
-        log(f'distilling with sid-lsg (guidance {cfg.guidance_fake_train}/{cfg.guidance_fake_eval}/{cfg.guidance_real_eval}, '
-            f'{rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, {len(prompts):,} prompts) into {o["run_dir"]}')
+    summary = (f'distilling with sid-lsg (guidance {cfg.guidance_fake_train}/{cfg.guidance_fake_eval}/{cfg.guidance_real_eval}, '
+               f'{rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, {len(prompts):,} prompts) into {o["run_dir"]}')
 
     def write_bundle(path):
         g = OneStepGenerator(copy.deepcopy(trainer.G_ema).cpu().float(), init_sigma=cfg.init_sigma)
@@ -103,13 +107,10 @@ def main(o):
                       'hyperparameters': resolved['lsg'], 'per_gpu_batch': resolved['per_gpu_batch'],
                       'precision': resolved['precision'], 'world_size': rt.world, 'wall_seconds': round(time.time() - started)}
         save_bundle(path, g, name=f'{o["run_dir"].name}-sid-lsg', architecture=spec, condition=condition, provenance=provenance,
-                    dtype=o['save_dtype'], vae=vae, text_encoder_from=teacher_dir)
+                    dtype=SAVE_DTYPES[o['save_dtype']], vae=vae, text_encoder_from=teacher_dir)
 
     decoder = VaeDecoder(copy.deepcopy(vae).to(rt.device), vae.config.scaling_factor, vae.config.get('shift_factor'))
     samples = sample_grid_writer(lambda z, c: decoder(trainer.generate(trainer.G_ema, z, c)).clamp(-1, 1),
                                  {'kind': 'text', 'encoder': f'clip:{teacher_dir}', 'max_tokens': encoder.max_tokens},
                                  shape, rt.device, seeds=range(16), text_prompts=prompts[:4])
-    runner.run(trainer, run_config(o), write_bundle, make_samples=samples if rt.rank == 0 else None, rank=rt.rank, log=log)
-    if rt.rank == 0:
-        log(f'done: {trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
-    finish(o, rt, targets, log)
+    return Training(trainer, write_bundle, resolved, summary, make_samples=samples if rt.rank == 0 else None)

@@ -1,4 +1,4 @@
-"""Score identity Distillation (Zhou et al., ICML 2024): noise levels and losses, as pure functions.
+"""Score identity Distillation (Zhou et al., ICML 2024; docs/method.md §3): noise levels and losses, as pure functions.
 
 Denoisers are any callables D(x, sigma, **cond) -> x0 estimate. Losses return one value per sample
 (summed over pixels); the loop reduces them (sum, times a loss scale, over the per-GPU batch).

@@ -1,6 +1,6 @@
 """SiD-LSG (Zhou et al. 2024, arXiv 2406.01561): data-free SiD from a Stable-Diffusion-style teacher.
 
-What changes against `train/distill.py` (see ../shared/sida_spec.md, "Text-to-image"):
+What changes against `train/distill.py` (docs/method.md §5):
   - latent space, a diffusers UNet seen as an EDM denoiser (`models.diffusers_teacher.DiffusersPrecond`), so the
     generator is still D(sigma_init * z; sigma_init) with sigma_init = sigma(t_init = 625): exactly the reference's
     "noise a zero latent to step 625 and take the x0 prediction";

@@ -1,4 +1,4 @@
-"""Adversarial SiD (Zhou et al., ICLR 2025): the fake score's own encoder is the discriminator.
+"""Adversarial SiD (Zhou et al., ICLR 2025; docs/method.md §4): the fake score's own encoder is the discriminator.
 
 Logits are the channel mean of f_psi's bottleneck feature map ([B,1,h,w] for UNets): no new
 parameters. Each BCE is ONE scalar, the mean over the whole per-GPU batch and logit map; the method's

@@ -11,27 +11,36 @@ from models.architecture import build_denoiser
 from models.bundle import save_bundle
 from models.generator import OneStepGenerator
 from models.heun_sampler import edm_sample
-from train import runner
 from train.data import DataError
 from train.launch import (
-    begin,
-    finish,
+    SAVE_DTYPES,
+    Training,
     load_data,
     make_batches,
     precision_dtype,
     prepare,
     run_config,
+    run_training,
     sample_grid_writer,
     teacher_spec,
-    write_json,
 )
 from train.score_matching import TeacherConfig, TeacherTrainer
 
 
 def main(o):
-    targets, rt, log = begin(o)
+    run_training(o, 'teacher', lambda: configure(o), lambda cfg, rt: build(o, cfg, rt))
+
+
+def configure(o):
+    """Usage checks and the typed teacher settings, from the options alone (what --dry-run prints)."""
     if o['data'] is None:
         raise click.UsageError('a teacher learns from images: give --data')
+    cfg = TeacherConfig(lr=o['lr'], lr_rampup_images=o['lr_rampup'], batch=o['batch'], batch_gpu=o['batch_gpu'],
+                        ema_halflife_images=o['ema_halflife'], xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
+    return cfg
+
+
+def build(o, cfg, rt):
     channels = int(o['img_channels'])
     try:
         dataset, stream = load_data(o['data'], o['data_prefix'], o['resolution'], channels, o['max_data'], rt, o['batch'], o['seed'],
@@ -71,29 +80,23 @@ def main(o):
 
     torch.manual_seed(o['seed'])
     net = prepare(build_denoiser(spec), rt.device, o['channels_last'], o['compile_'])
-    cfg = TeacherConfig(lr=o['lr'], lr_rampup_images=o['lr_rampup'], batch=o['batch'], batch_gpu=o['batch_gpu'],
-                        ema_halflife_images=o['ema_halflife'], xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
     trainer = TeacherTrainer(cfg, net, batches, device=rt.device, rank=rt.rank, world=rt.world,
                              autocast_dtype=precision_dtype(o['precision'], rt.device), ddp=rt.distributed)
-    run_cfg = run_config(o)
     started = time.time()
-    resolved = {'command': 'teacher', 'teacher': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_cfg),
+    resolved = {'command': 'teacher', 'teacher': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
                 'architecture': spec, 'condition': condition, 'data': str(o['data']), 'data_prefix': o['data_prefix'],
                 'data_size': len(dataset), 'world_size': rt.world, 'device': rt.device, 'precision': o['precision']}
-    if rt.rank == 0:
-        write_json(o['run_dir'] / 'config.json', resolved)
-        n_params = sum(p.numel() for p in net.parameters())
-        log(f'training a {o["preset"]} teacher ({n_params / 1e6:.1f}M parameters) on {len(dataset):,} images into {o["run_dir"]}')
+    n_params = sum(p.numel() for p in net.parameters())
+    summary = f'training a {o["preset"]} teacher ({n_params / 1e6:.1f}M parameters) on {len(dataset):,} images into {o["run_dir"]}'
 
     def write_bundle(path):
         net_ema = copy.deepcopy(trainer.ema).cpu().float()
         save_bundle(path, OneStepGenerator(net_ema), name=f'{o["run_dir"].name}-teacher', architecture=spec, condition=condition,
-                    dtype=o['save_dtype'],
+                    dtype=SAVE_DTYPES[o['save_dtype']],
                     provenance={'method': 'edm-teacher', 'images_seen': trainer.images_seen, 'data': str(o['data']),
                                 'hyperparameters': resolved['teacher'], 'wall_seconds': round(time.time() - started),
                                 'note': 'a denoiser: sample it with the EDM Heun sampler, or distil it with sida train distill'})
 
     shape = (channels, resolution, resolution)
     samples = sample_grid_writer(lambda z, c: edm_sample(trainer.ema, z, num_steps=18, **c), condition, shape, rt.device)
-    runner.run(trainer, run_cfg, write_bundle, make_samples=samples, rank=rt.rank, log=log)
-    finish(o, rt, targets, log)
+    return Training(trainer, write_bundle, resolved, summary, make_samples=samples)

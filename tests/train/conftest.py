@@ -1,19 +1,17 @@
-import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CIFAR_TAR = Path(os.environ.get('SIDA_SHARED_DATA', ROOT.parent / 'shared' / 'data')) / 'cifar10' / 'cifar10-jpeg.tar.gz'
+# Real images committed with the repository (tests/data/cifar10-mini/README.md): 100 train + 20 test per class.
+CIFAR_TAR = ROOT / 'tests' / 'data' / 'cifar10-mini' / 'cifar10-jpeg.tar.gz'
 CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 
 
 @pytest.fixture(scope='session')
 def cifar_subset(tmp_path_factory):
     """A real-image folder data set: 20 CIFAR-10 training images per class, as <class>/<file>.jpg."""
-    if not CIFAR_TAR.is_file():
-        pytest.skip(f'real CIFAR-10 data not found at {CIFAR_TAR} (set SIDA_SHARED_DATA)')
     out = tmp_path_factory.mktemp('cifar') / 'train'
     wanted = {f'train/{c}/{i:04d}.jpg' for c in CLASSES for i in range(20)}
     with tarfile.open(CIFAR_TAR) as t:

@@ -29,7 +29,7 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     student = tmp_path / 'student'
     r = sida('train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out', student,
              '--images', '48', '--batch', '8', '--g-warmup', '16', '--gan-start', '32', '--log-every', '16', '--sample-every', '48',
-             '--checkpoint-every', '24', '--save-dtype', 'bfloat16', '--export', 'onnx,triton-repo')
+             '--checkpoint-every', '24', '--save-dtype', 'bf16', '--export', 'onnx,triton-repo')
     assert r.returncode == 0, r.stderr
     manifest = json.loads((student / 'bundle' / 'exports' / 'manifest.json').read_text())['exports']
     assert manifest['onnx-fp32']['parity']['passed'] and 'triton-onnxruntime' in manifest
@@ -72,3 +72,57 @@ def test_train_help_lists_its_commands():
     assert r.returncode == 0
     for name in ('distill', 'teacher', 'toy', 'classifier'):
         assert f'  {name} ' in r.stdout
+
+
+@pytest.mark.parametrize('args, section', [
+    (['train', 'distill', '--method', 'sida', '--teacher', 'README.md', '--data', 'README.md', '--out', 'x', '--images', '2M',
+      '--save-dtype', 'bf16'], 'distill'),
+    (['train', 'teacher', '--data', 'README.md', '--out', 'x', '--lr', '2e-4'], 'teacher'),
+    (['train', 'lsg', '--teacher', '.', '--prompts', 'README.md', '--out', 'x', '--guidance', '3'], 'lsg'),
+    (['train', 'toy', '--out', 'x', '--method', 'sida'], 'toy'),
+])
+def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args, section):
+    """README.md is no teacher and no data set: a dry run must not touch either, and must write nothing."""
+    root = Path(__file__).resolve().parents[2]
+    args = [str(tmp_path / 'x') if a == 'x' else a for a in args]
+    r = subprocess.run([SIDA, *args, '--dry-run'], capture_output=True, text=True, timeout=120, cwd=root)
+    assert r.returncode == 0, r.stderr
+    config = json.loads(r.stdout)
+    assert config['command'] == section and not (tmp_path / 'x').exists()
+    if section == 'distill':
+        assert config['distill']['alpha'] == 1.0 and config['distill']['lr_psi'] == 1e-5          # resolved defaults
+        assert config['run']['total_images'] == 2_000_000 and config['options']['save_dtype'] == 'bf16'
+        assert config['options']['device'] == 'auto'
+    if section == 'teacher':
+        assert config['teacher']['lr'] == 2e-4 and config['run']['total_images'] == 20_000_000
+    if section == 'lsg':
+        assert config['lsg']['guidance'] == 3.0 and config['lsg']['batch'] == 512          # the command's own default
+    if section == 'toy':
+        assert config['toy']['method'] == 'sida' and config['toy']['iterations'] == 3000
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--device', 'tpu'], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (['train', 'teacher', '--data', 'README.md', '--out', 'x', '--save-dtype', 'float16'], "'float16' is not one of 'fp32', 'fp16'"),
+    (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--batch', '0'], '0 is not in the range x>=1'),
+])
+def test_invalid_option_values_exit_2_with_one_error_line(args, fragment):
+    r = subprocess.run([SIDA, *args, '--dry-run'], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    errors = [line for line in r.stderr.splitlines() if line.startswith('Error')]
+    assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0], r.stderr
+
+
+def test_every_training_option_has_help_and_no_hand_typed_default():
+    import click
+
+    from sida.cli import main
+    ctx = click.Context(main)
+    for group in ('train', 'data'):
+        group_cmd = main.get_command(ctx, group)
+        for name, command in group_cmd.commands.items():
+            assert command.help, f'{group} {name} has no help'
+            for param in command.params:
+                if isinstance(param, click.Option):
+                    where = f'sida {group} {name} {param.opts[0]}'
+                    assert param.help, f'{where} has no help'
+                    assert '[default' not in param.help and 'default:' not in param.help, f'{where} types its default by hand'

@@ -25,6 +25,13 @@ def test_folder_layout_gives_class_labels(cifar_subset):
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and label == 2 and index == 45
 
 
+def test_committed_subset_matches_its_checksum_and_counts():
+    import hashlib
+    line = (CIFAR_TAR.parent / 'SHA256SUMS').read_text().split()
+    assert line == [hashlib.sha256(CIFAR_TAR.read_bytes()).hexdigest(), CIFAR_TAR.name]
+    assert len(ImageDataset(CIFAR_TAR, prefix='train')) == 1000 and len(ImageDataset(CIFAR_TAR, prefix='test')) == 200
+
+
 def test_tarball_with_prefix_matches_the_folder(cifar_subset):
     ds = ImageDataset(CIFAR_TAR, prefix='test', max_images=50)
     assert len(ds) == 50 and ds.class_names == CLASSES

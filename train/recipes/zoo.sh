@@ -18,7 +18,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT     # a failed stage never leave
 wait_all() { local rc=0 pid; for pid in "$@"; do wait "$pid" || rc=$?; done; return $rc; }
 STAGE=${1:?usage: zoo.sh captions|classifier|teachers|students|evaluate|all [OUT]}
 OUT=${2:-runs/zoo}
-DATA=${DATA:-../shared/data/cifar10/cifar10-jpeg.tar.gz}
+DATA=${DATA:-data/cifar10/cifar10-jpeg.tar.gz}   # what `sida data cifar10 --out data/cifar10` writes
 SIDA=${SIDA:-sida}
 TEACHER_IMAGES=${TEACHER_IMAGES:-200M}
 STUDENT_IMAGES=${STUDENT_IMAGES:-20M}
@@ -27,7 +27,7 @@ EVAL_SAMPLES=${EVAL_SAMPLES:-10k}
 CAPTIONS=${CAPTIONS:-$OUT/captions}          # captions.json + text-embeddings.safetensors
 CLASSIFIER=$OUT/classifier/classifier.pt
 ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
-COMMON=(--data "$DATA" --data-prefix train --time-limit "$TIME_LIMIT" --save-dtype float16 --channels-last --tf32)
+COMMON=(--data "$DATA" --data-prefix train --time-limit "$TIME_LIMIT" --save-dtype fp16 --channels-last --tf32)
 TEXT=(--captions "$CAPTIONS/captions.json" --text-embeddings "$CAPTIONS/text-embeddings.safetensors")
 mkdir -p "$OUT"
 
@@ -65,10 +65,10 @@ students() {
 evaluate() {
     $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record \
         --teacher "teacher=$OUT/teacher-class/bundle" --student "SiDA=$OUT/sida-class/bundle" --student "SiD=$OUT/sid-class/bundle" \
-        --curves "SiDA=$OUT/sida-class" --curves "SiD=$OUT/sid-class" --out "$OUT/eval-class.json"
+        --curves "SiDA=$OUT/sida-class" --curves "SiD=$OUT/sid-class" --out "$OUT/eval-class"
     $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record --test-prefix '' \
         "${TEXT[@]}" --teacher "teacher-text=$OUT/teacher-text/bundle" --student "SiDA-text=$OUT/sida-text/bundle" \
-        --out "$OUT/eval-text.json"
+        --out "$OUT/eval-text"
 }
 
 case $STAGE in
