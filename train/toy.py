@@ -85,9 +85,22 @@ def toy_denoiser(width=128):
     return EDMPrecond(ToyMLP(width))
 
 
+_PRETRAINED = {}     # (mixture weights, settings) -> (network, global RNG state after training): runs in one process share it
+
+
 def pretrain_teacher_copy(mixture, steps=1500, batch=512, lr=2e-3, seed=0, width=128):
     """Regress an MLP denoiser onto the exact one (EDM's weighting and sigma distribution): the
-    stand-in for 'a pretrained network' that G and f_psi are copied from."""
+    stand-in for 'a pretrained network' that G and f_psi are copied from. Memoised, and the global RNG is
+    left as a fresh training would leave it, so a second run in the same process gives the same numbers."""
+    key = (tuple(mixture.weights.tolist()), steps, batch, lr, seed, width)
+    if key not in _PRETRAINED:
+        _PRETRAINED[key] = (_pretrain(mixture, steps, batch, lr, seed, width), torch.get_rng_state())
+    net, rng_state = _PRETRAINED[key]
+    torch.set_rng_state(rng_state)
+    return copy.deepcopy(net)
+
+
+def _pretrain(mixture, steps, batch, lr, seed, width):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = toy_denoiser(width)
