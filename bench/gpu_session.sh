@@ -7,6 +7,10 @@
 #                                                 real trainer with CUDA graphs first (TIMING_AFTER=290 keeps them apart)
 #   bench/gpu_session.sh teacher OUT DATA   a class-conditional CIFAR-10 EDM teacher (zoo architecture), time-boxed
 #   bench/gpu_session.sh student OUT DATA TEACHER   SiDA (METHOD=sid: SiD) from that teacher, FD-CIFAR every 20k images
+#   bench/gpu_session.sh serve   OUT WHEELS  `sida serve` end to end on the GPU: time to ready and `sida bench http`
+#                                                 for the zoo model (torch-bf16, then compile) and ddpmpp-cifar10 (torch-bf16);
+#                                                 WHEELS holds fastapi, uvicorn, pydantic(-settings) and their needs
+#                                                 (the list and its size: docs/benchmarks.md)
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -89,6 +93,35 @@ student)
     "${SIDA[@]}" train evaluate --data "$DATA" --classifier models/zoo/fd-cifar-classifier/classifier.pt --samples 10k \
         --teacher "teacher=$TEACHER" --teacher-steps 18,9 --student "$METHOD=$OUT/student-bundle" \
         --student "SiDA-zoo=models/zoo/cifar10-cond" --curves "$METHOD=/tmp/student" --out "$OUT/eval"
+    ;;
+serve)
+    WHEELS=${3:?wheels dir}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    RES=$OUT/results      # straight into OUT: a stage cut off by the time limit still brings back what it measured
+    python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
+    # One server at a time: seconds from launch to /readyz 200, then closed-loop load at n=1 and n=16 per request.
+    serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S
+        local name=$1 bundle=$2 backend=$3 limit=$4 port=8100 start=$SECONDS
+        "${SIDA[@]}" serve --bundle "$bundle" --backend "$backend" --port $port --no-ui --max-batch 64 \
+            > "$OUT/server-$name.log" 2>&1 &
+        local pid=$!
+        until curl -sf localhost:$port/readyz > /dev/null; do
+            if ! kill -0 $pid 2>/dev/null || [ $((SECONDS - start)) -ge "$limit" ]; then
+                echo "$name: not ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"; kill $pid 2>/dev/null; wait $pid; return; fi
+            sleep 0.5
+        done
+        echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
+        for n in 1 16; do
+            timeout 120 "${SIDA[@]}" bench http --url http://127.0.0.1:$port --concurrency 1,8,32,128 --n $n --duration 6 \
+                --out $RES --name "http-$name-n$n"
+        done
+        curl -s localhost:$port/metrics | grep -E '^sida_batch_size|^sida_request' > "$OUT/metrics-$name.txt"
+        kill -INT $pid; wait $pid
+    }
+    serve_and_load zoo-torch-bf16 models/zoo/cifar10-cond torch-bf16 120
+    serve_and_load ddpmpp-torch-bf16 build/bench-bundles/ddpmpp-cifar10 torch-bf16 120
+    serve_and_load zoo-compile models/zoo/cifar10-cond compile $((560 - SECONDS))
     ;;
 sd)
     WHEELS=${3:?wheels dir}
