@@ -8,12 +8,12 @@ from serve.deps import State
 router = APIRouter(tags=['health'])
 
 
-@router.get('/healthz')
+@router.api_route('/healthz', methods=['GET', 'HEAD'])   # load balancers probe with HEAD too
 async def healthz():
     return {'status': 'ok'}
 
 
-@router.get('/readyz')
+@router.api_route('/readyz', methods=['GET', 'HEAD'])
 async def readyz(state: State):
     for m in state.models.values():
         if not m.batcher.healthy:   # recover without live traffic (a load balancer may have stopped sending any)
