@@ -135,3 +135,19 @@ def test_invalid_utf8_in_x_request_id_is_replaced_not_a_500(server, method, path
     assert status_line.split()[1] == b'200', answer[:300]
     [rid] = [line.split(b':', 1)[1].strip() for line in rest.split(b'\r\n') if line.lower().startswith(b'x-request-id:')]
     assert rid.isalnum() and b'\xff' not in rid
+
+
+def test_triton_model_refuses_out_of_range_class_labels_over_raw_kserve(triton):
+    """Straight to Triton's KServe v2 HTTP, past sida's API: the python model checks the labels itself."""
+    import httpx
+
+    def infer(labels):
+        noise = np.random.default_rng(0).standard_normal((len(labels), 3, 32, 32)).astype(np.float32)
+        body = {'inputs': [{'name': 'noise', 'shape': list(noise.shape), 'datatype': 'FP32', 'data': noise.ravel().tolist()},
+                           {'name': 'class_labels', 'shape': [len(labels), 1], 'datatype': 'INT64', 'data': labels}]}
+        return httpx.post(f'{triton.url}/v2/models/demo-untrained-ddpmpp/infer', json=body, timeout=60)
+    for labels in ([99], [-5], [3, 10]):                      # were 200 with images
+        r = infer(labels)
+        assert r.status_code == 400 and 'out of range' in r.json()['error'], (labels, r.text[:300])
+    ok = infer([0, 9])
+    assert ok.status_code == 200 and {o['name'] for o in ok.json()['outputs']} == {'images', 'images_float'}
