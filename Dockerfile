@@ -63,6 +63,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     SIDA_HOST=0.0.0.0 \
     SIDA_PORT=8000
+# No SIDA_ALLOW_UNAUTHENTICATED here, on purpose: on 0.0.0.0 `sida serve` refuses to start without API keys
+# (SIDA_API_KEYS_FILE) unless the operator opts in with -e SIDA_ALLOW_UNAUTHENTICATED=1 (docs/deploy.md).
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /home/sida
@@ -125,6 +127,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     SIDA_HOST=0.0.0.0 \
     SIDA_PORT=8000
+# No SIDA_ALLOW_UNAUTHENTICATED here, on purpose: on 0.0.0.0 `sida serve` refuses to start without API keys
+# (SIDA_API_KEYS_FILE) unless the operator opts in with -e SIDA_ALLOW_UNAUTHENTICATED=1 (docs/deploy.md).
 USER 10001:10001
 WORKDIR /home/sida
 RUN python -c 'from serve.cli import default_bundles; from models.bundle import validate_bundle; [validate_bundle(b) for b in default_bundles(print)]'

@@ -32,12 +32,16 @@ class TextEncoder:
         os.environ.setdefault('HF_HUB_OFFLINE', '1')   # never reach for a hub: the model is on disk
         from sentence_transformers import SentenceTransformer
         self.name, self.max_tokens = name, max_tokens
+        from transformers.utils import logging as transformers_logging
+        transformers_logging.disable_progress_bar()    # no "Loading weights" bar in a server's log
         self.model = SentenceTransformer(resolve_encoder_path(name), device=device)
-        self.dim = self.model.get_sentence_embedding_dimension()
+        dimension = getattr(self.model, 'get_embedding_dimension', None) or self.model.get_sentence_embedding_dimension
+        self.dim = dimension()
 
     @torch.no_grad()
     def encode(self, prompts):
-        features = self.model.encode(list(prompts), output_value=None, convert_to_numpy=False)
+        features = self.model.encode(list(prompts), output_value=None, convert_to_numpy=False,
+                                     show_progress_bar=False)   # a server logs one line per request, not a bar
         out = torch.zeros(len(prompts), 1 + self.max_tokens, self.dim)
         for i, f in enumerate(features):
             out[i, 0] = f['sentence_embedding'].float().cpu()

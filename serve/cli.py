@@ -24,6 +24,25 @@ def default_bundles(log):
     return [str(DEMO)]
 
 
+def is_loopback(host):
+    import ipaddress
+    if host == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False          # a host name or 0.0.0.0-like wildcard: reachable from elsewhere
+
+
+def refuse_open_server(settings):
+    """Anyone who can reach a non-loopback address could use an unauthenticated server: that takes keys or an
+    explicit opt-in, never a default."""
+    if not is_loopback(settings.host) and not settings.keys() and not settings.allow_unauthenticated:
+        click.echo(f'Error: refusing to serve on {settings.host} without API keys: give --api-key/--api-keys-file, '
+                   'or --allow-unauthenticated (SIDA_ALLOW_UNAUTHENTICATED=1) to serve it open', err=True)
+        raise SystemExit(2)
+
+
 def setting(name):
     """The settings' own default, shown by click (the option itself defaults to None: unset flags leave env/file alone)."""
     from serve.settings import Settings
@@ -44,6 +63,8 @@ def setting(name):
 @click.option('--max-n', type=int, default=None, show_default=setting('max_n'), help='Images per request.')
 @click.option('--api-key', 'api_keys', multiple=True, help='Require this Bearer key (repeatable).')
 @click.option('--api-keys-file', default=None, type=click.Path(dir_okay=False), help='File with one API key per line.')
+@click.option('--allow-unauthenticated', is_flag=True, default=None,
+              help='Serve a non-loopback --host without API keys (refused otherwise).')
 @click.option('--rate-limit', 'rate_limit_per_minute', type=int, default=None, show_default=setting('rate_limit_per_minute'),
               help='Requests per minute per key (0 = off).')
 @click.option('--config', 'config_file', type=click.Path(exists=True, dir_okay=False), default=None,
@@ -56,8 +77,8 @@ def setting(name):
 @click.option('--triton-grpc-port', type=int, default=8011, help='Triton gRPC port (with --triton).')
 @click.option('--triton-metrics-port', type=int, default=8002, help='Triton metrics port (with --triton).')
 def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
-          api_keys_file, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton, triton_http_port, triton_grpc_port,
-          triton_metrics_port):
+          api_keys_file, allow_unauthenticated, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton,
+          triton_http_port, triton_grpc_port, triton_metrics_port):
     """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs,
     and the web demo at /ui."""
     import uvicorn
@@ -70,11 +91,13 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
         settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url, host=host,
                                  port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue_images=max_queue_images,
                                  max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
+                                 allow_unauthenticated=allow_unauthenticated,
                                  rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None,
                                  ui=with_ui)
     except ValidationError as e:
         first = e.errors()[0]
         raise click.ClickException(f'bad setting {".".join(map(str, first["loc"]))}: {first["msg"]}') from None
+    refuse_open_server(settings)
     if not settings.bundles:
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
     from models.bundle import BundleError

@@ -1,6 +1,16 @@
 """What a model is conditioned on, checked one way for the API and `sida generate`, and the metadata keys an image carries."""
 
 
+ECHO_MAX = 80     # characters of a client's input that an error message repeats
+
+
+def quoted(text, limit=ECHO_MAX):
+    """repr() of a client's input for an error message, cut to `limit` characters with an ellipsis: a 60 KB prompt
+    is not sent back, nor written to the log, in full."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + '…'
+
+
 class ConditionError(ValueError):
     """A condition this model cannot take (unknown class, a prompt for a class model, ...); the message says why."""
 
@@ -11,7 +21,7 @@ def resolve_class(config, model_id, class_label=None, class_name=None):
     if class_name is not None:
         lowered = [x.lower() for x in labels]
         if class_name.strip().lower() not in lowered:
-            raise ConditionError(f'unknown class {class_name!r} for model {model_id}; known: {", ".join(labels)}')
+            raise ConditionError(f'unknown class {quoted(class_name)} for model {model_id}; known: {", ".join(labels)}')
         return lowered.index(class_name.strip().lower())
     if class_label is not None and not 0 <= class_label < len(labels):
         raise ConditionError(f'class_label {class_label} out of range for model {model_id} (0..{len(labels) - 1})')

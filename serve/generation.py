@@ -32,9 +32,9 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
     """n images from `model`: (images, seeds, per-image metadata, timings in ms). Every failure is an ApiError."""
     settings, metrics = state.settings, state.metrics
     if n > settings.max_n:
-        raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}')
+        raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}', param='n')
     if prompt is not None and len(prompt) > settings.max_prompt_chars:
-        raise ApiError(400, 'invalid_request', f'prompt longer than {settings.max_prompt_chars} characters')
+        raise ApiError(400, 'invalid_request', f'prompt longer than {settings.max_prompt_chars} characters', param='prompt')
     try:
         embedding = None
         if model.kind == 'text' and prompt and prompt.strip():
@@ -60,9 +60,10 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
     return images, seeds, meta, {'queue_ms': 1000 * queue_s, 'generate_ms': 1000 * run_s, 'total_ms': 1000 * total}
 
 
-def encoded(model, images, seeds, meta, fmt):
-    """Each image as file bytes in `fmt`, carrying model, seed and condition as metadata (PNG text chunks)."""
-    return [encode(img, fmt, image_metadata(model.id, s, **m)) for img, s, m in zip(images, seeds, meta)]
+def encoded(model, images, seeds, meta, fmt, quality=95):
+    """Each image as file bytes in `fmt`, carrying model, seed and condition as metadata (PNG text chunks).
+    Per request, after its batch: one request's encoding never touches another's."""
+    return [encode(img, fmt, image_metadata(model.id, s, **m), quality) for img, s, m in zip(images, seeds, meta)]
 
 
 def b64(blob):

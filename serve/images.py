@@ -11,15 +11,16 @@ from models.images import png_info
 MEDIA_TYPES = {'png': 'image/png', 'jpeg': 'image/jpeg', 'webp': 'image/webp'}
 
 
-def encode(image, fmt, metadata=None):
+def encode(image, fmt, metadata=None, quality=95):
+    """quality: jpeg and webp (0-100)."""
     buf = io.BytesIO()
     pil = Image.fromarray(image)
     if fmt == 'png':
         pil.save(buf, format='PNG', pnginfo=png_info(metadata or {}))
     elif fmt == 'jpeg':
-        pil.save(buf, format='JPEG', quality=95, comment=json.dumps(metadata or {}).encode())
+        pil.save(buf, format='JPEG', quality=quality, comment=json.dumps(metadata or {}).encode())
     else:
-        pil.save(buf, format='WEBP', quality=95)
+        pil.save(buf, format='WEBP', quality=quality)
     return buf.getvalue()
 
 

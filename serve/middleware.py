@@ -1,6 +1,7 @@
 """ASGI middleware: the body size limit, and the request context (id, log line, metric)."""
 
 import json
+import re
 import time
 import uuid
 
@@ -43,6 +44,15 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+# A client's X-Request-ID is kept only if it is a short printable token; anything else (invalid UTF-8, control
+# characters, a kilobyte of text) is replaced by a fresh id rather than failing the request or reaching the log.
+REQUEST_ID = re.compile(rb'[A-Za-z0-9._:/+=-]{1,64}')
+
+
+def request_id(header):
+    return header.decode('ascii') if header and REQUEST_ID.fullmatch(header) else uuid.uuid4().hex[:16]
+
+
 class RequestContext:
     """A request id (X-Request-ID in and out), one JSON log line and the request metric.
 
@@ -55,7 +65,7 @@ class RequestContext:
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http':
             return await self.app(scope, receive, send)
-        rid = dict(scope.get('headers') or []).get(b'x-request-id', b'').decode()[:64] or uuid.uuid4().hex[:16]
+        rid = request_id(dict(scope.get('headers') or []).get(b'x-request-id'))
         scope.setdefault('state', {})['request_id'] = rid
         status = {'code': 500}
         started = time.perf_counter()

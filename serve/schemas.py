@@ -1,11 +1,24 @@
 """The HTTP API's contract (the OpenAPI page at /docs is generated from these)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 SEED_MAX = 2 ** 63 - 1
+CLASS_NAME_MAX = 200        # characters of a class name (on /v1/generate and as the OpenAI prompt of a class model)
+
+
+def _unicode(text):
+    """JSON can carry lone surrogates ("\\ud800"); no tokenizer or image metadata can: refuse them here (400)."""
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        raise PydanticCustomError('string_unicode', 'not valid Unicode text') from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class Strict(BaseModel):
@@ -13,10 +26,10 @@ class Strict(BaseModel):
 
 
 class GenerateRequest(Strict):
-    model: str | None = Field(None, description='Model id from /v1/models (default: the first).')
+    model: Text | None = Field(None, description='Model id from /v1/models (default: the first).')
     class_label: int | None = Field(None, ge=0, description='Class index (class models).')
-    class_name: str | None = Field(None, max_length=200, description='Class name (class models); random if no class is given.')
-    prompt: str | None = Field(None, description='Text prompt (text models).')
+    class_name: Text | None = Field(None, max_length=CLASS_NAME_MAX, description='Class name (class models); random if no class is given.')
+    prompt: Text | None = Field(None, description='Text prompt (text models).')
     n: int = Field(1, ge=1, description='Number of images.')
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description='Seed of the first image; image i uses seed + i. Random if absent.')
     seed_b: int | None = Field(None, ge=0, le=SEED_MAX, description='Seed walk: the seed to walk towards. Image i\'s noise is '
@@ -61,11 +74,14 @@ class GenerateResponse(BaseModel):
 
 
 class OpenAIImageRequest(Strict):
-    prompt: str = Field(..., description='Text models: the prompt. Class models: a class name.')
-    model: str | None = None
+    prompt: Text = Field(..., description='Text models: the prompt. Class models: a class name.')
+    model: Text | None = None
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, description='Must equal the model size, e.g. "32x32".')
+    size: Text | None = Field(None, description='Must equal the model size, e.g. "32x32".')
     response_format: Literal['b64_json', 'url'] = 'b64_json'
+    output_format: Literal['png', 'jpeg', 'webp'] = 'png'
+    output_compression: int | None = Field(None, ge=0, le=100, description='jpeg and webp: the encoder quality, 0-100 '
+                                           '(100: the least loss). Default 95.')
     quality: str | None = None
     style: str | None = None
     user: str | None = None
@@ -79,6 +95,8 @@ class OpenAIImage(BaseModel):
 class OpenAIImageResponse(BaseModel):
     created: int
     data: list[OpenAIImage]
+    output_format: str
+    size: str
 
 
 class Condition(BaseModel):
@@ -88,6 +106,9 @@ class Condition(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str
+    object: Literal['model'] = 'model'
+    created: int = Field(description='When the bundle was written (Unix seconds).')
+    owned_by: str = 'sida'
     resolution: int
     condition: Condition
     backend: str
@@ -102,8 +123,11 @@ class ModelList(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
+    code: str = Field(description="sida's machine name for the error, e.g. model_not_found.")
     message: str
+    type: str = Field(description='OpenAI\'s error type: invalid_request_error, authentication_error, not_found_error, '
+                      'rate_limit_error or server_error.')
+    param: str | None = Field(None, description='The request field at fault, when there is one.')
 
 
 class ErrorResponse(BaseModel):

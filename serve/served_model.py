@@ -3,10 +3,11 @@
 import asyncio
 import secrets
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 
-from models.bundle import load_bundle
+from models.bundle import CONFIG_FILE, load_bundle
 from models.seeds import noise_for_seeds, slerp
 from serve.backends import make_backend
 from serve.batcher import MicroBatcher
@@ -44,15 +45,24 @@ class PromptEncoder:
     async def _encode_pending(self):
         batch, self.pending, self._scheduled = self.pending, {}, False
         prompts = list(batch)
+        encode = lambda prompts: asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, prompts)  # noqa: E731
         try:
-            embeddings = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, prompts)
+            results = list(zip(prompts, await encode(prompts)))
+            self.calls += 1
         except Exception as e:
-            for future in batch.values():
-                future.set_exception(e)
-            return
-        self.calls += 1
-        self.encoded += len(prompts)
-        for prompt, embedding in zip(prompts, embeddings):
+            if len(prompts) == 1:
+                batch[prompts[0]].set_exception(e)
+                return
+            # One prompt the encoder rejects must not fail its batch-mates: encode each alone, so only it fails.
+            results = []
+            for prompt in prompts:
+                try:
+                    results.append((prompt, (await encode([prompt]))[0]))
+                    self.calls += 1
+                except Exception as error:
+                    batch[prompt].set_exception(error)
+        self.encoded += len(results)
+        for prompt, embedding in results:
             self.cache[prompt] = embedding
             batch[prompt].set_result(embedding)
         while len(self.cache) > self.size:
@@ -68,6 +78,7 @@ class PromptEncoder:
 class ServedModel:
     def __init__(self, bundle_dir, settings, on_batch=None):
         self.bundle = load_bundle(bundle_dir)
+        self.created = int((Path(bundle_dir) / CONFIG_FILE).stat().st_mtime)
         self.config = self.bundle.config
         self.id = self.config.name
         self.backend = make_backend(settings.backend, self.bundle, settings.triton_url)
@@ -126,5 +137,6 @@ class ServedModel:
 
     def info(self):
         c = self.config
-        return {'id': self.id, 'resolution': c.image_resolution, 'condition': {'kind': self.kind, 'labels': c.label_names},
+        return {'id': self.id, 'object': 'model', 'created': self.created, 'owned_by': 'sida', 'resolution': c.image_resolution,
+                'condition': {'kind': self.kind, 'labels': c.label_names},
                 **{k: v for k, v in self.backend.describe().items() if k in ('backend', 'device', 'precision', 'warm')}}

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     api_keys: list[str] = Field(default_factory=list, description='Bearer keys; empty = no authentication.')
     api_keys_file: str | None = Field(None, description='File with one API key per line.')
+    allow_unauthenticated: bool = Field(False, description='Serve without API keys on a non-loopback host (an explicit choice).')
     rate_limit_per_minute: int = Field(0, ge=0, description='Requests per minute per key (0 = unlimited).')
     warmup: bool = True
     ui: bool = Field(True, description='Serve the Gradio demo at /ui (needs the [ui] extra: gradio).')

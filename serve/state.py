@@ -5,6 +5,7 @@ import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from serve.conditions import quoted
 from serve.errors import ApiError, log
 from serve.metrics import Metrics
 from serve.rate_limit import RateLimiter
@@ -28,7 +29,8 @@ class AppState:
         if model_id is None:
             return next(iter(self.models.values()))
         if model_id not in self.models:
-            raise ApiError(404, 'model_not_found', f'unknown model {model_id!r}; available: {", ".join(self.models)}')
+            raise ApiError(404, 'model_not_found', f'unknown model {quoted(model_id)}; available: {", ".join(self.models)}',
+                           param='model')
         return self.models[model_id]
 
 

@@ -9,11 +9,13 @@ router = APIRouter(tags=['health'])
 
 
 @router.get('/healthz')
+@router.head('/healthz', include_in_schema=False)     # load balancers probe with HEAD: the same status, no body
 async def healthz():
     return {'status': 'ok'}
 
 
 @router.get('/readyz')
+@router.head('/readyz', include_in_schema=False)
 async def readyz(state: State):
     for m in state.models.values():
         if not m.batcher.healthy:   # recover without live traffic (a load balancer may have stopped sending any)

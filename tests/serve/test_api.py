@@ -163,7 +163,8 @@ def test_the_openapi_schema_names_every_route_and_the_version(api):
     spec = api.get('/openapi.json').json()
     assert spec['info']['version'] == sida.__version__
     assert {path: sorted(ops) for path, ops in spec['paths'].items()} == {
-        '/healthz': ['get'], '/readyz': ['get'], '/metrics': ['get'], '/v1/models': ['get'], '/v1/generate': ['post'],
+        '/healthz': ['get'], '/readyz': ['get'], '/metrics': ['get'], '/v1/models': ['get'], '/v1/models/{model_id}': ['get'],
+        '/v1/generate': ['post'],
         '/v1/images/generations': ['post']}
     generate = spec['paths']['/v1/generate']['post']
     assert generate['operationId'] == 'generate_v1_generate_post'
