@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.bench.conftest import make_bundle
 from tests.serve.conftest import in_process
 
 
@@ -31,10 +32,16 @@ class Slowed:
         return self.backend.generate(inputs)
 
 
+@pytest.fixture(scope='module')
+def tiny_bundle_dir(tmp_path_factory):
+    """A 16x16 model whose own time is small beside the injected sleep, so the drain rate is steady on a busy CPU."""
+    return make_bundle(tmp_path_factory.mktemp('deadlines') / 'tiny')
+
+
 @pytest.fixture
-def slow_api(class_bundle_dir):
-    """The app with one image per batch and no batching window: 10 images/s, give or take the model's own time."""
-    with in_process(class_bundle_dir, max_batch=1, max_delay_ms=0) as api:
+def slow_api(tiny_bundle_dir):
+    """The app with one image per batch and no batching window: under 10 images/s (the sleep plus the model's time)."""
+    with in_process(tiny_bundle_dir, max_batch=1, max_delay_ms=0) as api:
         model = next(iter(api.app.state.sida.models.values()))
         model.batcher.backend = slow = Slowed(model.batcher.backend, 0.1)
         for seed in range(3):                                                      # measures the drain rate
@@ -55,7 +62,7 @@ def burst(api, count, deadline_ms, n=1):
 def test_admitted_work_meets_its_deadline_and_the_rest_is_refused_at_once(slow_api):
     api, batcher, slow = slow_api
     rate = batcher.drain.images_per_s               # the sleep plus the model's own time on this CPU
-    assert 1 < rate < 10
+    assert rate < 10
     results = burst(api, 24, deadline_ms=2000)      # 24 images at `rate` are well over 2 s of work
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 429, 504}, codes
@@ -93,8 +100,8 @@ def test_deadline_header_is_checked_and_capped(slow_api):
     assert api.post('/v1/generate', json={'seed': 1}, headers={'X-Request-Deadline-Ms': '1e12'}).status_code == 200
 
 
-def test_a_tight_default_deadline_refuses_what_it_cannot_do(class_bundle_dir):
-    with in_process(class_bundle_dir, max_batch=1, max_delay_ms=0, deadline_ms=250) as api:
+def test_a_tight_default_deadline_refuses_what_it_cannot_do(tiny_bundle_dir):
+    with in_process(tiny_bundle_dir, max_batch=1, max_delay_ms=0, deadline_ms=250) as api:
         model = next(iter(api.app.state.sida.models.values()))
         model.batcher.backend = Slowed(model.batcher.backend, 0.1)
         assert api.post('/v1/generate', json={'seed': 0}).status_code == 200
