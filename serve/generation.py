@@ -50,7 +50,7 @@ def deadline_seconds(settings, request):
 async def make_images(state, model, n, seed=None, class_label=None, class_name=None, prompt=None, request=None, seed_b=None, mix=None):
     """n images from `model`: (images, seeds, per-image metadata, timings in ms). Every failure is an ApiError."""
     settings, metrics = state.settings, state.metrics
-    deadline_s = deadline_seconds(settings, request)
+    deadline_s, arrived = deadline_seconds(settings, request), time.perf_counter()
     if n > settings.max_n:
         raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}')
     if prompt is not None and len(prompt) > settings.max_prompt_chars:
@@ -63,9 +63,10 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
     except RequestError as e:
         raise ApiError(e.status, e.code, str(e)) from None
     started = time.perf_counter()
+    remaining_s = deadline_s - (started - arrived)           # prompt encoding has used some of it
     metrics.queue.labels(model.id).set(model.batcher.queued_images)
     try:
-        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, model.batcher.submit(inputs, deadline_s)),
+        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, model.batcher.submit(inputs, remaining_s)),
                                                         settings.request_timeout_s)
     except DeadlineUnmeetable as e:
         raise ApiError(429, 'deadline_unmeetable', f'the server is busy: {e}', {'Retry-After': str(e.retry_after)}) from None
