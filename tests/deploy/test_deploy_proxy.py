@@ -6,7 +6,9 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
+import httpx
 import pytest
 
 from serve.settings import Settings
@@ -105,3 +107,34 @@ def test_nginx_accepts_the_file(tmp_path):
     conf.write_text(CONF.read_text().replace(f'server api:{SERVE_PORT};', f'server 127.0.0.1:{SERVE_PORT};'))
     result = subprocess.run([binary, '-t', '-c', str(conf), '-p', str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_nginx_cuts_off_stalled_clients_that_uvicorn_would_keep(tmp_path):
+    """The real nginx with this file in front of a real `sida serve`: stalled sockets are closed after
+    client_header_timeout, and requests through the proxy are served."""
+    binary = shutil.which('nginx')
+    if binary is None:
+        pytest.skip('no nginx binary here')
+    from bench.slow_clients import open_slow_sockets, still_open
+    from models.demo import make_demo_bundle
+    from tests.serve.conftest import Server, free_port, wait_until_answers
+    make_demo_bundle(tmp_path / 'demo')
+    api = Server('--bundle', tmp_path / 'demo', '--backend', 'torch', '--no-warmup', tmp_path=tmp_path)
+    port = free_port()
+    conf = tmp_path / 'nginx.conf'
+    conf.write_text(CONF.read_text().replace(f'server api:{SERVE_PORT};', f'server 127.0.0.1:{api.port};')
+                    .replace('listen 8080;', f'listen 127.0.0.1:{port};').replace('pid /tmp/nginx.pid;', f'pid {tmp_path}/nginx.pid;')
+                    .replace('client_header_timeout 10s;', 'client_header_timeout 2s;'))
+    proxy = subprocess.Popen([binary, '-c', str(conf), '-p', str(tmp_path), '-g', 'daemon off;'],
+                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / 'nginx.err', 'wb'))
+    try:
+        wait_until_answers(proxy, f'http://127.0.0.1:{port}/readyz', 'nginx', 30)
+        held = open_slow_sockets('127.0.0.1', port, 50)
+        time.sleep(4)                                       # past the (shortened) client_header_timeout
+        assert still_open(held) == 0
+        r = httpx.post(f'http://127.0.0.1:{port}/v1/generate', json={'seed': 1}, timeout=30)
+        assert r.status_code == 200 and r.json()['images']
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        api.stop()
