@@ -21,12 +21,13 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 run: setup
 	$(SIDA) serve
 
-# The UI tests drive Debian's chromium (Playwright's own browser download needs the internet); without it they skip.
+# System tools the tests drive: Debian's chromium for the UI test (Playwright's own browser download needs the
+# internet) and nginx for the reverse-proxy test (deploy/nginx.conf). Without them those tests skip.
 browser:
-	@command -v chromium >/dev/null || { \
+	@command -v chromium >/dev/null && command -v nginx >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then APT=apt-get; elif command -v sudo >/dev/null; then APT='sudo -n apt-get'; fi; \
-	  [ -n "$$APT" ] && $$APT update -q && DEBIAN_FRONTEND=noninteractive $$APT install -y -q chromium; } \
-	  || echo 'chromium could not be installed: the browser tests will skip'
+	  [ -n "$$APT" ] && $$APT update -q && DEBIAN_FRONTEND=noninteractive $$APT install -y -q chromium nginx-light; } \
+	  || echo 'chromium/nginx could not be installed: the browser and proxy tests will skip'
 
 test: setup browser
 	$(PY) -m pytest -q tests

@@ -1,4 +1,4 @@
-"""`sida bench`: generate | teacher-vs-student | http | train | report.
+"""`sida bench`: generate | teacher-vs-student | http | soak | train | report.
 
 Each subcommand imports its own code only when it runs, so `sida bench generate` works on machines that
 have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, prometheus_client).
@@ -6,7 +6,7 @@ have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, promethe
 
 import click
 
-from serve.runtimes import BACKEND_HELP
+from serve.runtimes import BACKEND_HELP, backend_callback
 from sida.cli_options import CTX, device_option, resolve_device
 
 OUT = click.option('--out', default='bench/results', type=click.Path(file_okay=False),
@@ -152,6 +152,41 @@ def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, 
         import torch
         gpu = torch.cuda.is_available()
     _finish(out, machine(gpu), name or f'http-{settings["model"]}', settings, rows, plot)
+
+
+@bench.command(context_settings=CTX)
+@click.option('--bundle', required=True, type=click.Path(exists=True, file_okay=False), help='Bundle the soaked server serves.')
+@click.option('--backend', default='torch', callback=backend_callback, help=BACKEND_HELP)
+@click.option('--minutes', default=10.0, type=click.FloatRange(0.1, 600), help='How long the load runs.')
+@click.option('--concurrency', default=8, type=click.IntRange(1), help='Closed-loop clients (moderate load).')
+@click.option('--n', default=1, type=click.IntRange(1), help='Images per request.')
+@click.option('--sample-every', default=5.0, type=click.FloatRange(0.5), help='Seconds between memory samples.')
+@click.option('--warmup-seconds', default=60.0, type=click.FloatRange(0), help='Growth is measured after this long.')
+@click.option('--max-growth', default=0.05, type=click.FloatRange(0), help='Allowed memory growth after warm-up (0.05: 5%).')
+@OUT
+@NAME
+@PLOT
+def soak(bundle, backend, minutes, concurrency, n, sample_every, warmup_seconds, max_growth, out, name, plot):
+    """Start `sida serve` on BUNDLE, hold moderate load for --minutes, sample its RSS (and GPU memory); pass if memory
+    grows at most --max-growth after the warm-up."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.record import machine
+    from bench.soak import run_soak
+    log_path = Path(tempfile.mkdtemp(prefix='sida-soak-')) / 'server.log'      # named in the error if the server dies
+    try:
+        info, settings, rows = run_soak(bundle, backend, minutes, concurrency, sample_every, n, warmup_seconds, max_growth,
+                                        log_path=log_path, log=lambda m: click.echo(m, err=True))
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    gpu = str(settings.get('server_device') or '').startswith('cuda')
+    _finish(out, machine(gpu), name or f'soak-{settings["model"]}', settings, rows, plot)
+    v = settings['verdict']
+    growth = ', '.join(f'{k.removesuffix("_mib_growth")} {100 * g:+.1f}%' for k, g in v.items() if k.endswith('_growth'))
+    if not v['passed']:
+        raise click.ClickException(f'memory grew after warm-up ({growth or "too few samples"}); allowed {100 * max_growth:g}%')
+    click.echo(f'passed: memory after warm-up {growth} (allowed {100 * max_growth:g}%)', err=True)
 
 
 @bench.command(context_settings=CTX)

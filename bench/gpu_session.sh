@@ -15,6 +15,11 @@
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #           --platform manylinux_2_28_x86_64 -d carry/whl diffusers==0.42.1 importlib_metadata
+#   bench/gpu_session.sh soak    OUT WHEELS  `sida bench soak`: the zoo's CIFAR-10 model served by compile-bf16 under
+#                                                 moderate load, RSS and GPU memory sampled (MINUTES=8: with the server's
+#                                                 start and compile it fits the 10-minute call); WHEELS holds the server stack
+#       pip download --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+#           -d carry/srv fastapi uvicorn pydantic-settings prometheus-client httpx python-multipart
 #
 # Everything is written under OUT (logs, result JSON/PNG, bundles). The machine is bare: python3 with torch,
 # numpy 2 and no fastapi, so everything runs as `python3 -m sida.cli`.
@@ -131,6 +136,13 @@ sd)
         --batch 1,4,16 --runs 20 --max-seconds 8 --out $RES --name generate-sd15-512
     timeout 240 "${SIDA[@]}" bench train --network sd15-unet --variants lsg-bf16 --batch 8 --iters 5 --warmup 2 --out $RES --name train-lsg-sd15
     tar czf "$OUT/results-sd.tgz" -C $RES .
+    ;;
+soak)
+    WHEELS=${3:?wheels dir}
+    python3 -m pip install -q --no-index --target /tmp/srv "$WHEELS"/*.whl && export PYTHONPATH=/tmp/srv:${PYTHONPATH:-}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    timeout $((590 - SECONDS)) "${SIDA[@]}" bench soak --bundle models/zoo/cifar10-cond --backend "${BACKEND:-compile-bf16}" \
+        --minutes "${MINUTES:-8}" --concurrency "${CONCURRENCY:-32}" --out "$OUT" 2>&1 | tee "$OUT/soak.log"
     ;;
 *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 
 generate: p50 latency and images/s against batch, one line per backend (log-log);
 http: images/s and latency against concurrency; teacher-vs-student: time per image as bars (log scale)
-with the speed-ups; train: images/s per configuration with memory.
+with the speed-ups; train: images/s per configuration with memory; soak: server memory and images/s over time.
 """
 
 import json
@@ -133,7 +133,37 @@ def plot_train(result, rows, path):
     plt.close(fig)
 
 
-PLOTTERS = {'generate': plot_generate, 'http': plot_http, 'teacher-vs-student': plot_teacher, 'train': plot_train}
+def plot_soak(result, rows, path):
+    plt = _plt()
+    verdict = result.get('settings', {}).get('verdict', {})
+    t = [r['t_s'] / 60 for r in rows]
+    fig, (mem, thr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label in (('rss_mib', 'server RSS'), ('gpu_mib', 'server GPU memory')):
+        if any(r.get(key) is not None for r in rows):
+            mem.plot(t, [r.get(key) for r in rows], label=label)
+            base = verdict.get(f'{key}_after_warmup')
+            if base:
+                mem.axhline(base * (1 + verdict['growth_limit']), ls=':', color='tab:red', lw=1,
+                            label=f'{label} + {100 * verdict["growth_limit"]:g}%')
+    mem.axvspan(0, verdict.get('warmup_s', 60) / 60, color='0.9', label='warm-up')
+    mem.set_ylabel('MiB')
+    mem.legend(fontsize=8)
+    thr.plot(t, [r['images_per_s'] for r in rows])
+    thr.set_ylabel('images / s (successful requests)')
+    for ax in (mem, thr):
+        ax.set_xlabel('minutes')
+        ax.grid(True, alpha=0.3)
+    settings = result.get('settings', {})
+    fig.suptitle(f'Soak: {settings.get("model")} on {settings.get("server_backend")} ({settings.get("server_device")}), '
+                 f'{settings.get("concurrency")} clients, {"passed" if verdict.get("passed") else "FAILED"}\n'
+                 f'{result["device"]}, {result["date"]}', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+PLOTTERS = {'generate': plot_generate, 'http': plot_http, 'teacher-vs-student': plot_teacher, 'train': plot_train,
+            'soak': plot_soak}
 
 
 def plot_result(json_path):

@@ -119,7 +119,21 @@ def _not_measured(rows):
     return [''] + lines if lines else []
 
 
-TABLES = {'generate': generate_table, 'teacher-vs-student': teacher_table, 'http': http_table, 'train': train_table}
+def soak_table(rows):
+    done = [r for r in rows if r.get('kind') == 'soak']
+    if not done:
+        return []
+    first, last = done[0], done[-1]
+    return _table(['minutes', 'requests', 'img/s (mean)', 'RSS MiB first / last / max', 'GPU MiB first / last', 'errors'],
+                  [[_fmt(last['t_s'] / 60), str(sum(r['requests'] for r in done)),
+                    _fmt(sum(r['images_per_s'] for r in done) / len(done)),
+                    f'{_fmt(first["rss_mib"])} / {_fmt(last["rss_mib"])} / {_fmt(max(r["rss_mib"] for r in done))}',
+                    f'{_fmt(first.get("gpu_mib"))} / {_fmt(last.get("gpu_mib"))}',
+                    str(sum(sum(r['errors'].values()) for r in done))]])
+
+
+TABLES = {'generate': generate_table, 'teacher-vs-student': teacher_table, 'http': http_table, 'train': train_table,
+          'soak': soak_table}
 
 # The issues' targets for the CIFAR-10 DDPM++-size networks on the H100 ([bench]: generation; [trainer]: training),
 # checked where the data exist.

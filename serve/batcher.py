@@ -2,12 +2,17 @@
 
 Requests (each a few images) wait in a bounded queue; a worker takes as many as fit in `max_batch`
 images, waiting at most `max_delay_ms` for company after the first arrives, runs the backend in a
-thread (the event loop keeps serving), and hands each request its slice. A full queue refuses new
-work at once (the API answers 429 + Retry-After); a request whose client went away is skipped.
+thread (the event loop keeps serving), and hands each request its slice. A request whose client went away is skipped.
+
+Admission is by deadline: the worker measures its drain rate (images/s, an EWMA over batches), so a new request's
+wait is estimated as (images ahead of it + its own) / rate; work that cannot finish before its deadline is refused
+at once (the API answers 429 with a Retry-After from the estimate), and work whose deadline passes while queued is
+dropped, never run. `max_queue_images` stays as a hard memory cap.
 """
 
 import asyncio
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -20,8 +25,36 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class DeadlineUnmeetable(QueueFull):
+    """The queue ahead would take longer than the request may wait."""
+
+    def __init__(self, estimate_s, budget_s, retry_after):
+        Exception.__init__(self, f'estimated {estimate_s:.1f}s to finish, over the {budget_s:.1f}s deadline; '
+                                 f'retry after {retry_after}s')
+        self.estimate_s, self.budget_s, self.retry_after = estimate_s, budget_s, retry_after
+
+
+class DeadlineExpired(Exception):
+    """The deadline passed while the request waited in the queue: it was dropped, not run."""
+
+
 class BackendFailed(Exception):
     pass
+
+
+class DrainRate:
+    """Images per second the backend drains, as an exponentially weighted moving average over batches."""
+
+    def __init__(self, weight=0.2):
+        self.weight, self.images_per_s = weight, None
+
+    def update(self, images, seconds):
+        rate = images / max(seconds, 1e-6)
+        self.images_per_s = rate if self.images_per_s is None else self.images_per_s + self.weight * (rate - self.images_per_s)
+
+    def seconds_for(self, images):
+        """Estimated seconds to drain `images`; 0 before the first measurement (nothing known: admit)."""
+        return images / self.images_per_s if self.images_per_s else 0.0
 
 
 @dataclasses.dataclass
@@ -30,6 +63,7 @@ class Job:
     future: asyncio.Future
     enqueued: float
     size: int
+    deadline: float = math.inf          # time.perf_counter() by which it must be done
 
 
 @dataclasses.dataclass
@@ -38,6 +72,8 @@ class BatchStats:
     images: int = 0
     last_batch_size: int = 0
     failures: int = 0
+    refused: int = 0                     # deadline could not be met: 429 at once
+    expired: int = 0                     # deadline passed while queued: dropped, never run
 
 
 class MicroBatcher:
@@ -46,6 +82,8 @@ class MicroBatcher:
         self.max_queue_images = max_queue_images
         self.queue = asyncio.Queue()
         self.queued_images = 0
+        self.running_images = 0              # in the backend call now
+        self.drain = DrainRate()
         self.stats = BatchStats()
         self.on_batch = on_batch            # callback(batch_size, seconds) for metrics
         self.healthy = True
@@ -73,20 +111,34 @@ class MicroBatcher:
         """One small generation through the queue: lets an unhealthy model become ready again without traffic."""
         try:
             await asyncio.wait_for(self.submit(inputs), timeout)
-        except (BackendFailed, QueueFull, asyncio.TimeoutError):
+        except (BackendFailed, QueueFull, DeadlineExpired, asyncio.TimeoutError):
             pass
         return self.healthy
 
-    async def submit(self, inputs):
-        """inputs: dict of CPU tensors with a leading batch axis. Returns (images, queue_s, run_s)."""
+    def estimated_wait(self, size):
+        """Seconds until `size` more images would be done: everything queued or running first, then them."""
+        return self.drain.seconds_for(self.queued_images + self.running_images + size)
+
+    async def submit(self, inputs, deadline_s=None):
+        """inputs: dict of CPU tensors with a leading batch axis; deadline_s: seconds the caller can wait (None: no
+        deadline). Returns (images, queue_s, run_s)."""
         size = len(inputs['noise'])
         if size > self.max_queue_images:
             raise ValueError(f'{size} images can never fit this server\'s queue of {self.max_queue_images}')
-        if self.queued_images + size > self.max_queue_images:     # admit the whole request or none of it
-            raise QueueFull(retry_after=max(1, round(self.max_queue_images / max(self.max_batch, 1) * 0.05)))
+        if self.queued_images + size > self.max_queue_images:     # the memory cap: admit the whole request or none of it
+            self.stats.refused += 1
+            raise QueueFull(retry_after=max(1, math.ceil(self.drain.seconds_for(self.queued_images + size - self.max_queue_images))))
+        now = time.perf_counter()
+        deadline = math.inf if deadline_s is None else now + deadline_s
+        if deadline_s is not None:
+            estimate = self.estimated_wait(size)
+            if estimate > deadline_s:
+                # Retrying after x seconds, the queue is x * rate images shorter: it fits when x >= estimate - budget.
+                self.stats.refused += 1
+                raise DeadlineUnmeetable(estimate, deadline_s, max(1, math.ceil(estimate - deadline_s)))
         loop = asyncio.get_running_loop()
-        jobs = [Job({k: v[i:i + self.max_batch] for k, v in inputs.items()}, loop.create_future(), time.perf_counter(),
-                    min(self.max_batch, size - i)) for i in range(0, size, self.max_batch)]
+        jobs = [Job({k: v[i:i + self.max_batch] for k, v in inputs.items()}, loop.create_future(), now,
+                    min(self.max_batch, size - i), deadline) for i in range(0, size, self.max_batch)]
         for job in jobs:
             self.queued_images += job.size
             self.queue.put_nowait(job)
@@ -141,27 +193,36 @@ class MicroBatcher:
         await self._execute(jobs)
 
     async def _execute(self, jobs):
-        live = []
+        live, now = [], time.perf_counter()
         for job in jobs:
             self.queued_images -= job.size
-            if not job.future.cancelled():          # the client went away: don't spend the GPU on it
-                live.append(job)
+            if job.future.done():                   # the client went away: don't spend the GPU on it
+                continue
+            if job.deadline < now:                  # too late to be of use: its client has been told so
+                self.stats.expired += 1
+                job.future.set_exception(DeadlineExpired(f'the deadline passed after {now - job.enqueued:.2f}s in the queue'))
+                continue
+            live.append(job)
         if not live:
             return
         started = time.perf_counter()
+        total = sum(j.size for j in live)
+        self.running_images = total
         try:
             inputs = {k: torch.cat([j.inputs[k] for j in live]) for k in live[0].inputs}
             images = await asyncio.get_running_loop().run_in_executor(None, self.backend.generate, inputs)
-        except Exception as e:   # a backend failure fails these requests and marks the model unhealthy
+        except Exception as e:   # a backend failure fails these requests (only these) and marks the model unhealthy
+            self.running_images = 0
             self.healthy = False
             self.stats.failures += 1
             for job in live:
                 if not job.future.done():
                     job.future.set_exception(BackendFailed(f'{type(e).__name__}: {e}'))
             return
+        self.running_images = 0
         self.healthy = True
         run_s = time.perf_counter() - started
-        total = sum(j.size for j in live)
+        self.drain.update(total, run_s)
         self.stats.batches += 1
         self.stats.images += total
         self.stats.last_batch_size = total

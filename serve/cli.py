@@ -43,6 +43,15 @@ def refuse_open_server(settings):
         raise SystemExit(2)
 
 
+def connection_limits(settings):
+    """What uvicorn/h11 offer against slow or many clients. uvicorn has no header-read timeout: a client that sends
+    half a request line holds its socket until it leaves (only a cheap idle socket on the event loop); the reverse
+    proxy of a deployment (deploy/nginx.conf) bounds header and body reads. h11, not httptools: only h11 bounds the
+    size of unfinished headers."""
+    return {'http': 'h11', 'timeout_keep_alive': settings.timeout_keep_alive_s, 'limit_concurrency': settings.limit_concurrency,
+            'backlog': settings.backlog, 'h11_max_incomplete_event_size': settings.h11_max_incomplete_event_size}
+
+
 def setting(name):
     """The settings' own default, shown by click (the option itself defaults to None: unset flags leave env/file alone)."""
     from serve.settings import Settings
@@ -124,7 +133,7 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
     pages = '/docs, demo at /ui' if app.state.ui else '/docs'
     click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} (docs at {pages})', err=True)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level='warning')
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level='warning', **connection_limits(settings))
     finally:
         if triton is not None:
             triton.stop()

@@ -3,9 +3,10 @@ micro-batcher, wait (or give up if the client leaves), and encode the images."""
 
 import asyncio
 import base64
+import math
 import time
 
-from serve.batcher import BackendFailed, QueueFull
+from serve.batcher import BackendFailed, DeadlineExpired, DeadlineUnmeetable, QueueFull
 from serve.conditions import image_metadata
 from serve.errors import ApiError
 from serve.images import encode
@@ -28,9 +29,28 @@ async def wait_or_disconnect(request, awaitable):
             task.cancel()
 
 
+DEADLINE_HEADER = 'X-Request-Deadline-Ms'
+
+
+def deadline_seconds(settings, request):
+    """How long this request may take: its X-Request-Deadline-Ms header, else the server default; capped by the max."""
+    raw = request.headers.get(DEADLINE_HEADER) if request is not None else None
+    if raw is None:
+        ms = settings.deadline_ms
+    else:
+        try:
+            ms = float(raw)
+        except ValueError:
+            ms = math.nan
+        if not ms > 0 or math.isinf(ms):
+            raise ApiError(400, 'invalid_request', f'{DEADLINE_HEADER} must be a positive number of milliseconds')
+    return min(ms, settings.max_deadline_ms) / 1000
+
+
 async def make_images(state, model, n, seed=None, class_label=None, class_name=None, prompt=None, request=None, seed_b=None, mix=None):
     """n images from `model`: (images, seeds, per-image metadata, timings in ms). Every failure is an ApiError."""
     settings, metrics = state.settings, state.metrics
+    deadline_s, arrived = deadline_seconds(settings, request), time.perf_counter()
     if n > settings.max_n:
         raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}', param='n')
     if prompt is not None and len(prompt) > settings.max_prompt_chars:
@@ -43,16 +63,21 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
     except RequestError as e:
         raise ApiError(e.status, e.code, str(e)) from None
     started = time.perf_counter()
+    remaining_s = deadline_s - (started - arrived)           # prompt encoding has used some of it
     metrics.queue.labels(model.id).set(model.batcher.queued_images)
     try:
-        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, model.batcher.submit(inputs)),
+        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, model.batcher.submit(inputs, remaining_s)),
                                                         settings.request_timeout_s)
+    except DeadlineUnmeetable as e:
+        raise ApiError(429, 'deadline_unmeetable', f'the server is busy: {e}', {'Retry-After': str(e.retry_after)}) from None
+    except DeadlineExpired as e:
+        raise ApiError(504, 'deadline_exceeded', f'{e}; nothing was generated') from None
     except QueueFull as e:
         raise ApiError(429, 'overloaded', 'the server is busy; try again shortly', {'Retry-After': str(e.retry_after)}) from None
     except asyncio.TimeoutError:
         raise ApiError(504, 'timeout', f'generation took longer than {settings.request_timeout_s}s') from None
     except BackendFailed as e:
-        raise ApiError(503, 'backend_unavailable', f'the {model.backend.name} backend failed: {e}', {'Retry-After': '5'}) from None
+        raise ApiError(503, 'backend_failed', f'the {model.backend.name} backend failed: {e}', {'Retry-After': '5'}) from None
     except ValueError as e:      # more images than the queue can ever hold
         raise ApiError(400, 'invalid_request', str(e)) from None
     total = time.perf_counter() - started

@@ -20,6 +20,16 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0, description='How long the first request waits for company.')
     max_queue_images: int = Field(256, ge=1, description='Images waiting before new requests get 429.')
     request_timeout_s: float = Field(60.0, gt=0)
+    # Deadlines and the HTTP server's limits on slow or many clients (docs/serving.md, "Overload and slow clients").
+    deadline_ms: float = Field(10_000, gt=0, description='Default request deadline; a request may set its own with the '
+                               'X-Request-Deadline-Ms header. Work that cannot finish in time gets 429 at once.')
+    max_deadline_ms: float = Field(60_000, gt=0, description='Cap on a request\'s X-Request-Deadline-Ms.')
+    timeout_keep_alive_s: float = Field(5, gt=0, description='Close an idle keep-alive connection after this long.')
+    limit_concurrency: int = Field(2048, ge=1, description='Open connections plus running requests before new '
+                                   'requests get 503 (uvicorn); keep it under the file-descriptor limit.')
+    backlog: int = Field(2048, ge=1, description='Connections waiting to be accepted by the kernel.')
+    h11_max_incomplete_event_size: int = Field(16 * 1024, ge=1024, description='Bytes of request line plus headers '
+                                               'before 400 (h11).')
     max_n: int = Field(16, ge=1, description='Images per request.')
     max_prompt_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)

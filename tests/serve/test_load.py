@@ -62,7 +62,7 @@ def test_backend_failure_gives_503_and_readiness_recovers(class_bundle_dir, trit
         assert api.post('/v1/generate', json={'seed': 1}).status_code == 200
         triton.stop()
         r = api.post('/v1/generate', json={'seed': 1})
-        assert r.status_code == 503 and r.json()['error']['code'] == 'backend_unavailable' and 'Retry-After' in r.headers
+        assert r.status_code == 503 and r.json()['error']['code'] == 'backend_failed' and 'Retry-After' in r.headers
         assert api.get('/readyz').status_code == 503
         triton.start()
         assert api.get('/readyz').status_code == 200       # recovers by probing, before any traffic returns
