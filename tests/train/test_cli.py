@@ -42,8 +42,8 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     cfg = json.loads((student / 'config.json').read_text())
     assert cfg['per_gpu_batch'] == 8 and cfg['distill']['alpha'] == 1.0
 
-    r = sida('generate', '--bundle', student / 'bundle', '--seeds', '0-3', '--class', 'ship', '--out', tmp_path / 'ships.png')
-    assert r.returncode == 0, r.stderr
+    r = sida('generate', '--bundle', student / 'bundle', '--seeds', '0-3', '--class', 'ship', '--grid', tmp_path / 'ships.png')
+    assert r.returncode == 0 and (tmp_path / 'ships.png').is_file(), r.stderr
 
     # Resume picks up the newest checkpoint and goes on to a longer total.
     r = sida('train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out', student,
