@@ -11,6 +11,7 @@
 #                                                 for the zoo model (torch-bf16, then compile) and ddpmpp-cifar10 (torch-bf16);
 #                                                 WHEELS holds fastapi, uvicorn, pydantic(-settings) and their needs
 #                                                 (the list and its size: docs/benchmarks.md)
+#   bench/gpu_session.sh startup OUT WHEELS  cold and warm start of `sida serve --backend compile` (MODE=reduce-overhead)
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -29,6 +30,27 @@ export PYTHONUNBUFFERED=1
 SIDA=(python3 -m sida.cli)
 mkdir -p "$OUT"
 ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
+
+# One server at a time: seconds from launch to /readyz 200, then closed-loop load at n=1 and n=16 per request.
+serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]; LEVELS, NS, DURATION shape the load
+    local name=$1 bundle=$2 backend=$3 limit=$4 port=8100 start=$SECONDS; shift 4
+    "${SIDA[@]}" serve --bundle "$bundle" --backend "$backend" --port $port --no-ui --max-batch 64 "$@" \
+        > "$OUT/server-$name.log" 2>&1 &
+    local pid=$!
+    until curl -sf localhost:$port/readyz > /dev/null; do
+        if ! kill -0 $pid 2>/dev/null || [ $((SECONDS - start)) -ge "$limit" ]; then
+            echo "$name: not ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"; kill $pid 2>/dev/null; wait $pid; return; fi
+        sleep 0.5
+    done
+    echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
+    for n in ${NS:-1 16}; do
+        timeout 120 "${SIDA[@]}" bench http --url http://127.0.0.1:$port --concurrency ${LEVELS:-1,8,32,128} --n $n \
+            --duration ${DURATION:-6} \
+            --out $RES --name "http-$name-n$n"
+    done
+    curl -s localhost:$port/metrics | grep -E '^sida_batch_size|^sida_request' > "$OUT/metrics-$name.txt"
+    kill -INT $pid; wait $pid
+}
 
 case $STAGE in
 bench)
@@ -105,28 +127,24 @@ serve)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     RES=$OUT/results      # straight into OUT: a stage cut off by the time limit still brings back what it measured
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
-    # One server at a time: seconds from launch to /readyz 200, then closed-loop load at n=1 and n=16 per request.
-    serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S
-        local name=$1 bundle=$2 backend=$3 limit=$4 port=8100 start=$SECONDS
-        "${SIDA[@]}" serve --bundle "$bundle" --backend "$backend" --port $port --no-ui --max-batch 64 \
-            > "$OUT/server-$name.log" 2>&1 &
-        local pid=$!
-        until curl -sf localhost:$port/readyz > /dev/null; do
-            if ! kill -0 $pid 2>/dev/null || [ $((SECONDS - start)) -ge "$limit" ]; then
-                echo "$name: not ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"; kill $pid 2>/dev/null; wait $pid; return; fi
-            sleep 0.5
-        done
-        echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
-        for n in 1 16; do
-            timeout 120 "${SIDA[@]}" bench http --url http://127.0.0.1:$port --concurrency 1,8,32,128 --n $n --duration 6 \
-                --out $RES --name "http-$name-n$n"
-        done
-        curl -s localhost:$port/metrics | grep -E '^sida_batch_size|^sida_request' > "$OUT/metrics-$name.txt"
-        kill -INT $pid; wait $pid
-    }
     serve_and_load zoo-torch-bf16 models/zoo/cifar10-cond torch-bf16 120
     serve_and_load ddpmpp-torch-bf16 build/bench-bundles/ddpmpp-cifar10 torch-bf16 120
     serve_and_load zoo-compile models/zoo/cifar10-cond compile $((560 - SECONDS))
+    ;;
+startup)
+    # Cold and warm start of the compile backend per torch.compile mode (the inductor cache in /tmp survives between
+    # the two starts), then short load; and the generator alone under the same compile mode for the HTTP overhead.
+    WHEELS=${3:?wheels dir}; MODE=${MODE:-reduce-overhead}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    RES=$OUT/results
+    python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
+    for model in zoo:models/zoo/cifar10-cond ddpmpp:build/bench-bundles/ddpmpp-cifar10; do
+        name=${model%%:*}; bundle=${model#*:}
+        NS=1 LEVELS=1 DURATION=4 serve_and_load "$name-$MODE-cold" "$bundle" compile 150 --compile-mode "$MODE"
+        NS="1 16" LEVELS=1,8,32 DURATION=4 serve_and_load "$name-$MODE-warm" "$bundle" compile 60 --compile-mode "$MODE"
+    done
+    timeout $((590 - SECONDS)) "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond --backends compile-bf16 \
+        --compile-mode "$MODE" --batch 1,16,64 --runs 20 --max-seconds 5 --out $RES --name "generate-zoo-$MODE"
     ;;
 sd)
     WHEELS=${3:?wheels dir}

@@ -76,8 +76,8 @@ class CompiledBackend(TorchBackend):
         precision = precision or ('bf16' if device == 'cuda' else 'fp32')
         Backend.__init__(self, bundle)
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
-        self.generator = compile_generator(bundle.generator, precision, mode or ('max-autotune' if device == 'cuda' else 'default'),
-                                           device)
+        self.mode = mode or ('max-autotune' if device == 'cuda' else 'default')
+        self.generator = compile_generator(bundle.generator, precision, self.mode, device)
 
     def warmup(self, batch_sizes=None):
         super().warmup(self.buckets)
@@ -170,7 +170,7 @@ class TritonBackend(Backend):
         return self.client.infer(self.model, feeds, outputs=outputs).as_numpy('images')
 
 
-def make_backend(name, bundle, triton_url=None, device=None):
+def make_backend(name, bundle, triton_url=None, device=None, compile_mode=None):
     """A backend by its name in the shared vocabulary (serve/runtimes.py), e.g. torch, torch-bf16, onnxruntime-fp16.
     auto: the fastest that works here (TensorRT or compile on CUDA, else a verified ONNX export, else eager torch)."""
     if name == 'auto':
@@ -178,7 +178,7 @@ def make_backend(name, bundle, triton_url=None, device=None):
             try:
                 return TensorRTBackend(bundle)
             except BackendUnavailable:
-                return CompiledBackend(bundle, device)
+                return CompiledBackend(bundle, device, mode=compile_mode)
         try:
             return OnnxBackend(bundle)
         except BackendUnavailable:
@@ -190,7 +190,7 @@ def make_backend(name, bundle, triton_url=None, device=None):
     if runtime == 'torch':
         return TorchBackend(bundle, device, precision or 'fp32')
     if runtime == 'compile':
-        return CompiledBackend(bundle, device, precision)
+        return CompiledBackend(bundle, device, precision, mode=compile_mode)
     if runtime == 'onnxruntime':
         return OnnxBackend(bundle, precision or 'fp32')
     if runtime == 'tensorrt':

@@ -64,6 +64,9 @@ def setting(name):
               help='Bundle to serve (repeat for several; the first is the default).')
 @click.option('--backend', default=None, callback=backend_callback, show_default=setting('backend'), help=BACKEND_HELP)
 @click.option('--triton-url', default=None, help='External Triton server for --backend triton.')
+@click.option('--compile-mode', type=click.Choice(['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs']),
+              default=None, show_default='max-autotune on CUDA, default on CPU',
+              help='torch.compile mode of the compile backend (reduce-overhead: CUDA graphs without kernel tuning).')
 @click.option('--host', default=None, show_default=setting('host'), help='Bind address.')
 @click.option('--port', type=int, default=None, show_default=setting('port'), help='HTTP port.')
 @click.option('--max-batch', type=int, default=None, show_default=setting('max_batch'), help='Images per backend call.')
@@ -85,7 +88,7 @@ def setting(name):
 @click.option('--triton-http-port', type=int, default=8010, help='Triton KServe v2 HTTP port (with --triton).')
 @click.option('--triton-grpc-port', type=int, default=8011, help='Triton gRPC port (with --triton).')
 @click.option('--triton-metrics-port', type=int, default=8002, help='Triton metrics port (with --triton).')
-def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
+def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
           api_keys_file, allow_unauthenticated, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton,
           triton_http_port, triton_grpc_port, triton_metrics_port):
     """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs,
@@ -97,7 +100,8 @@ def serve(bundles, backend, triton_url, host, port, max_batch, max_delay_ms, max
     from serve.settings import load_settings
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url, host=host,
+        settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url,
+                                 compile_mode=compile_mode, host=host,
                                  port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue_images=max_queue_images,
                                  max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
                                  allow_unauthenticated=allow_unauthenticated,

@@ -1,6 +1,7 @@
 """Server settings: SIDA_* environment variables, a TOML/YAML/JSON file (SIDA_CONFIG), or CLI flags."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +15,9 @@ class Settings(BaseSettings):
     bundles: list[str] = Field(default_factory=list, description='Bundle directories to serve (the first is the default model).')
     backend: str = Field('auto', description=BACKEND_HELP)
     triton_url: str | None = Field(None, description='Triton server for the triton backend, e.g. http://127.0.0.1:8000')
+    compile_mode: Literal['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'] | None = Field(
+        None, description='torch.compile mode of the compile backend; none: max-autotune on CUDA (minutes of start-up '
+        'while it tunes kernels), default on CPU. reduce-overhead captures CUDA graphs without tuning.')
     host: str = '127.0.0.1'
     port: int = 8000
     max_batch: int = Field(32, ge=1, description='Images per backend call.')

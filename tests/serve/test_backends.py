@@ -62,3 +62,17 @@ def test_serve_with_pytriton(class_bundle_dir, tmp_path):
             assert np.abs(a - b).max() <= 1
     finally:
         s.stop()
+
+
+def test_compile_mode_setting_reaches_the_compile_backend(class_bundle_dir):
+    """--compile-mode / SIDA_COMPILE_MODE picks torch.compile's mode (compiling itself happens at the first call)."""
+    from click.testing import CliRunner
+
+    from models.bundle import load_bundle
+    from serve.backends import make_backend
+    from sida.cli import main
+    bundle = load_bundle(class_bundle_dir, return_float=True)
+    assert make_backend('compile', bundle, device='cpu', compile_mode='reduce-overhead').mode == 'reduce-overhead'
+    assert make_backend('compile', bundle, device='cpu').mode == 'default'
+    r = CliRunner().invoke(main, ['serve', '--bundle', str(class_bundle_dir), '--compile-mode', 'fast'])
+    assert r.exit_code == 2 and "'fast' is not one of" in r.output
