@@ -147,11 +147,15 @@ def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, 
         raise click.ClickException(str(e)) from None
     except Exception as e:      # server down, refused connection, bad answer: one line
         raise click.ClickException(f'{url}: {type(e).__name__}: {e}') from None
-    gpu = str(settings.get('server_device') or '').startswith('cuda')
-    if gpu:
-        import torch
-        gpu = torch.cuda.is_available()
-    _finish(out, machine(gpu), name or f'http-{settings["model"]}', settings, rows, plot)
+    _finish(out, machine(_server_on_gpu(settings)), name or f'http-{settings["model"]}', settings, rows, plot)
+
+
+def _server_on_gpu(settings):
+    """Whether the measured server ran on a GPU this machine has (the results go under that device's folder)."""
+    if not str(settings.get('server_device') or '').startswith('cuda'):
+        return False
+    import torch
+    return torch.cuda.is_available()
 
 
 @bench.command(context_settings=CTX)
@@ -180,8 +184,7 @@ def soak(bundle, backend, minutes, concurrency, n, sample_every, warmup_seconds,
                                         log_path=log_path, log=lambda m: click.echo(m, err=True))
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
-    gpu = str(settings.get('server_device') or '').startswith('cuda')
-    _finish(out, machine(gpu), name or f'soak-{settings["model"]}', settings, rows, plot)
+    _finish(out, machine(_server_on_gpu(settings)), name or f'soak-{settings["model"]}', settings, rows, plot)
     v = settings['verdict']
     growth = ', '.join(f'{k.removesuffix("_mib_growth")} {100 * g:+.1f}%' for k, g in v.items() if k.endswith('_growth'))
     if not v['passed']:

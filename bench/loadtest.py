@@ -9,11 +9,11 @@ generator, not something to point at other people's machines.
 
 import asyncio
 import collections
-import ipaddress
 import time
 from urllib.parse import urlparse
 
 from bench.record import percentiles
+from serve.cli import is_loopback
 
 
 class RemoteRefused(ValueError):
@@ -25,13 +25,7 @@ def check_loopback(url, allow_remote=False):
     if parsed.scheme not in ('http', 'https') or not parsed.hostname:
         raise ValueError(f'bad URL {url!r}: expected http://HOST:PORT')
     host = parsed.hostname
-    if host == 'localhost':
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
+    if not is_loopback(host) and not allow_remote:
         raise RemoteRefused(f'{host} is not a loopback address: `sida bench http` loads loopback servers only '
                             '(127.0.0.0/8, ::1, localhost); pass --allow-remote for a server you own')
 

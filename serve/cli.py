@@ -25,6 +25,7 @@ def default_bundles(log):
 
 
 def is_loopback(host):
+    """localhost or a loopback address (127.0.0.0/8, ::1); `sida bench http` uses it too."""
     import ipaddress
     if host == 'localhost':
         return True
