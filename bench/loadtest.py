@@ -13,7 +13,7 @@ import time
 from urllib.parse import urlparse
 
 from bench.record import percentiles
-from serve.cli import is_loopback
+from sida.cli_options import is_loopback
 
 
 class RemoteRefused(ValueError):

@@ -30,7 +30,6 @@ def create_app(settings: Settings, models=None):
     for router in ROUTERS:
         app.include_router(router)
     app.state.sida = state
-    app.state.metrics = state.metrics
     app.state.ui = settings.ui and mount_pages(app)
     return app
 

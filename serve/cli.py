@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from serve.runtimes import BACKEND_HELP, backend_callback
-from sida.cli_options import CTX
+from sida.cli_options import COMPILE_MODES, CTX, is_loopback
 
 ZOO = Path(__file__).resolve().parents[1] / 'models' / 'zoo'
 DEMO = Path.home() / '.cache' / 'sida' / 'demo-untrained-ddpmpp'
@@ -22,17 +22,6 @@ def default_bundles(log):
         make_demo_bundle(DEMO)
     log(f'no zoo models are installed yet: serving the small UNTRAINED demo bundle {DEMO} (its images are noise)')
     return [str(DEMO)]
-
-
-def is_loopback(host):
-    """localhost or a loopback address (127.0.0.0/8, ::1); `sida bench http` uses it too."""
-    import ipaddress
-    if host == 'localhost':
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False          # a host name or 0.0.0.0-like wildcard: reachable from elsewhere
 
 
 def refuse_open_server(settings):
@@ -65,7 +54,7 @@ def setting(name):
               help='Bundle to serve (repeat for several; the first is the default).')
 @click.option('--backend', default=None, callback=backend_callback, show_default=setting('backend'), help=BACKEND_HELP)
 @click.option('--triton-url', default=None, help='External Triton server for --backend triton.')
-@click.option('--compile-mode', type=click.Choice(['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs']),
+@click.option('--compile-mode', type=click.Choice(COMPILE_MODES),
               default=None, show_default='max-autotune on CUDA, default on CPU',
               help='torch.compile mode of the compile backend (reduce-overhead: CUDA graphs without kernel tuning).')
 @click.option('--host', default=None, show_default=setting('host'), help='Bind address.')
@@ -129,7 +118,7 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
             click.echo(f'Triton (PyTriton) on http://127.0.0.1:{triton_http_port} (gRPC :{triton_grpc_port}, '
                        f'metrics :{triton_metrics_port})', err=True)
         for bundle in settings.bundles:
-            app_models.append(ServedModel(bundle, settings, on_batch=lambda *a: app.state.metrics.on_batch(*a)))
+            app_models.append(ServedModel(bundle, settings, on_batch=lambda *a: app.state.sida.metrics.on_batch(*a)))
     except (BundleError, BackendUnavailable, FileNotFoundError, RuntimeError) as e:
         if triton is not None:
             triton.stop()

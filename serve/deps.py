@@ -1,13 +1,12 @@
-"""The handlers' dependencies, as `Annotated` types: the app state, the caller's key (auth), the rate limit,
-and the model a request names."""
+"""The handlers' dependencies, as `Annotated` types: the app state, the caller's key (auth) and the rate limit.
+The model a request names is `state.pick(body.model)` in the handler: a dependency taking the body would make
+FastAPI validate the body a second time."""
 
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from serve.errors import ApiError
-from serve.schemas import GenerateRequest, OpenAIImageRequest
-from serve.served_model import ServedModel
 from serve.state import AppState
 
 
@@ -40,14 +39,3 @@ def rate_limited(key: Caller, state: State) -> str:
 # Authenticated and within the rate limit; routers put it in `dependencies=[...]`.
 Authorized = Depends(rate_limited)
 
-
-def generate_model(body: GenerateRequest, state: State) -> ServedModel:
-    return state.pick(body.model)
-
-
-def openai_model(body: OpenAIImageRequest, state: State) -> ServedModel:
-    return state.pick(body.model)
-
-
-GenerateModel = Annotated[ServedModel, Depends(generate_model)]
-OpenAIModel = Annotated[ServedModel, Depends(openai_model)]

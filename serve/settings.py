@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve.runtimes import BACKEND_HELP
+from sida.cli_options import COMPILE_MODES
 
 
 class Settings(BaseSettings):
@@ -15,7 +16,7 @@ class Settings(BaseSettings):
     bundles: list[str] = Field(default_factory=list, description='Bundle directories to serve (the first is the default model).')
     backend: str = Field('auto', description=BACKEND_HELP)
     triton_url: str | None = Field(None, description='Triton server for the triton backend, e.g. http://127.0.0.1:8000')
-    compile_mode: Literal['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'] | None = Field(
+    compile_mode: Literal[COMPILE_MODES] | None = Field(
         None, description='torch.compile mode of the compile backend; none: max-autotune on CUDA (minutes of start-up '
         'while it tunes kernels), default on CPU. reduce-overhead captures CUDA graphs without tuning.')
     host: str = '127.0.0.1'

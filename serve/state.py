@@ -55,7 +55,7 @@ def lifespan_for(state: AppState, models=None):
         state.ready = True
         log.info(json.dumps({'event': 'ready', 'models': [m.info() for m in loaded]}))
         try:
-            yield {'sida': state}
+            yield
         finally:
             state.ready = False
             for m in loaded:

@@ -30,3 +30,19 @@ def resolve_device(name):
 def torch_dtype(name):
     import torch
     return {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[name]
+
+
+# torch.compile's modes, as `--compile` (train) and `--compile-mode` (serve) take them.
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def is_loopback(host):
+    """localhost or a loopback address (127.0.0.0/8, ::1): `sida serve` wants API keys on any other host, and
+    `sida bench http` loads only these."""
+    import ipaddress
+    if host == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False          # a host name or 0.0.0.0-like wildcard: reachable from elsewhere

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sida.cli_options import CTX, DTYPES, device_option, resolve_device
+from sida.cli_options import COMPILE_MODES, CTX, DTYPES, device_option, resolve_device
 
 
 def parse_count(text):
@@ -52,7 +52,6 @@ def train():
     """Distil a one-step generator (SiD / SiDA / SiD2A; SiD-LSG for SD teachers), train a teacher, or run the 2-D toy."""
 
 
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')   # torch.compile's
 _COMMON_RUN_OPTIONS = [
     click.option('--out', 'run_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
                  help='Run folder: config.json, logs, sample grids, checkpoints and the final bundle.'),

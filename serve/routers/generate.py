@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from serve.deps import Authorized, GenerateModel, State
+from serve.deps import Authorized, State
 from serve.generation import b64, encoded, make_images
 from serve.images import MEDIA_TYPES, zip_images
 from serve.schemas import GenerateRequest, GenerateResponse
@@ -12,7 +12,8 @@ router = APIRouter(tags=['generate'], dependencies=[Authorized])
 
 
 @router.post('/v1/generate', response_model=GenerateResponse, responses={200: {'content': {'image/png': {}, 'application/zip': {}}}})
-async def generate(body: GenerateRequest, model: GenerateModel, state: State, request: Request):
+async def generate(body: GenerateRequest, state: State, request: Request):
+    model = state.pick(body.model)
     images, seeds, meta, timings = await make_images(state, model, body.n, body.seed, body.class_label, body.class_name, body.prompt,
                                                   request=request, seed_b=body.seed_b, mix=body.mix)
     blobs = encoded(model, images, seeds, meta, body.format)

@@ -5,7 +5,7 @@ import time
 from fastapi import APIRouter, Request
 
 from serve.conditions import quoted
-from serve.deps import Authorized, OpenAIModel, State
+from serve.deps import Authorized, State
 from serve.errors import ApiError
 from serve.generation import b64, encoded, make_images
 from serve.schemas import CLASS_NAME_MAX, OpenAIImageRequest, OpenAIImageResponse
@@ -14,7 +14,8 @@ router = APIRouter(tags=['generate'], dependencies=[Authorized])
 
 
 @router.post('/v1/images/generations', response_model=OpenAIImageResponse)
-async def openai_images(body: OpenAIImageRequest, model: OpenAIModel, state: State, request: Request):
+async def openai_images(body: OpenAIImageRequest, state: State, request: Request):
+    model = state.pick(body.model)
     size = f'{model.config.image_resolution}x{model.config.image_resolution}'
     if body.size is not None and body.size != size:
         raise ApiError(400, 'invalid_request', f'size {quoted(body.size)} is not available: model {model.id} makes {size} images',
