@@ -11,7 +11,15 @@ def quoted(text, limit=ECHO_MAX):
     return repr(text) if len(text) <= limit else repr(text[:limit]) + '…'
 
 
-class ConditionError(ValueError):
+class RequestError(ValueError):
+    """A request this model cannot serve as asked (unknown class, missing prompt, ...): HTTP 400/404."""
+
+    def __init__(self, message, status=400, code='invalid_request'):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class ConditionError(RequestError):
     """A condition this model cannot take (unknown class, a prompt for a class model, ...); the message says why."""
 
 

@@ -7,10 +7,9 @@ import math
 import time
 
 from serve.batcher import BackendFailed, DeadlineExpired, DeadlineUnmeetable, QueueFull
-from serve.conditions import image_metadata
+from serve.conditions import RequestError, image_metadata
 from serve.errors import ApiError
 from serve.images import encode
-from serve.served_model import RequestError
 
 
 async def wait_or_disconnect(request, awaitable):

@@ -11,15 +11,7 @@ from models.bundle import CONFIG_FILE, load_bundle
 from models.seeds import noise_for_seeds, slerp
 from serve.backends import make_backend
 from serve.batcher import MicroBatcher
-from serve.conditions import ConditionError, check_condition, condition_metadata, resolve_class
-
-
-class RequestError(ValueError):
-    """A request this model cannot serve as asked (unknown class, missing prompt, ...): HTTP 400/404."""
-
-    def __init__(self, message, status=400, code='invalid_request'):
-        super().__init__(message)
-        self.status, self.code = status, code
+from serve.conditions import RequestError, check_condition, condition_metadata, resolve_class
 
 
 class PromptEncoder:
@@ -93,20 +85,11 @@ class ServedModel:
     def kind(self):
         return self.config.condition['kind']
 
-    def resolve_class(self, class_label=None, class_name=None):
-        try:
-            return resolve_class(self.config, self.id, class_label, class_name)
-        except ConditionError as e:
-            raise RequestError(str(e)) from None
-
     def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None, text_embedding=None, seed_b=None, mix=None):
         """Contract inputs for n images, plus what each image was: (inputs, seeds, per-image metadata).
         Text models take the prompt's embedding from `PromptEncoder.embed` (async); without it, it is encoded here.
         seed_b and mix: a seed walk, image i's noise slerped from seed + i's towards seed_b + i's."""
-        try:
-            check_condition(self.kind, self.id, class_label is not None or class_name is not None, prompt)
-        except ConditionError as e:
-            raise RequestError(str(e)) from None
+        check_condition(self.kind, self.id, class_label is not None or class_name is not None, prompt)   # RequestError
         first = seed if seed is not None else secrets.randbelow(2 ** 62)
         seeds = [first + i for i in range(n)]
         if seeds[-1] > 2 ** 63 - 1:
@@ -120,7 +103,7 @@ class ServedModel:
             inputs['noise'] = slerp(inputs['noise'], noise_for_seeds(seeds_b, (c.channels, c.resolution, c.resolution)), mix)
         names = [None] * n
         if self.kind == 'class':
-            fixed = self.resolve_class(class_label, class_name)
+            fixed = resolve_class(self.config, self.id, class_label, class_name)
             if fixed is None:
                 from models.seeds import labels_for_seeds
                 labels = labels_for_seeds(seeds, len(c.label_names))
