@@ -5,6 +5,7 @@ returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the ho
 seed gives the same image on every backend (up to the runtime's precision).
 """
 
+import threading
 import time
 from pathlib import Path
 
@@ -152,10 +153,16 @@ class TritonBackend(Backend):
             import tritonclient.http as httpclient
         except ImportError:
             raise BackendUnavailable('the triton backend needs tritonclient: pip install "tritonclient[http]"') from None
-        self.httpclient = httpclient
-        self.client = httpclient.InferenceServerClient(url.replace('http://', ''))
+        self.httpclient, self._clients = httpclient, threading.local()
         self.model = model or bundle.config.name
         self.device, self.url = f'triton:{url}', url
+
+    @property
+    def client(self):
+        """One client per thread: tritonclient.http runs on gevent greenlets, which cannot cross threads."""
+        if not hasattr(self._clients, 'client'):
+            self._clients.client = self.httpclient.InferenceServerClient(self.url.replace('http://', ''))
+        return self._clients.client
 
     def generate(self, inputs):
         dtypes = {'noise': 'FP32', 'class_labels': 'INT64', 'text_embeds': 'FP32'}

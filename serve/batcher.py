@@ -1,8 +1,10 @@
 """The async micro-batcher: coalesce concurrent requests into one backend call.
 
-Requests (each a few images) wait in a bounded queue; a worker takes as many as fit in `max_batch`
-images, waiting at most `max_delay_ms` for company after the first arrives, runs the backend in a
-thread (the event loop keeps serving), and hands each request its slice. A request whose client went away is skipped.
+Requests (each a few images) wait in a bounded queue; a worker takes everything queued that fits in `max_batch`
+images (natural batching: an idle server runs a lone request at once, a busy one batches what arrived while the
+previous batch ran; `max_delay_ms` > 0 also waits that long for company), runs the backend on the model's own
+thread (the event loop keeps serving; one thread also keeps torch.compile's CUDA graphs, which are recorded per
+thread, from being captured again), and hands each request its slice. A request whose client went away is skipped.
 
 Admission is by deadline: the worker measures its drain rate (images/s, an EWMA over batches), so a new request's
 wait is estimated as (images ahead of it + its own) / rate; work that cannot finish before its deadline is refused
@@ -11,6 +13,7 @@ dropped, never run. `max_queue_images` stays as a hard memory cap.
 """
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import math
 import time
@@ -77,7 +80,7 @@ class BatchStats:
 
 
 class MicroBatcher:
-    def __init__(self, backend, max_batch=32, max_delay_ms=5.0, max_queue_images=256, on_batch=None):
+    def __init__(self, backend, max_batch=32, max_delay_ms=0.0, max_queue_images=256, on_batch=None):
         self.backend, self.max_batch, self.max_delay = backend, max_batch, max_delay_ms / 1000
         self.max_queue_images = max_queue_images
         self.queue = asyncio.Queue()
@@ -88,6 +91,7 @@ class MicroBatcher:
         self.on_batch = on_batch            # callback(batch_size, seconds) for metrics
         self.healthy = True
         self._worker = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='sida-backend')
 
     def start(self):
         if self._worker is None:
@@ -114,6 +118,10 @@ class MicroBatcher:
         except (BackendFailed, QueueFull, DeadlineExpired, asyncio.TimeoutError):
             pass
         return self.healthy
+
+    async def on_backend_thread(self, fn, *args):
+        """Run fn on the thread every batch runs on (warm-up: torch.compile records CUDA graphs per thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def estimated_wait(self, size):
         """Seconds until `size` more images would be done: everything queued or running first, then them."""
@@ -162,20 +170,28 @@ class MicroBatcher:
                 self.healthy = False
                 self.stats.failures += 1
 
+    async def _next_job(self, deadline):
+        """The next queued job: at once if one is waiting, else wait until `deadline`; None when none came."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        timeout = deadline - time.perf_counter()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
     async def _collect_and_execute(self):
-        """Take the first job, then others until max_batch images or max_delay; a job that would overflow
-        the batch starts the next one (order is kept)."""
+        """Take the first job, then everything already queued (and, with max_delay, what arrives within it) until
+        max_batch images; a job that would overflow the batch starts the next one (order is kept)."""
         jobs = [await self.queue.get()]
         count = jobs[0].size
         deadline = time.perf_counter() + self.max_delay
         try:
             while count < self.max_batch:
-                timeout = deadline - time.perf_counter()
-                if timeout <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), timeout)
-                except asyncio.TimeoutError:
+                job = await self._next_job(deadline)
+                if job is None:
                     break
                 if count + job.size > self.max_batch:
                     await self._execute(jobs)
@@ -210,7 +226,7 @@ class MicroBatcher:
         self.running_images = total
         try:
             inputs = {k: torch.cat([j.inputs[k] for j in live]) for k in live[0].inputs}
-            images = await asyncio.get_running_loop().run_in_executor(None, self.backend.generate, inputs)
+            images = await self.on_backend_thread(self.backend.generate, inputs)
         except Exception as e:   # a backend failure fails these requests (only these) and marks the model unhealthy
             self.running_images = 0
             self.healthy = False

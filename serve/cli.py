@@ -60,7 +60,8 @@ def setting(name):
 @click.option('--host', default=None, show_default=setting('host'), help='Bind address.')
 @click.option('--port', type=int, default=None, show_default=setting('port'), help='HTTP port.')
 @click.option('--max-batch', type=int, default=None, show_default=setting('max_batch'), help='Images per backend call.')
-@click.option('--max-delay-ms', type=float, default=None, show_default=setting('max_delay_ms'), help='Batching window, milliseconds.')
+@click.option('--max-delay-ms', type=float, default=None, show_default=setting('max_delay_ms'),
+              help='Batching window, milliseconds (0: batch what queued while the GPU was busy, never wait).')
 @click.option('--max-queue-images', type=int, default=None, show_default=setting('max_queue_images'), help='Queue bound before 429.')
 @click.option('--max-n', type=int, default=None, show_default=setting('max_n'), help='Images per request.')
 @click.option('--api-key', 'api_keys', multiple=True, help='Require this Bearer key (repeatable).')

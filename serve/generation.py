@@ -3,7 +3,9 @@ micro-batcher, wait (or give up if the client leaves), and encode the images."""
 
 import asyncio
 import base64
+import concurrent.futures
 import math
+import os
 import time
 
 from serve.batcher import BackendFailed, DeadlineExpired, DeadlineUnmeetable, QueueFull
@@ -84,10 +86,29 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
     return images, seeds, meta, {'queue_ms': 1000 * queue_s, 'generate_ms': 1000 * run_s, 'total_ms': 1000 * total}
 
 
-def encoded(model, images, seeds, meta, fmt, quality=95):
-    """Each image as file bytes in `fmt`, carrying model, seed and condition as metadata (PNG text chunks).
-    Per request, after its batch: one request's encoding never touches another's."""
-    return [encode(img, fmt, image_metadata(model.id, s, **m), quality) for img, s, m in zip(images, seeds, meta)]
+# Encoding runs here, never on the event loop: Pillow's zlib/libjpeg release the GIL, so requests encode in parallel
+# while the loop keeps answering (health checks included).
+ENCODE_POOL = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix='sida-encode')
+PIXELS_PER_TASK = 1 << 18         # small images go to the pool in chunks: one task per image would cost more than it encodes
+
+
+def _encode_chunk(model_id, images, seeds, meta, fmt, quality):
+    return [encode(img, fmt, image_metadata(model_id, s, **m), quality) for img, s, m in zip(images, seeds, meta)]
+
+
+async def encoded(model, images, seeds, meta, fmt, quality=95):
+    """Each image as file bytes in `fmt`, carrying model, seed and condition as metadata (PNG text chunks), encoded in
+    the pool. Per request, after its batch: one request's encoding never touches another's."""
+    per_task = max(1, PIXELS_PER_TASK // max(1, images[0].size)) if len(images) else 1
+    loop = asyncio.get_running_loop()
+    chunks = [loop.run_in_executor(ENCODE_POOL, _encode_chunk, model.id, images[i:i + per_task], seeds[i:i + per_task],
+                                   meta[i:i + per_task], fmt, quality) for i in range(0, len(images), per_task)]
+    return [blob for chunk in await asyncio.gather(*chunks) for blob in chunk]
+
+
+async def in_pool(fn, *args):
+    """Other CPU work on a response (zipping, a batch's .npy) off the event loop too."""
+    return await asyncio.get_running_loop().run_in_executor(ENCODE_POOL, fn, *args)
 
 
 def b64(blob):

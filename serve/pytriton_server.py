@@ -41,7 +41,7 @@ def infer_function(backend):
     return infer
 
 
-def start_triton(served_models, http_port=8010, grpc_port=8011, metrics_port=8012, max_batch=32, max_delay_ms=5.0):
+def start_triton(served_models, http_port=8010, grpc_port=8011, metrics_port=8012, max_batch=32, max_delay_ms=0.0):
     """Bind every served model's backend into one PyTriton server; returns the running Triton object."""
     check_numpy()
     from pytriton.model_config import DynamicBatcher, ModelConfig

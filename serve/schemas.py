@@ -36,8 +36,10 @@ class GenerateRequest(Strict):
                                'the spherical interpolation (slerp) of the noise of seed + i and seed_b + i at `mix`. Needs seed and mix.')
     mix: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
                               description='Seed walk: 0 is the noise of seed, 1 that of seed_b, in between a slerp. Needs seed_b.')
-    format: Literal['png', 'jpeg', 'webp'] = 'png'
-    response: Literal['b64', 'binary'] = Field('b64', description='b64: JSON; binary: the image bytes (one) or a zip (several).')
+    format: Literal['png', 'jpeg', 'webp', 'npy'] = Field('png', description='npy: the uint8 pixels (height, width, 3) in '
+                                                           'NumPy\'s .npy format, bit-exact and with no encoding cost.')
+    response: Literal['b64', 'binary'] = Field('b64', description='b64: JSON; binary: the image bytes (one) or a zip (several); '
+                                               'with format npy, one uint8 array (n, height, width, 3), in the order of X-Seeds.')
 
     @model_validator(mode='after')
     def _seed_walk_is_complete(self):

@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     host: str = '127.0.0.1'
     port: int = 8000
     max_batch: int = Field(32, ge=1, description='Images per backend call.')
-    max_delay_ms: float = Field(5.0, ge=0, description='How long the first request waits for company.')
+    max_delay_ms: float = Field(0.0, ge=0, description='How long the first request waits for company; 0: no waiting, '
+                                'a busy server batches what queued while the previous batch ran.')
     max_queue_images: int = Field(256, ge=1, description='Images waiting before new requests get 429.')
     request_timeout_s: float = Field(60.0, gt=0)
     # Deadlines and the HTTP server's limits on slow or many clients (docs/serving.md, "Overload and slow clients").

@@ -1,6 +1,5 @@
 """What the app holds while it runs (typed), and the lifespan that loads and warms the models into it."""
 
-import asyncio
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ def lifespan_for(state: AppState, models=None):
             raise RuntimeError('no models to serve: give at least one bundle')
         for m in loaded:
             if settings.warmup:
-                await asyncio.get_running_loop().run_in_executor(None, m.backend.warmup)
+                await m.batcher.on_backend_thread(m.backend.warmup)     # where its CUDA graphs will be replayed
             m.batcher.start()
             state.models[m.id] = m
         state.ready = True

@@ -29,6 +29,6 @@ async def openai_images(body: OpenAIImageRequest, state: State, request: Request
     condition = {'prompt': body.prompt} if model.kind == 'text' else {'class_name': body.prompt} if model.kind == 'class' else {}
     images, seeds, meta, _ = await make_images(state, model, body.n, request=request, **condition)
     quality = 95 if body.output_compression is None else body.output_compression
-    blobs = encoded(model, images, seeds, meta, body.output_format, quality)
+    blobs = await encoded(model, images, seeds, meta, body.output_format, quality)
     return {'created': int(time.time()), 'output_format': body.output_format, 'size': size,
             'data': [{'b64_json': b64(blob), 'revised_prompt': m.get('prompt') or m.get('class_name')} for blob, m in zip(blobs, meta)]}

@@ -61,6 +61,44 @@ def test_binary_responses(api, fmt, media):
     assert sorted(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == [f'seed{i}.{fmt}' for i in range(3)]
 
 
+def test_npy_tensor_response_round_trips_bit_exactly(api):
+    """format npy: the uint8 pixels themselves, the same as the lossless PNGs of the same seeds, bit for bit."""
+    pngs = api.post('/v1/generate', json={'class_label': 4, 'seed': 7, 'n': 3}).json()['images']
+    r = api.post('/v1/generate', json={'class_label': 4, 'seed': 7, 'n': 3, 'format': 'npy', 'response': 'binary'})
+    assert r.status_code == 200 and r.headers['content-type'] == 'application/x-npy' and r.headers['x-seeds'] == '7,8,9'
+    pixels = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(pixels, np.stack([decode(p['b64']) for p in pngs]))
+    one = api.post('/v1/generate', json={'class_label': 4, 'seed': 8, 'format': 'npy'}).json()['images'][0]   # in JSON: per image
+    np.testing.assert_array_equal(np.load(io.BytesIO(base64.b64decode(one['b64']))), pixels[1])
+
+
+def test_encoding_never_blocks_the_event_loop(class_bundle_dir, monkeypatch):
+    """Hold one request's image encoding still: /healthz must still answer, so encoding is not on the event loop.
+    (Had it been, the health check would wait for the release that only comes after it: the 60 s bound is a hang
+    detector, not a speed limit.)"""
+    import threading
+
+    import serve.generation
+    encoding, release, real = threading.Event(), threading.Event(), serve.generation._encode_chunk
+
+    def held(*args):
+        encoding.set()
+        release.wait(120)
+        return real(*args)
+    monkeypatch.setattr(serve.generation, '_encode_chunk', held)
+    with in_process(class_bundle_dir) as api, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        try:
+            generating = pool.submit(api.post, '/v1/generate', json={'n': 4, 'seed': 1})
+            assert encoding.wait(60), 'the request never reached encoding'
+            health = pool.submit(api.get, '/healthz')
+            assert health.result(timeout=60).status_code == 200
+            assert not generating.done()          # answered while the encoding was still held
+        finally:
+            release.set()
+        assert generating.result(timeout=60).status_code == 200
+
+
 def test_openai_images_endpoint(api):
     r = api.post('/v1/images/generations', json={'prompt': 'ship', 'n': 2, 'size': '32x32', 'response_format': 'b64_json'})
     assert r.status_code == 200
