@@ -19,12 +19,26 @@ PLOT = click.option('--plot/--no-plot', default=True, help='Write the PNG charts
 
 
 def int_list(ctx, param, value):
+    if value is None:
+        return None
     try:
         values = [int(v) for v in str(value).split(',') if v.strip()]
     except ValueError:
         raise click.BadParameter(f'{value!r}: expected comma-separated integers like 1,8,64') from None
     if not values or min(values) < 1:
         raise click.BadParameter(f'{value!r}: expected positive integers')
+    return values
+
+
+def rate_list(ctx, param, value):
+    if value is None:
+        return []
+    try:
+        values = [float(v) for v in str(value).split(',') if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f'{value!r}: expected comma-separated requests per second like 10,50,200') from None
+    if not values or not all(0 < v < float('inf') for v in values):
+        raise click.BadParameter(f'{value!r}: expected positive rates')
     return values
 
 
@@ -120,9 +134,18 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, w
 
 @bench.command(context_settings=CTX)
 @click.option('--url', required=True, help='A running `sida serve`, e.g. http://127.0.0.1:8000 (loopback only).')
-@click.option('--concurrency', 'concurrencies', default='1,8,32,128', callback=int_list, help='Concurrent clients, one level at a time.')
-@click.option('--duration', default=10.0, type=click.FloatRange(0.1, 3600), help='Seconds per concurrency level.')
-@click.option('--max-requests', default=20000, type=click.IntRange(1), help='Request cap per level.')
+@click.option('--concurrency', 'concurrencies', default=None, callback=int_list, show_default='1,8,32,128, none if only --rate is given',
+              help='Closed loop: concurrent clients, each sending its next request when the last is answered; one level at a time.')
+@click.option('--rate', 'rates', default=None, callback=rate_list,
+              help='Open loop: requests per second, one rate at a time after the concurrency levels (e.g. 10,50,200). Poisson '
+                   'arrivals (seeded exponential gaps); each request goes out at its time whether or not earlier ones were '
+                   'answered, so overload shows as latency and 429s, not as a lower offered rate. Reports the rate actually '
+                   'sent, throughput, latency from the scheduled send, 429 times and the server\'s batch sizes (/metrics).')
+@click.option('--arrival-seed', default=0, type=int, help='Seed of the open-loop arrival times (rate i uses seed + i).')
+@click.option('--deadline-ms', default=None, type=click.FloatRange(0, min_open=True),
+              help='Send X-Request-Deadline-Ms with every request: the server answers 429 at once when it cannot finish in time.')
+@click.option('--duration', default=10.0, type=click.FloatRange(0.1, 3600), help='Seconds per concurrency level and per rate.')
+@click.option('--max-requests', default=20000, type=click.IntRange(1), help='Request cap per level and per rate.')
 @click.option('--model', default=None, show_default='the server\'s first', help='Model id.')
 @click.option('--n', default=1, type=click.IntRange(1), help='Images per request.')
 @click.option('--prompt', default='a photo of a cat', help='Prompt for text models.')
@@ -133,14 +156,18 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, w
 @OUT
 @NAME
 @PLOT
-def http(url, concurrencies, duration, max_requests, model, n, prompt, timeout, warmup_requests, api_key, allow_remote, out, name,
-         plot):
-    """End-to-end HTTP load on `sida serve`: throughput, latency percentiles, errors by status."""
+def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_requests, model, n, prompt, timeout, warmup_requests,
+         api_key, allow_remote, out, name, plot):
+    """End-to-end HTTP load on `sida serve`, closed loop (--concurrency) and/or open loop (--rate): throughput, latency
+    percentiles, errors by status."""
     from bench.loadtest import RemoteRefused, run_http
     from bench.record import machine
+    if concurrencies is None:
+        concurrencies = [] if rates else [1, 8, 32, 128]
     try:
         info_server, settings, rows = run_http(url, concurrencies, duration, model, n, max_requests, timeout, prompt, allow_remote,
-                                               warmup_requests, api_key, log=lambda m: click.echo(m, err=True))
+                                               warmup_requests, api_key, log=lambda m: click.echo(m, err=True), rates=rates,
+                                               arrival_seed=arrival_seed, deadline_ms=deadline_ms)
     except RemoteRefused as e:
         raise click.UsageError(str(e)) from None
     except ValueError as e:

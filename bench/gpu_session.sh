@@ -31,8 +31,9 @@ SIDA=(python3 -m sida.cli)
 mkdir -p "$OUT"
 ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
 
-# One server at a time: seconds from launch to /readyz 200, then closed-loop load at n=1 and n=16 per request.
-serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]; LEVELS, NS, DURATION shape the load
+# One server at a time: seconds from launch to /readyz 200, then closed-loop load at n=1 and n=16 per request
+# (and open-loop Poisson load at RATES requests/s when RATES is set, e.g. RATES=50,200,800).
+serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]; LEVELS, NS, DURATION, RATES shape the load
     local name=$1 bundle=$2 backend=$3 limit=$4 port=8100 start=$SECONDS; shift 4
     "${SIDA[@]}" serve --bundle "$bundle" --backend "$backend" --port $port --no-ui --max-batch 64 "$@" \
         > "$OUT/server-$name.log" 2>&1 &
@@ -45,7 +46,7 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
     echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
     for n in ${NS:-1 16}; do
         timeout 120 "${SIDA[@]}" bench http --url http://127.0.0.1:$port --concurrency ${LEVELS:-1,8,32,128} --n $n \
-            --duration ${DURATION:-6} \
+            --duration ${DURATION:-6} ${RATES:+--rate $RATES} \
             --out $RES --name "http-$name-n$n"
     done
     curl -s localhost:$port/metrics | grep -E '^sida_batch_size|^sida_request' > "$OUT/metrics-$name.txt"

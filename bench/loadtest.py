@@ -1,4 +1,5 @@
-"""`sida bench http`: closed-loop load on a running `sida serve` (POST /v1/generate), one level of concurrency at a time.
+"""`sida bench http`: load on a running `sida serve` (POST /v1/generate): closed-loop concurrency levels, then
+open-loop rates (bench/open_loop.py), one at a time.
 
 At concurrency c, c clients each send a request, wait for the answer, and send the next, for `duration`
 seconds or until `max_requests` were sent, whichever comes first; throughput is the images of successful
@@ -51,11 +52,22 @@ def server_split(response):
     return split
 
 
-def _payload(info, seed, n, prompt):
+def request_body(info, seed, n, prompt):
     body = {'model': info['id'], 'n': n, 'seed': seed}
     if info.get('condition', {}).get('kind') == 'text':
         body['prompt'] = prompt
     return body
+
+
+def latency_summary(latencies, server_ms):
+    """Percentiles of successful requests' latencies, and the server's own p50 split (server_queue_p50_ms, ...)."""
+    if not latencies:
+        return {}
+    summary = percentiles(latencies)
+    for key, values in server_ms.items():
+        if values:
+            summary[f'server_{key}_p50_ms'] = percentiles(values)['p50_ms']
+    return summary
 
 
 CLIENTS_PER_POOL = 8     # httpx's pool costs grow with its size: many small pools keep the client off the critical path
@@ -74,7 +86,7 @@ async def _level(url, info, concurrency, duration, max_requests, n, prompt, time
             sent += 1
             start = time.perf_counter()
             try:
-                r = await client.post('/v1/generate', json=_payload(info, seed, n, prompt))
+                r = await client.post('/v1/generate', json=request_body(info, seed, n, prompt))
             except httpx.HTTPError as e:
                 codes[type(e).__name__] += 1
                 continue
@@ -100,21 +112,26 @@ async def _level(url, info, concurrency, duration, max_requests, n, prompt, time
     row = {'kind': 'http', 'backend': info.get('backend'), 'model': info['id'], 'concurrency': concurrency, 'n': n,
            'requests': sum(codes.values()), 'ok': ok, 'errors': errors, 'error_count': sum(errors.values()),
            'duration_s': wall, 'requests_per_s': ok / wall, 'images_per_s': ok * n / wall}
-    if latencies:
-        row.update(percentiles(latencies))
-        for key, values in server_ms.items():
-            if values:
-                row[f'server_{key}_p50_ms'] = percentiles(values)['p50_ms']
+    row.update(latency_summary(latencies, server_ms))
     return row
 
 
+def _outcome(row):
+    latency = f'p50 {row["p50_ms"]:.1f} ms, p99 {row["p99_ms"]:.1f} ms' if 'p50_ms' in row else 'no successful request'
+    return f'{row["images_per_s"]:8.1f} img/s, {latency}, {row["requests"]} requests, {row["error_count"]} errors {row["errors"] or ""}'
+
+
 def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20000, timeout=60.0, prompt='a photo of a cat',
-             allow_remote=False, warmup_requests=4, api_key=None, log=print):
-    """Measure every concurrency level; returns (server description, settings, rows)."""
+             allow_remote=False, warmup_requests=4, api_key=None, log=print, rates=(), arrival_seed=0, deadline_ms=None):
+    """Measure every concurrency level, then every open-loop rate; returns (server description, settings, rows)."""
     import httpx
+
+    from bench.open_loop import rate_step
     check_loopback(url, allow_remote)
     url = url.rstrip('/')
     headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
+    if deadline_ms is not None:
+        headers['X-Request-Deadline-Ms'] = f'{deadline_ms:g}'
     with httpx.Client(base_url=url, timeout=timeout, headers=headers) as client:
         r = client.get('/v1/models')
         r.raise_for_status()
@@ -126,19 +143,26 @@ def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20
             raise ValueError(f'{url} does not serve {model!r}; it serves {", ".join(m["id"] for m in models)}')
         start = time.perf_counter()
         for i in range(warmup_requests):
-            client.post('/v1/generate', json=_payload(info, i, n, prompt)).raise_for_status()
+            client.post('/v1/generate', json=request_body(info, i, n, prompt)).raise_for_status()
         warmup_s = time.perf_counter() - start
     rows = []
     for level, c in enumerate(concurrencies):
         row = asyncio.run(_level(url, info, c, duration, max_requests, n, prompt, timeout, (level + 1) * 10 ** 9, headers))
         rows.append(row)
-        p50 = f'p50 {row["p50_ms"]:.1f} ms, p99 {row["p99_ms"]:.1f} ms' if 'p50_ms' in row else 'no successful request'
-        log(f'concurrency {c:>4}: {row["images_per_s"]:8.1f} img/s, {p50}, {row["requests"]} requests, '
-            f'{row["error_count"]} errors {row["errors"] or ""}')
+        log(f'concurrency {c:>4}: {_outcome(row)}')
+    for step, rate in enumerate(rates):
+        row = asyncio.run(rate_step(url, info, rate, duration, max_requests, n, prompt, timeout, arrival_seed + step,
+                                    (len(concurrencies) + step + 1) * 10 ** 9, headers))
+        rows.append(row)
+        batches = f', mean batch {row["mean_batch_size"]:.1f}' if row.get('mean_batch_size') else ''
+        log(f'rate {rate:>6g}/s (sent {row["sent_rps"]:.1f}/s, lag p99 {row.get("send_lag_p99_ms", 0):.1f} ms{batches}): '
+            f'{_outcome(row)}')
     settings = {'url': url, 'model': info['id'], 'server_backend': info.get('backend'), 'server_device': info.get('device'),
                 'server_precision': info.get('precision'), 'resolution': info.get('resolution'),
-                'condition': info.get('condition', {}).get('kind'), 'concurrency': list(concurrencies), 'duration_s': duration,
-                'max_requests_per_level': max_requests, 'n': n, 'timeout_s': timeout, 'warmup_requests': warmup_requests,
-                'warmup_s': round(warmup_s, 3), 'client': f'httpx {httpx.__version__} (asyncio, closed loop, keep-alive)',
+                'condition': info.get('condition', {}).get('kind'), 'concurrency': list(concurrencies), 'rates_rps': list(rates),
+                'arrival_seed': arrival_seed, 'duration_s': duration, 'max_requests_per_level': max_requests, 'n': n,
+                'timeout_s': timeout, 'deadline_ms': deadline_ms, 'warmup_requests': warmup_requests,
+                'warmup_s': round(warmup_s, 3),
+                'client': f'httpx {httpx.__version__} (asyncio, keep-alive; closed loop per concurrency, open loop Poisson per rate)',
                 'endpoint': 'POST /v1/generate (PNG, b64 JSON)'}
     return info, settings, rows

@@ -1,7 +1,8 @@
 """PNG charts of a result file, written beside it: one chart per kind of row the file holds.
 
 generate: p50 latency and images/s against batch, one line per backend (log-log);
-http: images/s and latency against concurrency; teacher-vs-student: time per image as bars (log scale)
+http: images/s and latency against concurrency; http-open-loop: latency against achieved images/s, one point per
+offered rate; teacher-vs-student: time per image as bars (log scale)
 with the speed-ups; train: images/s per configuration with memory; soak: server memory and images/s over time.
 """
 
@@ -97,6 +98,31 @@ def plot_http(result, rows, path):
     plt.close(fig)
 
 
+def plot_open_loop(result, rows, path):
+    plt = _plt()
+    rows = sorted(rows, key=lambda r: r['offered_rps'])
+    ok = [r for r in rows if 'p50_ms' in r]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, style in (('p50_ms', '-o'), ('p99_ms', ':o')):
+        ax.plot([r['images_per_s'] for r in ok], [r[key] for r in ok], style, label=key.replace('_ms', ''))
+    for r in ok:
+        errors = f', {r["error_count"]} errors' if r['error_count'] else ''
+        ax.annotate(f'{r["offered_rps"]:g} req/s offered{errors}', (r['images_per_s'], r['p99_ms']), fontsize=7, xytext=(3, 3),
+                    textcoords='offset points', color='tab:red' if errors else 'black')
+    ax.set_xlabel('achieved images / s (successful requests)')
+    ax.set_ylabel('latency from scheduled send, ms')
+    ax.set_yscale('log')
+    ax.grid(True, which='both', alpha=0.3)
+    _plain_log(ax)
+    ax.legend(fontsize=8)
+    settings = result.get('settings', {})
+    fig.suptitle(f'HTTP open loop (Poisson): {settings.get("model")} on {settings.get("server_backend")} '
+                 f'({settings.get("server_device")}), n={settings.get("n")}\n{result["device"]}, {result["date"]}', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_teacher(result, rows, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -162,8 +188,8 @@ def plot_soak(result, rows, path):
     plt.close(fig)
 
 
-PLOTTERS = {'generate': plot_generate, 'http': plot_http, 'teacher-vs-student': plot_teacher, 'train': plot_train,
-            'soak': plot_soak}
+PLOTTERS = {'generate': plot_generate, 'http': plot_http, 'http-open-loop': plot_open_loop, 'teacher-vs-student': plot_teacher,
+            'train': plot_train, 'soak': plot_soak}
 
 
 def plot_result(json_path):

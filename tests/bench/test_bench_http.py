@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from bench.cli import bench
 from bench.loadtest import RemoteRefused, check_loopback, server_timing
+from bench.open_loop import batch_size_delta, batch_size_histogram, poisson_schedule
 from tests.bench.conftest import make_bundle, only_json
 from tests.serve.conftest import Server
 
@@ -40,6 +41,59 @@ def test_request_cap_bounds_a_level(server, tmp_path):
     assert result.exit_code == 0, result.output
     _, run = only_json(tmp_path)
     assert run['results'][0]['requests'] == 6 and run['results'][0]['duration_s'] < 30
+
+
+def test_open_loop_rates_report_what_was_sent_answered_and_batched(server, tmp_path):
+    """--rate beside --concurrency: both run; every request scheduled is sent and counted once, and the server's batch
+    histogram accounts for every image it answered."""
+    n, duration = 2, 2.0
+    args = ['--concurrency', '1', '--rate', '5,20', '--n', n, '--duration', duration, '--arrival-seed', 7, '--warmup-requests', 1]
+    result = CliRunner().invoke(bench, ['http', '--url', server.url, *map(str, args), '--out', str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    path, run = only_json(tmp_path)
+    assert path.with_name(f'{path.stem}-http.png').is_file() and path.with_name(f'{path.stem}-http-open-loop.png').is_file()
+    assert run['settings']['rates_rps'] == [5, 20] and run['settings']['concurrency'] == [1]
+    assert [r['kind'] for r in run['results']] == ['http', 'http-open-loop', 'http-open-loop']
+    for step, row in enumerate(run['results'][1:]):
+        assert row['offered_rps'] == [5, 20][step] and row['arrival_seed'] == 7 + step
+        assert row['requests'] == len(poisson_schedule(row['offered_rps'], duration, 7 + step)) > 0
+        assert row['ok'] + row['error_count'] == row['requests'] and row['ok'] > 0
+        assert row['scheduled_rps'] == pytest.approx(row['requests'] / duration)
+        assert 0.5 * row['scheduled_rps'] <= row['sent_rps'] <= row['scheduled_rps']      # sent on time, or late: never early
+        assert row['requests_per_s'] <= row['sent_rps'] and row['images_per_s'] == pytest.approx(n * row['requests_per_s'])
+        assert row['send_lag_p99_ms'] >= 0
+        assert 0 < row['p50_ms'] <= row['p90_ms'] <= row['p99_ms']
+        assert sum(row['batch_size_histogram'].values()) == row['batches'] > 0
+        assert row['batched_images'] == n * row['ok']           # nothing else loads the server during a step
+        assert n <= row['mean_batch_size'] == pytest.approx(row['batched_images'] / row['batches'])
+        assert ('time_to_429_p99_ms' in row) == ('429' in row['errors'])
+
+
+def test_poisson_schedule_is_seeded_with_mean_gap_one_over_rate():
+    times = poisson_schedule(50.0, 200.0, seed=3)
+    assert times == poisson_schedule(50.0, 200.0, seed=3) != poisson_schedule(50.0, 200.0, seed=4)
+    assert times == sorted(times) and 0 < times[0] and times[-1] < 200
+    assert len(times) / 200 == pytest.approx(50, rel=0.05)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert sum(gaps) / len(gaps) == pytest.approx(1 / 50, rel=0.05)
+    assert len(poisson_schedule(50.0, 200.0, seed=3, max_requests=10)) == 10
+
+
+def test_batch_size_delta_from_two_scrapes_of_metrics():
+    def scrape(ones, fours, other_model=0):
+        return batch_size_histogram(f"""# TYPE sida_batch_size histogram
+sida_batch_size_bucket{{backend="torch",le="1.0",model="m"}} {ones}.0
+sida_batch_size_bucket{{backend="torch",le="2.0",model="m"}} {ones}.0
+sida_batch_size_bucket{{backend="torch",le="4.0",model="m"}} {ones + fours}.0
+sida_batch_size_bucket{{backend="torch",le="+Inf",model="m"}} {ones + fours}.0
+sida_batch_size_count{{backend="torch",model="m"}} {ones + fours}.0
+sida_batch_size_sum{{backend="torch",model="m"}} {ones + 3 * fours}.0
+sida_batch_size_count{{backend="torch",model="other"}} {other_model}.0
+sida_batch_size_sum{{backend="torch",model="other"}} {other_model}.0
+""", 'm')
+    delta = batch_size_delta(scrape(2, 1), scrape(5, 3, other_model=9))
+    assert delta == {'batch_size_histogram': {'1': 3, '4': 2}, 'batches': 5, 'batched_images': 9, 'mean_batch_size': 1.8}
+    assert batch_size_delta(scrape(2, 1), scrape(2, 1))['mean_batch_size'] is None
 
 
 def test_only_loopback_urls_unless_allowed(tmp_path):

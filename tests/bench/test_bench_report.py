@@ -63,3 +63,16 @@ def test_results_recorded_with_the_old_eager_names_read_as_torch(tmp_path):
     (tmp_path / 'cpu' / '2026-01-01-old.json').write_text(json.dumps({'name': 'old', 'date': '2026-01-01', 'results': rows}))
     [result] = load_results(tmp_path).values()
     assert [r['backend'] for r in result['results']] == ['torch-bf16', 'eager-x']    # training variants keep their names
+
+
+def test_open_loop_rows_get_their_table_and_the_429_target_reads_the_worst_rate():
+    from bench.report import open_loop_table
+    row = dict(kind='http-open-loop', sent_rps=99.0, requests_per_s=60.0, images_per_s=60.0, p50_ms=5.0, p99_ms=40.0)
+    rows = [{**row, 'offered_rps': 100.0, 'time_to_429_p99_ms': 12.0, 'errors': {'429': 3}},
+            {**row, 'offered_rps': 400.0, 'time_to_429_p99_ms': 61.5, 'errors': {'429': 90, 'ReadTimeout': 1}},
+            {**row, 'offered_rps': 10.0, 'errors': {}}]
+    checks = {t: (m, ok) for t, m, ok in targets([{'results': rows}])}
+    assert checks['HTTP overload (open loop) answered with 429 within 50 ms p99'] == ('61.5 ms at 400 req/s', False)
+    table = open_loop_table(rows)
+    assert table[0].startswith('| offered req/s | sent req/s |') and len(table) == 5
+    assert table[3].endswith('| 61.5 | – | 429: 90, ReadTimeout: 1 |')
