@@ -149,6 +149,10 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, w
 @click.option('--model', default=None, show_default='the server\'s first', help='Model id.')
 @click.option('--n', default=1, type=click.IntRange(1), help='Images per request.')
 @click.option('--prompt', default='a photo of a cat', help='Prompt for text models.')
+@click.option('--format', 'fmt', default='png', type=click.Choice(['png', 'jpeg', 'webp', 'npy']),
+              help='Image format asked for (npy: the raw uint8 pixels, no encoding).')
+@click.option('--response', default='b64', type=click.Choice(['b64', 'binary']),
+              help='b64: JSON with base64 images; binary: the bytes (a zip of several, or one .npy array for --format npy).')
 @click.option('--timeout', default=60.0, type=float, help='Per-request timeout, seconds.')
 @click.option('--warmup-requests', default=4, type=click.IntRange(0), help='Sequential requests before measuring.')
 @click.option('--api-key', default=None, envvar='SIDA_BENCH_API_KEY', help='Bearer key, if the server wants one.')
@@ -156,8 +160,8 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, w
 @OUT
 @NAME
 @PLOT
-def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_requests, model, n, prompt, timeout, warmup_requests,
-         api_key, allow_remote, out, name, plot):
+def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_requests, model, n, prompt, fmt, response, timeout,
+         warmup_requests, api_key, allow_remote, out, name, plot):
     """End-to-end HTTP load on `sida serve`, closed loop (--concurrency) and/or open loop (--rate): throughput, latency
     percentiles, errors by status."""
     from bench.loadtest import RemoteRefused, run_http
@@ -167,7 +171,7 @@ def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_req
     try:
         info_server, settings, rows = run_http(url, concurrencies, duration, model, n, max_requests, timeout, prompt, allow_remote,
                                                warmup_requests, api_key, log=lambda m: click.echo(m, err=True), rates=rates,
-                                               arrival_seed=arrival_seed, deadline_ms=deadline_ms)
+                                               arrival_seed=arrival_seed, deadline_ms=deadline_ms, fmt=fmt, response=response)
     except RemoteRefused as e:
         raise click.UsageError(str(e)) from None
     except ValueError as e:

@@ -52,8 +52,9 @@ def server_split(response):
     return split
 
 
-def request_body(info, seed, n, prompt):
-    body = {'model': info['id'], 'n': n, 'seed': seed}
+def request_template(info, n, prompt, fmt='png', response='b64'):
+    """Every request's body but its seed: model, n, the prompt of text models, and the response's format."""
+    body = {'model': info['id'], 'n': n, 'format': fmt, 'response': response}
     if info.get('condition', {}).get('kind') == 'text':
         body['prompt'] = prompt
     return body
@@ -73,7 +74,7 @@ def latency_summary(latencies, server_ms):
 CLIENTS_PER_POOL = 8     # httpx's pool costs grow with its size: many small pools keep the client off the critical path
 
 
-async def _level(url, info, concurrency, duration, max_requests, n, prompt, timeout, seed_base, headers):
+async def _level(url, info, concurrency, duration, max_requests, template, timeout, seed_base, headers):
     import httpx
     latencies, codes, server_ms = [], collections.Counter(), {}
     sent = 0
@@ -86,7 +87,7 @@ async def _level(url, info, concurrency, duration, max_requests, n, prompt, time
             sent += 1
             start = time.perf_counter()
             try:
-                r = await client.post('/v1/generate', json=request_body(info, seed, n, prompt))
+                r = await client.post('/v1/generate', json={**template, 'seed': seed})
             except httpx.HTTPError as e:
                 codes[type(e).__name__] += 1
                 continue
@@ -109,6 +110,7 @@ async def _level(url, info, concurrency, duration, max_requests, n, prompt, time
             await client.aclose()
     ok = codes.get('200', 0)
     errors = {k: v for k, v in sorted(codes.items()) if k != '200'}
+    n = template['n']
     row = {'kind': 'http', 'backend': info.get('backend'), 'model': info['id'], 'concurrency': concurrency, 'n': n,
            'requests': sum(codes.values()), 'ok': ok, 'errors': errors, 'error_count': sum(errors.values()),
            'duration_s': wall, 'requests_per_s': ok / wall, 'images_per_s': ok * n / wall}
@@ -122,7 +124,8 @@ def _outcome(row):
 
 
 def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20000, timeout=60.0, prompt='a photo of a cat',
-             allow_remote=False, warmup_requests=4, api_key=None, log=print, rates=(), arrival_seed=0, deadline_ms=None):
+             allow_remote=False, warmup_requests=4, api_key=None, log=print, rates=(), arrival_seed=0, deadline_ms=None,
+             fmt='png', response='b64'):
     """Measure every concurrency level, then every open-loop rate; returns (server description, settings, rows)."""
     import httpx
 
@@ -141,17 +144,18 @@ def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20
         info = next((m for m in models if m['id'] == model), None) if model else models[0]
         if info is None:
             raise ValueError(f'{url} does not serve {model!r}; it serves {", ".join(m["id"] for m in models)}')
+        template = request_template(info, n, prompt, fmt, response)
         start = time.perf_counter()
         for i in range(warmup_requests):
-            client.post('/v1/generate', json=request_body(info, i, n, prompt)).raise_for_status()
+            client.post('/v1/generate', json={**template, 'seed': i}).raise_for_status()
         warmup_s = time.perf_counter() - start
     rows = []
     for level, c in enumerate(concurrencies):
-        row = asyncio.run(_level(url, info, c, duration, max_requests, n, prompt, timeout, (level + 1) * 10 ** 9, headers))
+        row = asyncio.run(_level(url, info, c, duration, max_requests, template, timeout, (level + 1) * 10 ** 9, headers))
         rows.append(row)
         log(f'concurrency {c:>4}: {_outcome(row)}')
     for step, rate in enumerate(rates):
-        row = asyncio.run(rate_step(url, info, rate, duration, max_requests, n, prompt, timeout, arrival_seed + step,
+        row = asyncio.run(rate_step(url, info, rate, duration, max_requests, template, timeout, arrival_seed + step,
                                     (len(concurrencies) + step + 1) * 10 ** 9, headers))
         rows.append(row)
         batches = f', mean batch {row["mean_batch_size"]:.1f}' if row.get('mean_batch_size') else ''
@@ -164,5 +168,6 @@ def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20
                 'timeout_s': timeout, 'deadline_ms': deadline_ms, 'warmup_requests': warmup_requests,
                 'warmup_s': round(warmup_s, 3),
                 'client': f'httpx {httpx.__version__} (asyncio, keep-alive; closed loop per concurrency, open loop Poisson per rate)',
-                'endpoint': 'POST /v1/generate (PNG, b64 JSON)'}
+                'format': fmt, 'response': response,
+                'endpoint': f'POST /v1/generate ({fmt}, {"JSON with base64 images" if response == "b64" else "binary body"})'}
     return info, settings, rows

@@ -15,7 +15,7 @@ import random
 import re
 import time
 
-from bench.loadtest import CLIENTS_PER_POOL, latency_summary, request_body, server_split
+from bench.loadtest import CLIENTS_PER_POOL, latency_summary, server_split
 from bench.record import percentiles
 
 METRIC = re.compile(r'^sida_batch_size_(bucket|sum|count)\{([^}]*)\}\s+(\S+)')
@@ -69,7 +69,7 @@ async def _scrape(client, model):
     return batch_size_histogram(r.text, model) if r.status_code == 200 else None
 
 
-async def rate_step(url, info, rate, duration, max_requests, n, prompt, timeout, seed, seed_base, headers):
+async def rate_step(url, info, rate, duration, max_requests, template, timeout, seed, seed_base, headers):
     """Offer `rate` requests/s for `duration` seconds (at most `max_requests`), wait for every answer; returns the row."""
     import httpx
     schedule = poisson_schedule(rate, duration, seed, max_requests)
@@ -81,7 +81,7 @@ async def rate_step(url, info, rate, duration, max_requests, n, prompt, timeout,
         sent_at.append(now)
         lags.append(now - due)
         try:
-            r = await client.post('/v1/generate', json=request_body(info, seed_base + i, n, prompt))
+            r = await client.post('/v1/generate', json={**template, 'seed': seed_base + i})
         except httpx.HTTPError as e:
             codes[type(e).__name__] += 1
             return
@@ -109,7 +109,7 @@ async def rate_step(url, info, rate, duration, max_requests, n, prompt, timeout,
     finally:
         for client in clients:
             await client.aclose()
-    sent = len(schedule)
+    sent, n = len(schedule), template['n']
     duration_s = max(window, finished - start)
     ok = codes.get('200', 0)
     errors = {k: v for k, v in sorted(codes.items()) if k != '200'}

@@ -35,12 +35,14 @@ def test_load_levels_report_throughput_latency_and_no_errors(server, tmp_path):
         assert row['server_generate_p50_ms'] > 0
 
 
-def test_request_cap_bounds_a_level(server, tmp_path):
+def test_request_cap_bounds_a_level_and_binary_npy_responses_are_measured(server, tmp_path):
     result = CliRunner().invoke(bench, ['http', '--url', server.url, '--concurrency', '2', '--duration', '30', '--max-requests', '6',
-                                        '--warmup-requests', '0', '--no-plot', '--out', str(tmp_path)], catch_exceptions=False)
+                                        '--n', '2', '--format', 'npy', '--response', 'binary', '--warmup-requests', '1', '--no-plot',
+                                        '--out', str(tmp_path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     _, run = only_json(tmp_path)
-    assert run['results'][0]['requests'] == 6 and run['results'][0]['duration_s'] < 30
+    assert run['results'][0]['requests'] == run['results'][0]['ok'] == 6 and run['results'][0]['duration_s'] < 30
+    assert (run['settings']['format'], run['settings']['response']) == ('npy', 'binary')
 
 
 def test_open_loop_rates_report_what_was_sent_answered_and_batched(server, tmp_path):
