@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     backlog: int = Field(2048, ge=1, description='Connections waiting to be accepted by the kernel.')
     h11_max_incomplete_event_size: int = Field(16 * 1024, ge=1024, description='Bytes of request line plus headers '
                                                'before 400 (h11).')
+    http_parser: Literal['h11', 'httptools'] = Field('h11', description='uvicorn\'s HTTP parser. h11 bounds unfinished '
+                                                     'headers itself; httptools (C) parses faster, for a server behind a '
+                                                     'proxy that bounds them (deploy/nginx.conf).')
     max_n: int = Field(16, ge=1, description='Images per request.')
     max_prompt_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)

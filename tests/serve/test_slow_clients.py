@@ -4,6 +4,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from bench.slow_clients import open_slow_sockets, run
 from tests.serve.conftest import Server
@@ -44,3 +45,14 @@ def test_connection_limits_reach_uvicorn(class_bundle_dir, tmp_path):
             assert 0.5 < time.monotonic() - started < 5
     finally:
         s.stop()
+
+
+def test_http_parser_is_h11_unless_chosen(monkeypatch):
+    from serve.cli import connection_limits
+    from serve.settings import Settings
+    assert connection_limits(Settings())['http'] == 'h11'
+    monkeypatch.setenv('SIDA_HTTP_PARSER', 'httptools')
+    assert connection_limits(Settings())['http'] == 'httptools'
+    monkeypatch.setenv('SIDA_HTTP_PARSER', 'fast')
+    with pytest.raises(ValueError, match='h11'):
+        Settings()
