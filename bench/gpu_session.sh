@@ -11,6 +11,10 @@
 #                                                 for the zoo model (torch-bf16, then compile) and ddpmpp-cifar10 (torch-bf16);
 #                                                 WHEELS holds fastapi, uvicorn, pydantic(-settings) and their needs
 #                                                 (the list and its size: docs/benchmarks.md)
+#   bench/gpu_session.sh serve-sweep OUT WHEELS  the [serve-gpu] sweep: the zoo model and ddpmpp-cifar10 on the compile
+#                                                 backend (reduce-overhead): latency at n=1, closed loop at n=16 (npy and PNG),
+#                                                 open loop at RATES with deadlines, py-spy of the server under load, and the
+#                                                 generator alone (`sida bench generate`) in the same run for the ratio
 #   bench/gpu_session.sh startup OUT WHEELS  cold and warm start of `sida serve --backend compile` (MODE=reduce-overhead)
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
@@ -51,6 +55,37 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
     done
     curl -s localhost:$port/metrics | grep -E '^sida_batch_size|^sida_request' > "$OUT/metrics-$name.txt"
     kill -INT $pid; wait $pid
+}
+
+# serve-sweep's pieces: one server up (time to ready), loads against it, then down (its /metrics kept).
+server_up() {   # NAME BUNDLE LIMIT_S [sida serve options...]: sets SERVER_PID; returns 1 if not ready in time
+    local name=$1 bundle=$2 limit=$3 start=$SECONDS; shift 3
+    "${SIDA[@]}" serve --bundle "$bundle" --port 8100 --no-ui "$@" > "$OUT/server-$name.log" 2>&1 &
+    SERVER_PID=$!
+    until curl -sf localhost:8100/readyz > /dev/null; do
+        if ! kill -0 $SERVER_PID 2>/dev/null || [ $((SECONDS - start)) -ge "$limit" ]; then
+            echo "$name: not ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"; kill $SERVER_PID 2>/dev/null; wait $SERVER_PID
+            return 1; fi
+        sleep 0.5
+    done
+    echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
+}
+load() {        # NAME [sida bench http options...]
+    local name=$1; shift
+    timeout 150 "${SIDA[@]}" bench http --url http://127.0.0.1:8100 --out "$RES" --name "$name" "$@" 2>&1 | tail -n 12
+}
+server_down() { # NAME
+    curl -s localhost:8100/metrics | grep -E '^sida_(batch_size|request|images)' > "$OUT/metrics-$1.txt"
+    kill -INT $SERVER_PID; wait $SERVER_PID
+}
+sweep() {       # NAME RATES: latency at n=1, closed loop at n=16 (npy, then PNG), open loop at RATES (npy, deadline 1 s)
+    local name=$1 rates=$2
+    load "http-$name-n1" --concurrency 1 --n 1 --duration 5 --warmup-requests 20
+    (sleep 3; timeout 12 py-spy record --nonblocking -d 8 -f speedscope -o "$OUT/pyspy-$name.json" --pid $SERVER_PID \
+        > "$OUT/pyspy-$name.log" 2>&1) &
+    load "http-$name-n16-npy" --concurrency 1,8,32,64 --n 16 --format npy --response binary --duration 4
+    load "http-$name-n16-png" --concurrency 8,32 --n 16 --duration 4
+    load "http-$name-open" --rate "$rates" --n 16 --format npy --response binary --duration 4 --deadline-ms 1000
 }
 
 case $STAGE in
@@ -131,6 +166,27 @@ serve)
     serve_and_load zoo-torch-bf16 models/zoo/cifar10-cond torch-bf16 120
     serve_and_load ddpmpp-torch-bf16 build/bench-bundles/ddpmpp-cifar10 torch-bf16 120
     serve_and_load zoo-compile models/zoo/cifar10-cond compile $((560 - SECONDS))
+    ;;
+serve-sweep)
+    WHEELS=${3:?wheels dir}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    export PATH=/tmp/site/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    RES=$OUT/results
+    python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
+    OPTS=(--backend compile --compile-mode reduce-overhead --max-batch 128 --max-queue-images 4096)
+    GEN=(bench generate --backends compile-bf16 --compile-mode reduce-overhead --batch 1,16,64,128 --runs 30 --max-seconds 4 --out "$RES")
+    if server_up zoo-h11 models/zoo/cifar10-cond 200 "${OPTS[@]}"; then
+        sweep zoo-h11 100,300,600,1000; server_down zoo-h11; fi
+    timeout 120 "${SIDA[@]}" "${GEN[@]}" --bundle models/zoo/cifar10-cond --name generate-zoo 2>&1 | tail -n 8
+    if server_up ddpmpp-h11 build/bench-bundles/ddpmpp-cifar10 240 "${OPTS[@]}"; then
+        sweep ddpmpp-h11 50,150,300,500; server_down ddpmpp-h11; fi
+    timeout 120 "${SIDA[@]}" "${GEN[@]}" --bundle build/bench-bundles/ddpmpp-cifar10 --name generate-ddpmpp 2>&1 | tail -n 8
+    if [ $SECONDS -lt 480 ] && SIDA_HTTP_PARSER=httptools server_up zoo-httptools models/zoo/cifar10-cond 60 "${OPTS[@]}"; then
+        load http-zoo-httptools-n1 --concurrency 1 --n 1 --duration 4 --warmup-requests 20
+        load http-zoo-httptools-n16-npy --concurrency 32,64 --n 16 --format npy --response binary --duration 4
+        server_down zoo-httptools; fi
+    echo "stage took $SECONDS s"
     ;;
 startup)
     # Cold and warm start of the compile backend per torch.compile mode (the inductor cache in /tmp survives between
