@@ -12,10 +12,11 @@ SEED_MAX = 2 ** 63 - 1
 def noise_for_seeds(seeds, shape):
     """[len(seeds), *shape] standard normal float32, one CPU generator per seed."""
     out = torch.empty(len(seeds), *shape)
+    generator = torch.Generator()        # re-seeding resets it fully (state and cached normals): as good as a new one
     for i, seed in enumerate(seeds):
         if not 0 <= int(seed) <= SEED_MAX:
             raise ValueError(f'seed {seed} out of range 0..{SEED_MAX}')
-        out[i] = torch.randn(*shape, generator=torch.Generator().manual_seed(int(seed)))
+        torch.randn(*shape, generator=generator.manual_seed(int(seed)), out=out[i])
     return out
 
 
@@ -38,7 +39,8 @@ def slerp(a, b, t):
 
 def labels_for_seeds(seeds, num_classes):
     """A class per seed when the user names none: drawn from a generator seeded by the seed (after its noise stream)."""
-    return torch.tensor([int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(int(s) ^ 0x5EED)))
+    generator = torch.Generator()
+    return torch.tensor([int(torch.randint(num_classes, (1,), generator=generator.manual_seed(int(s) ^ 0x5EED)))
                          for s in seeds], dtype=torch.int64)
 
 

@@ -119,6 +119,10 @@ class MicroBatcher:
             pass
         return self.healthy
 
+    def _generate(self, parts):
+        """On the backend thread: the requests' inputs joined into one batch (host work kept off the event loop)."""
+        return self.backend.generate({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+
     async def on_backend_thread(self, fn, *args):
         """Run fn on the thread every batch runs on (warm-up: torch.compile records CUDA graphs per thread)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -225,8 +229,7 @@ class MicroBatcher:
         total = sum(j.size for j in live)
         self.running_images = total
         try:
-            inputs = {k: torch.cat([j.inputs[k] for j in live]) for k in live[0].inputs}
-            images = await self.on_backend_thread(self.backend.generate, inputs)
+            images = await self.on_backend_thread(self._generate, [j.inputs for j in live])
         except Exception as e:   # a backend failure fails these requests (only these) and marks the model unhealthy
             self.running_images = 0
             self.healthy = False

@@ -1,6 +1,7 @@
 """The handlers' dependencies, as `Annotated` types: the app state, the caller's key (auth) and the rate limit.
 The model a request names is `state.pick(body.model)` in the handler: a dependency taking the body would make
-FastAPI validate the body a second time."""
+FastAPI validate the body a second time. All are `async def`: they never block, and FastAPI would run a plain `def`
+on a worker thread, three thread hops per request."""
 
 from typing import Annotated
 
@@ -10,14 +11,14 @@ from serve.errors import ApiError
 from serve.state import AppState
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
     return request.app.state.sida
 
 
 State = Annotated[AppState, Depends(app_state)]
 
 
-def caller(request: Request, state: State) -> str:
+async def caller(request: Request, state: State) -> str:
     """Who is asking: the API key when the server has keys (401 without a valid one), else the client address."""
     if not state.keys:
         return request.client.host if request.client else 'unknown'
@@ -31,7 +32,7 @@ def caller(request: Request, state: State) -> str:
 Caller = Annotated[str, Depends(caller)]
 
 
-def rate_limited(key: Caller, state: State) -> str:
+async def rate_limited(key: Caller, state: State) -> str:
     state.limiter.check(key)
     return key
 
