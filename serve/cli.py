@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from serve.runtimes import BACKEND_HELP, backend_callback
+from serve.worker import SWITCH_INTERVAL_S
 from sida.cli_options import COMPILE_MODES, CTX, is_loopback
 
 ZOO = Path(__file__).resolve().parents[1] / 'models' / 'zoo'
 DEMO = Path.home() / '.cache' / 'sida' / 'demo-untrained-ddpmpp'
-SWITCH_INTERVAL_S = 0.0005
 
 
 def default_bundles(log):
@@ -82,9 +82,12 @@ def setting(name):
 @click.option('--triton-http-port', type=int, default=8010, help='Triton KServe v2 HTTP port (with --triton).')
 @click.option('--triton-grpc-port', type=int, default=8011, help='Triton gRPC port (with --triton).')
 @click.option('--triton-metrics-port', type=int, default=8002, help='Triton metrics port (with --triton).')
+@click.option('--workers', type=click.IntRange(1), default=None, show_default=setting('workers'),
+              help='Server processes on the one port, each with its own copy of the models and batcher on the same GPU: '
+                   'for small models whose request rate one Python process cannot keep up with (docs/serving.md).')
 def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
           api_keys_file, allow_unauthenticated, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton,
-          triton_http_port, triton_grpc_port, triton_metrics_port):
+          triton_http_port, triton_grpc_port, triton_metrics_port, workers):
     """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs,
     and the web demo at /ui."""
     import uvicorn
@@ -100,13 +103,17 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
                                  max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
                                  allow_unauthenticated=allow_unauthenticated,
                                  rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None,
-                                 ui=with_ui)
+                                 ui=with_ui, workers=workers)
     except ValidationError as e:
         first = e.errors()[0]
         raise click.ClickException(f'bad setting {".".join(map(str, first["loc"]))}: {first["msg"]}') from None
     refuse_open_server(settings)
     if not settings.bundles:
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
+    if settings.workers > 1:
+        if with_triton:
+            raise click.UsageError('--workers and --triton do not go together: Triton runs the models in its own process')
+        return serve_workers(settings)
     from models.bundle import BundleError
     from serve.backends import BackendUnavailable
     from serve.served_model import ServedModel
@@ -139,3 +146,26 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     finally:
         if triton is not None:
             triton.stop()
+
+
+def serve_workers(settings):
+    """uvicorn's supervisor with `settings.workers` processes, each building the app from the settings (serve.worker)."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from models.bundle import BundleError, load_bundle
+    from serve.worker import SETTINGS_ENV
+    for bundle in settings.bundles:      # a bad bundle is one line here, not N tracebacks from the workers
+        try:
+            load_bundle(bundle)
+        except (BundleError, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from None
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    with tempfile.TemporaryDirectory(prefix='sida-metrics-') as metrics_dir:
+        os.environ['PROMETHEUS_MULTIPROC_DIR'] = metrics_dir          # read by prometheus_client as each worker imports it
+        click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} with '
+                   f'{settings.workers} worker processes (each ready once its models are warm)', err=True)
+        uvicorn.run('serve.worker:app', factory=True, workers=settings.workers, host=settings.host, port=settings.port,
+                    log_level='warning', **connection_limits(settings))

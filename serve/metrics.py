@@ -1,6 +1,11 @@
-"""Prometheus metrics of the HTTP API and the batchers (scraped at /metrics)."""
+"""Prometheus metrics of the HTTP API and the batchers (scraped at /metrics).
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+Under `sida serve --workers N` (PROMETHEUS_MULTIPROC_DIR set), every process writes its values to files there and a
+scrape adds them up across processes (gauges: the sum over live ones)."""
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -14,12 +19,22 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.batch_seconds = Histogram('sida_batch_seconds', 'Backend call time', ['model', 'backend'], registry=self.registry)
         self.images = Counter('sida_images_total', 'Images generated', ['model', 'backend'], registry=self.registry)
-        self.queue = Gauge('sida_queue_images', 'Images waiting', ['model'], registry=self.registry)
+        self.queue = Gauge('sida_queue_images', 'Images waiting', ['model'], registry=self.registry, multiprocess_mode='livesum')
         self.text_calls = Gauge('sida_text_encoder_calls', 'Text-encoder calls (batched cache misses)', ['model'],
-                                registry=self.registry)
-        self.text_prompts = Gauge('sida_text_prompts_encoded', 'Distinct prompts encoded', ['model'], registry=self.registry)
+                                registry=self.registry, multiprocess_mode='livesum')
+        self.text_prompts = Gauge('sida_text_prompts_encoded', 'Distinct prompts encoded', ['model'], registry=self.registry,
+                                  multiprocess_mode='livesum')
 
     def on_batch(self, model, backend, n, seconds):
         self.batch_size.labels(model, backend).observe(n)
         self.batch_seconds.labels(model, backend).observe(seconds)
         self.images.labels(model, backend).inc(n)
+
+    def exposition(self):
+        """The text a scrape gets: this process's metrics, or all workers' added up."""
+        if not os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     http_parser: Literal['h11', 'httptools'] = Field('h11', description='uvicorn\'s HTTP parser. h11 bounds unfinished '
                                                      'headers itself; httptools (C) parses faster, for a server behind a '
                                                      'proxy that bounds them (deploy/nginx.conf).')
+    workers: int = Field(1, ge=1, description='Server processes on the port, each with its own models and batcher.')
     max_n: int = Field(16, ge=1, description='Images per request.')
     max_prompt_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)

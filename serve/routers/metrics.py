@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serve.deps import State
 
@@ -15,4 +15,4 @@ async def prometheus(state: State):
         if m.prompts is not None:   # the prompt encoder counts for itself; copied in at scrape time
             state.metrics.text_calls.labels(m.id).set(m.prompts.calls)
             state.metrics.text_prompts.labels(m.id).set(m.prompts.encoded)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

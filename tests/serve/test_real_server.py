@@ -4,6 +4,7 @@
 import json
 import socket
 import time
+from pathlib import Path
 
 from tests.serve.conftest import Server
 
@@ -34,3 +35,36 @@ def test_client_disconnect_cancels_the_work(class_bundle_dir, tmp_path):
         assert s.client.post('/v1/generate', json={'seed': 2}).status_code == 200
     finally:
         s.stop()
+
+
+def worker_pids(parent):
+    """uvicorn's worker processes under the supervisor (multiprocessing spawn children)."""
+    children = Path(f'/proc/{parent}/task/{parent}/children').read_text().split()
+    return [int(c) for c in children if b'spawn_main' in Path(f'/proc/{c}/cmdline').read_bytes()]
+
+
+def test_workers_share_one_port_and_add_up_their_metrics(class_bundle_dir, tmp_path):
+    """--workers 2: two processes behind one port, each with its own model; every request is answered, /metrics counts
+    the images of both, and stopping the server stops them too."""
+    import concurrent.futures
+
+    import httpx
+    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--workers', 2, tmp_path=tmp_path)
+    try:
+        workers = worker_pids(s.process.pid)
+        assert len(workers) == 2, workers
+
+        def images_total():
+            lines = httpx.get(f'{s.url}/metrics', timeout=30).text.splitlines()
+            return sum(float(line.split()[-1]) for line in lines if line.startswith('sida_images_total{'))
+        before = images_total()
+
+        def one(seed):      # a fresh connection each: the kernel hands connections to either worker
+            return httpx.post(f'{s.url}/v1/generate', json={'seed': seed, 'n': 2}, timeout=60).status_code
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(one, range(24))) == {200}
+        assert images_total() - before == 48
+    finally:
+        s.stop()
+    for pid in workers:
+        assert not Path(f'/proc/{pid}').exists() or b'zombie' in Path(f'/proc/{pid}/status').read_bytes().lower()
