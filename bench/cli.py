@@ -155,13 +155,17 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, w
               help='b64: JSON with base64 images; binary: the bytes (a zip of several, or one .npy array for --format npy).')
 @click.option('--timeout', default=60.0, type=float, help='Per-request timeout, seconds.')
 @click.option('--warmup-requests', default=4, type=click.IntRange(0), help='Sequential requests before measuring.')
+@click.option('--client-processes', default=1, type=click.IntRange(1),
+              help='Split the load across this many client processes (a level\'s clients evenly, at most one process per client; '
+                   'a rate as independent Poisson streams at rate/P), started together, results merged. One Python process '
+                   'sends at most a few hundred requests/s: use several (up to the cores left beside the server) above that.')
 @click.option('--api-key', default=None, envvar='SIDA_BENCH_API_KEY', help='Bearer key, if the server wants one.')
 @click.option('--allow-remote', is_flag=True, help='Allow a non-loopback URL (only a server you own).')
 @OUT
 @NAME
 @PLOT
 def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_requests, model, n, prompt, fmt, response, timeout,
-         warmup_requests, api_key, allow_remote, out, name, plot):
+         warmup_requests, client_processes, api_key, allow_remote, out, name, plot):
     """End-to-end HTTP load on `sida serve`, closed loop (--concurrency) and/or open loop (--rate): throughput, latency
     percentiles, errors by status."""
     from bench.loadtest import RemoteRefused, run_http
@@ -171,7 +175,8 @@ def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_req
     try:
         info_server, settings, rows = run_http(url, concurrencies, duration, model, n, max_requests, timeout, prompt, allow_remote,
                                                warmup_requests, api_key, log=lambda m: click.echo(m, err=True), rates=rates,
-                                               arrival_seed=arrival_seed, deadline_ms=deadline_ms, fmt=fmt, response=response)
+                                               arrival_seed=arrival_seed, deadline_ms=deadline_ms, fmt=fmt, response=response,
+                                               client_processes=client_processes)
     except RemoteRefused as e:
         raise click.UsageError(str(e)) from None
     except ValueError as e:

@@ -70,9 +70,10 @@ server_up() {   # NAME BUNDLE LIMIT_S [sida serve options...]: sets SERVER_PID; 
     done
     echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
 }
-load() {        # NAME [sida bench http options...]
+load() {        # NAME [sida bench http options...]; CLIENT_PROCS client processes (4)
     local name=$1; shift
-    timeout 150 "${SIDA[@]}" bench http --url http://127.0.0.1:8100 --out "$RES" --name "$name" "$@" 2>&1 | tail -n 12
+    timeout 150 "${SIDA[@]}" bench http --url http://127.0.0.1:8100 --client-processes ${CLIENT_PROCS:-4} --out "$RES" \
+        --name "$name" "$@" 2>&1 | tail -n 12
 }
 server_down() { # NAME
     curl -s localhost:8100/metrics | grep -E '^sida_(batch_size|request|images)' > "$OUT/metrics-$1.txt"

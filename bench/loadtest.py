@@ -6,11 +6,18 @@ seconds or until `max_requests` were sent, whichever comes first; throughput is 
 answers over the level's wall time. Errors are counted by HTTP status (and by exception name for
 connection failures), never retried. Loopback servers only, unless `allow_remote`: this is a load
 generator, not something to point at other people's machines.
+
+One Python process cannot send much more than a few hundred requests/s, so `client_processes` > 1 splits each level
+and rate across that many spawned processes, each with its own event loop and clients, their clocks started together
+(a barrier); each returns its raw tally (latencies, status counts, ...), merged before the row is summarised.
 """
 
 import asyncio
 import collections
+import itertools
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from urllib.parse import urlparse
 
 from bench.record import percentiles
@@ -72,50 +79,125 @@ def latency_summary(latencies, server_ms):
 
 
 CLIENTS_PER_POOL = 8     # httpx's pool costs grow with its size: many small pools keep the client off the critical path
+READY_TIMEOUT_S = 120    # how long client processes wait for each other to start (spawning imports httpx afresh)
 
 
-async def _level(url, info, concurrency, duration, max_requests, template, timeout, seed_base, headers):
+def new_tally():
+    """One client process's raw measurements of a level or rate: plain lists and counts, so they pickle and merge."""
+    return {'latencies': [], 'codes': collections.Counter(), 'server_ms': {}}
+
+
+def count_answer(tally, response, latency):
+    tally['codes'][str(response.status_code)] += 1
+    if response.status_code == 200:
+        tally['latencies'].append(latency)
+        for key, ms in server_split(response).items():
+            tally['server_ms'].setdefault(key, []).append(ms / 1000)
+
+
+def merge_tallies(tallies):
+    """Several processes' tallies as one: lists concatenated (per key for dicts of lists), counters summed, and the
+    largest of plain numbers (walls, finishing times: the longest process)."""
+    merged = {}
+    for tally in tallies:
+        for key, value in tally.items():
+            if isinstance(value, collections.Counter):
+                merged.setdefault(key, collections.Counter()).update(value)
+            elif isinstance(value, dict):
+                for name, values in value.items():
+                    merged.setdefault(key, {}).setdefault(name, []).extend(values)
+            elif isinstance(value, list):
+                merged.setdefault(key, []).extend(value)
+            else:
+                merged[key] = max(merged.get(key, value), value)
+    return merged
+
+
+def answered_summary(tally, n, duration_s):
+    """What both loops report of the answers: requests, errors by status, throughput over `duration_s`, latency."""
+    codes = tally['codes']
+    ok = codes.get('200', 0)
+    errors = {k: v for k, v in sorted(codes.items()) if k != '200'}
+    return {'requests': sum(codes.values()), 'ok': ok, 'errors': errors, 'error_count': sum(errors.values()),
+            'duration_s': duration_s, 'requests_per_s': ok / duration_s, 'images_per_s': ok * n / duration_s,
+            **latency_summary(tally['latencies'], tally['server_ms'])}
+
+
+def even_split(total, parts):
+    """`total` as `parts` integers as equal as possible, the larger first: even_split(10, 4) == [3, 3, 2, 2]."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+async def closed_loop(url, concurrency, duration, max_requests, template, timeout, first_seed, seed_step, headers, ready=None):
+    """`concurrency` clients in closed loop for `duration` s or `max_requests` requests; returns the tally and `wall`.
+    Seeds are first_seed, first_seed + seed_step, ...; `ready()` is called once the clients exist, before the clock starts."""
     import httpx
-    latencies, codes, server_ms = [], collections.Counter(), {}
+    tally, seeds = new_tally(), itertools.count(first_seed, seed_step)
     sent = 0
-    deadline = time.perf_counter() + duration
 
     async def worker(client):
         nonlocal sent
         while time.perf_counter() < deadline and sent < max_requests:
-            seed = seed_base + sent
             sent += 1
             start = time.perf_counter()
             try:
-                r = await client.post('/v1/generate', json={**template, 'seed': seed})
+                r = await client.post('/v1/generate', json={**template, 'seed': next(seeds)})
             except httpx.HTTPError as e:
-                codes[type(e).__name__] += 1
+                tally['codes'][type(e).__name__] += 1
                 continue
-            elapsed = time.perf_counter() - start
-            codes[str(r.status_code)] += 1
-            if r.status_code == 200:
-                latencies.append(elapsed)
-                for key, ms in server_split(r).items():
-                    server_ms.setdefault(key, []).append(ms / 1000)
+            count_answer(tally, r, time.perf_counter() - start)
 
     sizes = [min(CLIENTS_PER_POOL, concurrency - i) for i in range(0, concurrency, CLIENTS_PER_POOL)]
     clients = [httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers,
                                  limits=httpx.Limits(max_connections=size, max_keepalive_connections=size)) for size in sizes]
     try:
+        if ready:
+            ready()
         started = time.perf_counter()
+        deadline = started + duration
         await asyncio.gather(*(worker(client) for client, size in zip(clients, sizes) for _ in range(size)))
-        wall = time.perf_counter() - started
+        tally['wall'] = time.perf_counter() - started
     finally:
         for client in clients:
             await client.aclose()
-    ok = codes.get('200', 0)
-    errors = {k: v for k, v in sorted(codes.items()) if k != '200'}
-    n = template['n']
+    return tally
+
+
+def level_row(info, concurrency, n, tally, processes=1):
     row = {'kind': 'http', 'backend': info.get('backend'), 'model': info['id'], 'concurrency': concurrency, 'n': n,
-           'requests': sum(codes.values()), 'ok': ok, 'errors': errors, 'error_count': sum(errors.values()),
-           'duration_s': wall, 'requests_per_s': ok / wall, 'images_per_s': ok * n / wall}
-    row.update(latency_summary(latencies, server_ms))
+           'client_processes': processes}
+    row.update(answered_summary(tally, n, tally['wall']))
     return row
+
+
+_ready_barrier = None
+
+
+def _join_barrier(barrier):
+    global _ready_barrier
+    _ready_barrier = barrier
+
+
+def _measure_in_process(measure, args):
+    try:
+        return asyncio.run(measure(*args, ready=lambda: _ready_barrier.wait(READY_TIMEOUT_S)))
+    except BaseException:
+        _ready_barrier.abort()          # the others stop waiting for this one
+        raise
+
+
+def measure_in_processes(measure, args_per_process):
+    """`measure(*args)` (an async measuring function taking `ready`) in as many client processes as there are args,
+    each with its own event loop, the clocks started together once all are ready; their tallies merged.
+    One args: measured in this process."""
+    if len(args_per_process) == 1:
+        return asyncio.run(measure(*args_per_process[0]))
+    processes = len(args_per_process)
+    context = multiprocessing.get_context('spawn')
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_join_barrier,
+                             initargs=(context.Barrier(processes),)) as pool:      # one task per process: each waits for all
+        futures = [pool.submit(_measure_in_process, measure, args) for args in args_per_process]
+        return merge_tallies([future.result() for future in futures])
 
 
 def _outcome(row):
@@ -125,11 +207,12 @@ def _outcome(row):
 
 def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20000, timeout=60.0, prompt='a photo of a cat',
              allow_remote=False, warmup_requests=4, api_key=None, log=print, rates=(), arrival_seed=0, deadline_ms=None,
-             fmt='png', response='b64'):
-    """Measure every concurrency level, then every open-loop rate; returns (server description, settings, rows)."""
+             fmt='png', response='b64', client_processes=1):
+    """Measure every concurrency level, then every open-loop rate, from `client_processes` OS processes (one: this
+    process, as far as a level's concurrency allows); returns (server description, settings, rows)."""
     import httpx
 
-    from bench.open_loop import rate_step
+    from bench.open_loop import process_schedules, rate_row, rate_step, scrape_batch_sizes
     check_loopback(url, allow_remote)
     url = url.rstrip('/')
     headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
@@ -151,13 +234,20 @@ def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20
         warmup_s = time.perf_counter() - start
     rows = []
     for level, c in enumerate(concurrencies):
-        row = asyncio.run(_level(url, info, c, duration, max_requests, template, timeout, (level + 1) * 10 ** 9, headers))
-        rows.append(row)
+        processes, seed_base = min(client_processes, c), (level + 1) * 10 ** 9
+        shares = zip(even_split(c, processes), even_split(max_requests, processes))
+        tally = measure_in_processes(closed_loop, [(url, clients, duration, cap, template, timeout, seed_base + i, processes, headers)
+                                                   for i, (clients, cap) in enumerate(shares)])
+        rows.append(row := level_row(info, c, n, tally, processes))
         log(f'concurrency {c:>4}: {_outcome(row)}')
     for step, rate in enumerate(rates):
-        row = asyncio.run(rate_step(url, info, rate, duration, max_requests, template, timeout, arrival_seed + step,
-                                    (len(concurrencies) + step + 1) * 10 ** 9, headers))
-        rows.append(row)
+        seed, seed_base = arrival_seed + step, (len(concurrencies) + step + 1) * 10 ** 9
+        schedules, window = process_schedules(rate, duration, seed, client_processes, max_requests)
+        before = scrape_batch_sizes(url, info['id'], headers, timeout)
+        tally = measure_in_processes(rate_step, [(url, schedule, template, timeout, seed_base + i, client_processes, headers)
+                                                 for i, schedule in enumerate(schedules)])
+        after = scrape_batch_sizes(url, info['id'], headers, timeout)
+        rows.append(row := rate_row(info, rate, seed, n, window, tally, before, after, client_processes))
         batches = f', mean batch {row["mean_batch_size"]:.1f}' if row.get('mean_batch_size') else ''
         log(f'rate {rate:>6g}/s (sent {row["sent_rps"]:.1f}/s, lag p99 {row.get("send_lag_p99_ms", 0):.1f} ms{batches}): '
             f'{_outcome(row)}')
@@ -167,7 +257,10 @@ def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20
                 'arrival_seed': arrival_seed, 'duration_s': duration, 'max_requests_per_level': max_requests, 'n': n,
                 'timeout_s': timeout, 'deadline_ms': deadline_ms, 'warmup_requests': warmup_requests,
                 'warmup_s': round(warmup_s, 3),
-                'client': f'httpx {httpx.__version__} (asyncio, keep-alive; closed loop per concurrency, open loop Poisson per rate)',
+                'client_processes': client_processes,
+                'client': f'httpx {httpx.__version__} (asyncio, keep-alive; closed loop per concurrency, open loop Poisson per rate; '
+                          + ('one process)' if client_processes == 1 else f'{client_processes} spawned processes started together, '
+                             'each with its share of a level\'s clients or an independent Poisson stream at rate/processes)'),
                 'format': fmt, 'response': response,
                 'endpoint': f'POST /v1/generate ({fmt}, {"JSON with base64 images" if response == "b64" else "binary body"})'}
     return info, settings, rows

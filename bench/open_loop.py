@@ -10,12 +10,13 @@ histogram on /metrics, scraped before and after.
 
 import asyncio
 import collections
+import itertools
 import math
 import random
 import re
 import time
 
-from bench.loadtest import CLIENTS_PER_POOL, latency_summary, server_split
+from bench.loadtest import CLIENTS_PER_POOL, answered_summary, count_answer, new_tally
 from bench.record import percentiles
 
 METRIC = re.compile(r'^sida_batch_size_(bucket|sum|count)\{([^}]*)\}\s+(\S+)')
@@ -64,65 +65,75 @@ def batch_size_delta(before, after):
             'mean_batch_size': images / batches if batches else None}
 
 
-async def _scrape(client, model):
-    r = await client.get('/metrics')
+def process_schedules(rate, duration, seed, processes=1, max_requests=None):
+    """Each client process's send times: independent Poisson streams at rate/processes (process i seeded
+    seed * processes + i), together a Poisson stream at `rate`, cut after the `max_requests`-th arrival of them all;
+    and the window they cover (`duration`, or that last arrival's time when cut)."""
+    schedules = [poisson_schedule(rate / processes, duration, seed * processes + i, max_requests) for i in range(processes)]
+    arrivals = sorted(t for schedule in schedules for t in schedule)
+    if max_requests is None or len(arrivals) < max_requests:
+        return schedules, duration
+    last = arrivals[max_requests - 1]
+    return [[t for t in schedule if t <= last] for schedule in schedules], last
+
+
+def scrape_batch_sizes(url, model, headers, timeout):
+    """`model`'s sida_batch_size histogram from the server's /metrics, or None if it has none."""
+    import httpx
+    r = httpx.get(f'{url}/metrics', headers=headers, timeout=timeout)
     return batch_size_histogram(r.text, model) if r.status_code == 200 else None
 
 
-async def rate_step(url, info, rate, duration, max_requests, template, timeout, seed, seed_base, headers):
-    """Offer `rate` requests/s for `duration` seconds (at most `max_requests`), wait for every answer; returns the row."""
+async def rate_step(url, schedule, template, timeout, first_seed, seed_step, headers, ready=None):
+    """Send a request at each time of `schedule` (seconds from the start) and wait for every answer; returns the tally
+    with the send lags, 429 times, send times and `finished`, all from the start. Seeds and `ready` as in closed_loop."""
     import httpx
-    schedule = poisson_schedule(rate, duration, seed, max_requests)
-    window = duration if len(schedule) < max_requests else schedule[-1]       # the span the schedule covers
-    latencies, lags, rejected, sent_at, codes, server_ms = [], [], [], [], collections.Counter(), {}
+    tally, seeds = new_tally(), itertools.count(first_seed, seed_step)
+    tally.update(lags=[], rejected=[], sent_at=[])
 
-    async def send(client, i, due):
+    async def send(client, due):
         now = time.perf_counter()
-        sent_at.append(now)
-        lags.append(now - due)
+        tally['sent_at'].append(now - start)
+        tally['lags'].append(now - due)
         try:
-            r = await client.post('/v1/generate', json={**template, 'seed': seed_base + i})
+            r = await client.post('/v1/generate', json={**template, 'seed': next(seeds)})
         except httpx.HTTPError as e:
-            codes[type(e).__name__] += 1
+            tally['codes'][type(e).__name__] += 1
             return
         answered = time.perf_counter()
-        codes[str(r.status_code)] += 1
-        if r.status_code == 200:
-            latencies.append(answered - due)
-            for key, ms in server_split(r).items():
-                server_ms.setdefault(key, []).append(ms / 1000)
-        elif r.status_code == 429:              # the server's refusal time: from sending, not from the schedule
-            rejected.append(answered - now)
+        count_answer(tally, r, answered - due)          # latency from the scheduled send
+        if r.status_code == 429:                        # the server's refusal time: from sending, not from the schedule
+            tally['rejected'].append(answered - now)
 
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)    # open loop: no client-side cap
     clients = [httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers, limits=limits) for _ in range(CLIENTS_PER_POOL)]
     try:
-        before = await _scrape(clients[0], info['id'])
+        if ready:
+            ready()
         tasks = []
         start = time.perf_counter()
         for i, offset in enumerate(schedule):
             await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
-            tasks.append(asyncio.create_task(send(clients[i % len(clients)], i, start + offset)))
+            tasks.append(asyncio.create_task(send(clients[i % len(clients)], start + offset)))
         await asyncio.gather(*tasks)
-        finished = time.perf_counter()
-        after = await _scrape(clients[0], info['id'])
+        tally['finished'] = time.perf_counter() - start
     finally:
         for client in clients:
             await client.aclose()
-    sent, n = len(schedule), template['n']
-    duration_s = max(window, finished - start)
-    ok = codes.get('200', 0)
-    errors = {k: v for k, v in sorted(codes.items()) if k != '200'}
+    return tally
+
+
+def rate_row(info, rate, seed, n, window, tally, before, after, processes=1):
+    """One rate's row from its (merged) tally, the window its schedule covered, and the /metrics scrapes around it."""
+    sent, sent_at = sum(tally['codes'].values()), tally['sent_at']
     row = {'kind': 'http-open-loop', 'backend': info.get('backend'), 'model': info['id'], 'offered_rps': rate, 'n': n,
-           'arrival_seed': seed, 'requests': sent, 'ok': ok, 'errors': errors, 'error_count': sum(errors.values()),
-           'send_window_s': window, 'duration_s': duration_s, 'scheduled_rps': sent / window,
-           'sent_rps': sent / max(window, (max(sent_at) - start) if sent_at else 0.0),
-           'requests_per_s': ok / duration_s, 'images_per_s': ok * n / duration_s}
-    if lags:
-        row['send_lag_p99_ms'] = percentiles(lags)['p99_ms']
-    row.update(latency_summary(latencies, server_ms))
-    if rejected:
-        row['time_to_429_p99_ms'] = percentiles(rejected)['p99_ms']
+           'arrival_seed': seed, 'client_processes': processes, 'send_window_s': window, 'scheduled_rps': sent / window,
+           'sent_rps': sent / max(window, max(sent_at, default=0.0))}
+    row.update(answered_summary(tally, n, max(window, tally['finished'])))
+    if tally['lags']:
+        row['send_lag_p99_ms'] = percentiles(tally['lags'])['p99_ms']
+    if tally['rejected']:
+        row['time_to_429_p99_ms'] = percentiles(tally['rejected'])['p99_ms']
     if before is not None and after is not None:
         row.update(batch_size_delta(before, after))
     return row

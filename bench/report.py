@@ -213,6 +213,8 @@ def render(results_dir, readme):
              'sida bench teacher-vs-student --teacher TEACHER_DIR_OR_PKL --student BUNDLE --batch 64 --runs 10',
              'sida serve --bundle BUNDLE &   sida bench http --url http://127.0.0.1:8000 --concurrency 1,8,32,128 --duration 20',
              'sida bench http --url http://127.0.0.1:8000 --rate 50,200,800 --duration 20   # open loop: Poisson arrivals, requests/s',
+             'sida bench http --url http://127.0.0.1:8000 --rate 400,800 --client-processes 8   # above a few hundred requests/s: '
+             'several client processes',
              'sida bench train --variants fp32,bf16,bf16-compile --batch 128 --iters 20',
              'sida bench report',
              '```', '',

@@ -4,8 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import bench
-from bench.loadtest import RemoteRefused, check_loopback, server_timing
-from bench.open_loop import batch_size_delta, batch_size_histogram, poisson_schedule
+from bench.loadtest import RemoteRefused, check_loopback, even_split, server_timing
+from bench.open_loop import batch_size_delta, batch_size_histogram, poisson_schedule, process_schedules
 from tests.bench.conftest import make_bundle, only_json
 from tests.serve.conftest import Server
 
@@ -69,6 +69,56 @@ def test_open_loop_rates_report_what_was_sent_answered_and_batched(server, tmp_p
         assert row['batched_images'] == n * row['ok']           # nothing else loads the server during a step
         assert n <= row['mean_batch_size'] == pytest.approx(row['batched_images'] / row['batches'])
         assert ('time_to_429_p99_ms' in row) == ('429' in row['errors'])
+
+
+def generate_requests_served(server):
+    """The server's count of answered POST /v1/generate requests, by status, from its /metrics."""
+    counts = {}
+    for line in server.client.get('/metrics').text.splitlines():
+        if line.startswith('sida_requests_total{') and 'route="/v1/generate"' in line:
+            status = line.split('status="')[1].split('"')[0]
+            counts[status] = counts.get(status, 0) + round(float(line.split()[-1]))
+    return counts
+
+
+def test_client_processes_split_a_level_and_a_rate_and_merge_into_the_same_rows(server, tmp_path):
+    """--client-processes 2: a level's clients and a rate's Poisson arrivals are split across two spawned processes;
+    the merged rows count every request once (as the server counted them), and the batches account for every image."""
+    n, duration, rate, seed = 2, 1.0, 15.0, 3
+    args = ['--concurrency', 3, '--rate', rate, '--client-processes', 2, '--n', n, '--duration', duration, '--arrival-seed', seed,
+            '--warmup-requests', 1, '--no-plot']
+    served_before = generate_requests_served(server)
+    result = CliRunner().invoke(bench, ['http', '--url', server.url, *map(str, args), '--out', str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    served = {k: v - served_before.get(k, 0) for k, v in generate_requests_served(server).items()}
+    _, run = only_json(tmp_path)
+    assert run['settings']['client_processes'] == 2 and 'processes' in run['settings']['client']
+    level, step = run['results']
+    arrivals = len(poisson_schedule(rate / 2, duration, 2 * seed)) + len(poisson_schedule(rate / 2, duration, 2 * seed + 1))
+    assert step['requests'] == arrivals > 0                       # the two seeded streams, every arrival sent once
+    assert sum(served.values()) == 1 + level['requests'] + step['requests']     # warm-up, then what both processes sent
+    for row in (level, step):
+        assert row['client_processes'] == 2 and row['n'] == n
+        assert row['ok'] + row['error_count'] == row['requests'] > 0 and row['ok'] > 0
+        assert row['error_count'] == sum(row['errors'].values())
+        assert 0 < row['p50_ms'] <= row['p90_ms'] <= row['p99_ms']
+        assert row['images_per_s'] == pytest.approx(n * row['ok'] / row['duration_s'])
+    assert served.get('200', 0) == 1 + level['ok'] + step['ok']
+    assert step['scheduled_rps'] == pytest.approx(step['requests'] / duration) and step['sent_rps'] <= step['scheduled_rps']
+    assert step['send_lag_p99_ms'] >= 0
+    assert sum(step['batch_size_histogram'].values()) == step['batches'] > 0
+    assert step['batched_images'] == n * step['ok']
+
+
+def test_a_rate_split_across_processes_is_cut_at_the_request_cap_of_them_all():
+    assert process_schedules(40.0, 5.0, 9) == ([poisson_schedule(40.0, 5.0, 9)], 5.0)         # one process: today's schedule
+    full, window = process_schedules(40.0, 5.0, 9, processes=3)
+    assert window == 5.0 and full == [poisson_schedule(40.0 / 3, 5.0, 27 + i) for i in range(3)]
+    cut, window = process_schedules(40.0, 5.0, 9, processes=3, max_requests=50)
+    merged = sorted(t for schedule in full for t in schedule)
+    assert sum(map(len, cut)) == 50 and window == merged[49]
+    assert all(c == s[:len(c)] for c, s in zip(cut, full))
+    assert even_split(10, 4) == [3, 3, 2, 2] and even_split(2, 3) == [1, 1, 0] and sum(even_split(20000, 7)) == 20000
 
 
 def test_poisson_schedule_is_seeded_with_mean_gap_one_over_rate():
