@@ -16,6 +16,7 @@
 #                                                 open loop at RATES with deadlines, py-spy of the server under load, and the
 #                                                 generator alone (`sida bench generate`) in the same run for the ratio
 #   bench/gpu_session.sh serve-sweep2 OUT WHEELS  the same after the hot-path changes, with `--workers 4` for the zoo
+#   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold and warm start of `sida serve --backend compile` (MODE=reduce-overhead)
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
@@ -207,6 +208,22 @@ serve-sweep2)
         server_down zoo-4workers; fi
     if server_up ddpmpp-1proc build/bench-bundles/ddpmpp-cifar10 240 "${OPTS[@]}"; then
         sweep ddpmpp-1proc 150,300,450; server_down ddpmpp-1proc; fi
+    echo "stage took $SECONDS s"
+    ;;
+serve-short)
+    # The short version (about 4 minutes): the zoo model on one process, then on four workers, n=16 npy.
+    WHEELS=${3:?wheels dir}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    RES=$OUT/results
+    OPTS=(--backend compile --compile-mode reduce-overhead --max-batch 128 --max-queue-images 4096)
+    if server_up zoo-1proc models/zoo/cifar10-cond 130 "${OPTS[@]}"; then
+        load http-zoo-1proc-n1 --concurrency 1 --n 1 --duration 4 --warmup-requests 20
+        load http-zoo-1proc-n16-npy --concurrency 32,64 --n 16 --format npy --response binary --duration 4
+        server_down zoo-1proc; fi
+    if SIDA_HTTP_PARSER=httptools server_up zoo-4workers models/zoo/cifar10-cond 70 "${OPTS[@]}" --workers 4; then
+        load http-zoo-4workers-n16-npy --concurrency 64,128 --n 16 --format npy --response binary --duration 4
+        load http-zoo-4workers-open --rate 700,1000 --n 16 --format npy --response binary --duration 4 --deadline-ms 1000
+        server_down zoo-4workers; fi
     echo "stage took $SECONDS s"
     ;;
 startup)
