@@ -49,6 +49,16 @@ def name_list(ctx, param, value):
     return values
 
 
+def compile_variants(ctx, param, value):
+    if value is None:
+        return None
+    from export.compiled import CompileOptions
+    try:
+        return [CompileOptions.parse(v) for v in name_list(ctx, param, value)]
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _finish(out, info, name, settings, rows, plot):
     from bench.record import safe_name, write_result
     path = write_result(out, info, safe_name(name), settings, rows, plot=plot)
@@ -76,6 +86,11 @@ def bench():
 @click.option('--io', type=click.Choice(['device', 'host']), default='device',
               help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
 @click.option('--compile-mode', default=None, show_default='max-autotune on CUDA (CUDA graphs), default on CPU', help='torch.compile mode.')
+@click.option('--compile-variants', default=None, callback=compile_variants,
+              help='Measure every compile backend once per variant, MODE[+freezing][+channels-last], comma-separated, e.g. '
+                   'reduce-overhead,reduce-overhead+freezing+channels-last (each row also carries the export parity gate).')
+@click.option('--profile', 'profile_dir', default=None, type=click.Path(file_okay=False),
+              help='Also profile each configuration (torch.profiler): key_averages table and gzipped Chrome trace go here.')
 @click.option('--export/--no-export', 'export_missing', default=True,
               help='Export missing ONNX / TensorRT artefacts into the bundle first (timed as set-up).')
 @click.option('--triton-url', default=None, show_default='a local PyTriton', help='Measure an external Triton serving this bundle.')
@@ -83,8 +98,8 @@ def bench():
 @OUT
 @NAME
 @PLOT
-def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_seconds, device, io, compile_mode, export_missing, triton_url,
-             peak_tflops, out, name, plot):
+def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_seconds, device, io, compile_mode, compile_variants,
+             profile_dir, export_missing, triton_url, peak_tflops, out, name, plot):
     """Latency percentiles, images/s, peak GPU memory and MFU per backend and batch size."""
     device = resolve_device(device)
     from bench.generate import parse_backend, run_generate
@@ -96,7 +111,8 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
     try:
         info, settings, rows = run_generate(bundle, backends, batches, runs, warmup, max_seconds, device, io, compile_mode,
                                             export_missing, triton_url, peak_tflops, log=lambda m: click.echo(m, err=True),
-                                            warmup_seconds=warmup_seconds)
+                                            warmup_seconds=warmup_seconds, compile_variants=compile_variants,
+                                            profile_dir=profile_dir)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     _finish(out, info, name or f'generate-{settings["model"]}', settings, rows, plot)

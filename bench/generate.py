@@ -15,6 +15,7 @@ import socket
 import time
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -50,6 +51,8 @@ class Runner:
     setup_s: dict = field(default_factory=dict)
     close: Callable = lambda: None
     min_warmup: int = 1
+    parity: Callable = None            # batch -> the export parity gate's report for that batch (compile rows)
+    options: object = None             # compile rows: their CompileOptions
 
 
 def _timed(setup, key, fn, *args, **kwargs):
@@ -71,7 +74,7 @@ def _free_ports(n):
 
 
 def open_runner(backend, bundle_dir, device, batches, io='device', compile_mode=None, export_missing=True, triton_url=None,
-                log=print):
+                log=print, compile_options=None):
     from models.bundle import load_bundle
     from serve.backends import BackendUnavailable
     runtime, precision = parse_backend(backend)
@@ -79,7 +82,7 @@ def open_runner(backend, bundle_dir, device, batches, io='device', compile_mode=
     bundle = _timed(setup, 'load_s', load_bundle, bundle_dir)
     try:
         if runtime in ('torch', 'compile'):
-            return _torch_runner(backend, runtime, precision, bundle, device, batches, io, compile_mode, setup)
+            return _torch_runner(backend, runtime, precision, bundle, device, batches, io, compile_mode, setup, compile_options, log)
         if runtime == 'onnxruntime':
             return _onnx_runner(backend, precision, bundle, export_missing, setup, log)
         if runtime == 'tensorrt':
@@ -89,22 +92,25 @@ def open_runner(backend, bundle_dir, device, batches, io='device', compile_mode=
         raise Skipped(str(e)) from None
 
 
-def _torch_runner(backend, runtime, precision, bundle, device, batches, io, compile_mode, setup):
+def _torch_runner(backend, runtime, precision, bundle, device, batches, io, compile_mode, setup, options=None, log=print):
+    from export.compiled import CompileOptions, default_options
     from serve.backends import CompiledBackend, TorchBackend
     dev = torch.device(device)
     if runtime == 'torch':
         served = TorchBackend(bundle, device, precision)
         autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == 'bf16' else contextlib.nullcontext
     else:
-        mode = compile_mode or ('max-autotune' if dev.type == 'cuda' else 'default')
-        served = _timed(setup, 'compile_setup_s', CompiledBackend, bundle, device, precision, buckets=tuple(batches), mode=mode)
-        setup['compile_mode'] = mode
+        options = options or (CompileOptions(compile_mode) if compile_mode else default_options(dev))
+        served = _timed(setup, 'compile_setup_s', CompiledBackend, bundle, device, precision, buckets=tuple(batches), options=options,
+                        log=log)
+        setup.update(compile_mode=options.mode, compile_options=str(options), compile_cache=served.cache.report)
         autocast = contextlib.nullcontext           # compile_generator casts the UNet body itself
     close = (lambda: torch._dynamo.reset()) if runtime == 'compile' else (lambda: None)
     min_warmup = 3 if runtime == 'compile' else 1   # compile on the first call, CUDA graphs recorded on the second
+    parity = _parity_check(served, bundle.path, device) if runtime == 'compile' else None
     if io == 'host':
         return Runner(backend, runtime, precision, str(dev), 'host', served.generate, setup_s=setup, close=close,
-                      min_warmup=min_warmup)
+                      min_warmup=min_warmup, parity=parity, options=options)
     module, mark_step = served.generator, runtime == 'compile' and dev.type == 'cuda'
 
     def call(feeds):
@@ -113,7 +119,25 @@ def _torch_runner(backend, runtime, precision, bundle, device, batches, io, comp
                 torch.compiler.cudagraph_mark_step_begin()
             return module(**feeds)
     return Runner(backend, runtime, precision, str(dev), 'device', call, lambda inputs: {k: v.to(dev) for k, v in inputs.items()},
-                  setup, close, min_warmup)
+                  setup, close, min_warmup, parity, options)
+
+
+def _parity_check(served, bundle_dir, device):
+    """The export parity gate for a compiled backend: its (images, floats) against the eager fp32 generator, per batch."""
+    from export.parity import run_parity
+    from models.bundle import load_bundle
+    reference = load_bundle(bundle_dir, return_float=True, device=device).generator
+
+    def run(inputs):
+        with torch.inference_mode():
+            torch.compiler.cudagraph_mark_step_begin()
+            out = served.generator(**{k: v.to(device) for k, v in inputs.items()})
+            return tuple(t.cpu().clone() for t in out)
+
+    def check(batch):
+        report = run_parity(run, reference, served.config, served.precision, (batch,))
+        return {**report['batches'][0], 'tolerance': report['tolerance']}
+    return check
 
 
 def _ensure_export(backend, bundle, kind, precision, export_missing, setup, log, **options):
@@ -195,8 +219,9 @@ def _triton_runner(backend, bundle, device, batches, triton_url, setup):
     return Runner(backend, 'triton', 'fp32', inner.device, 'host', served.generate, setup_s=setup, close=close)
 
 
-def measure(runner, config, batch, runs, warmup, max_seconds, flops_per_image, peak, warmup_seconds=1.0):
-    """One (backend, batch) configuration: warm-up calls (timed apart), then the measured runs."""
+def measure(runner, config, batch, runs, warmup, max_seconds, flops_per_image, peak, warmup_seconds=1.0, profile_dir=None):
+    """One (backend, batch) configuration: warm-up calls (timed apart), the measured runs, then (compile rows) the
+    parity gate and (with profile_dir) a profile of a few more calls."""
     cuda = runner.device.startswith('cuda')
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     inputs = runner.stage(example_inputs(config, batch))
@@ -205,11 +230,21 @@ def measure(runner, config, batch, runs, warmup, max_seconds, flops_per_image, p
     warmup_s, warmup_calls = warm_up(lambda: runner.call(inputs), max(warmup, runner.min_warmup), warmup_seconds, sync)
     times = time_runs(lambda: runner.call(inputs), runs, sync, max_seconds)
     images_per_s = batch * len(times) / sum(times)
-    return {'kind': 'generate', 'backend': runner.backend, 'runtime': runner.runtime, 'precision': runner.precision,
-            **({'compile_mode': runner.setup_s['compile_mode']} if 'compile_mode' in runner.setup_s else {}),
+    peak_mib = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
+    extra = {}
+    if runner.options is not None:
+        extra.update(compile_mode=runner.options.mode, compile_options=str(runner.options), freezing=runner.options.freezing,
+                     channels_last=runner.options.channels_last)
+    if runner.parity is not None:
+        extra['parity'] = runner.parity(batch)
+    if profile_dir:
+        from bench.profiling import profile_calls
+        label = '-'.join(filter(None, [runner.backend, str(runner.options or '').replace('+', '-')]))
+        extra['profile'] = profile_calls(lambda: runner.call(inputs), Path(profile_dir) / f'profile-{label}-b{batch}', sync=sync)
+    return {'kind': 'generate', 'backend': runner.backend, 'runtime': runner.runtime, 'precision': runner.precision, **extra,
             'device': runner.device, 'io': runner.io, 'batch': batch, 'runs': len(times), **percentiles(times),
             'ms_per_image': 1000 * sum(times) / len(times) / batch, 'images_per_s': images_per_s,
-            'peak_gpu_memory_mib': torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None,
+            'peak_gpu_memory_mib': peak_mib,
             'flops_per_image': flops_per_image,
             'tflops': flops_per_image * images_per_s / 1e12 if flops_per_image else None,
             'mfu': mfu(flops_per_image, images_per_s, peak), 'warmup_s': round(warmup_s, 3), 'warmup_calls': warmup_calls,
@@ -217,18 +252,23 @@ def measure(runner, config, batch, runs, warmup, max_seconds, flops_per_image, p
 
 
 def _describe(row):
+    name = f'{row["backend"]} [{row["compile_options"]}]' if row.get('compile_options') else row['backend']
     if 'skipped' in row:
-        return f'{row["backend"]}: skipped ({row["skipped"]})'
+        return f'{name}: skipped ({row["skipped"]})'
     if 'error' in row:
-        return f'{row["backend"]} batch {row["batch"]}: error ({row["error"]})'
+        return f'{name} batch {row["batch"]}: error ({row["error"]})'
     util = f', MFU {100 * row["mfu"]:.1f}%' if row.get('mfu') is not None else ''
-    return (f'{row["backend"]:>14} batch {row["batch"]:>4}: p50 {row["p50_ms"]:9.3f} ms  p99 {row["p99_ms"]:9.3f} ms  '
-            f'{row["images_per_s"]:10.1f} img/s{util}')
+    parity = row.get('parity')
+    gate = f', parity {"ok" if parity["passed"] else "FAILED"} (max abs {parity.get("max_abs_float", float("nan")):.3g})' if parity else ''
+    return (f'{name:>14} batch {row["batch"]:>4}: p50 {row["p50_ms"]:9.3f} ms  p99 {row["p99_ms"]:9.3f} ms  '
+            f'{row["images_per_s"]:10.1f} img/s{util}, warm-up {row["warmup_s"]:.1f} s{gate}')
 
 
 def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=30.0, device=None, io='device', compile_mode=None,
-                 export_missing=True, triton_url=None, peak_override=None, log=print, progress=True, warmup_seconds=1.0):
-    """Measure every (backend, batch); returns (machine info, settings, rows)."""
+                 export_missing=True, triton_url=None, peak_override=None, log=print, progress=True, warmup_seconds=1.0,
+                 compile_variants=None, profile_dir=None):
+    """Measure every (backend, batch); returns (machine info, settings, rows). compile_variants: CompileOptions, each
+    measured for every compile backend (default: --compile-mode alone)."""
     from tqdm import tqdm
 
     from bench.presets import resolve_bundle
@@ -249,13 +289,15 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
             log(f'FLOP count failed at batch {b}: {type(e).__name__}: {e}')
             flops[b] = None
     rows = []
-    bar = tqdm(total=len(backends) * len(batches), desc='bench generate', unit='config', disable=not progress)
-    for backend in backends:
+    plan = [(b, v) for b in backends for v in ((compile_variants or [None]) if parse_backend(b)[0] == 'compile' else [None])]
+    bar = tqdm(total=len(plan) * len(batches), desc='bench generate', unit='config', disable=not progress)
+    for backend, variant in plan:
+        tag = {'compile_options': str(variant)} if variant else {}
         try:
-            runner = open_runner(backend, bundle_dir, device, batches, io, compile_mode, export_missing, triton_url, log)
+            runner = open_runner(backend, bundle_dir, device, batches, io, compile_mode, export_missing, triton_url, log, variant)
         except Exception as e:
             key, reason = ('skipped', str(e)) if isinstance(e, Skipped) else ('error', f'{type(e).__name__}: {e}')
-            rows += [{'kind': 'generate', 'backend': backend, 'batch': b, key: reason[:1000]} for b in batches]
+            rows += [{'kind': 'generate', 'backend': backend, **tag, 'batch': b, key: reason[:1000]} for b in batches]
             bar.write(_describe(rows[-1]))
             bar.update(len(batches))
             continue
@@ -263,9 +305,9 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
             for b in batches:
                 try:
                     row = measure(runner, config, b, runs, warmup, max_seconds, flops[b],
-                                  peak if runner.device.startswith('cuda') == gpu else None, warmup_seconds)
+                                  peak if runner.device.startswith('cuda') == gpu else None, warmup_seconds, profile_dir)
                 except Exception as e:   # e.g. out of memory at the largest batch: record it, go on
-                    row = {'kind': 'generate', 'backend': backend, 'batch': b, 'device': runner.device,
+                    row = {'kind': 'generate', 'backend': backend, **tag, 'batch': b, 'device': runner.device,
                            'error': f'{type(e).__name__}: {e}'[:1000]}
                     if gpu:
                         torch.cuda.empty_cache()
@@ -285,6 +327,7 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
                 'batches': list(batches), 'runs': runs, 'warmup': warmup, 'warmup_seconds': warmup_seconds,
                 'max_seconds_per_config': max_seconds, 'cudnn_benchmark': torch.backends.cudnn.benchmark,
                 'device': device, 'io': io, 'compile_mode': compile_mode, 'export_missing': export_missing,
+                'compile_variants': [str(v) for v in compile_variants or []], 'profiled': bool(profile_dir),
                 'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
                 'flops_counter': 'torch.utils.flop_counter.FlopCounterMode on the fp32 generator (meta device)',
                 'timing': 'wall clock per call, fenced by torch.cuda.synchronize on GPU; warm-up calls excluded'}

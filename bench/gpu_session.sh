@@ -18,6 +18,14 @@
 #   bench/gpu_session.sh serve-sweep2 OUT WHEELS  the same after the hot-path changes, with `--workers 4` for the zoo
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold and warm start of `sida serve --backend compile` (MODE=reduce-overhead)
+#   bench/gpu_session.sh speed   OUT     compile speed candidates (freezing, channels-last, mode; bf16 at batch 1, 64, 256,
+#                                                 each row with the parity gate) for ddpmpp-cifar10 and the zoo model, a
+#                                                 profile of the best, cold/warm start with the persisted compile cache;
+#                                                 all in OUT/speed.tgz (env: VARIANTS, ZOO_VARIANTS, PREWARM_S, BUDGET_S,
+#                                                 AUTOTUNE_EXPORTS)
+#   bench/gpu_session.sh autotune OUT    the one-time max-autotune `sida export compile` of both models, its compiled code in
+#                                                 OUT/autotune-exports.tgz; carry that file into a later call and run
+#       AUTOTUNE_EXPORTS=build/autotune-exports.tgz bench/gpu_session.sh speed OUT   (max-autotune rows, loaded, not tuned)
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -240,6 +248,99 @@ startup)
     done
     timeout $((590 - SECONDS)) "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond --backends compile-bf16 \
         --compile-mode "$MODE" --batch 1,16,64 --runs 20 --max-seconds 5 --out $RES --name "generate-zoo-$MODE"
+    ;;
+speed|autotune)
+    # speed (one 10-minute call; every step capped by `cap`, so that the later ones still run within BUDGET_S):
+    #   1. side by side, nothing timed (compiling is CPU-bound; 16 cores): the cold `sida export compile` of both models
+    #      (reduce-overhead, serve's buckets 1,8,64, each on its own empty cache; contended, so upper bounds), and every
+    #      table variant of both models compiled once into the shared cache
+    #   2. warm start of both: `sida generate` (seconds to the first image) in a fresh process on an EMPTY cache dir
+    #      (a new machine), which loads the compiled code from the bundle's export
+    #   3. the tables, one process per model, one variant at a time on an idle GPU; their warm-up is a cache load now
+    #   4. torch.profiler of the best ddpmpp variants (best p50 at batch 1, best img/s at batch 256)
+    # autotune: the one-time max-autotune export of both models (buckets 1,64,256, compiled side by side first), packed
+    # into OUT/autotune-exports.tgz; `speed` with AUTOTUNE_EXPORTS=that file adds max-autotune rows, loaded, not tuned.
+    W=/tmp/speed; RES=$W/results; END=${BUDGET_S:-560}
+    mkdir -p $RES $W/logs $W/profile $W/bundles
+    unset TORCHINDUCTOR_CACHE_DIR; export SIDA_CACHE_DIR=$W/cache       # shared by the side-by-side compiles and the tables
+    VARIANTS=${VARIANTS:-reduce-overhead,reduce-overhead+freezing,reduce-overhead+channels-last,reduce-overhead+freezing+channels-last}
+    ZOO_VARIANTS=${ZOO_VARIANTS:-reduce-overhead,reduce-overhead+freezing+channels-last}     # all four do not fit the call
+    pack() { cp $W/timings.txt "$OUT/" 2>/dev/null; tar czf "$OUT/$STAGE.tgz" -C $W results logs profile timings.txt 2>/dev/null; }
+    note() { echo "[$SECONDS s] $*" | tee -a $W/timings.txt; }
+    cap() {   # LIMIT [RESERVE]: LIMIT seconds, or what is left of BUDGET_S once RESERVE is kept for later steps
+        local left=$((END - SECONDS - ${2:-0})); [ "$left" -lt "$1" ] && echo $((left > 5 ? left : 5)) || echo "$1"; }
+    timed() {   # NAME LIMIT CMD...: wall seconds and exit status into timings.txt, output into logs/NAME.log
+        local name=$1 limit=$2 t0=$EPOCHREALTIME; shift 2
+        timeout "$limit" "$@" > "$W/logs/$name.log" 2>&1; local rc=$?
+        note "$name: $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $t0}") s, exit $rc (limit $limit s)"
+        grep -h '^compile cache' "$W/logs/$name.log" | sed 's/^/    /' | tee -a $W/timings.txt
+        return $rc
+    }
+    prewarm() {   # MODEL VARIANT BATCHES LIMIT: compile into the shared cache, nothing timed
+        timed "prewarm-$1-$2-b${3//,/-}" "$4" env TORCHINDUCTOR_COMPILE_THREADS=4 "${SIDA[@]}" bench generate \
+            --bundle $W/bundles/$1 --backends compile-bf16 --compile-variants "$2" --batch "$3" --runs 1 --warmup 2 \
+            --warmup-seconds 0 --out $W/prewarm --no-plot
+    }
+    exported() { grep -q '"torch_compile-bf16"' "$1/exports/manifest.json" 2>/dev/null; }
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $W/logs/machine.txt
+    python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a $W/logs/machine.txt
+    python3 -c 'from bench.presets import resolve_bundle; resolve_bundle("preset:ddpmpp-cifar10")' > $W/logs/preset.log 2>&1
+    for copy in "" -start; do      # -start: the cold/warm start bundles (their export must not replace the tables' one)
+        cp -r build/bench-bundles/ddpmpp-cifar10 $W/bundles/ddpmpp$copy && cp -r models/zoo/cifar10-cond $W/bundles/zoo$copy
+    done
+
+    if [ "$STAGE" = autotune ]; then
+        LIMIT=$(cap 400 90)
+        for m in ddpmpp zoo; do for b in 1 64 256; do prewarm $m max-autotune $b $LIMIT & done; done
+        wait
+        for m in ddpmpp zoo; do
+            timed export-$m-max-autotune "$(cap 60 10)" "${SIDA[@]}" export compile --bundle $W/bundles/$m --mode max-autotune \
+                --buckets 1,64,256
+        done
+        tar czf "$OUT/autotune-exports.tgz" -C $W/bundles ddpmpp/exports zoo/exports 2>/dev/null
+        pack
+        exit 0
+    fi
+    TUNED=
+    if [ -n "${AUTOTUNE_EXPORTS:-}" ] && tar xzf "$AUTOTUNE_EXPORTS" -C $W/bundles; then
+        TUNED=,max-autotune; note "max-autotune code from $AUTOTUNE_EXPORTS"; fi
+
+    PREWARM=$(cap "${PREWARM_S:-190}" 330)
+    for m in zoo ddpmpp; do
+        timed $m-cold-export-contended $PREWARM env SIDA_CACHE_DIR=$W/cold-$m "${SIDA[@]}" export compile \
+            --bundle $W/bundles/$m-start --mode reduce-overhead --buckets 1,8,64 &
+    done
+    for v in ${VARIANTS//,/ }; do prewarm ddpmpp "$v" 1,64,256 $PREWARM & done
+    for v in ${ZOO_VARIANTS//,/ }; do prewarm zoo "$v" 1,64,256 $PREWARM & done
+    wait
+    pack
+    for m in zoo ddpmpp; do
+        exported $W/bundles/$m-start && timed $m-warm-first-image "$(cap 45 250)" env SIDA_CACHE_DIR=$W/empty-$m \
+            "${SIDA[@]}" generate --bundle $W/bundles/$m-start --backend compile --seeds 0 --grid $W/logs/$m-first.png
+    done
+    table() {   # MODEL BACKENDS VARIANTS LIMIT
+        timed "table-$1" "$4" "${SIDA[@]}" bench generate --bundle $W/bundles/$1 --backends "$2" --compile-variants "$3" \
+            --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name "speed-$1"
+    }
+    table ddpmpp torch-bf16,compile-bf16 "$VARIANTS$TUNED" "$(cap 170 100)"
+    pack
+
+    BEST=$(python3 - "$RES" <<'EOF'
+import glob, json, sys
+rows = [r for f in glob.glob(f'{sys.argv[1]}/*/*-speed-ddpmpp.json') for r in json.load(open(f))['results']
+        if r.get('compile_options') and 'images_per_s' in r and r.get('parity', {}).get('passed')]
+fast = min((r for r in rows if r['batch'] == 1), key=lambda r: r['p50_ms'], default=None)
+wide = max((r for r in rows if r['batch'] == 256), key=lambda r: r['images_per_s'], default=None)
+print(','.join(dict.fromkeys(r['compile_options'] for r in (fast, wide) if r)))
+EOF
+)
+    note "best ddpmpp variants (batch 1 p50, batch 256 img/s): ${BEST:-none}"
+    [ -n "$BEST" ] && timed profile-ddpmpp "$(cap 45 60)" "${SIDA[@]}" bench generate --bundle $W/bundles/ddpmpp \
+        --backends compile-bf16 --compile-variants "$BEST" --batch 1,256 --runs 10 --max-seconds 1 --warmup 3 \
+        --warmup-seconds 0 --profile $W/profile --out $RES --name profile-ddpmpp --no-plot
+    pack
+    table zoo compile-bf16 "$ZOO_VARIANTS$TUNED" "$(cap 110)"     # last: if cut short, its rows are in logs/table-zoo.log
+    pack
     ;;
 sd)
     WHEELS=${3:?wheels dir}

@@ -32,8 +32,9 @@ def _measured(rows, kind):
 
 
 def backend_label(row):
-    """compile-bf16 [reduce-overhead]: the compile mode matters as much as the backend."""
-    return f'{row["backend"]} [{row["compile_mode"]}]' if row.get('compile_mode') else row['backend']
+    """compile-bf16 [reduce-overhead+freezing]: the compile options matter as much as the backend."""
+    options = row.get('compile_options') or row.get('compile_mode')
+    return f'{row["backend"]} [{options}]' if options else row['backend']
 
 
 def _title(result, what):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from sida.cli_options import CTX, DTYPES, device_option, resolve_device
+from sida.cli_options import COMPILE_MODES, CTX, DTYPES, device_option, resolve_device
 
 BUNDLE = click.option('--bundle', 'bundle_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
                       help='Bundle directory; exports go to BUNDLE/exports/ and exports/manifest.json.')
@@ -57,15 +57,24 @@ def onnx(bundle_dir, precision, opset, exporter, force):
 @export.command(name='compile', context_settings=CTX)
 @BUNDLE
 @precision_option(list(DTYPES), None, 'bf16 on CUDA, fp32 on CPU')
-@click.option('--mode', default=None, show_default='max-autotune on CUDA, default on CPU', help='torch.compile mode.')
+@click.option('--mode', type=click.Choice(COMPILE_MODES), default=None, show_default='max-autotune on CUDA, default on CPU',
+              help='torch.compile mode (reduce-overhead: CUDA graphs; max-autotune: also tunes kernels, paid once here).')
+@click.option('--freezing/--no-freezing', default=False, help='Inductor freezing: weights become constants it folds (inference only).')
+@click.option('--channels-last/--no-channels-last', default=False, help='NHWC weights, and inductor keeps convolutions NHWC.')
 @click.option('--buckets', default='1,8,64,256', help='Batch sizes to compile and check (a server pads up to these).')
 @device_option()
 @FORCE
-def compile_(bundle_dir, precision, mode, buckets, device, force):
-    """torch.compile the generator (CUDA graphs, bf16 on GPU) and check it like a file export."""
-    from export.compiled import export_compiled
-    entry = _run(export_compiled, bundle_dir, precision, mode, tuple(int(b) for b in buckets.split(',')), resolve_device(device), force)
-    click.echo(json.dumps(_summary(entry), indent=2))
+def compile_(bundle_dir, precision, mode, freezing, channels_last, buckets, device, force):
+    """torch.compile the generator (CUDA graphs, bf16 on GPU), check it like a file export, and save the compiled code
+    into BUNDLE/exports/torch_compile/ so that `sida serve --backend compile` loads it instead of compiling (it then
+    takes these options unless --compile-mode says otherwise)."""
+    from export.compiled import CompileOptions, default_options, export_compiled
+    device = resolve_device(device)
+    options = CompileOptions(mode or default_options(device).mode, freezing, channels_last)
+    entry = _run(export_compiled, bundle_dir, precision, options, tuple(int(b) for b in buckets.split(',')), device, force,
+                 log=click.echo)
+    click.echo(json.dumps(_summary(entry) | {'options': entry['options']['spec'], 'warmup_seconds': entry['warmup_seconds'],
+                                             'cache': entry['cache']['counters']}, indent=2))
 
 
 @export.command(context_settings=CTX)

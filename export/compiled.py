@@ -1,30 +1,89 @@
-"""torch.compile as an export target: not a file, but the same parity gate and a manifest entry.
+"""torch.compile as an export target: no model file, but the same parity gate, a manifest entry, and the compiled
+code itself as portable cache artifacts (export/compile_cache.py) that the compile backend loads instead of compiling.
 
-On CUDA: bf16, mode max-autotune (which captures CUDA graphs) with static shapes, warmed up once per
-batch bucket, so a server pads each batch up to the nearest bucket and never recompiles under load.
+On CUDA: bf16, static shapes, CUDA graphs, warmed up once per batch bucket, so a server pads each batch up to the
+nearest bucket and never recompiles under load. Export, serve and bench compile the one same graph
+(compile_generator, with the float output on), so the cache entries one writes are hits for the others.
 """
 
+import dataclasses
 import time
 
 import torch
 
+from export.compile_cache import CompileCache, artifacts_file, cache_key, exported_entry, save_artifacts
 from export.manifest import record_export, runtime_versions
 from export.onnx_export import PRECISIONS, ExportError
 from export.parity import gate, run_parity
 from models.bundle import load_bundle
+from sida.cli_options import COMPILE_MODES
 
 DEFAULT_BUCKETS = (1, 8, 64, 256)
+SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last'}
 
 
-def compile_generator(generator, precision='bf16', mode='max-autotune', device='cuda'):
-    """Cast the UNet body, compile the whole generator (static shapes, one graph per bucket)."""
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """What changes the compiled code besides model, precision and shapes; written MODE[+freezing][+channels-last]."""
+
+    mode: str = 'default'
+    freezing: bool = False          # weights become constants that inductor folds into the graph (inference only)
+    channels_last: bool = False     # NHWC weights, and inductor keeps every convolution NHWC (its heuristic may not)
+
+    def __post_init__(self):
+        if self.mode not in COMPILE_MODES:
+            raise ValueError(f'compile mode must be one of {", ".join(COMPILE_MODES)}, got {self.mode!r}')
+
+    @classmethod
+    def parse(cls, text):
+        """'max-autotune+freezing+channels-last' -> CompileOptions; ValueError names what is wrong."""
+        mode, *switches = str(text).strip().split('+')
+        unknown = [s for s in switches if s not in SWITCHES]
+        if unknown:
+            raise ValueError(f'{text!r}: unknown switch {unknown[0]!r}; use MODE[+freezing][+channels-last]')
+        return cls(mode, **{SWITCHES[s]: True for s in switches})
+
+    def __str__(self):
+        return '+'.join([self.mode, *(s for s, field in SWITCHES.items() if getattr(self, field))])
+
+    def as_dict(self):
+        return {'spec': str(self), **dataclasses.asdict(self)}
+
+    def inductor_options(self):
+        """The mode's own options plus the switches (torch.compile takes a mode or options, not both)."""
+        from torch._inductor import list_mode_options
+        options = dict(list_mode_options(self.mode))
+        if self.freezing:
+            options['freezing'] = True
+        if self.channels_last:
+            options['force_layout_optimization'] = True
+        return options
+
+    def cuda_graphs(self):
+        return bool(self.inductor_options().get('triton.cudagraphs'))
+
+
+def default_options(device):
+    """Today's default: max-autotune on CUDA (minutes of tuning unless exported ahead), default on CPU."""
+    return CompileOptions('max-autotune' if torch.device(device).type == 'cuda' else 'default')
+
+
+def compile_generator(generator, precision='bf16', options=None, device='cuda'):
+    """Cast the UNet body, compile the whole generator (static shapes, one graph per bucket).
+
+    The compiled generator returns (images, images_float): the parity gate needs the floats, and one graph for
+    export, serve and bench keeps their cache entries interchangeable (the float output costs a few KB per image)."""
     if precision not in PRECISIONS:
         raise ExportError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
+    options = options or default_options(device)
     generator = generator.to(device).eval()
+    generator.return_float = True
     if precision != 'fp32':
         generator.denoiser.model.to(PRECISIONS[precision])
         generator.denoiser.compute_dtype = PRECISIONS[precision]
-    return torch.compile(generator, mode=mode, fullgraph=True, dynamic=False)
+    if options.channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+    return torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
 
 
 def warm_up(compiled, config, buckets, device):
@@ -43,22 +102,31 @@ def warm_up(compiled, config, buckets, device):
     return seconds
 
 
-def export_compiled(bundle_dir, precision=None, mode=None, buckets=DEFAULT_BUCKETS, device=None, force=False):
+def export_compiled(bundle_dir, precision=None, options=None, buckets=DEFAULT_BUCKETS, device=None, force=False, log=print):
+    """Compile every bucket, gate it against eager fp32, and save the compiled code into the bundle as cache artifacts."""
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     precision = precision or ('bf16' if device == 'cuda' else 'fp32')
-    mode = mode or ('max-autotune' if device == 'cuda' else 'default')
+    options = options or default_options(device)
     bundle = load_bundle(bundle_dir, return_float=True)
-    compiled = compile_generator(bundle.generator, precision, mode, device)
+    key = cache_key(bundle.config, device, precision, options)
+    cache = CompileCache(bundle_dir, key, buckets, *exported_entry(bundle_dir, bundle.config, precision), log=log)
+    compiled = compile_generator(bundle.generator, precision, options, device)
     warm = warm_up(compiled, bundle.config, buckets, device)
 
     def run(inputs):
         with torch.inference_mode():
             return tuple(t.cpu().clone() for t in compiled(**{k: v.to(device) for k, v in inputs.items()}))
     report = run_parity(run, load_bundle(bundle_dir, return_float=True, device=device).generator, bundle.config, precision, buckets)
-    entry = {'runtime': 'torch.compile', 'file': None, 'precision': precision, 'mode': mode, 'buckets': list(buckets),
-             'cuda_graphs': device == 'cuda' and 'no-cudagraphs' not in mode, 'warmup_seconds': warm, 'parity': report,
-             'forced': bool(force and not report['passed']), 'build_device': device, 'bundle_sha256': bundle.config.sha256,
-             'versions': runtime_versions('torch')}
-    gate(report, f'torch.compile ({mode}, {precision})', force)
+    gate(report, f'torch.compile ({options}, {precision})', force)
+    file = artifacts_file(key)
+    artifacts = save_artifacts(bundle.path / file)
+    used = cache.finish()
+    log(f'saved the compiled code ({artifacts}) to {bundle.path / file}')
+    entry = {'runtime': 'torch.compile', 'file': str(file), 'precision': precision, 'mode': options.mode,
+             'options': options.as_dict(), 'buckets': list(buckets), 'cuda_graphs': device == 'cuda' and options.cuda_graphs(),
+             'warmup_seconds': warm, 'parity': report, 'forced': bool(force and not report['passed']), 'build_device': device,
+             'bundle_sha256': bundle.config.sha256, 'versions': runtime_versions('torch'),
+             'cache': {'file': str(file), 'key': key, 'artifacts': artifacts, 'counters': used['counters'],
+                       'compile_seconds': used['compile_seconds']}}
     record_export(bundle_dir, f'torch_compile-{precision}', entry)
     return entry

@@ -5,6 +5,7 @@ returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the ho
 seed gives the same image on every backend (up to the runtime's precision).
 """
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -67,21 +68,36 @@ class TorchBackend(Backend):
 
 
 class CompiledBackend(TorchBackend):
-    """torch.compile with static shapes: batches are padded up to the next bucket, never recompiled under load."""
+    """torch.compile with static shapes: batches are padded up to the next bucket, never recompiled under load.
+
+    Options: given (bench), else --compile-mode alone, else those of the bundle's `sida export compile`, else the
+    device default. Exported artifacts that fit these options are loaded first (export/compile_cache.py); the log
+    says whether they were and how many graphs came from the cache."""
 
     name = 'compile'
 
-    def __init__(self, bundle, device=None, precision=None, buckets=(1, 8, 64), mode=None):
-        from export.compiled import compile_generator
+    def __init__(self, bundle, device=None, precision=None, buckets=(1, 8, 64), mode=None, options=None, log=None):
+        from export.compile_cache import CompileCache, cache_key, exported_entry
+        from export.compiled import CompileOptions, compile_generator, default_options
         device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         precision = precision or ('bf16' if device == 'cuda' else 'fp32')
         Backend.__init__(self, bundle)
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
-        self.mode = mode or ('max-autotune' if device == 'cuda' else 'default')
-        self.generator = compile_generator(bundle.generator, precision, self.mode, device)
+        entry, reason = exported_entry(bundle.path, self.config, precision)
+        if options is None and mode is None and entry is not None:
+            options = CompileOptions(**{k: entry['options'][k] for k in ('mode', 'freezing', 'channels_last')})
+        self.options = options or (CompileOptions(mode) if mode else default_options(device))
+        self.mode = self.options.mode
+        self.cache = CompileCache(bundle.path, cache_key(self.config, device, precision, self.options), self.buckets, entry, reason,
+                                  log=log or logging.getLogger('sida.serve').info)
+        self.generator = compile_generator(bundle.generator, precision, self.options, device)
 
     def warmup(self, batch_sizes=None):
         super().warmup(self.buckets)
+        self.cache.finish()
+
+    def describe(self):
+        return {**super().describe(), 'compile_options': str(self.options), 'compile_cache': self.cache.report}
 
     @torch.inference_mode()
     def generate(self, inputs):
@@ -92,8 +108,7 @@ class CompiledBackend(TorchBackend):
             m = len(chunk['noise'])
             bucket = next(b for b in self.buckets if b >= m)
             padded = {k: torch.cat([v, v[-1:].expand(bucket - m, *v.shape[1:])]) if bucket > m else v for k, v in chunk.items()}
-            images = self.generator(**{k: v.to(self.device) for k, v in padded.items()})
-            images = images[0] if isinstance(images, tuple) else images      # a bundle loaded with return_float=True
+            images = self.generator(**{k: v.to(self.device) for k, v in padded.items()})[0]    # (images, images_float)
             out.append(images[:m].cpu().numpy())
         return np.concatenate(out)
 

@@ -33,6 +33,8 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
     sida generate --bundle models/zoo/cifar10-cond --seeds 0-63 --class cat --grid cats.png
     sida generate --bundle models/zoo/cifar10-text --prompt "a red car" --seeds 0-7 --out cars/
     """
+    import logging
+
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -51,6 +53,7 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint='--seeds') from None
     device = resolve_device(device)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')     # the compile backend says where its code came from
     try:
         bundle = load_bundle(bundle_dir)
     except BundleError as e:
@@ -91,6 +94,8 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
                 metadata += [image_metadata(config.name, s, prompt=prompt) for s in chunk]
             images.append(np.asarray(runner.generate(inputs)))
             bar.update(len(chunk))
+    if runner.name == 'compile':
+        runner.cache.finish()          # logs how many graphs came from the compile cache
     images = np.concatenate(images)
 
     if grid is not None:

@@ -1,7 +1,13 @@
+import os
+import tempfile
+
 import pytest
 import torch
 
 from models.architecture import adm, ddpmpp, ncsnpp
+
+# The compile backend persists inductor's caches under $SIDA_CACHE_DIR (export/compile_cache.py): not in $HOME from tests.
+os.environ.setdefault('SIDA_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'sida-test-cache'))
 
 
 def tiny_ddpmpp(**kw):

@@ -8,6 +8,7 @@ import torch
 from bench.flops import count_flops, generator_flops, mfu, peak_tflops
 from bench.generate import parse_backend
 from bench.record import percentiles, time_runs, warm_up
+from tests.bench.conftest import invoke, only_json
 
 TOP_LEVEL = {'device', 'driver', 'torch', 'commit', 'date', 'settings', 'results'}
 
@@ -131,3 +132,37 @@ def test_latent_text_preset_is_a_random_sd_shaped_one_step_bundle(tmp_path, monk
     assert config.latent and config.condition['encoder'] == 'clip:.' and config.image_resolution == 16
     assert config.name == 'random-tiny-sd' and 'random init' in config.provenance['method']
     assert presets.resolve_bundle('preset:tiny-sd', work_dir=tmp_path, log=lambda m: pytest.fail('rebuilt')) == path
+
+
+def test_compile_variants_are_rows_with_the_parity_gate_and_a_profile(tiny_bundle, tmp_path, monkeypatch):
+    """Each variant is a row per batch with its options and the export parity gate; --profile writes the table and the
+    trace. torch.compile is stubbed to the eager module: the plumbing is tested here, compiling in tests/export."""
+    import export.compiled
+    compiled = []
+    monkeypatch.setattr(export.compiled.torch, 'compile', lambda module, **kw: compiled.append(kw['options']) or module)
+    invoke('generate', '--bundle', tiny_bundle, '--backends', 'compile-fp32', '--compile-variants', 'default,default+freezing',
+           '--batch', '2', '--runs', '2', '--warmup', '1', '--warmup-seconds', '0', '--device', 'cpu', '--profile',
+           tmp_path / 'profile', '--out', tmp_path / 'out', '--name', 'variants', '--no-plot')
+    _, result = only_json(tmp_path / 'out')
+    rows = result['results']
+    assert [(r['compile_options'], r['freezing'], r['batch']) for r in rows] == [('default', False, 2), ('default+freezing', True, 2)]
+    assert compiled == [{}, {'freezing': True}]
+    assert all(r['parity']['passed'] and r['parity']['max_abs_float'] == 0 for r in rows)
+    assert rows[0]['profile']['calls'] == 5 and rows[0]['setup_s']['compile_cache']['dir']
+    assert {p.name for p in (tmp_path / 'profile').iterdir()} >= {'profile-compile-fp32-default-b2.txt',
+                                                                 'profile-compile-fp32-default-freezing-b2.json.gz'}
+
+
+def test_a_misspelt_compile_variant_is_a_usage_error(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import bench
+    result = CliRunner().invoke(bench, ['generate', '--bundle', str(tiny_bundle), '--compile-variants', 'default+frozen'])
+    assert result.exit_code == 2 and "unknown switch 'frozen'" in result.output
+
+
+def test_profile_summary_counts_gpu_busy_time_once_and_the_gaps_between():
+    from bench.profiling import summarize
+    s = summarize([(0, 10), (5, 12), (20, 30), (40, 41)], calls=2, wall_s=50e-6)     # microseconds; overlap counted once
+    assert s['gpu_ops_per_call'] == 2 and s['gpu_busy_ms_per_call'] == 23 / 1e3 / 2 and s['gaps_per_call'] == 1
+    assert s['largest_gap_us'] == 10 and abs(s['gpu_busy_share'] - 23 / 50) < 1e-12

@@ -76,3 +76,28 @@ def test_compile_mode_setting_reaches_the_compile_backend(class_bundle_dir):
     assert make_backend('compile', bundle, device='cpu').mode == 'default'
     r = CliRunner().invoke(main, ['serve', '--bundle', str(class_bundle_dir), '--compile-mode', 'fast'])
     assert r.exit_code == 2 and "'fast' is not one of" in r.output
+
+
+def test_compile_backend_takes_the_exported_options_and_says_why_their_code_does_not_fit(class_bundle_dir, tmp_path):
+    """Without --compile-mode the compile backend compiles what `sida export compile` chose; artifacts made for another
+    setup (here another torch) are not loaded, and the log names the difference. Nothing compiles here: that is lazy."""
+    import shutil
+
+    from export.compile_cache import cache_key
+    from export.compiled import CompileOptions
+    from export.manifest import record_export
+    from models.bundle import load_bundle
+    from serve.backends import CompiledBackend
+    bundle_dir = shutil.copytree(class_bundle_dir, tmp_path / 'bundle')
+    bundle = load_bundle(bundle_dir)
+    chosen = CompileOptions('reduce-overhead', freezing=True)
+    key = cache_key(bundle.config, 'cpu', 'fp32', chosen)
+    record_export(bundle_dir, 'torch_compile-fp32', {
+        'runtime': 'torch.compile', 'bundle_sha256': bundle.config.sha256, 'parity': {'passed': True}, 'buckets': [1, 8, 64],
+        'options': chosen.as_dict(), 'cache': {'file': 'exports/torch_compile/x.bin', 'key': {**key, 'torch': '0.0'}}})
+    logs = []
+    backend = CompiledBackend(bundle, 'cpu', log=logs.append)
+    assert backend.options == chosen and backend.describe()['compile_options'] == 'reduce-overhead+freezing'
+    assert "exported for another setup (torch: exported '0.0'" in logs[0], logs
+    backend = CompiledBackend(bundle, 'cpu', mode='default', log=logs.append)        # --compile-mode wins
+    assert str(backend.options) == 'default' and "options: exported" in logs[1], logs
