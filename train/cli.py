@@ -196,14 +196,14 @@ def teacher(**o):
 @click.option('--method', type=click.Choice(['sid', 'sida']), default='sid', help='sid follows the teacher; sida adds real samples.')
 @click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
               help='Run folder: metrics.json and samples.png.')
-@click.option('--iterations', type=click.IntRange(1), default=3000, help='Training iterations.')
+@click.option('--iterations', type=click.IntRange(1), default=1000, show_default=True, help='Training iterations.')
 @click.option('--batch', type=click.IntRange(1), default=256, help='Samples per iteration.')
 @click.option('--biased-teacher', is_flag=True, help='Teacher with uniform mode weights, data with the true ones (SiDA check).')
 @click.option('--gan-scale', type=float, default=0.3, help='SiDA adversarial loss scale (about 1 to pull a biased teacher to the data).')
 @click.option('--seed', type=int, default=0, help='Seed of every random draw.')
 @click.option('--dry-run', is_flag=True, help='Print the resolved configuration as JSON and exit.')
 def toy(method, out_dir, iterations, batch, biased_teacher, gan_scale, seed, dry_run):
-    """SiD / SiDA on an 8-Gaussian mixture with an exact teacher (CPU, about a minute).
+    """SiD / SiDA on an 8-Gaussian mixture with an exact teacher (CPU, about ten seconds).
 
     Writes OUT/metrics.json (sliced Wasserstein before/after, modes covered) and OUT/samples.png.
     """
