@@ -61,7 +61,9 @@ def onnx(bundle_dir, precision, opset, exporter, force):
               help='torch.compile mode (reduce-overhead: CUDA graphs; max-autotune: also tunes kernels, paid once here).')
 @click.option('--freezing/--no-freezing', default=False, help='Inductor freezing: weights become constants it folds (inference only).')
 @click.option('--channels-last/--no-channels-last', default=False, help='NHWC weights, and inductor keeps convolutions NHWC.')
-@click.option('--buckets', default='1,8,64,256', help='Batch sizes to compile and check (a server pads up to these).')
+@click.option('--buckets', default='1,8,32,64,128,256', show_default=True,
+              help='Batch sizes to compile and check. A server compiles 1, the powers of 8 below its --max-batch, and '
+                   '--max-batch itself; export those to skip all compiling at its start.')
 @device_option()
 @FORCE
 def compile_(bundle_dir, precision, mode, freezing, channels_last, buckets, device, force):

@@ -18,7 +18,8 @@ from export.parity import gate, run_parity
 from models.bundle import load_bundle
 from sida.cli_options import COMPILE_MODES
 
-DEFAULT_BUCKETS = (1, 8, 64, 256)
+# What `sida export compile` compiles by default: every bucket of a server whose --max-batch is 32, 64, 128 or 256.
+DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last'}
 
 
@@ -61,6 +62,16 @@ class CompileOptions:
 
     def cuda_graphs(self):
         return bool(self.inductor_options().get('triton.cudagraphs'))
+
+
+def batch_buckets(max_batch):
+    """The batch sizes a server compiles for: 1, each power of 8 below max_batch, and max_batch itself. A full batch
+    runs unpadded (the throughput case); a smaller one pads at most 8x, where a batch costs little (latency case)."""
+    buckets, size = [], 1
+    while size < max_batch:
+        buckets.append(size)
+        size *= 8
+    return tuple(buckets + [max_batch])
 
 
 def default_options(device):

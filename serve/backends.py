@@ -76,9 +76,10 @@ class CompiledBackend(TorchBackend):
 
     name = 'compile'
 
-    def __init__(self, bundle, device=None, precision=None, buckets=(1, 8, 64), mode=None, options=None, log=None):
+    def __init__(self, bundle, device=None, precision=None, buckets=None, mode=None, options=None, log=None, max_batch=64):
         from export.compile_cache import CompileCache, cache_key, exported_entry
-        from export.compiled import CompileOptions, compile_generator, default_options
+        from export.compiled import CompileOptions, batch_buckets, compile_generator, default_options
+        buckets = buckets or batch_buckets(max_batch)
         device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         precision = precision or ('bf16' if device == 'cuda' else 'fp32')
         Backend.__init__(self, bundle)
@@ -192,15 +193,16 @@ class TritonBackend(Backend):
         return self.client.infer(self.model, feeds, outputs=outputs).as_numpy('images')
 
 
-def make_backend(name, bundle, triton_url=None, device=None, compile_mode=None):
+def make_backend(name, bundle, triton_url=None, device=None, compile_mode=None, max_batch=64):
     """A backend by its name in the shared vocabulary (serve/runtimes.py), e.g. torch, torch-bf16, onnxruntime-fp16.
-    auto: the fastest that works here (TensorRT or compile on CUDA, else a verified ONNX export, else eager torch)."""
+    auto: the fastest that works here (TensorRT or compile on CUDA, else a verified ONNX export, else eager torch).
+    max_batch: the largest batch it will be given (compile buckets up to it)."""
     if name == 'auto':
         if torch.cuda.is_available() and device != 'cpu':
             try:
                 return TensorRTBackend(bundle)
             except BackendUnavailable:
-                return CompiledBackend(bundle, device, mode=compile_mode)
+                return CompiledBackend(bundle, device, mode=compile_mode, max_batch=max_batch)
         try:
             return OnnxBackend(bundle)
         except BackendUnavailable:
@@ -212,7 +214,7 @@ def make_backend(name, bundle, triton_url=None, device=None, compile_mode=None):
     if runtime == 'torch':
         return TorchBackend(bundle, device, precision or 'fp32')
     if runtime == 'compile':
-        return CompiledBackend(bundle, device, precision, mode=compile_mode)
+        return CompiledBackend(bundle, device, precision, mode=compile_mode, max_batch=max_batch)
     if runtime == 'onnxruntime':
         return OnnxBackend(bundle, precision or 'fp32')
     if runtime == 'tensorrt':

@@ -69,7 +69,7 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
     except ConditionError as e:
         raise click.BadParameter(str(e), param_hint='--prompt' if 'prompt' in str(e) else '--class') from None
     try:
-        runner = make_backend(backend, bundle, triton_url, device)
+        runner = make_backend(backend, bundle, triton_url, device, max_batch=batch)
     except BackendUnavailable as e:
         raise click.ClickException(str(e)) from None
 

@@ -73,7 +73,8 @@ class ServedModel:
         self.created = int((Path(bundle_dir) / CONFIG_FILE).stat().st_mtime)
         self.config = self.bundle.config
         self.id = self.config.name
-        self.backend = make_backend(settings.backend, self.bundle, settings.triton_url, compile_mode=settings.compile_mode)
+        self.backend = make_backend(settings.backend, self.bundle, settings.triton_url, compile_mode=settings.compile_mode,
+                                    max_batch=settings.max_batch)
         self.batcher = MicroBatcher(self.backend, settings.max_batch, settings.max_delay_ms, settings.max_queue_images,
                                     on_batch=(lambda n, s: on_batch(self.id, self.backend.name, n, s)) if on_batch else None)
         self.prompts = None

@@ -101,3 +101,11 @@ def test_compile_backend_takes_the_exported_options_and_says_why_their_code_does
     assert "exported for another setup (torch: exported '0.0'" in logs[0], logs
     backend = CompiledBackend(bundle, 'cpu', mode='default', log=logs.append)        # --compile-mode wins
     assert str(backend.options) == 'default' and "options: exported" in logs[1], logs
+    assert backend.buckets == (1, 8, 64)                                             # the default max batch, 64
+    assert CompiledBackend(bundle, 'cpu', max_batch=32, log=logs.append).buckets == (1, 8, 32)
+
+
+def test_compile_buckets_follow_the_max_batch():
+    from export.compiled import batch_buckets
+    assert batch_buckets(1) == (1,) and batch_buckets(8) == (1, 8) and batch_buckets(32) == (1, 8, 32)
+    assert batch_buckets(128) == (1, 8, 64, 128) and batch_buckets(256) == (1, 8, 64, 256)
