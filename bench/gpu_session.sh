@@ -15,7 +15,8 @@
 #                                                 backend (reduce-overhead): latency at n=1, closed loop at n=16 (npy and PNG),
 #                                                 open loop at RATES with deadlines, py-spy of the server under load, and the
 #                                                 generator alone (`sida bench generate`) in the same run for the ratio
-#   bench/gpu_session.sh serve-sweep2 OUT WHEELS  the same after the hot-path changes, with `--workers 4` for the zoo
+#   bench/gpu_session.sh serve-sweep2 OUT WHEELS  after the hot-path changes: ddpmpp (cold and warm start, the sweep, the
+#                                                 generator alone, then `--workers 3`)
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold and warm start of `sida serve --backend compile` (MODE=reduce-overhead)
 #   bench/gpu_session.sh speed   OUT     compile speed candidates (freezing, channels-last, mode; bf16 at batch 1, 64, 256,
@@ -200,22 +201,26 @@ serve-sweep)
     echo "stage took $SECONDS s"
     ;;
 serve-sweep2)
-    # After the hot-path changes: one process (h11) against four workers (httptools) for the zoo model, and ddpmpp.
+    # After the hot-path changes and with buckets that follow --max-batch (1,8,64,128): ddpmpp on one process (cold
+    # start, the sweep, then a warm restart), the generator alone in the same run, then three workers (httptools).
     WHEELS=${3:?wheels dir}
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
     export PATH=/tmp/site/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     RES=$OUT/results
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
     OPTS=(--backend compile --compile-mode reduce-overhead --max-batch 128 --max-queue-images 4096)
-    if server_up zoo-1proc models/zoo/cifar10-cond 200 "${OPTS[@]}"; then
-        sweep zoo-1proc 200,400,700; server_down zoo-1proc; fi
-    if SIDA_HTTP_PARSER=httptools server_up zoo-4workers models/zoo/cifar10-cond 150 "${OPTS[@]}" --workers 4; then
-        load http-zoo-4workers-n16-npy --concurrency 32,64,128 --n 16 --format npy --response binary --duration 4
-        load http-zoo-4workers-n16-jpeg --concurrency 64 --n 16 --format jpeg --response binary --duration 4
-        load http-zoo-4workers-open --rate 400,700,1000,1400 --n 16 --format npy --response binary --duration 4 --deadline-ms 1000
-        server_down zoo-4workers; fi
-    if server_up ddpmpp-1proc build/bench-bundles/ddpmpp-cifar10 240 "${OPTS[@]}"; then
-        sweep ddpmpp-1proc 150,300,450; server_down ddpmpp-1proc; fi
+    GEN=(bench generate --backends compile-bf16 --compile-mode reduce-overhead --batch 1,16,64,128 --runs 30 --max-seconds 4 --out "$RES")
+    if server_up ddpmpp-cold build/bench-bundles/ddpmpp-cifar10 240 "${OPTS[@]}"; then
+        sweep ddpmpp-1proc 150,300,450; server_down ddpmpp-cold; fi
+    if server_up ddpmpp-warm build/bench-bundles/ddpmpp-cifar10 90 "${OPTS[@]}"; then
+        load http-ddpmpp-warm-n1 --concurrency 1 --n 1 --duration 3 --warmup-requests 20; server_down ddpmpp-warm; fi
+    timeout 120 "${SIDA[@]}" "${GEN[@]}" --bundle build/bench-bundles/ddpmpp-cifar10 --name generate-ddpmpp 2>&1 | tail -n 8
+    if SIDA_HTTP_PARSER=httptools server_up ddpmpp-3workers build/bench-bundles/ddpmpp-cifar10 $((590 - SECONDS - 45)) \
+            "${OPTS[@]}" --workers 3; then
+        load http-ddpmpp-3workers-n16-npy --concurrency 32,64,128 --n 16 --format npy --response binary --duration 4
+        load http-ddpmpp-3workers-open --rate 300,450,600 --n 16 --format npy --response binary --duration 4 --deadline-ms 1000
+        server_down ddpmpp-3workers; fi
     echo "stage took $SECONDS s"
     ;;
 serve-short)

@@ -6,6 +6,14 @@ import torch
 
 from models.architecture import adm, ddpmpp, ncsnpp
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the processes it starts get an equal share
+# of the cores: torch's default of one thread per core in every worker would oversubscribe them.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _WORKERS > 1:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ['OMP_NUM_THREADS'] = _THREADS
+    torch.set_num_threads(int(_THREADS))
+
 # The compile backend persists inductor's caches under $SIDA_CACHE_DIR (export/compile_cache.py): not in $HOME from tests.
 os.environ.setdefault('SIDA_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'sida-test-cache'))
 

@@ -98,7 +98,7 @@ def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args
     if section == 'lsg':
         assert config['lsg']['guidance'] == 3.0 and config['lsg']['batch'] == 512          # the command's own default
     if section == 'toy':
-        assert config['toy']['method'] == 'sida' and config['toy']['iterations'] == 3000
+        assert config['toy']['method'] == 'sida' and config['toy']['iterations'] == 1000
 
 
 @pytest.mark.parametrize('args, fragment', [

@@ -125,12 +125,18 @@ def trained(sd_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp('t2i') / 'run'
     prompts = run.parent / 'prompts.txt'
     prompts.write_text('\n'.join(PROMPTS) + '\n')
-    cmd = [SIDA, 'train', 'lsg', '--teacher', str(sd_dir), '--prompts', str(prompts), '--out', str(run), '--images', '24',
+    train_lsg(sd_dir, prompts, run, 24)
+    return run
+
+
+def train_lsg(sd_dir, prompts, out, images, *extra):
+    """The `trained` run's command line, stopped after `images`."""
+    cmd = [SIDA, 'train', 'lsg', '--teacher', str(sd_dir), '--prompts', str(prompts), '--out', str(out), '--images', str(images),
            '--batch', '4', '--batch-gpu', '2', '--lr', '1e-4', '--guidance', '2', '--log-every', '4', '--sample-every', '12',
-           '--checkpoint-every', '12', '--grad-checkpointing', '--device', 'cpu']
+           '--checkpoint-every', '12', '--grad-checkpointing', '--device', 'cpu', *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return run
+    return result
 
 
 def test_lsg_training_runs_and_writes_a_latent_bundle(trained, sd_dir):
@@ -230,24 +236,13 @@ def test_latent_bundle_exports_to_onnx_behind_the_parity_gate_and_serves_by_prom
         server.stop()
 
 
-def test_lsg_resumes_exactly(sd_dir, tmp_path):
-    """Stopped at 8 images and resumed to 16, the generator equals an uninterrupted 16-image run's, bit for bit."""
+def test_lsg_resumes_exactly(trained, sd_dir, tmp_path):
+    """Stopped at 12 images and resumed to 24, the generator equals the uninterrupted 24-image run's, bit for bit."""
     from safetensors.torch import load_file
-    prompts = tmp_path / 'prompts.json'
-    prompts.write_text(json.dumps(PROMPTS))
-
-    def run(out, images, *extra):
-        cmd = [SIDA, 'train', 'lsg', '--teacher', str(sd_dir), '--prompts', str(prompts), '--out', str(out), '--images', str(images),
-               '--batch', '4', '--lr', '1e-4', '--log-every', '4', '--sample-every', '100', '--checkpoint-every', '8', '--device', 'cpu',
-               *extra]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        return r
-
-    run(tmp_path / 'straight', 16)
-    run(tmp_path / 'split', 8)
-    assert 'resumed from' in run(tmp_path / 'split', 16, '--resume', 'auto').stderr
-    a = load_file(str(tmp_path / 'straight' / 'bundle' / 'generator.safetensors'))
+    prompts = trained.parent / 'prompts.txt'
+    train_lsg(sd_dir, prompts, tmp_path / 'split', 12)
+    assert 'resumed from' in train_lsg(sd_dir, prompts, tmp_path / 'split', 24, '--resume', 'auto').stderr
+    a = load_file(str(trained / 'bundle' / 'generator.safetensors'))
     b = load_file(str(tmp_path / 'split' / 'bundle' / 'generator.safetensors'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
