@@ -5,6 +5,12 @@ load. We never do: a restricted unpickler resolves only a short list of known gl
 persistent object into an inert record (class name + state), and we rebuild *our* classes from the
 top-level object's recorded constructor kwargs, then copy its parameters and buffers key for key.
 Any other global (os.system, eval, an unknown class, ...) is refused before it can be called.
+
+Snapshots written by the SiDA authors' code hold the same kind of network under other class names:
+`EDMPrecond_EncoderDecoder` around `SongUNet_EncoderDecoder` or `DhariwalUNet_EncoderDecoder` (their
+`sida_training/sida_networks.py`). Those classes have EDM's constructor kwargs and parameter names; what
+they add is a `return_flag` argument of `forward` (decoder / encoder / encoder_decoder), which is our
+`output=` ('denoised' / 'bottleneck' / 'both'). They are rebuilt as our EDMPrecond + SongUNet / DhariwalUNet.
 """
 
 import io
@@ -16,13 +22,23 @@ import torch
 
 from models.architecture import build_denoiser
 
-# Classes that may appear as persistent objects in EDM / SiD pickles. Only their recorded state is
-# read; their source code is ignored. Networks we can rebuild are the preconditioners below.
-KNOWN_PERSISTENT = {
-    'EDMPrecond', 'VPPrecond', 'VEPrecond', 'SongUNet', 'DhariwalUNet', 'UNetBlock', 'Linear', 'Conv2d',
-    'GroupNorm', 'PositionalEmbedding', 'FourierEmbedding', 'EDMLoss', 'VPLoss', 'VELoss', 'AugmentPipe',
+# Classes that may appear as persistent objects in EDM / SiD / SiDA pickles, by the module that defines
+# them. EDM's persistence format names a class only by its bare name (next to its module's source text,
+# which we never run), so the name is what is checked; the module is listed for the reader.
+PERSISTENT_CLASSES = {
+    'training.networks': ('EDMPrecond', 'VPPrecond', 'VEPrecond', 'SongUNet', 'DhariwalUNet', 'UNetBlock', 'Linear',
+                          'Conv2d', 'GroupNorm', 'PositionalEmbedding', 'FourierEmbedding'),
+    'training.loss': ('EDMLoss', 'VPLoss', 'VELoss'),
+    'training.augment': ('AugmentPipe',),
+    'sida_training.sida_networks': ('EDMPrecond_EncoderDecoder', 'SongUNet_EncoderDecoder', 'DhariwalUNet_EncoderDecoder'),
 }
-REBUILDABLE = {'EDMPrecond', 'VPPrecond', 'VEPrecond'}
+KNOWN_PERSISTENT = {name for names in PERSISTENT_CLASSES.values() for name in names}
+# SiDA's classes -> ours: same constructor kwargs and state-dict keys (see the module docstring).
+SIDA_PRECONDS = {'EDMPrecond_EncoderDecoder': 'EDMPrecond'}
+SIDA_NETWORKS = {'SongUNet_EncoderDecoder': 'SongUNet', 'DhariwalUNet_EncoderDecoder': 'DhariwalUNet'}
+REBUILDABLE = {'EDMPrecond', 'VPPrecond', 'VEPrecond', *SIDA_PRECONDS}
+DEFAULT_MODEL_TYPE = {'EDMPrecond': 'DhariwalUNet', 'VPPrecond': 'SongUNet', 'VEPrecond': 'SongUNet',
+                      'EDMPrecond_EncoderDecoder': 'SongUNet_EncoderDecoder'}
 PRECOND_PARAMS = {
     'EDMPrecond': ('sigma_min', 'sigma_max', 'sigma_data'),
     'VPPrecond': ('beta_d', 'beta_min', 'M', 'epsilon_t'),
@@ -62,7 +78,7 @@ def _reconstruct_persistent_obj(meta):
         raise UnsafePickleError('persistent object with unexpected metadata')
     name = meta.get('class_name')
     if name not in KNOWN_PERSISTENT:
-        raise UnsafePickleError(f'refusing persistent class {name!r}: not one of the known EDM classes')
+        raise UnsafePickleError(f'refusing persistent class {name!r}: not one of the known EDM / SiD / SiDA network classes')
     return Record(name, dict(meta.get('state') or {}))
 
 
@@ -135,13 +151,17 @@ def _collect_state(record, prefix, out):
 
 
 def edm_spec_from_init(class_name, init_args, init_kwargs):
-    """EDM's flat constructor kwargs (EDMPrecond(img_resolution, ..., model_type, **model_kwargs)) -> our spec."""
+    """EDM's flat constructor kwargs (EDMPrecond(img_resolution, ..., model_type, **model_kwargs)) -> our spec.
+
+    SiDA's EDMPrecond_EncoderDecoder takes the same kwargs; it and its model types map to our classes.
+    """
     kwargs = dict(zip(PRECOND_POSITIONAL, init_args))
     kwargs.update(init_kwargs)
     kwargs.pop('use_fp16', None)  # precision is chosen at run time (autocast), not stored
-    default_model = 'DhariwalUNet' if class_name == 'EDMPrecond' else 'SongUNet'
-    network = kwargs.pop('model_type', default_model)
-    precond_kwargs = {k: kwargs.pop(k) for k in PRECOND_PARAMS[class_name] if k in kwargs}
+    network = kwargs.pop('model_type', DEFAULT_MODEL_TYPE[class_name])
+    network = SIDA_NETWORKS.get(network, network)
+    precond = SIDA_PRECONDS.get(class_name, class_name)
+    precond_kwargs = {k: kwargs.pop(k) for k in PRECOND_PARAMS[precond] if k in kwargs}
     resolution, channels = kwargs.pop('img_resolution'), kwargs.pop('img_channels')
     network_kwargs = dict(img_resolution=resolution, in_channels=channels, out_channels=channels,
                           label_dim=kwargs.pop('label_dim', 0), **kwargs)
@@ -151,13 +171,14 @@ def edm_spec_from_init(class_name, init_args, init_kwargs):
                 kwargs[key] = value.item()
             elif isinstance(value, tuple):
                 kwargs[key] = list(value)
-    return {'precond': class_name, 'precond_kwargs': precond_kwargs, 'network': network, 'network_kwargs': network_kwargs}
+    return {'precond': precond, 'precond_kwargs': precond_kwargs, 'network': network, 'network_kwargs': network_kwargs}
 
 
 def load_edm_pickle(path, key='ema'):
-    """Load the denoiser from an EDM/SiD network pickle; returns (denoiser, architecture spec).
+    """Load the denoiser from an EDM / SiD / SiDA network pickle; returns (denoiser, architecture spec).
 
-    The pickle's top level is EDM's snapshot dict ({'ema': net, 'loss_fn': ..., ...}) or a network.
+    The pickle's top level is EDM's snapshot dict ({'ema': net, 'loss_fn': ..., ...}), SiD's and SiDA's
+    ({'ema': net}) or a network. A SiDA network comes back as our EDMPrecond + SongUNet / DhariwalUNet.
     """
     path = Path(path)
     with open(path, 'rb') as f:

@@ -8,6 +8,12 @@ holds `_init_args`/`_init_kwargs` besides the usual nn.Module fields. Torch cont
 tensors and parameters pickle the ordinary way. This writer produces exactly that opcode stream
 from our modules (whose names match EDM's), with fake `torch_utils` and `dnnlib` modules standing in
 for EDM's during the dump.
+
+The SiDA authors' code (mingyuanzhou/SiD, branch `sida`) writes the same persistence format: its snapshot
+is {'ema': net} only, and the network is `EDMPrecond_EncoderDecoder` (sida_training/sida_networks.py)
+around `SongUNet_EncoderDecoder` or `DhariwalUNet_EncoderDecoder`, recorded with EDM's kwargs and
+model_type naming the *_EncoderDecoder network; the layers inside are EDM's own (training.networks).
+`write_sida_pickle` writes that, renaming our classes as it goes.
 """
 
 import contextlib
@@ -19,6 +25,9 @@ import numpy as np
 
 EDM_PERSISTENT = {'EDMPrecond', 'VPPrecond', 'VEPrecond', 'SongUNet', 'DhariwalUNet', 'UNetBlock', 'Linear', 'Conv2d',
                   'GroupNorm', 'PositionalEmbedding', 'FourierEmbedding', 'EDMLoss', 'AugmentPipe'}
+# Our class -> the class SiDA's code pickles in its place (everything else keeps EDM's name).
+SIDA_NAMES = {'EDMPrecond': 'EDMPrecond_EncoderDecoder', 'SongUNet': 'SongUNet_EncoderDecoder',
+              'DhariwalUNet': 'DhariwalUNet_EncoderDecoder'}
 
 
 def _reconstruct_persistent_obj(meta):
@@ -57,9 +66,10 @@ def _fake_edm_modules():
 
 
 class EDMPickler(pickle.Pickler):
-    def __init__(self, file, top, top_init_kwargs, module_src):
+    def __init__(self, file, top, top_init_kwargs, module_src, class_names=None):
         super().__init__(file, protocol=4)
         self.top, self.top_init_kwargs, self.module_src = top, top_init_kwargs, module_src
+        self.class_names = class_names or {}
 
     def reducer_override(self, obj):
         name = type(obj).__name__
@@ -70,7 +80,12 @@ class EDMPickler(pickle.Pickler):
         state['_init_args'] = ()
         # EDM records numpy scalars among the blocks' kwargs (e.g. skip_scale=np.sqrt(0.5)); so do we.
         state['_init_kwargs'] = self.top_init_kwargs if obj is self.top else {'skip_scale': np.sqrt(0.5)}
-        meta = dict(type='class', version=6, module_src=self.module_src, class_name=name, state=state)
+        if obj is self.top:   # the attributes EDM's (and SiDA's) preconditioning classes set besides ours
+            kw = self.top_init_kwargs
+            state.update(img_resolution=kw['img_resolution'], img_channels=kw['img_channels'], use_fp16=kw['use_fp16'])
+        name = self.class_names.get(name, name)
+        src = self.module_src.get(name, self.module_src.get(None)) if isinstance(self.module_src, dict) else self.module_src
+        meta = dict(type='class', version=6, module_src=src, class_name=name, state=state)
         return _reconstruct_persistent_obj, (meta,)
 
 
@@ -86,14 +101,20 @@ def edm_init_kwargs(spec):
     return out
 
 
-def write_edm_pickle(path, net, spec, module_src='# EDM module source would be here; a safe loader never runs it\n',
-                     top=None, class_name_override=None):
-    data = dict(ema=net, loss_fn=EDMLoss(), augment_pipe=None,
-                dataset_kwargs=EasyDict(class_name='training.dataset.ImageFolderDataset', path='cifar10.zip'))
-    if top is not None:
-        data = top
+def sida_init_kwargs(spec):
+    """Our spec -> what SiDA's EDMPrecond_EncoderDecoder records: its training script passes the network
+    kwargs (model_type naming the *_EncoderDecoder network, use_fp16, dropout, ...) and then the data
+    set's img_resolution/img_channels/label_dim, all as keywords; sigma_data etc. keep their defaults."""
+    kw = {k: v for k, v in edm_init_kwargs(spec).items() if k not in spec.get('precond_kwargs', {})}
+    out = {k: v for k, v in kw.items() if k not in ('img_resolution', 'img_channels', 'label_dim')}
+    out['model_type'] = SIDA_NAMES[spec['network']]
+    out.update(img_resolution=kw['img_resolution'], img_channels=kw['img_channels'], label_dim=kw['label_dim'])
+    return out
+
+
+def _write(path, data, net, init_kwargs, module_src, class_names, class_name_override):
     with _fake_edm_modules(), open(path, 'wb') as f:
-        pickler = EDMPickler(f, net, edm_init_kwargs(spec), module_src)
+        pickler = EDMPickler(f, net, init_kwargs, module_src, class_names)
         if class_name_override:
             original = pickler.reducer_override
 
@@ -104,3 +125,26 @@ def write_edm_pickle(path, net, spec, module_src='# EDM module source would be h
                 return result
             pickler.reducer_override = override
         pickler.dump(data)
+
+
+def write_edm_pickle(path, net, spec, module_src='# EDM module source would be here; a safe loader never runs it\n',
+                     top=None, class_name_override=None):
+    data = dict(ema=net, loss_fn=EDMLoss(), augment_pipe=None,
+                dataset_kwargs=EasyDict(class_name='training.dataset.ImageFolderDataset', path='cifar10.zip'))
+    if top is not None:
+        data = top
+    _write(path, data, net, edm_init_kwargs(spec), module_src, None, class_name_override)
+
+
+def write_sida_pickle(path, net, spec, module_src=None, class_name_override=None):
+    """A SiDA network snapshot (network-snapshot-<alpha>-<kimg>.pkl): {'ema': EDMPrecond_EncoderDecoder}.
+
+    `net` is our EDMPrecond around a SongUNet or DhariwalUNet. module_src: one text for every class, or
+    {class name or None (the rest): text}; by default the SiDA classes and EDM's layers get different placeholders.
+    """
+    if spec['precond'] != 'EDMPrecond':
+        raise ValueError("SiDA's code only has EDMPrecond_EncoderDecoder")
+    if module_src is None:
+        module_src = {None: '# training/networks.py would be here\n',
+                      **{name: '# sida_training/sida_networks.py would be here\n' for name in SIDA_NAMES.values()}}
+    _write(path, dict(ema=net), net, sida_init_kwargs(spec), module_src, SIDA_NAMES, class_name_override)
