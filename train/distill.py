@@ -36,6 +36,7 @@ class DistillConfig:
     lr_g: float = 1e-5
     lr_psi: float = 1e-5
     adam_eps: float = 1e-8
+    g_beta1: float = 0.0                 # the generator's Adam beta1 (the reference's FFHQ-64 SiD uses 0.9); f_psi keeps 0
     batch: int = 256                     # global batch (images per step, all ranks)
     batch_gpu: int | None = None         # micro-batch per rank (gradient accumulation); None = whole rank batch
     loss_scale_g: float = 100.0
@@ -140,7 +141,7 @@ class Distiller:
         if cfg.augment and (len(self.shape) != 3 or self.augment_dim not in (0, augment.AUGMENT_DIM)):
             raise ValueError(f'augmentation needs images and networks with {augment.AUGMENT_DIM} augment labels (or none); '
                              f'got samples of shape {self.shape} and augment_dim {self.augment_dim}')
-        self.opt_g = make_adam(self.G.parameters(), cfg.lr_g, cfg.adam_eps, self.device)
+        self.opt_g = make_adam(self.G.parameters(), cfg.lr_g, cfg.adam_eps, self.device, betas=(cfg.g_beta1, 0.999))
         self.opt_psi = make_adam(self.fake.parameters(), cfg.lr_psi, cfg.adam_eps, self.device)
         # DDP wraps G and f_psi for their own updates only; the other network's pass uses the plain module.
         self.G_train = self._wrap(self.G) if ddp else self.G

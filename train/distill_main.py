@@ -41,7 +41,7 @@ def configure(o):
                         lr_psi=o['lr_psi'] or o['lr_g'], batch=o['batch'], batch_gpu=o['batch_gpu'],
                         loss_scale_g=o['loss_scale_g'], loss_scale_d=o['loss_scale_d'], loss_scale_g_gan=o['loss_scale_g_gan'],
                         g_warmup_images=o['g_warmup'], gan_start_images=o['gan_start'], ema_halflife_images=o['ema_halflife'],
-                        total_images=o['total_images'], seed=o['seed'], augment=o['augment'],
+                        total_images=o['total_images'], seed=o['seed'], augment=o['augment'], g_beta1=o['g_beta1'],
                         adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
     return cfg
 

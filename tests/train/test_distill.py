@@ -1,6 +1,7 @@
 """A few real SiD / SiDA steps on a tiny UNet and real CIFAR-10 images, on CPU."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -230,3 +231,13 @@ def test_augment_defaults_to_the_reference_p_only_for_networks_with_augment_labe
     with pytest.raises(ValueError, match='probability'):
         DistillConfig(augment=1.5)
 
+
+def test_generator_adam_beta1_is_an_option_and_survives_resume(tmp_path):
+    d = make_distiller(None, 'sid', g_beta1=0.9)
+    assert d.opt_g.param_groups[0]['betas'] == (0.9, 0.999) and d.opt_psi.param_groups[0]['betas'] == (0.0, 0.999)
+    assert make_distiller(None, 'sid').opt_g.param_groups[0]['betas'] == (0.0, 0.999)
+    cfg = runner.RunConfig(run_dir=str(tmp_path), total_images=BATCH, sample_every_images=0)
+    runner.run(d, cfg, write_bundle=lambda path: path.mkdir(parents=True, exist_ok=True), log=lambda m: None)
+    resumed = make_distiller(None, 'sid')
+    runner.restore(resumed, runner.resolve_resume(dataclasses.replace(cfg, resume='auto')))
+    assert resumed.opt_g.param_groups[0]['betas'] == (0.9, 0.999)           # the run's optimiser, as checkpointed
