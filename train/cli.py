@@ -117,6 +117,12 @@ def data_free_run_options(f):
 @click.option('--alpha', type=float, default=None, show_default='1.2 for sid, 1.0 for sida/sid2a', help='SiD alpha.')
 @click.option('--lr', 'lr_g', type=float, default=1e-5, help='Generator learning rate.')
 @click.option('--lr-psi', type=float, default=None, show_default='--lr', help='Fake-score learning rate.')
+@click.option('--g-beta1', type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="The generator's Adam beta1 (the fake score's stays 0); the reference's FFHQ-64 SiD run uses 0.9.")
+@click.option('--augment', type=click.FloatRange(0, 1), default=None,
+              show_default='0.12 if the teacher takes augment labels (EDM CIFAR-10/FFHQ/AFHQ networks), else 0',
+              help="Probability of each non-leaking augmentation of the images the fake score learns on, told to it "
+                   "through its augment labels; the reference uses 0.12 for CIFAR-10, 0.15 for FFHQ/AFHQ, 0 = off.")
 @click.option('--init-sigma', type=float, default=2.5, help="The generator's fixed input noise level.")
 @click.option('--tmax', type=click.IntRange(1, 1000), default=800, help='Generator-loss times t ~ U[0, tmax/1000].')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='500k', help='EMA half-life in images.')

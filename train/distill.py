@@ -3,8 +3,9 @@
 Per iteration (the method's 1:1 alternation):
   1. fake-score step: x_g = G(z) without gradient; f_psi learns to denoise x_g (SiDA: and to tell noisy
      real images from noisy fakes with its own encoder); NaN/inf grads zeroed, SiDA clips grad values to 1.
+     With --augment p, fakes (and, independently, reals) are augmented first and f_psi is told how (train/augment.py).
   2. generator step (after the warm-up): the SiD loss through both frozen denoisers (+ SiDA's adversarial
-     term after its start), then the EMA of G.
+     term after its start), then the EMA of G. Never augmented: both denoisers get "untouched" labels.
 All randomness comes from generators seeded by the run's seed and shared by every rank: each rank draws
 the global batch's noise and takes its slice, so results do not depend on the number of processes
 (except SiDA's per-GPU BCE averages, which the method defines per GPU).
@@ -16,6 +17,7 @@ import dataclasses
 
 import torch
 
+from train import augment
 from train.sid import fake_score_loss, fake_score_sigma, generator_loss, generator_sigma
 from train.sida import adversarial_generator_loss, fake_score_and_discriminator_loss
 
@@ -34,6 +36,7 @@ class DistillConfig:
     lr_g: float = 1e-5
     lr_psi: float = 1e-5
     adam_eps: float = 1e-8
+    g_beta1: float = 0.0                 # the generator's Adam beta1 (the reference's FFHQ-64 SiD uses 0.9); f_psi keeps 0
     batch: int = 256                     # global batch (images per step, all ranks)
     batch_gpu: int | None = None         # micro-batch per rank (gradient accumulation); None = whole rank batch
     loss_scale_g: float = 100.0
@@ -43,6 +46,8 @@ class DistillConfig:
     g_warmup_images: int | None = None   # G frozen until then; None = 0 for sid, 100k for sida/sid2a
     gan_start_images: int = 200_000      # SiDA adversarial term joins the G loss
     clip_psi: float | None = None        # grad value clip on f_psi; None = 1 for sida/sid2a, off for sid
+    augment: float | None = None         # augmentation probability of f_psi's images; None = 0.12 for networks that
+                                         # take augment labels, else 0 (resolved by the Distiller, which sees the network)
     ema_halflife_images: float = 500_000
     ema_rampup: float = 0.05
     total_images: int = 1_000_000
@@ -55,6 +60,8 @@ class DistillConfig:
         self.alpha = self.alpha if self.alpha is not None else (1.0 if adversarial else 1.2)
         self.g_warmup_images = self.g_warmup_images if self.g_warmup_images is not None else (100_000 if adversarial else 0)
         self.clip_psi = self.clip_psi if self.clip_psi is not None else (1.0 if adversarial else None)
+        if self.augment is not None and not 0 <= self.augment <= 1:
+            raise ValueError(f'augment is a probability in [0, 1], got {self.augment}')
 
     @property
     def adversarial(self):
@@ -125,17 +132,22 @@ class Distiller:
         self.micro = cfg.batch_gpu or self.rank_batch
         if self.rank_batch % self.micro:
             raise ValueError(f'per-rank batch {self.rank_batch} is not divisible by batch_gpu {self.micro}')
-        self.opt_g = make_adam(self.G.parameters(), cfg.lr_g, cfg.adam_eps, self.device)
+        # Teachers trained with EDM's augmentation get 'no augmentation' labels (zeros) wherever nothing was augmented,
+        # as in the reference; this also keeps map_augment in the graph, which DDP requires of every parameter.
+        augment_layer = getattr(getattr(teacher, 'model', None), 'map_augment', None)
+        self.augment_dim = augment_layer.in_features if augment_layer is not None else 0
+        if cfg.augment is None:                 # resolved in place, like __post_init__'s defaults: config.json shows it
+            cfg.augment = augment.DEFAULT_P if self.augment_dim else 0.0
+        if cfg.augment and (len(self.shape) != 3 or self.augment_dim not in (0, augment.AUGMENT_DIM)):
+            raise ValueError(f'augmentation needs images and networks with {augment.AUGMENT_DIM} augment labels (or none); '
+                             f'got samples of shape {self.shape} and augment_dim {self.augment_dim}')
+        self.opt_g = make_adam(self.G.parameters(), cfg.lr_g, cfg.adam_eps, self.device, betas=(cfg.g_beta1, 0.999))
         self.opt_psi = make_adam(self.fake.parameters(), cfg.lr_psi, cfg.adam_eps, self.device)
         # DDP wraps G and f_psi for their own updates only; the other network's pass uses the plain module.
         self.G_train = self._wrap(self.G) if ddp else self.G
         self.fake_train = self._wrap(self.fake) if ddp else self.fake
         self.rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.images_seen, self.iterations = 0, 0
-        # Teachers trained with EDM's augmentation get 'no augmentation' labels (zeros), as in the reference;
-        # this also keeps map_augment in the graph, which DDP requires of every parameter.
-        augment = getattr(getattr(teacher, 'model', None), 'map_augment', None)
-        self.augment_dim = augment.in_features if augment is not None else 0
 
     def _wrap(self, module):
         from torch.nn.parallel import DistributedDataParallel
@@ -151,6 +163,19 @@ class Distiller:
 
     def _sigma(self, fn, **kw):
         return self._draw(lambda s: fn(s[0], device=self.device, generator=self.rng, **kw))
+
+    def _augment_params(self):
+        """This rank's slice of the global batch's augmentation draw, or None when augmentation is off."""
+        if not self.cfg.augment:
+            return None
+        return self._draw(lambda s: augment.draw(s[0], self.cfg.augment, self.rng, self.device))
+
+    def _augmented(self, images, params):
+        """(augmented images, their augment labels if the network reads them, else None)."""
+        if params is None:
+            return images, None
+        with torch.no_grad():
+            return augment.apply(images, params), (augment.labels(params) if self.augment_dim else None)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -191,17 +216,27 @@ class Distiller:
         batch = self.batches.next()
         z, eps = self._normal(shape), self._normal(shape)
         sigma = self._sigma(fake_score_sigma, P_mean=cfg.P_mean, P_std=cfg.P_std)
+        # Fakes and reals are augmented independently (the reference's SiDA): two draws, fakes first.
+        aug_fake = self._augment_params()
+        aug_real = self._augment_params() if cfg.adversarial else None
         self.G.eval()
         self.fake.train().requires_grad_(True)
         self.opt_psi.zero_grad(set_to_none=True)
         totals = {'loss_psi': 0.0, 'loss_d': 0.0}
-        for (z_m, eps_m, sigma_m, real_m), cond, last in self._micro_batches(z, eps, sigma, batch.real, cond=batch.cond):
+        for (z_m, eps_m, sigma_m, real_m, aug_fake_m, aug_real_m), cond, last in self._micro_batches(
+                z, eps, sigma, batch.real, aug_fake, aug_real, cond=batch.cond):
             with torch.no_grad(), self._autocast():
                 x_g = self.generate(self.G, z_m, cond).float()
+            # G ran with "untouched" labels in cond; f_psi learns on the augmented images and is told how.
+            x_g, fake_labels = self._augmented(x_g, aug_fake_m)
+            real_m, real_labels = self._augmented(real_m, aug_real_m)
+            if fake_labels is not None:
+                cond = {**cond, 'augment_labels': fake_labels}
             with self._sync(self.fake_train, last), self._autocast():
                 if cfg.adversarial:
                     loss_psi, loss_d = fake_score_and_discriminator_loss(self.fake_train, x_g, real_m, sigma_m, eps_m,
-                                                                         cfg.sigma_data, **cond)
+                                                                         cfg.sigma_data, real_augment_labels=real_labels,
+                                                                         **cond)
                     loss = (loss_psi.sum() * cfg.loss_scale_psi + loss_d.sum() * cfg.loss_scale_d) / self.rank_batch
                     totals['loss_d'] += loss_d.detach().sum() / self.rank_batch
                 else:
@@ -219,6 +254,8 @@ class Distiller:
         z, eps = self._normal(shape), self._normal(shape)
         sigma = self._sigma(generator_sigma, tmax=cfg.tmax)
         gan = cfg.adversarial and self.images_seen >= cfg.gan_start_images
+        # No augmentation here, as in the reference: x_t reaches the teacher and f_psi (and SiDA's logits) with
+        # "untouched" labels, so both score the clean distribution the generator is meant to match.
         self.G.train()
         self.fake.eval().requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)

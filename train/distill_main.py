@@ -41,7 +41,7 @@ def configure(o):
                         lr_psi=o['lr_psi'] or o['lr_g'], batch=o['batch'], batch_gpu=o['batch_gpu'],
                         loss_scale_g=o['loss_scale_g'], loss_scale_d=o['loss_scale_d'], loss_scale_g_gan=o['loss_scale_g_gan'],
                         g_warmup_images=o['g_warmup'], gan_start_images=o['gan_start'], ema_halflife_images=o['ema_halflife'],
-                        total_images=o['total_images'], seed=o['seed'],
+                        total_images=o['total_images'], seed=o['seed'], augment=o['augment'], g_beta1=o['g_beta1'],
                         adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
     return cfg
 
@@ -91,6 +91,7 @@ def build(o, cfg, rt):
                         autocast_dtype=autocast, ddp=rt.distributed)
 
     started = time.time()
+    # cfg as the Distiller resolved it: --augment's default depends on the teacher's network.
     resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
                 'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world,
                 'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
@@ -98,6 +99,9 @@ def build(o, cfg, rt):
                 'data_prefix': o['data_prefix'], 'channels_last': o['channels_last'], 'compile': o['compile_']}
     summary = (f'distilling with {cfg.method} ({rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, '
                f'{resolved["precision"]}) into {o["run_dir"]}')
+    if cfg.augment and not trainer.augment_dim:
+        summary += (f'; warning: --augment {cfg.augment} on networks without augment labels: the fake score cannot tell '
+                    'augmented images from clean ones, so the augmentations can leak into the generator')
 
     def provenance():
         return {'method': cfg.method, 'teacher': str(o['teacher']), 'images_seen': trainer.images_seen,

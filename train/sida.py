@@ -16,15 +16,18 @@ def discriminator_logits(bottleneck):
     return bottleneck.mean(dim=1, keepdim=True)
 
 
-def fake_score_and_discriminator_loss(fake_score, x_g, x_real, sigma, eps, sigma_data=0.5, **cond):
+def fake_score_and_discriminator_loss(fake_score, x_g, x_real, sigma, eps, sigma_data=0.5, real_augment_labels=None,
+                                      **cond):
     """One pass of f_psi on noisy fakes (denoised + logits) and an encoder-only pass on noisy reals.
 
     The real and fake of a pair share sigma and noise, and the fakes were generated with the real
-    batch's labels (class-matched). Returns per-kept-sample (denoising loss, discriminator loss).
+    batch's labels (class-matched). Augmented reals bring their own labels (real_augment_labels); cond's
+    augment_labels are the fakes'. Returns per-kept-sample (denoising loss, discriminator loss).
     """
     n = as_per_sample(sigma, x_g) * eps
     denoised, bottleneck_fake = fake_score(x_g + n, sigma, output='both', **cond)
-    bottleneck_real = fake_score(x_real + n, sigma, output='bottleneck', **cond)
+    real_cond = cond if real_augment_labels is None else {**cond, 'augment_labels': real_augment_labels}
+    bottleneck_real = fake_score(x_real + n, sigma, output='bottleneck', **real_cond)
     keep = finite_rows(x_g, denoised, bottleneck_fake, bottleneck_real)
     weight = edm_loss_weight(sigma[keep], sigma_data)
     loss_psi = weight * per_sample_sum((denoised[keep] - x_g[keep]) ** 2)

@@ -40,7 +40,8 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     rows = [json.loads(line) for line in (student / 'log.jsonl').read_text().splitlines()]
     assert 'loss_g_gan' in rows[-1] and 'loss_g' not in rows[0]
     cfg = json.loads((student / 'config.json').read_text())
-    assert cfg['per_gpu_batch'] == 8 and cfg['distill']['alpha'] == 1.0
+    assert cfg['per_gpu_batch'] == 8 and cfg['distill']['alpha'] == 1.0 and cfg['distill']['g_beta1'] == 0.0
+    assert cfg['distill']['augment'] == 0.0            # resolved: our teachers take no augment labels
 
     r = sida('generate', '--bundle', student / 'bundle', '--seeds', '0-3', '--class', 'ship', '--grid', tmp_path / 'ships.png')
     assert r.returncode == 0 and (tmp_path / 'ships.png').is_file(), r.stderr
@@ -76,7 +77,7 @@ def test_train_help_lists_its_commands():
 
 @pytest.mark.parametrize('args, section', [
     (['train', 'distill', '--method', 'sida', '--teacher', 'README.md', '--data', 'README.md', '--out', 'x', '--images', '2M',
-      '--save-dtype', 'bf16'], 'distill'),
+      '--save-dtype', 'bf16', '--augment', '0.15', '--g-beta1', '0.9'], 'distill'),
     (['train', 'teacher', '--data', 'README.md', '--out', 'x', '--lr', '2e-4'], 'teacher'),
     (['train', 'lsg', '--teacher', '.', '--prompts', 'README.md', '--out', 'x', '--guidance', '3'], 'lsg'),
     (['train', 'toy', '--out', 'x', '--method', 'sida'], 'toy'),
@@ -93,6 +94,7 @@ def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args
         assert config['distill']['alpha'] == 1.0 and config['distill']['lr_psi'] == 1e-5          # resolved defaults
         assert config['run']['total_images'] == 2_000_000 and config['options']['save_dtype'] == 'bf16'
         assert config['options']['device'] == 'auto'
+        assert config['distill']['augment'] == 0.15 and config['distill']['g_beta1'] == 0.9
     if section == 'teacher':
         assert config['teacher']['lr'] == 2e-4 and config['run']['total_images'] == 20_000_000
     if section == 'lsg':
@@ -105,6 +107,7 @@ def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--device', 'tpu'], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     (['train', 'teacher', '--data', 'README.md', '--out', 'x', '--save-dtype', 'float16'], "'float16' is not one of 'fp32', 'fp16'"),
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--batch', '0'], '0 is not in the range x>=1'),
+    (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--augment', '1.5'], '1.5 is not in the range 0<=x<=1'),
 ])
 def test_invalid_option_values_exit_2_with_one_error_line(args, fragment):
     r = subprocess.run([SIDA, *args, '--dry-run'], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])

@@ -1,6 +1,7 @@
 """A few real SiD / SiDA steps on a tiny UNet and real CIFAR-10 images, on CPU."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -186,3 +187,57 @@ def test_compiled_networks_get_the_options_in_their_generated_code():
     finally:
         torch._dynamo.reset()
     assert 'mm(' in sources[0] and 'mm(' not in sources[1]
+
+
+def augment_labels_seen(d):
+    """Run one iteration, recording the augment labels f_psi's map_augment receives, call by call."""
+    seen = []
+    hook = d.fake.model.map_augment.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    try:
+        d.iteration()
+    finally:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize('method', ['sid', 'sida'])
+def test_augment_labels_reach_the_fake_score_only_when_it_learns(cifar_subset, method):
+    """--augment > 0: the fake-score step's passes get drawn labels (SiDA: reals and fakes drawn apart); the
+    generator step's pass gets zeros, as in the reference. --augment 0: zeros everywhere."""
+    data = cifar_subset if method == 'sida' else None
+    d = make_distiller(data, method, g_warmup_images=0, gan_start_images=0, augment=0.5)
+    *learn, generator_pass = augment_labels_seen(d)
+    assert len(learn) == (2 if method == 'sida' else 1)
+    assert all(labels.shape == (BATCH, 9) and labels.abs().sum() > 0 for labels in learn)
+    if method == 'sida':
+        assert not torch.equal(learn[0], learn[1])                          # fakes, then reals: independent draws
+    assert torch.equal(generator_pass, torch.zeros(BATCH, 9))
+    d = make_distiller(data, method, g_warmup_images=0, gan_start_images=0, augment=0.0)
+    assert all(torch.equal(labels, torch.zeros(BATCH, 9)) for labels in augment_labels_seen(d))
+
+
+def test_augment_defaults_to_the_reference_p_only_for_networks_with_augment_labels():
+    assert make_distiller(None, 'sid').cfg.augment == 0.12                  # tiny_ddpmpp: augment_dim 9, like EDM's CIFAR-10
+    spec = tiny_ddpmpp(augment_dim=0, attn_resolutions=())
+    teacher = build_denoiser(spec)
+    for p, expected in ((None, 0.0), (0.3, 0.3)):
+        d = Distiller(DistillConfig(batch=2, g_warmup_images=0, augment=p), teacher, copy.deepcopy(teacher).requires_grad_(True),
+                      copy.deepcopy(teacher).requires_grad_(True), LabelBatches(10, 2, 0, 0, 1, 'cpu'), (3, 16, 16))
+        assert d.cfg.augment == expected
+        calls = []
+        d.fake.model.register_forward_pre_hook(lambda m, args, kw: calls.append(kw['augment_labels']), with_kwargs=True)
+        d.iteration()                                                       # augmented or not, no labels for such a network
+        assert len(calls) == 2 and all(labels is None for labels in calls)
+    with pytest.raises(ValueError, match='probability'):
+        DistillConfig(augment=1.5)
+
+
+def test_generator_adam_beta1_is_an_option_and_survives_resume(tmp_path):
+    d = make_distiller(None, 'sid', g_beta1=0.9)
+    assert d.opt_g.param_groups[0]['betas'] == (0.9, 0.999) and d.opt_psi.param_groups[0]['betas'] == (0.0, 0.999)
+    assert make_distiller(None, 'sid').opt_g.param_groups[0]['betas'] == (0.0, 0.999)
+    cfg = runner.RunConfig(run_dir=str(tmp_path), total_images=BATCH, sample_every_images=0)
+    runner.run(d, cfg, write_bundle=lambda path: path.mkdir(parents=True, exist_ok=True), log=lambda m: None)
+    resumed = make_distiller(None, 'sid')
+    runner.restore(resumed, runner.resolve_resume(dataclasses.replace(cfg, resume='auto')))
+    assert resumed.opt_g.param_groups[0]['betas'] == (0.9, 0.999)           # the run's optimiser, as checkpointed
