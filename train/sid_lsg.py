@@ -35,6 +35,7 @@ class LSGConfig:
     lr_g: float = 1e-6
     lr_psi: float = 1e-6
     adam_eps: float = 1e-8
+    g_beta1: float = 0.0
     batch: int = 512
     batch_gpu: int | None = None
     loss_scale_g: float = 1.0
@@ -48,6 +49,7 @@ class LSGConfig:
     method: str = 'sid-lsg'
     g_warmup_images: int = 0
     adversarial: bool = False
+    augment: float = 0.0                   # no augmentation of latents (an SD UNet takes no augment labels)
 
     def __post_init__(self):
         for name in ('guidance_fake_train', 'guidance_fake_eval', 'guidance_real_eval'):
