@@ -37,7 +37,10 @@ def _summary(entry):
 
 @click.group(context_settings=CTX)
 def export():
-    """Export a bundle's generator; every export is checked against eager PyTorch (the parity gate)."""
+    """Export a bundle's generator; every export is checked against eager PyTorch (the parity gate).
+
+    `from-pickle` goes the other way: it makes a bundle of a one-step generator pickled by the SiD / SiDA authors' code.
+    """
 
 
 @export.command(context_settings=CTX)
@@ -113,6 +116,34 @@ def triton_repo(bundle_dir, out, runtime, name, max_batch, instances, kind, prec
     from export.triton_repo import write_triton_repo
     model_dir = _run(write_triton_repo, bundle_dir, out, runtime, name, max_batch, instances, kind, precision, log=click.echo)
     click.echo(f'wrote {model_dir} (serve it: tritonserver --model-repository {out})')
+
+
+@export.command(name='from-pickle', context_settings=CTX)
+@click.argument('pickle_path', metavar='PICKLE', type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option('--out', required=True, type=click.Path(file_okay=False, path_type=Path), help='Bundle directory to write.')
+@click.option('--init-sigma', type=float, default=2.5, show_default=True, help="The generator's fixed input noise level.")
+@click.option('--labels', default=None, show_default='the class indices',
+              help="Class names of a class-conditional network: 'cifar10' or a comma-separated list.")
+@click.option('--name', default=None, show_default='the pickle file name', help='Model name in the bundle (and the API).')
+@click.option('--key', default='ema', show_default=True, help='Entry of the snapshot dict that holds the network.')
+@click.option('--save-dtype', type=click.Choice(['float32', 'float16', 'bfloat16']), default='float32', show_default=True,
+              help='Precision of the stored weights.')
+def from_pickle(pickle_path, out, init_sigma, labels, name, key, save_dtype):
+    """A one-step generator from the SiD / SiDA authors' code (an EDM-format pickle) as a bundle.
+
+    The pickle is read without running any code from it. Then serve it (`sida serve --bundle OUT`) or export it.
+    """
+    import pickle
+
+    from export.from_pickle import PickleImportError, bundle_from_pickle
+    try:
+        config = bundle_from_pickle(pickle_path, out, init_sigma=init_sigma, name=name, labels=labels, key=key, dtype=save_dtype)
+    except PickleImportError as e:
+        raise click.BadParameter(str(e), param_hint='--labels' if 'labels' in str(e) else '--init-sigma') from None
+    except (pickle.UnpicklingError, ValueError, EOFError) as e:
+        raise click.ClickException(f'{pickle_path}: {e}' if str(pickle_path) not in str(e) else str(e)) from None
+    click.echo(f'wrote bundle {config.name!r} ({config.condition["kind"]}, {config.resolution}x{config.resolution}, '
+               f'init_sigma {config.init_sigma}) to {out}')
 
 
 @export.command(context_settings=CTX)
