@@ -1,24 +1,25 @@
 """`sida export from-pickle`: a one-step generator from the SiD / SiDA authors' code becomes a bundle that serves."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from export.cli import export
 from models.architecture import build_denoiser
 from models.bundle import load_bundle
 from models.seeds import noise_for_seeds
 from tests.conftest import perturb_, tiny_ddpmpp
 from tests.models.edm_format import write_edm_pickle, write_sida_pickle
 
-SIDA = str(Path(sys.executable).parent / 'sida')
-
 
 def sida(*args):
-    return subprocess.run([SIDA, 'export', 'from-pickle', *args], capture_output=True, text=True, timeout=120)
+    """`sida export from-pickle ARGS` in this process (exit code, stdout and stderr as a user sees them)."""
+    result = CliRunner().invoke(export, ['from-pickle', *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info   # no crash, only exits
+    result.returncode = result.exit_code
+    return result
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +36,7 @@ def test_the_bundle_generates_what_the_pickled_network_does_at_init_sigma(networ
     writer(tmp_path / 'network-snapshot.pkl', net, spec)
     result = sida(str(tmp_path / 'network-snapshot.pkl'), '--out', str(tmp_path / 'bundle'), '--labels', 'cifar10',
                   '--init-sigma', '2.5', '--name', 'sida-cifar10')
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.output
     bundle = load_bundle(tmp_path / 'bundle', return_float=True)
     config = bundle.config
     assert config.name == 'sida-cifar10' and config.init_sigma == 2.5 and config.condition['labels'][3] == 'cat'
