@@ -73,27 +73,29 @@ def test_npy_tensor_response_round_trips_bit_exactly(api):
     np.testing.assert_array_equal(np.load(io.BytesIO(base64.b64decode(one['b64']))), pixels[1])
 
 
-def test_encoding_never_blocks_the_event_loop(class_bundle_dir, monkeypatch):
-    """Hold one request's image encoding still: /healthz must still answer, so encoding is not on the event loop.
-    (Had it been, the health check would wait for the release that only comes after it: the 60 s bound is a hang
-    detector, not a speed limit.)"""
+@pytest.mark.parametrize('module,step', [('serve.generation', '_encode_chunk'), ('serve.served_model', 'noise_for_seeds')])
+def test_host_work_never_blocks_the_event_loop(class_bundle_dir, monkeypatch, module, step):
+    """Hold one request's image encoding (or its seeds' noise) still: /healthz must still answer, so that work is not
+    on the event loop. (Had it been, the health check would wait for the release that only comes after it: the 60 s
+    bound is a hang detector, not a speed limit.)"""
+    import importlib
     import threading
 
-    import serve.generation
-    encoding, release, real = threading.Event(), threading.Event(), serve.generation._encode_chunk
+    where = importlib.import_module(module)
+    reached, release, real = threading.Event(), threading.Event(), getattr(where, step)
 
     def held(*args):
-        encoding.set()
+        reached.set()
         release.wait(120)
         return real(*args)
-    monkeypatch.setattr(serve.generation, '_encode_chunk', held)
     with in_process(class_bundle_dir) as api, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        monkeypatch.setattr(where, step, held)           # after start-up: the warm-up draws noise too
         try:
             generating = pool.submit(api.post, '/v1/generate', json={'n': 4, 'seed': 1})
-            assert encoding.wait(60), 'the request never reached encoding'
+            assert reached.wait(60), f'the request never reached {step}'
             health = pool.submit(api.get, '/healthz')
             assert health.result(timeout=60).status_code == 200
-            assert not generating.done()          # answered while the encoding was still held
+            assert not generating.done()          # answered while the work was still held
         finally:
             release.set()
         assert generating.result(timeout=60).status_code == 200
