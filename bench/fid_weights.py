@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from train.metrics import InceptionFeatures, extract, frechet_distance, inception_weights, save_rounded_inception, statistics
+from train.metrics import InceptionFeatures, extract, file_digest, frechet_distance, inception_weights, save_rounded_inception, statistics
 
 
 def write_rounded(out, dtype='fp16', source=None):
@@ -68,7 +68,8 @@ def measure_rounding(data, n=300, dtypes=('fp16', 'bf16'), noise=16.0, source=No
                 row['fid_same_images_vs_fp32'] = frechet_distance(*statistics(both[0]), *statistics(both[1]))
             rows.append(row)
             log(f'{weights}: ' + ', '.join(f'{k} {v:.4g}' for k, v in row.items() if isinstance(v, float)))
-    settings = {'data': str(data), 'images_per_set': n, 'sets': {k: len(v) for k, v in sets.items()}, 'noise_sigma': noise,
+    settings = {'data': Path(data).name, 'data_sha256_16': file_digest(data) if Path(data).is_file() else None,
+                'images_per_set': n, 'sets': {k: len(v) for k, v in sets.items()}, 'noise_sigma': noise,
                 'source_weights': source.name, 'compute': 'fp32 on CPU (weights upcast at load)',
                 'note': f'FID from {n} images per set is biased upwards (the 50k protocol gives far lower numbers); '
                         'the deltas between weights on the same images are what this measures'}
