@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	rm -rf sida.egg-info   # a stale one beside the sources would shadow the installed entry points
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,t2i,export,serve,ui,dev]'
+	$(PY) -m pip install -q -r requirements-cpu.txt -e '.[text,t2i,export,serve,ui,dev,fid]'
 	touch $(STAMP)
 
 # Main job: serve the bundled models (API on http://127.0.0.1:8000, docs at /docs).

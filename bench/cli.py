@@ -1,4 +1,4 @@
-"""`sida bench`: generate | teacher-vs-student | http | soak | train | report.
+"""`sida bench`: generate | teacher-vs-student | http | soak | train | fid-weights | fid-rounding | report.
 
 Each subcommand imports its own code only when it runs, so `sida bench generate` works on machines that
 have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, prometheus_client).
@@ -269,6 +269,50 @@ def train(variants, network, batch, iters, warmup, device, peak_tflops, out, nam
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     _finish(out, info, name or f'train-throughput-{network}', settings, rows, plot)
+
+
+@bench.command('fid-weights', context_settings=CTX)
+@click.argument('out_path', metavar='OUT.pt', type=click.Path(dir_okay=False))
+@click.option('--dtype', type=click.Choice(['fp16', 'bf16']), default='fp16',
+              help='What the weight tensors are rounded to (fp16 keeps 3 more mantissa bits; see docs/training.md for the FID cost).')
+@click.option('--source', type=click.Path(exists=True, dir_okay=False), default=None, show_default='the [fid] extra\'s default_1.pt',
+              help='The full-precision Inception TorchScript to round.')
+def fid_weights(out_path, dtype, source):
+    """Write the TF-FID Inception weights rounded to fp16/bf16 (44 MB), to carry where the [fid] extra is not installed."""
+    from bench.fid_weights import write_rounded
+    from train.metrics import FIDUnavailable
+    try:
+        path, size, meta = write_rounded(out_path, dtype, source)
+    except FIDUnavailable as e:
+        raise click.ClickException(f'{e}; or give --source PATH') from None
+    click.echo(f'wrote {path}: {size / 1e6:.1f} MB, {meta["rounded_parameters"]:,} weights in {dtype} '
+               f'(use it with `sida train evaluate --fid-weights {path}`)')
+
+
+@bench.command('fid-rounding', context_settings=CTX)
+@click.option('--data', required=True, type=click.Path(exists=True), help='CIFAR-10-style data with train/ and test/ (the JPEG tarball).')
+@click.option('--images', type=click.IntRange(2), default=300, help='Images per set (test, train, train+noise); CPU: ~0.15-0.3 s each.')
+@click.option('--dtypes', default='fp16,bf16', callback=name_list, help='Rounded copies to compare with the full weights.')
+@click.option('--noise', type=click.FloatRange(0), default=16.0, help='Grey levels of Gaussian noise in the noisy set.')
+@OUT
+@NAME
+def fid_rounding(data, images, dtypes, noise, out, name):
+    """FID with full vs rounded Inception weights on the same real images: the deviation rounding costs."""
+    import torch
+
+    from bench.fid_weights import measure_rounding
+    from bench.record import machine
+    from train.metrics import FIDUnavailable
+    bad = [d for d in dtypes if d not in ('fp16', 'bf16')]
+    if bad:
+        raise click.BadParameter(f'{bad[0]!r}: choose from fp16, bf16', param_hint='--dtypes')
+    info = machine(gpu=False)
+    try:
+        settings, rows = measure_rounding(data, images, dtypes, noise, log=lambda m: click.echo(m, err=True))
+    except FIDUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    settings['torch_threads'] = torch.get_num_threads()
+    _finish(out, info, name or f'fid-rounding-{images}', settings, rows, plot=False)
 
 
 @bench.command(context_settings=CTX)

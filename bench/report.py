@@ -141,8 +141,22 @@ def soak_table(rows):
                     str(sum(sum(r['errors'].values()) for r in done))]])
 
 
+def fid_rounding_table(rows):
+    done = [r for r in rows if r.get('kind') == 'fid-rounding']
+
+    def delta(r, key):
+        return DASH if f'{key}_delta' not in r else f'{r[f"{key}_delta"]:+.3g} ({100 * r[f"{key}_rel_delta"]:+.3f}%)'
+    return _table(['Inception weights', 'file MB', 'FID test vs train', 'change', 'FID noisy vs train', 'change',
+                   'feature error mean / max', 'FID same images vs fp32'],
+                  [[r['weights'], _fmt(r['file_mb']), f"{r['fid_test_vs_train']:.2f}", delta(r, 'fid_test_vs_train'),
+                    f"{r['fid_noisy_vs_train']:.2f}", delta(r, 'fid_noisy_vs_train'),
+                    DASH if 'feature_rel_error_mean' not in r else
+                    f'{100 * r["feature_rel_error_mean"]:.3f}% / {100 * r["feature_rel_error_max"]:.3f}%',
+                    _fmt(r.get('fid_same_images_vs_fp32'))] for r in done])
+
+
 TABLES = {'generate': generate_table, 'teacher-vs-student': teacher_table, 'http': http_table, 'http-open-loop': open_loop_table,
-          'train': train_table, 'soak': soak_table}
+          'train': train_table, 'soak': soak_table, 'fid-rounding': fid_rounding_table}
 
 # The issues' targets for the CIFAR-10 DDPM++-size networks on the H100 ([bench]: generation; [trainer]: training),
 # checked where the data exist.
@@ -216,6 +230,7 @@ def render(results_dir, readme):
              'sida bench http --url http://127.0.0.1:8000 --rate 400,800 --client-processes 8   # above a few hundred requests/s: '
              'several client processes',
              'sida bench train --variants fp32,bf16,bf16-compile --batch 128 --iters 20',
+             'sida bench fid-rounding --data cifar10-jpeg.tar.gz --images 300   # FID with fp16/bf16-rounded Inception weights',
              'sida bench report',
              '```', '',
              '- Latency is wall time per call, fenced by `torch.cuda.synchronize()` on GPU; warm-up calls, compilation, '

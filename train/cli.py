@@ -133,7 +133,8 @@ def data_free_run_options(f):
 @click.option('--loss-scale-d', type=float, default=1.0, help='Scale of the discriminator loss (sida/sid2a).')
 @click.option('--loss-scale-g-gan', type=float, default=0.01, help="Scale of the generator's adversarial loss (sida/sid2a).")
 @click.option('--metric-features', default=None,
-              help='Quality metric feature network: inception:PATH or classifier:PATH (local TorchScript).')
+              help='Quality metric feature network: inception:PATH or classifier:PATH (local TorchScript); inception alone: the [fid] '
+                   'extra\'s TF-FID weights.')
 @click.option('--metric-every', type=COUNT, default='0', help='Images between quality evaluations (0 = off).')
 @click.option('--metric-samples', type=COUNT, default='10k', help='Generated images per evaluation.')
 @run_options
@@ -318,11 +319,19 @@ def _named_paths(items, option):
 @device_option()
 @click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
               help='Folder for eval.json (and curves.png with --curves, stats-cache/).')
+@click.option('--fid/--no-fid', default=True,
+              help='Also Inception FID (TF-FID weights from the [fid] extra, or --fid-weights) against the training split.')
+@click.option('--fid-weights', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help='A local Inception TorchScript for FID instead of the [fid] extra\'s, e.g. a rounded copy from '
+                   '`sida bench fid-weights` (upcast to fp32).')
+@click.option('--stats-cache', type=click.Path(file_okay=False, path_type=Path), default=None, show_default='OUT/stats-cache',
+              help='Where reference statistics are cached, keyed by the data file\'s hash and the feature network '
+                   '(share it between evaluations of the same data).')
 @click.option('--record/--no-record', default=False, help='Also write the numbers into each student bundle\'s provenance.metrics.')
 @click.option('--curves', multiple=True, help='LABEL=RUN_DIR: plot FD vs images seen from its log.jsonl (repeatable).')
 def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_steps, students, captions, text_embeddings,
-             samples, batch, device, out_dir, record, curves):
-    """FD-CIFAR, precision/recall, class accuracy and time per image of teachers and students, side by side."""
+             samples, batch, device, out_dir, fid, fid_weights, stats_cache, record, curves):
+    """FD-CIFAR, Inception FID, precision/recall, class accuracy and time per image of teachers and students, side by side."""
     import torch
 
     from models.bundle import BundleError, load_bundle
@@ -340,6 +349,12 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             raise ValueError
     except ValueError:
         raise click.BadParameter(f'{teacher_steps!r}: give Heun step counts >= 1, like 18,9', param_hint='--teacher-steps') from None
+    if fid and fid_weights is None:
+        from train.metrics import FIDUnavailable, inception_weights
+        try:
+            inception_weights()
+        except FIDUnavailable as e:
+            _fail(f'{e}; or pass --no-fid to skip FID')
     try:
         use_precomputed(text_embeddings)
     except Exception as e:                      # safetensors raises its own error type for a file that is not one
@@ -373,8 +388,11 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             else:
                 bundles[name] = (path, bundle)
                 models.append((f'{name} (1 step)', 'student', student_fn(bundle.generator), c['kind'], encoder))
-    result = run_eval(dataset, test, classifier_path, models, n=samples, device=device, batch=batch, autocast=device == 'cuda',
-                      log=click.echo, cache_dir=out_dir / 'stats-cache')
+    try:
+        result = run_eval(dataset, test, classifier_path, models, n=samples, device=device, batch=batch, autocast=device == 'cuda',
+                          log=click.echo, cache_dir=stats_cache or out_dir / 'stats-cache', fid=fid, fid_weights=fid_weights)
+    except ValueError as e:             # a --fid-weights file that is not TorchScript
+        _fail(str(e))
     result['date'] = __import__('datetime').date.today().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / 'eval.json'
@@ -386,18 +404,25 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     click.echo(f'wrote {out_path}')
     if record:
         rows = {r['name']: r for r in result['rows']}
-        floor = rows.get('test split', {}).get('fd')
+        floor = rows.get('test split', {})
         # The teacher's number goes into a student's card only when it is unambiguous: one teacher, run at 35 NFE.
-        teacher35 = rows.get(f'{next(iter(named["teacher"]))} (Heun, 35 NFE)', {}).get('fd') if len(named['teacher']) == 1 else None
+        teacher35 = rows.get(f'{next(iter(named["teacher"]))} (Heun, 35 NFE)', {}) if len(named['teacher']) == 1 else {}
         for name, (path, bundle) in bundles.items():
             row = rows[f'{name} (1 step)']
             metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': bundle.config.provenance.get('images_seen'),
                        'feature_space': 'FD-CIFAR (not Inception FID)', 'eval_samples': row['images']}
             if 'class_accuracy' in row:
                 metrics['class_accuracy'] = round(row['class_accuracy'], 4)
-            if teacher35 is not None:
-                metrics['fd_cifar_teacher_nfe35'] = round(teacher35, 4)
-            if floor is not None:
-                metrics['fd_cifar_test_split'] = round(floor, 4)
+            for metric, key in (('fd', 'fd_cifar'), ('fid', 'fid')):
+                if metric not in row:
+                    continue
+                metrics[key] = round(row[metric], 4)
+                if metric in teacher35:
+                    metrics[f'{key}_teacher_nfe35'] = round(teacher35[metric], 4)
+                if metric in floor:
+                    metrics[f'{key}_test_split'] = round(floor[metric], 4)
+            if 'fid' in row:
+                metrics['fid_weights'] = result['fid']['weights']
+                metrics['fid_reference_images'] = result['fid']['reference_images']
             record_in_bundle(path, metrics)
             click.echo(f'recorded metrics in {path}/sida.json')

@@ -123,10 +123,10 @@ def make_metric(o, trainer, dataset, stream, condition, shape, rt):
         raise click.UsageError('--metric-features compares with real images: give --data')
     from models.generator import to_uint8_nhwc
     from models.seeds import noise_for_seeds
-    from train.metrics import DataReference, load_features
+    from train.metrics import DataReference, FIDUnavailable, load_features
     try:
         features = load_features(o['metric_features'], rt.device)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, FIDUnavailable) as e:
         raise click.ClickException(str(e)) from None
     real = stream.images if stream.images is not None else dataset.load_all()
     key = f'{dataset.path}|{o["data_prefix"]}|{len(dataset)}|{dataset.resolution}|{o["max_data"]}'

@@ -1,11 +1,13 @@
 """Side-by-side quality of a teacher (EDM Heun sampler) and one-step students, in one feature space.
 
-For every model: Frechet distance and precision/recall against the training split, the accuracy with
-which the feature classifier recognises the requested class, and wall-clock per image at a fixed batch.
-The test split's own distance is the floor. Results go to a JSON file and, optionally, into each
-student bundle's `provenance.metrics` (keys `fd_cifar`, `class_accuracy`, ...).
+For every model: Frechet distance and precision/recall against the training split in the project
+classifier's space (FD-CIFAR), Inception FID against the same training split (TF-FID weights; optional),
+the accuracy with which the feature classifier recognises the requested class, and wall-clock per image
+at a fixed batch. The test split's own distances are the floor. Results go to a JSON file and, optionally,
+into each student bundle's `provenance.metrics` (keys `fd_cifar`, `fid`, `class_accuracy`, ...).
 """
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 from models.generator import to_uint8_nhwc
 from models.heun_sampler import edm_sample
 from models.seeds import noise_for_seeds
-from train.metrics import DataReference, extract, frechet_distance, load_features, statistics
+from train.metrics import DataReference, InceptionFeatures, extract, file_digest, frechet_distance, load_features, statistics
 
 EVAL_SEED = 10**7        # evaluation noise never overlaps training or sample-grid seeds
 
@@ -79,26 +81,57 @@ def class_accuracy(features, images_uint8, labels):
     return correct / len(images_uint8)
 
 
+def data_key(dataset, shape):
+    """What identifies a data set's reference statistics: the archive's sha256 (a folder: its file names and sizes),
+    the images taken from it and their shape. A changed file gets new statistics; a moved one keeps them."""
+    if dataset.path.is_file():
+        digest = file_digest(dataset.path)
+    else:
+        h = hashlib.sha256()
+        for name in dataset.names:
+            h.update(f'{name}|{(dataset.path / name).stat().st_size}\n'.encode())
+        digest = h.hexdigest()[:16]
+    return f'{dataset.path.name}|sha256:{digest}|{len(dataset)}|{dataset.names[0]}|{dataset.names[-1]}|{tuple(shape)}'
+
+
+def describe_inception(features):
+    """Which Inception weights a FID was measured with, for eval.json and bundle cards."""
+    if features.rounding:
+        return f'TF-FID Inception-v3 (2015-12-05), {features.rounding["dtype"]}-rounded copy {features.path.name} ({features.id})'
+    return f'TF-FID Inception-v3 (2015-12-05), {features.path.name} ({features.id})'
+
+
 def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='cpu', batch=500, autocast=False, log=print,
-             cache_dir=None):
+             cache_dir=None, fid=False, fid_weights=None):
     """models: [(name, kind, fn(noise, cond) -> [-1,1] images, condition kind)], kind 'teacher' or 'student'.
 
-    Returns {'reference': ..., 'rows': [{name, fd, precision, recall, class_accuracy, seconds_per_image}]}.
+    fid: also Inception FID against the training split, with `fid_weights` (a local TorchScript, e.g. a rounded
+    copy) or, when None, the weights of the [fid] extra.
+    Returns {'reference': ..., 'rows': [{name, fd, fid, precision, recall, class_accuracy, seconds_per_image}]}.
     """
     features = load_features(f'classifier:{classifier_path}', device)
+    inception = InceptionFeatures(fid_weights, device) if fid else None
     train_images = dataset.load_all()
-    key = f'{dataset.path}|{len(dataset)}|{dataset.names[0]}|{dataset.names[-1]}|{tuple(train_images.shape[1:])}'
-    reference = DataReference(features, train_images, key, cache_dir=cache_dir)
     shape = tuple(train_images.shape[1:])
+    key = data_key(dataset, shape)
+    reference = DataReference(features, train_images, key, cache_dir=cache_dir)
+    fid_reference = None
+    if inception is not None:
+        log(f'Inception FID: {describe_inception(inception)}')
+        fid_reference = DataReference(inception, train_images, key, cache_dir=cache_dir, sample=0)
+        cached = f' (cached in {fid_reference.path})' if fid_reference.cached else ''
+        log(f'FID reference: {fid_reference.count} training images{cached}')
     rows = []
     if test_dataset is not None:
         test_images = test_dataset.load_all()
         mu, sigma = statistics(extract(features, test_images))
         rows.append({'name': 'test split', 'kind': 'data', 'images': len(test_images),
                      'fd': frechet_distance(mu, sigma, reference.mu, reference.sigma)})
+        if fid_reference is not None:
+            rows[-1]['fid'] = fid_reference.compare(test_images, 'x')['metric_fd_x']
         if test_dataset.labels is not None:
             rows[-1]['class_accuracy'] = class_accuracy(features, test_images, torch.as_tensor(test_dataset.labels))
-        log(f'test split: FD {rows[-1]["fd"]:.3f}')
+        log('test split: ' + ', '.join(f'{k} {v:.4g}' for k, v in rows[-1].items() if isinstance(v, float)))
     encoders = {}
     for name, kind, fn, cond_kind, encoder in models:
         if cond_kind == 'text' and id(encoder) not in encoders:      # encode the captions once per encoder
@@ -108,14 +141,24 @@ def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='c
         m = reference.compare(images, 'x')
         row = {'name': name, 'kind': kind, 'images': n, 'fd': m['metric_fd_x'], 'precision': m['precision_x'],
                'recall': m['recall_x'], 'seconds_per_image': seconds, 'batch': batch}
+        if fid_reference is not None:
+            row['fid'] = fid_reference.compare(images, 'x')['metric_fd_x']
         if cond.labels is not None and cond_kind in ('class', 'text'):
             row['class_accuracy'] = class_accuracy(features, images, cond.labels)
         rows.append(row)
         log(f'{name}: ' + ', '.join(f'{k} {v:.4g}' for k, v in row.items() if isinstance(v, float)))
-    return {'feature_space': 'FD-CIFAR (penultimate features of the project classifier; not Inception FID)',
-            'classifier': str(classifier_path), 'features_id': features.id, 'reference': f'{dataset.path} ({len(dataset)} images)',
-            'device': torch.cuda.get_device_name() if torch.device(device).type == 'cuda' else 'cpu',
-            'precision': 'bf16 autocast' if autocast else 'fp32', 'rows': rows}
+    result = {'feature_space': 'FD-CIFAR (penultimate features of the project classifier; not Inception FID)',
+              'classifier': str(classifier_path), 'features_id': features.id, 'reference': f'{dataset.path} ({len(dataset)} images)',
+              'device': torch.cuda.get_device_name() if torch.device(device).type == 'cuda' else 'cpu',
+              'precision': 'bf16 autocast' if autocast else 'fp32', 'rows': rows}
+    if inception is not None:
+        result['fid'] = {'weights': describe_inception(inception), 'features_id': inception.id, 'rounding': inception.rounding,
+                         'reference_images': fid_reference.count,
+                         'protocol': 'pool3 features of uint8 images resized to 299x299 as TF1 resize_bilinear does, fp32; '
+                                     'each row\'s images against the training split\'s statistics',
+                         'note': 'comparable between models measured on the same data and sample count; FID on the JPEG '
+                                 'CIFAR-10 copy, or from fewer than 50k samples, is not comparable with published CIFAR-10 FIDs'}
+    return result
 
 
 def teacher_fn(denoiser, num_steps):

@@ -103,9 +103,10 @@ def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset,
     teacher = tmp_path / 'teacher' / 'bundle'
     r = sida('train', 'evaluate', '--data', data, '--test-prefix', 'train', '--classifier', tmp_path / 'clf' / 'classifier.pt',
              '--teacher', f'teacher={teacher}', '--teacher-steps', '18,2', '--student', f'student={teacher}', '--samples', '40',
-             '--batch', '20', '--device', 'cpu', '--out', tmp_path / 'eval', '--record')
+             '--batch', '20', '--device', 'cpu', '--out', tmp_path / 'eval', '--record', '--no-fid')   # FID: tests/train/test_fid.py
     assert r.returncode == 0, r.stderr
     rows = {row['name']: row for row in json.loads((tmp_path / 'eval' / 'eval.json').read_text())['rows']}
+    assert not any('fid' in row for row in rows.values())
     assert set(rows) == {'test split', 'teacher (Heun, 35 NFE)', 'teacher (Heun, 3 NFE)', 'student (1 step)'}
     assert rows['test split']['fd'] < 1e-6                       # the reference compared with itself
     assert rows['student (1 step)']['fd'] > rows['test split']['fd'] and 0 <= rows['student (1 step)']['class_accuracy'] <= 1
@@ -113,6 +114,7 @@ def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset,
     assert metrics['fd_cifar'] == round(rows['student (1 step)']['fd'], 4) and metrics['images_seen'] == 16
     assert metrics['fd_cifar_test_split'] == round(rows['test split']['fd'], 4)
     assert metrics['fd_cifar_teacher_nfe35'] == round(rows['teacher (Heun, 35 NFE)']['fd'], 4)
+    assert not any(k.startswith('fid') for k in metrics)
     r = sida('train', 'evaluate', '--data', data, '--classifier', tmp_path / 'clf' / 'classifier.pt', '--student', 'x=/nope',
              '--out', tmp_path / 'e2')
     assert r.returncode == 2 and "expected NAME=PATH" in r.stderr
@@ -135,6 +137,6 @@ def test_evaluate_refuses_bad_input_in_one_line(cifar_subset, tmp_path, args, fr
     (tmp_path / 'clf.pt').write_bytes(b'not a network')
     args = [a.format(b=tmp_path / 'other', other=tmp_path / 'other', clf=tmp_path / 'clf.pt') for a in args]
     r = sida('train', 'evaluate', '--data', cifar_subset.parent, '--data-prefix', 'train', '--test-prefix', '',
-             '--classifier', tmp_path / 'clf.pt', '--out', tmp_path / 'e', *args)
+             '--classifier', tmp_path / 'clf.pt', '--out', tmp_path / 'e', '--no-fid', *args)
     assert r.returncode in (1, 2) and fragment in r.stderr, r.stderr
     assert 'Traceback' not in r.stderr and not (tmp_path / 'e' / 'eval.json').exists()

@@ -59,5 +59,10 @@ def test_classifier_space_reference_is_cached(tmp_path):
     same = ref.compare(real, 'clf')
     shifted = ref.compare((real.float() * 0.3).to(torch.uint8), 'clf')
     assert same['metric_fd_clf'] < 1e-6 < shifted['metric_fd_clf']
+    assert 0 <= same['precision_clf'] <= 1 and 0 <= same['recall_clf'] <= 1
+    fd_only = DataReference(features, real, key='toy', cache_dir=tmp_path / 'cache', sample=0)     # as FID keeps it
+    assert len(list((tmp_path / 'cache').glob('*.npz'))) == 2 and fd_only.count == 300 and len(fd_only.sample) == 0
+    assert DataReference(features, real[:0], key='toy', cache_dir=tmp_path / 'cache', sample=0).cached
+    assert fd_only.compare(real, 'clf') == {'metric_fd_clf': pytest.approx(same['metric_fd_clf'], abs=1e-9)}
     with pytest.raises(FileNotFoundError, match='feature network not found'):
         load_features(f'inception:{tmp_path / "missing.pt"}')

@@ -7,7 +7,8 @@
 # classifier  the FD-CIFAR feature network (a small ResNet; not Inception)
 # teachers    class- and text-conditioned EDM teachers, trained side by side on one GPU
 # students    SiDA (class), SiD (class, for comparison) and SiDA (text) one-step students, side by side
-# evaluate    FD-CIFAR of teacher (Heun 35 / 17 NFE), students and the test split; class accuracy; time per image
+# evaluate    FD-CIFAR and Inception FID of teacher (Heun 35 / 17 NFE), students and the test split; class accuracy;
+#             time per image. FID needs the [fid] extra, or FID_WEIGHTS=inception-fp16.pt (`sida bench fid-weights`)
 #
 # Lengths: TEACHER_IMAGES / STUDENT_IMAGES (images seen) and TIME_LIMIT (wall time per training job, e.g.
 # 8m; 0 = none): whichever comes first ends a job with a checkpoint and a bundle. The defaults are what
@@ -26,6 +27,7 @@ TIME_LIMIT=${TIME_LIMIT:-0}
 EVAL_SAMPLES=${EVAL_SAMPLES:-10k}
 CAPTIONS=${CAPTIONS:-$OUT/captions}          # captions.json + text-embeddings.safetensors
 CLASSIFIER=$OUT/classifier/classifier.pt
+FID=(--stats-cache "$OUT/stats-cache" ${FID_WEIGHTS:+--fid-weights "$FID_WEIGHTS"})   # both evaluations share the 50k reference
 ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
 COMMON=(--data "$DATA" --data-prefix train --time-limit "$TIME_LIMIT" --save-dtype fp16 --channels-last --tf32)
 TEXT=(--captions "$CAPTIONS/captions.json" --text-embeddings "$CAPTIONS/text-embeddings.safetensors")
@@ -63,10 +65,10 @@ students() {
 }
 
 evaluate() {
-    $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record \
+    $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record "${FID[@]}" \
         --teacher "teacher=$OUT/teacher-class/bundle" --student "SiDA=$OUT/sida-class/bundle" --student "SiD=$OUT/sid-class/bundle" \
         --curves "SiDA=$OUT/sida-class" --curves "SiD=$OUT/sid-class" --out "$OUT/eval-class"
-    $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record --test-prefix '' \
+    $SIDA train evaluate --data "$DATA" --classifier "$CLASSIFIER" --samples "$EVAL_SAMPLES" --record "${FID[@]}" --test-prefix '' \
         "${TEXT[@]}" --teacher "teacher-text=$OUT/teacher-text/bundle" --student "SiDA-text=$OUT/sida-text/bundle" \
         --out "$OUT/eval-text"
 }
