@@ -61,7 +61,7 @@ def git_commit():
         return os.environ['SIDA_BENCH_COMMIT']
     try:
         out = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=20,
-                             cwd=Path(__file__).resolve().parents[2])
+                             cwd=Path(__file__).resolve().parents[1])
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
