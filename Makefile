@@ -29,9 +29,10 @@ browser:
 	  [ -n "$$APT" ] && $$APT update -q && DEBIAN_FRONTEND=noninteractive $$APT install -y -q chromium nginx-light; } \
 	  || echo 'chromium/nginx could not be installed: the browser and proxy tests will skip'
 
-# One pytest worker per core, each test handed to whichever worker is free (the slow ones would otherwise queue).
+# One pytest worker per core and one more (a third of the suite waits on servers and subprocesses, so a spare worker
+# keeps the cores busy), each test handed to whichever worker is free (the slow ones would otherwise queue).
 test: setup browser
-	$(PY) -m pytest -q -n auto --dist worksteal tests
+	$(PY) -m pytest -q -n $$(( $$(nproc) + 1 )) --dist worksteal tests
 
 # The zoo recipe (models/zoo/README.md) on a GPU machine: every stage at full length into runs/zoo.
 zoo: setup

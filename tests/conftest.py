@@ -6,7 +6,7 @@ import torch
 
 from models.architecture import adm, ddpmpp, ncsnpp
 
-# Under pytest-xdist (`make test` runs one worker per core) each worker and the processes it starts get an equal share
+# Under pytest-xdist (`make test` runs one worker per core, plus one) each worker and the processes it starts get an equal share
 # of the cores: torch's default of one thread per core in every worker would oversubscribe them.
 _WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 if _WORKERS > 1:
