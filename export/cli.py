@@ -139,7 +139,7 @@ def from_pickle(pickle_path, out, init_sigma, labels, name, key, save_dtype):
     try:
         config = bundle_from_pickle(pickle_path, out, init_sigma=init_sigma, name=name, labels=labels, key=key, dtype=save_dtype)
     except PickleImportError as e:
-        raise click.BadParameter(str(e), param_hint='--labels' if 'labels' in str(e) else '--init-sigma') from None
+        raise click.BadParameter(str(e), param_hint=e.param) from None
     except (pickle.UnpicklingError, ValueError, EOFError) as e:
         raise click.ClickException(f'{pickle_path}: {e}' if str(pickle_path) not in str(e) else str(e)) from None
     click.echo(f'wrote bundle {config.name!r} ({config.condition["kind"]}, {config.resolution}x{config.resolution}, '

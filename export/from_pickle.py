@@ -17,22 +17,27 @@ NAMED_LABELS = {'cifar10': CIFAR10_CLASSES}
 
 
 class PickleImportError(ValueError):
-    pass
+    """A bad option value; `param` names the option."""
+
+    def __init__(self, message, param):
+        super().__init__(message)
+        self.param = param
 
 
 def class_names(labels, label_dim):
     """The condition's class names: 'cifar10', a comma-separated list, or None (the indices as names)."""
     if not label_dim:
         if labels:
-            raise PickleImportError('--labels was given, but the network is unconditional (label_dim 0)')
+            raise PickleImportError('--labels was given, but the network is unconditional (label_dim 0)', '--labels')
         return None
     if labels is None:
         names = [str(i) for i in range(label_dim)]
     else:
         names = list(NAMED_LABELS.get(labels.lower(), [n.strip() for n in labels.split(',')]))
     if len(names) != label_dim or len(set(names)) != len(names) or not all(names):
-        raise PickleImportError(f'the network has {label_dim} classes; --labels names {len(names)} '
-                                f'({", ".join(names[:12])}{", ..." if len(names) > 12 else ""}): give {label_dim} distinct names')
+        shown = ', '.join(names[:12]) + (', ...' if len(names) > 12 else '')
+        raise PickleImportError(f'the network has {label_dim} classes; --labels names {len(names)} ({shown}): '
+                                f'give {label_dim} distinct names', '--labels')
     return names
 
 
@@ -40,7 +45,7 @@ def bundle_from_pickle(pickle_path, out, *, init_sigma=2.5, name=None, labels=No
     """Write the bundle; returns its config."""
     pickle_path = Path(pickle_path)
     if not init_sigma > 0:
-        raise PickleImportError(f'--init-sigma must be positive, got {init_sigma}')
+        raise PickleImportError(f'--init-sigma must be positive, got {init_sigma}', '--init-sigma')
     denoiser, spec = load_edm_pickle(pickle_path, key=key)
     names = class_names(labels, spec['network_kwargs'].get('label_dim', 0))
     condition = {'kind': 'class', 'labels': names} if names else {'kind': 'none'}

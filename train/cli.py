@@ -388,10 +388,11 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             else:
                 bundles[name] = (path, bundle)
                 models.append((f'{name} (1 step)', 'student', student_fn(bundle.generator), c['kind'], encoder))
+    from train.metrics import NotTorchScript
     try:
         result = run_eval(dataset, test, classifier_path, models, n=samples, device=device, batch=batch, autocast=device == 'cuda',
                           log=click.echo, cache_dir=stats_cache or out_dir / 'stats-cache', fid=fid, fid_weights=fid_weights)
-    except ValueError as e:             # a --fid-weights file that is not TorchScript
+    except NotTorchScript as e:         # a --fid-weights (or --classifier) file that is not TorchScript
         _fail(str(e))
     result['date'] = __import__('datetime').date.today().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,10 @@ class FIDUnavailable(RuntimeError):
     """The Inception weights are not installed (and no local copy was given)."""
 
 
+class NotTorchScript(ValueError):
+    """A feature-network file that TorchScript cannot load."""
+
+
 def file_digest(path):
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -66,7 +70,7 @@ class TorchScriptFeatures:
         try:
             self.net = torch.jit.load(str(path), map_location=self.device, _extra_files=extra).eval()
         except RuntimeError as e:
-            raise ValueError(f'{path}: not a TorchScript file ({str(e).splitlines()[0]})') from None
+            raise NotTorchScript(f'{path}: not a TorchScript file ({str(e).splitlines()[0]})') from None
         self.rounding = json.loads(extra[ROUNDING_META]) if extra[ROUNDING_META] else None
         self.id = f'{self.kind}-{file_digest(path)}'
 
