@@ -31,6 +31,15 @@
 #   bench/gpu_session.sh autotune OUT    the one-time max-autotune `sida export compile` of both models, its compiled code in
 #                                                 OUT/autotune-exports.tgz; carry that file into a later call and run
 #       AUTOTUNE_EXPORTS=build/autotune-exports.tgz bench/gpu_session.sh speed OUT   (max-autotune rows, loaded, not tuned)
+#   bench/gpu_session.sh triton  OUT CARRY  `sida serve --triton` beside the FastAPI path on the same GPU, ddpmpp-cifar10 on
+#                                                 compile (reduce-overhead): latency at n=1, closed loop at n=16 (npy), open loop;
+#                                                 CARRY holds tsite.tar.xz (nvidia-pytriton 0.7.0 + numpy 1.26.4 for cp312,
+#                                                 trimmed) and the server wheels, both made by bench/triton_carry.sh
+#   bench/gpu_session.sh fid     OUT CARRY  Inception FID (50k samples against the 50k training images) and FD-CIFAR of the
+#                                                 zoo's students and the test split; CARRY holds cifar10-jpeg.tar.gz, the fp16
+#                                                 Inception copy gzipped (`sida bench fid-weights`, 40 MB as .pt.gz) and
+#                                                 captions.tar.gz (`sida train captions ... --out captions`); bundles' sida.json
+#                                                 (with --record's metrics) and eval.json come back in OUT
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -350,6 +359,48 @@ EOF
     pack
     table zoo compile-bf16 "$ZOO_VARIANTS$TUNED" "$(cap 110)"     # last: if cut short, its rows are in logs/table-zoo.log
     pack
+    ;;
+triton)
+    # PyTriton needs numpy<2 (numpy 2 garbles its tensors) and its python-backend stub finds packages only through the
+    # interpreter's own site-packages (PYTHONPATH does not reach it). So: a venv over the machine's Python whose .pth
+    # puts the carried site (pytriton, numpy 1.26) and the server wheels first, for the server and the stub alike.
+    CARRY=${3:?carry dir}
+    tar xJf "$CARRY/tsite.tar.xz" -C /tmp && python3 -m pip install -q --no-index --no-deps --target /tmp/srv "$CARRY"/*.whl
+    python3 -m venv --without-pip --system-site-packages /tmp/tvenv
+    SITE=$(/tmp/tvenv/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "import sys; sys.path[:0] = ['/tmp/tsite', '/tmp/srv', '$PWD']" > "$SITE/sida-carry.pth"
+    SIDA=(/tmp/tvenv/bin/python3 -m sida.cli); export PATH=/tmp/srv/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    /tmp/tvenv/bin/python3 -c 'import sysconfig as s, os, numpy, pytriton; d = s.get_config_var("LIBDIR"); n = s.get_config_var("INSTSONAME")
+print("numpy", numpy.__version__, "libpython", os.path.join(d, n), os.path.exists(os.path.join(d, n)))' | tee -a "$OUT/machine.txt"
+    RES=$OUT/results
+    /tmp/tvenv/bin/python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
+    OPTS=(--backend compile --compile-mode reduce-overhead --max-batch 128 --max-queue-images 4096)
+    for mode in fastapi triton; do
+        extra=(); limit=240; [ $mode = triton ] && extra=(--triton) && limit=150     # triton: compiled code cached by then
+        if server_up ddpmpp-$mode build/bench-bundles/ddpmpp-cifar10 $limit "${OPTS[@]}" "${extra[@]}"; then
+            load http-ddpmpp-$mode-n1 --concurrency 1 --n 1 --duration 4 --warmup-requests 20
+            load http-ddpmpp-$mode-n16-npy --concurrency 16,32,64 --n 16 --format npy --response binary --duration 4
+            load http-ddpmpp-$mode-open --rate 150,300 --n 16 --format npy --response binary --duration 4 --deadline-ms 1000
+            server_down ddpmpp-$mode; fi
+    done
+    timeout $((590 - SECONDS)) "${SIDA[@]}" bench generate --backends compile-bf16 --compile-mode reduce-overhead --batch 1,16,64,128 \
+        --runs 20 --max-seconds 3 --out "$RES" --bundle build/bench-bundles/ddpmpp-cifar10 --name generate-ddpmpp 2>&1 | tail -n 8
+    echo "stage took $SECONDS s"
+    ;;
+fid)
+    CARRY=${3:?carry dir}; U=/tmp/unpacked; mkdir -p $U     # gzipped to fit the 64 MiB carry beside the data
+    gunzip -c $CARRY/inception-fp16.pt.gz > $U/inception-fp16.pt && tar xzf $CARRY/captions.tar.gz -C $U
+    EVAL=(--data $CARRY/cifar10-jpeg.tar.gz --classifier models/zoo/fd-cifar-classifier/classifier.pt
+        --samples ${SAMPLES:-50k} --fid-weights $U/inception-fp16.pt --stats-cache /tmp/stats-cache --record)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    cp -r models/zoo/cifar10-cond models/zoo/cifar10-text /tmp/
+    timeout 280 "${SIDA[@]}" train evaluate "${EVAL[@]}" --student cifar10-cond=/tmp/cifar10-cond --out "$OUT/eval-class" \
+        2>&1 | tee "$OUT/eval-class.log"
+    timeout $((590 - SECONDS)) "${SIDA[@]}" train evaluate "${EVAL[@]}" --test-prefix '' --student cifar10-text=/tmp/cifar10-text \
+        --captions $U/captions/captions.json --text-embeddings $U/captions/text-embeddings.safetensors \
+        --out "$OUT/eval-text" 2>&1 | tee "$OUT/eval-text.log"
+    for m in cifar10-cond cifar10-text; do cp /tmp/$m/sida.json "$OUT/$m.sida.json"; done
     ;;
 sd)
     WHEELS=${3:?wheels dir}
