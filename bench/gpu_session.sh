@@ -20,7 +20,7 @@
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_17_x86_64 \
 #           --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 -d .whl fastapi starlette pydantic pydantic-core \
 #           pydantic-settings python-dotenv annotated-types typing-inspection typing-extensions uvicorn httptools \
-#           opentelemetry-api py-spy==0.4.3
+#           opentelemetry-api py-spy==0.4.3 aiohttp yarl multidict frozenlist propcache aiosignal aiohappyeyeballs attrs
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold and warm start of `sida serve --backend compile` (MODE=reduce-overhead)
 #   bench/gpu_session.sh speed   OUT     compile speed candidates (freezing, channels-last, mode; bf16 at batch 1, 64, 256,

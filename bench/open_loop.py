@@ -16,7 +16,7 @@ import random
 import re
 import time
 
-from bench.loadtest import CLIENTS_PER_POOL, answered_summary, count_answer, new_tally
+from bench.loadtest import answered_summary, client_errors, client_session, count_answer, new_tally, post_generate
 from bench.record import percentiles
 
 METRIC = re.compile(r'^sida_batch_size_(bucket|sum|count)\{([^}]*)\}\s+(\S+)')
@@ -87,17 +87,16 @@ def scrape_batch_sizes(url, model, headers, timeout):
 async def rate_step(url, schedule, template, timeout, first_seed, seed_step, headers, ready=None):
     """Send a request at each time of `schedule` (seconds from the start) and wait for every answer; returns the tally
     with the send lags, 429 times, send times and `finished`, all from the start. Seeds and `ready` as in closed_loop."""
-    import httpx
-    tally, seeds = new_tally(), itertools.count(first_seed, seed_step)
+    tally, seeds, errors = new_tally(), itertools.count(first_seed, seed_step), client_errors()
     tally.update(lags=[], rejected=[], sent_at=[])
 
-    async def send(client, due):
+    async def send(due):
         now = time.perf_counter()
         tally['sent_at'].append(now - start)
         tally['lags'].append(now - due)
         try:
-            r = await client.post('/v1/generate', json={**template, 'seed': next(seeds)})
-        except httpx.HTTPError as e:
+            r = await post_generate(session, {**template, 'seed': next(seeds)})
+        except errors as e:
             tally['codes'][type(e).__name__] += 1
             return
         answered = time.perf_counter()
@@ -105,21 +104,16 @@ async def rate_step(url, schedule, template, timeout, first_seed, seed_step, hea
         if r.status_code == 429:                        # the server's refusal time: from sending, not from the schedule
             tally['rejected'].append(answered - now)
 
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)    # open loop: no client-side cap
-    clients = [httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers, limits=limits) for _ in range(CLIENTS_PER_POOL)]
-    try:
+    async with client_session(url, timeout, headers) as session:     # open loop: no client-side cap on connections
         if ready:
             ready()
         tasks = []
         start = time.perf_counter()
-        for i, offset in enumerate(schedule):
+        for offset in schedule:
             await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
-            tasks.append(asyncio.create_task(send(clients[i % len(clients)], start + offset)))
+            tasks.append(asyncio.create_task(send(start + offset)))
         await asyncio.gather(*tasks)
         tally['finished'] = time.perf_counter() - start
-    finally:
-        for client in clients:
-            await client.aclose()
     return tally
 
 

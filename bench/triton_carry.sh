@@ -13,9 +13,10 @@ pip install -q --target "$SITE" --python-version 3.12 --implementation cp --only
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 nvidia-pytriton==0.7.0 numpy==1.26.4
 cd "$SITE"
 # Only the 3.12 python-backend stub is used; libpython3.13 serves only the 3.13 stub; rich/pygments only pretty-print
-# PyTriton's CLI; pydantic and typing helpers come with the server wheels (same versions).
+# PyTriton's CLI; pydantic, aiohttp and their helpers come with the server wheels (same versions).
 rm -rf nvidia_pytriton.libs/libpython3-*.13.so* bin rich* pygments* markdown_it* mdurl* \
-    pydantic pydantic-2* pydantic_core pydantic_core-* typing_extensions* annotated_types* typing_inspection*
+    pydantic pydantic-2* pydantic_core pydantic_core-* typing_extensions* annotated_types* typing_inspection* \
+    aiohttp* yarl* multidict* frozenlist* propcache* aiosignal* aiohappyeyeballs* attrs* attr
 for v in pytriton/tritonserver/python_backend_stubs/*; do [ "${v##*/}" = 3.12 ] || rm -rf "$v"; done
 find . -name __pycache__ -type d -prune -exec rm -rf {} +
 rm -rf numpy/*/tests numpy/tests

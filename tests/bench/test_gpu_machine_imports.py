@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 SERVER_ONLY = ['fastapi', 'pydantic', 'pydantic_settings', 'uvicorn', 'starlette', 'gradio', 'prometheus_client',
-               'sentence_transformers', 'httpx']
+               'sentence_transformers', 'httpx', 'aiohttp']
 
 
 def test_generate_and_teacher_vs_student_run_with_the_server_stack_unimportable(tiny_bundle, tmp_path):
