@@ -35,21 +35,32 @@ def save_optimizer(path, optimizer):
     save_file(tensors, str(path), metadata={'param_groups': json.dumps(state['param_groups'])})
 
 
-def load_optimizer(path, optimizer):
+HYPERPARAMETERS = ('lr', 'betas', 'eps', 'weight_decay')
+
+
+def load_optimizer(path, optimizer, scheduled=()):
+    """Restore `optimizer` from `path`, hyperparameters included; returns where this run's own settings differ and were
+    ignored ('betas (0.9, 0.999) kept, not (0.0, 0.999)'). `scheduled`: hyperparameters the trainer sets every
+    iteration anyway (a ramped lr), not compared."""
     with safe_open(str(path), framework='pt') as f:
         groups = json.loads(f.metadata()['param_groups'])
         state = {}
         for key in f.keys():
             index, name = key.split('.', 1)
             state.setdefault(int(index), {})[name] = f.get_tensor(key)
-    # Hyperparameters come from the checkpoint; the kernel choice (fused / foreach) is this machine's: a run
+    # A resumed run is the checkpointed run: its hyperparameters come from the checkpoint, whatever the resuming
+    # command line says (differences are reported). The kernel choice (fused / foreach) is this machine's: a run
     # checkpointed on CPU or by an older version resumes on the fused CUDA kernel.
-    implementation = ('fused', 'foreach', 'capturable')
-    for group, live in zip(groups, optimizer.param_groups):
+    ignored = []
+    for index, (group, live) in enumerate(zip(groups, optimizer.param_groups)):
         if 'betas' in group:
             group['betas'] = tuple(group['betas'])
-        group.update({key: live[key] for key in implementation if key in live})
+        for key in HYPERPARAMETERS:
+            if key not in scheduled and key in group and key in live and group[key] != live[key]:
+                ignored.append(f'{key} {group[key]} kept, not {live[key]}' + (f' (group {index})' if len(groups) > 1 else ''))
+        group.update({key: live[key] for key in ('fused', 'foreach', 'capturable') if key in live})
     optimizer.load_state_dict({'state': state, 'param_groups': groups})
+    return ignored
 
 
 def save_module(path, module):

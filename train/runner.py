@@ -143,13 +143,16 @@ def save(trainer, run_cfg, write_bundle, best=None):
     return ckpt.write_checkpoint(run_cfg.run_dir, trainer.images_seen, contents, run_cfg.keep_checkpoints, keep)
 
 
-def restore(trainer, path):
+def restore(trainer, path, log=print):
     from safetensors.torch import load_file
     path = Path(path)
     for name, module in trainer.modules().items():
         ckpt.load_module(path / 'state' / f'{name}.safetensors', module)
     for name, opt in trainer.optimizers().items():
-        ckpt.load_optimizer(path / 'state' / f'{name}.safetensors', opt)
+        ignored = ckpt.load_optimizer(path / 'state' / f'{name}.safetensors', opt,
+                                      scheduled=getattr(trainer, 'scheduled_hyperparameters', ()))
+        if ignored:     # a resumed run is the checkpointed run: say so where the command line asked for something else
+            log(f'resume: {name} as checkpointed, this command line\'s settings ignored: {", ".join(ignored)}')
     progress = json.loads((path / 'state' / 'progress.json').read_text())
     trainer.load_progress(progress)
     ckpt.set_rng_state(load_file(str(path / 'state' / 'rng.safetensors')), {'loop': trainer.rng})
@@ -179,7 +182,7 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
     best = None
     start_from = resolve_resume(run_cfg)
     if start_from is not None:
-        best = restore(trainer, start_from)
+        best = restore(trainer, start_from, log)
         log(f'resumed from {start_from} at {trainer.images_seen:,} images')
     runlog = RunLog(run_dir, writer)
     if writer:

@@ -32,6 +32,8 @@ class TeacherConfig:
 
 
 class TeacherTrainer:
+    scheduled_hyperparameters = ('lr',)     # set from the ramp-up in every iteration: a resume need not compare it
+
     def __init__(self, cfg, net, batches, device='cpu', rank=0, world=1, autocast_dtype=None, ddp=False):
         self.cfg, self.device, self.rank, self.world = cfg, torch.device(device), rank, world
         self.net, self.batches, self.autocast_dtype = net, batches, autocast_dtype

@@ -51,7 +51,9 @@ def test_resume_keeps_this_machines_optimizer_kernel_and_the_checkpoints_hyperpa
     saved.step()
     ckpt.save_optimizer(tmp_path / 'opt.safetensors', saved)
     resumed = torch.optim.Adam([p], lr=5.0, betas=(0.9, 0.9), fused=True)
-    ckpt.load_optimizer(tmp_path / 'opt.safetensors', resumed)
+    ignored = ckpt.load_optimizer(tmp_path / 'opt.safetensors', resumed)
     group = resumed.param_groups[0]
     assert group['fused'] is True and group['lr'] == 1e-3 and group['betas'] == (0.0, 0.999)
+    assert ignored == ['lr 0.001 kept, not 5.0', 'betas (0.0, 0.999) kept, not (0.9, 0.9)']    # said, not silent
+    assert ckpt.load_optimizer(tmp_path / 'opt.safetensors', resumed, scheduled=('lr', 'betas')) == []
     torch.testing.assert_close(resumed.state[p]['exp_avg_sq'], saved.state[p]['exp_avg_sq'])

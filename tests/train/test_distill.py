@@ -239,5 +239,8 @@ def test_generator_adam_beta1_is_an_option_and_survives_resume(tmp_path):
     cfg = runner.RunConfig(run_dir=str(tmp_path), total_images=BATCH, sample_every_images=0)
     runner.run(d, cfg, write_bundle=lambda path: path.mkdir(parents=True, exist_ok=True), log=lambda m: None)
     resumed = make_distiller(None, 'sid')
-    runner.restore(resumed, runner.resolve_resume(dataclasses.replace(cfg, resume='auto')))
+    said = []
+    runner.restore(resumed, runner.resolve_resume(dataclasses.replace(cfg, resume='auto')), log=said.append)
     assert resumed.opt_g.param_groups[0]['betas'] == (0.9, 0.999)           # the run's optimiser, as checkpointed
+    assert said == ['resume: optimizer_g as checkpointed, this command line\'s settings ignored: '
+                    'betas (0.9, 0.999) kept, not (0.0, 0.999)']
