@@ -61,3 +61,24 @@ def condition_metadata(class_name=None, prompt=None, seed_b=None, mix=None):
 def image_metadata(model, seed, **condition):
     """Everything a generated image carries: model id, seed and its condition, with the API's keys."""
     return {'model': model, 'seed': seed, **condition_metadata(**condition)}
+
+
+def seeded_inputs(config, seeds, fixed_class=None, text_embedding=None):
+    """The contract's inputs for one image per seed, the same on every path (API, `sida generate`, any backend):
+    each seed's noise, and the condition: `fixed_class`, or a class drawn from each seed (class models), or the
+    prompt's [tokens, dim] embedding for every image (text models). Returns (inputs, each image's class name or None)."""
+    import torch
+
+    from models.seeds import labels_for_seeds, noise_for_seeds
+    n, c = len(seeds), config
+    inputs = {'noise': noise_for_seeds(seeds, (c.channels, c.resolution, c.resolution))}
+    names = [None] * n
+    kind = c.condition['kind']
+    if kind == 'class':
+        labels = (torch.full((n,), fixed_class, dtype=torch.int64) if fixed_class is not None
+                  else labels_for_seeds(seeds, len(c.label_names)))
+        inputs['class_labels'] = labels
+        names = [c.label_names[int(x)] for x in labels]
+    elif kind == 'text':
+        inputs['text_embeds'] = text_embedding.unsqueeze(0).expand(n, -1, -1).contiguous()
+    return inputs, names

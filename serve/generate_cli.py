@@ -36,14 +36,13 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
     import logging
 
     import numpy as np
-    import torch
     from tqdm import tqdm
 
     from models.bundle import BundleError, load_bundle
     from models.images import make_grid, save_png
-    from models.seeds import labels_for_seeds, noise_for_seeds, parse_seeds
+    from models.seeds import parse_seeds
     from serve.backends import BackendUnavailable, make_backend
-    from serve.conditions import ConditionError, check_condition, image_metadata, resolve_class
+    from serve.conditions import ConditionError, check_condition, image_metadata, resolve_class, seeded_inputs
     from sida.cli_options import resolve_device
 
     if (grid is None) == (out is None):
@@ -73,25 +72,17 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
     except BackendUnavailable as e:
         raise click.ClickException(str(e)) from None
 
-    text_embeds = None
+    text_embedding = None
     if kind == 'text':
         from models.text_encoder import bundle_text_encoder
-        text_embeds = bundle_text_encoder(config).encode([prompt])
+        text_embedding = bundle_text_encoder(config).encode([prompt])[0]
     images, metadata = [], []
-    shape = (config.channels, config.resolution, config.resolution)
     with tqdm(total=len(seed_list), unit='img', desc='generate', disable=None) as bar:
         for start in range(0, len(seed_list), batch):
             chunk = seed_list[start:start + batch]
-            inputs = {'noise': noise_for_seeds(chunk, shape)}
-            if kind == 'class':
-                labels = (torch.full((len(chunk),), fixed_class, dtype=torch.int64) if fixed_class is not None
-                          else labels_for_seeds(chunk, len(config.label_names)))
-                inputs['class_labels'] = labels
-                metadata += [image_metadata(config.name, s, class_name=config.label_names[int(c)]) for s, c in zip(chunk, labels)]
-            else:
-                if kind == 'text':
-                    inputs['text_embeds'] = text_embeds.expand(len(chunk), -1, -1).contiguous()
-                metadata += [image_metadata(config.name, s, prompt=prompt) for s in chunk]
+            inputs, names = seeded_inputs(config, chunk, fixed_class, text_embedding)
+            metadata += [image_metadata(config.name, s, class_name=name, prompt=prompt if kind == 'text' else None)
+                         for s, name in zip(chunk, names)]
             images.append(np.asarray(runner.generate(inputs)))
             bar.update(len(chunk))
     if runner.name == 'compile':

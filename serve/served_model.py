@@ -5,13 +5,11 @@ import secrets
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
-
 from models.bundle import CONFIG_FILE, load_bundle
 from models.seeds import noise_for_seeds, slerp
 from serve.backends import make_backend
 from serve.batcher import MicroBatcher
-from serve.conditions import RequestError, check_condition, condition_metadata, resolve_class
+from serve.conditions import RequestError, check_condition, condition_metadata, resolve_class, seeded_inputs
 
 
 class PromptEncoder:
@@ -95,26 +93,17 @@ class ServedModel:
         seeds = [first + i for i in range(n)]
         if seeds[-1] > 2 ** 63 - 1:
             raise RequestError('seed + n - 1 exceeds the largest seed (2^63 - 1)')
-        c = self.config
-        inputs = {'noise': noise_for_seeds(seeds, (c.channels, c.resolution, c.resolution))}
         seeds_b = [seed_b + i for i in range(n)] if seed_b is not None else []
-        if seeds_b:
-            if seeds_b[-1] > 2 ** 63 - 1:
-                raise RequestError('seed_b + n - 1 exceeds the largest seed (2^63 - 1)')
-            inputs['noise'] = slerp(inputs['noise'], noise_for_seeds(seeds_b, (c.channels, c.resolution, c.resolution)), mix)
-        names = [None] * n
-        if self.kind == 'class':
-            fixed = resolve_class(self.config, self.id, class_label, class_name)
-            if fixed is None:
-                from models.seeds import labels_for_seeds
-                labels = labels_for_seeds(seeds, len(c.label_names))
-            else:
-                labels = torch.full((n,), fixed, dtype=torch.int64)
-            inputs['class_labels'] = labels
-            names = [c.label_names[int(x)] for x in labels]
-        elif self.kind == 'text':
+        if seeds_b and seeds_b[-1] > 2 ** 63 - 1:
+            raise RequestError('seed_b + n - 1 exceeds the largest seed (2^63 - 1)')
+        fixed = resolve_class(self.config, self.id, class_label, class_name) if self.kind == 'class' else None
+        embedding = None
+        if self.kind == 'text':
             embedding = text_embedding if text_embedding is not None else self.prompts.embed_now(prompt)
-            inputs['text_embeds'] = embedding.unsqueeze(0).expand(n, -1, -1).contiguous()
+        inputs, names = seeded_inputs(self.config, seeds, fixed, embedding)
+        if seeds_b:
+            c = self.config
+            inputs['noise'] = slerp(inputs['noise'], noise_for_seeds(seeds_b, (c.channels, c.resolution, c.resolution)), mix)
         meta = [condition_metadata(name, prompt if self.kind == 'text' else None, b, mix if seeds_b else None)
                 for name, b in zip(names, seeds_b or [None] * n)]
         return inputs, seeds, meta
