@@ -273,26 +273,30 @@ def train(variants, network, batch, iters, warmup, device, peak_tflops, out, nam
 
 @bench.command('fid-weights', context_settings=CTX)
 @click.argument('out_path', metavar='OUT.pt', type=click.Path(dir_okay=False))
-@click.option('--dtype', type=click.Choice(['fp16', 'bf16']), default='fp16',
-              help='What the weight tensors are rounded to (fp16 keeps 3 more mantissa bits; see docs/training.md for the FID cost).')
+@click.option('--dtype', type=click.Choice(['fp16', 'bf16', 'int8']), default='fp16',
+              help='What the weight tensors are rounded to: fp16 or bf16 (44 MB; fp16 keeps 3 more mantissa bits), or int8 '
+                   'per output channel (22 MB, 18.6 MB gzipped; a larger FID change). See docs/training.md for the FID cost.')
 @click.option('--source', type=click.Path(exists=True, dir_okay=False), default=None, show_default='the [fid] extra\'s default_1.pt',
               help='The full-precision Inception TorchScript to round.')
 def fid_weights(out_path, dtype, source):
-    """Write the TF-FID Inception weights rounded to fp16/bf16 (44 MB), to carry where the [fid] extra is not installed."""
-    from bench.fid_weights import write_rounded
+    """Write the TF-FID Inception weights rounded to fp16/bf16 (44 MB) or int8 (22 MB), to carry where the [fid] extra
+    is not installed."""
+    from bench.fid_weights import gzip_size, write_rounded
     from train.metrics import FIDUnavailable
     try:
         path, size, meta = write_rounded(out_path, dtype, source)
     except FIDUnavailable as e:
         raise click.ClickException(f'{e}; or give --source PATH') from None
-    click.echo(f'wrote {path}: {size / 1e6:.1f} MB, {meta["rounded_parameters"]:,} weights in {dtype} '
+    click.echo(f'wrote {path}: {size / 1e6:.1f} MB ({gzip_size(path) / 1e6:.1f} MB gzipped), '
+               f'{meta["rounded_parameters"]:,} weights in {dtype} '
                f'(use it with `sida train evaluate --fid-weights {path}`)')
 
 
 @bench.command('fid-rounding', context_settings=CTX)
 @click.option('--data', required=True, type=click.Path(exists=True), help='CIFAR-10-style data with train/ and test/ (the JPEG tarball).')
 @click.option('--images', type=click.IntRange(2), default=300, help='Images per set (test, train, train+noise); CPU: ~0.15-0.3 s each.')
-@click.option('--dtypes', default='fp16,bf16', callback=name_list, help='Rounded copies to compare with the full weights.')
+@click.option('--dtypes', default='fp16,bf16,int8', callback=name_list,
+              help='Rounded copies to compare with the full weights (fp16, bf16, int8).')
 @click.option('--noise', type=click.FloatRange(0), default=16.0, help='Grey levels of Gaussian noise in the noisy set.')
 @OUT
 @NAME
@@ -302,10 +306,10 @@ def fid_rounding(data, images, dtypes, noise, out, name):
 
     from bench.fid_weights import measure_rounding
     from bench.record import machine
-    from train.metrics import FIDUnavailable
-    bad = [d for d in dtypes if d not in ('fp16', 'bf16')]
+    from train.metrics import ROUNDED_DTYPES, FIDUnavailable
+    bad = [d for d in dtypes if d not in ROUNDED_DTYPES]
     if bad:
-        raise click.BadParameter(f'{bad[0]!r}: choose from fp16, bf16', param_hint='--dtypes')
+        raise click.BadParameter(f'{bad[0]!r}: choose from {", ".join(ROUNDED_DTYPES)}', param_hint='--dtypes')
     info = machine(gpu=False)
     try:
         settings, rows = measure_rounding(data, images, dtypes, noise, log=lambda m: click.echo(m, err=True))

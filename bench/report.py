@@ -146,9 +146,10 @@ def fid_rounding_table(rows):
 
     def delta(r, key):
         return DASH if f'{key}_delta' not in r else f'{r[f"{key}_delta"]:+.3g} ({100 * r[f"{key}_rel_delta"]:+.3f}%)'
-    return _table(['Inception weights', 'file MB', 'FID test vs train', 'change', 'FID noisy vs train', 'change',
-                   'feature error mean / max', 'FID same images vs fp32'],
-                  [[r['weights'], _fmt(r['file_mb']), f"{r['fid_test_vs_train']:.2f}", delta(r, 'fid_test_vs_train'),
+    return _table(['Inception weights', 'file MB', 'gzipped MB', 'FID test vs train', 'change', 'FID noisy vs train',
+                   'change', 'feature error mean / max', 'FID same images vs fp32'],
+                  [[r['weights'], _fmt(r['file_mb']), _fmt(r.get('file_mb_gzip')),
+                    f"{r['fid_test_vs_train']:.2f}", delta(r, 'fid_test_vs_train'),
                     f"{r['fid_noisy_vs_train']:.2f}", delta(r, 'fid_noisy_vs_train'),
                     DASH if 'feature_rel_error_mean' not in r else
                     f'{100 * r["feature_rel_error_mean"]:.3f}% / {100 * r["feature_rel_error_max"]:.3f}%',
@@ -230,7 +231,7 @@ def render(results_dir, readme):
              'sida bench http --url http://127.0.0.1:8000 --rate 400,800 --client-processes 8   # above a few hundred requests/s: '
              'several client processes',
              'sida bench train --variants fp32,bf16,bf16-compile --batch 128 --iters 20',
-             'sida bench fid-rounding --data cifar10-jpeg.tar.gz --images 300   # FID with fp16/bf16-rounded Inception weights',
+             'sida bench fid-rounding --data cifar10-jpeg.tar.gz --images 300   # FID with fp16/bf16/int8-rounded Inception weights',
              'sida bench report',
              '```', '',
              '- Latency is wall time per call, fenced by `torch.cuda.synchronize()` on GPU; warm-up calls, compilation, '

@@ -323,7 +323,7 @@ def _named_paths(items, option):
               help='Also Inception FID (TF-FID weights from the [fid] extra, or --fid-weights) against the training split.')
 @click.option('--fid-weights', type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help='A local Inception TorchScript for FID instead of the [fid] extra\'s, e.g. a rounded copy from '
-                   '`sida bench fid-weights` (upcast to fp32).')
+                   '`sida bench fid-weights` (upcast, or for int8 dequantized, to fp32).')
 @click.option('--stats-cache', type=click.Path(file_okay=False, path_type=Path), default=None, show_default='OUT/stats-cache',
               help='Where reference statistics are cached, keyed by the data file\'s hash and the feature network '
                    '(share it between evaluations of the same data).')

