@@ -8,7 +8,8 @@
 # teachers    class- and text-conditioned EDM teachers, trained side by side on one GPU
 # students    SiDA (class), SiD (class, for comparison) and SiDA (text) one-step students, side by side
 # evaluate    FD-CIFAR and Inception FID of teacher (Heun 35 / 17 NFE), students and the test split; class accuracy;
-#             time per image. FID needs the [fid] extra, or FID_WEIGHTS=inception-fp16.pt (`sida bench fid-weights`)
+#             time per image; EVAL_SAMPLES per model (50k, the FID protocol). FID needs the [fid] extra, or
+#             FID_WEIGHTS=inception-fp16.pt (`sida bench fid-weights`)
 #
 # Lengths: TEACHER_IMAGES / STUDENT_IMAGES (images seen) and TIME_LIMIT (wall time per training job, e.g.
 # 8m; 0 = none): whichever comes first ends a job with a checkpoint and a bundle. The defaults are what
@@ -24,7 +25,7 @@ SIDA=${SIDA:-sida}
 TEACHER_IMAGES=${TEACHER_IMAGES:-200M}
 STUDENT_IMAGES=${STUDENT_IMAGES:-20M}
 TIME_LIMIT=${TIME_LIMIT:-0}
-EVAL_SAMPLES=${EVAL_SAMPLES:-10k}
+EVAL_SAMPLES=${EVAL_SAMPLES:-50k}      # the FID protocol: 50,000 samples against the 50,000 training images
 CAPTIONS=${CAPTIONS:-$OUT/captions}          # captions.json + text-embeddings.safetensors
 CLASSIFIER=$OUT/classifier/classifier.pt
 FID=(--stats-cache "$OUT/stats-cache" ${FID_WEIGHTS:+--fid-weights "$FID_WEIGHTS"})   # both evaluations share the 50k reference
