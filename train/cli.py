@@ -327,10 +327,13 @@ def _named_paths(items, option):
 @click.option('--stats-cache', type=click.Path(file_okay=False, path_type=Path), default=None, show_default='OUT/stats-cache',
               help='Where reference statistics are cached, keyed by the data file\'s hash and the feature network '
                    '(share it between evaluations of the same data).')
+@click.option('--class-dependence-seeds', type=click.IntRange(0), default=100,
+              help='Class models: this many seeds generated under every class, to measure how much the class rather than '
+                   'the seed decides the image (class_share, seed_lock; 0 skips it).')
 @click.option('--record/--no-record', default=False, help='Also write the numbers into each student bundle\'s provenance.metrics.')
 @click.option('--curves', multiple=True, help='LABEL=RUN_DIR: plot FD vs images seen from its log.jsonl (repeatable).')
 def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_steps, students, captions, text_embeddings,
-             samples, batch, device, out_dir, fid, fid_weights, stats_cache, record, curves):
+             samples, batch, device, out_dir, fid, fid_weights, stats_cache, class_dependence_seeds, record, curves):
     """FD-CIFAR, Inception FID, precision/recall, class accuracy and time per image of teachers and students, side by side."""
     import torch
 
@@ -391,7 +394,8 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     from train.metrics import NotTorchScript
     try:
         result = run_eval(dataset, test, classifier_path, models, n=samples, device=device, batch=batch, autocast=device == 'cuda',
-                          log=click.echo, cache_dir=stats_cache or out_dir / 'stats-cache', fid=fid, fid_weights=fid_weights)
+                          log=click.echo, cache_dir=stats_cache or out_dir / 'stats-cache', fid=fid, fid_weights=fid_weights,
+                          dependence_seeds=class_dependence_seeds)
     except NotTorchScript as e:         # a --fid-weights (or --classifier) file that is not TorchScript
         _fail(str(e))
     result['date'] = __import__('datetime').date.today().isoformat()
@@ -412,8 +416,9 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             row = rows[f'{name} (1 step)']
             metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': bundle.config.provenance.get('images_seen'),
                        'feature_space': 'FD-CIFAR (not Inception FID)', 'eval_samples': row['images']}
-            if 'class_accuracy' in row:
-                metrics['class_accuracy'] = round(row['class_accuracy'], 4)
+            for key in ('class_accuracy', 'class_share', 'seed_lock'):
+                if key in row:
+                    metrics[key] = round(row[key], 4)
             for metric, key in (('fd', 'fd_cifar'), ('fid', 'fid')):
                 if metric not in row:
                     continue

@@ -81,6 +81,38 @@ def class_accuracy(features, images_uint8, labels):
     return correct / len(images_uint8)
 
 
+def class_dependence(fn, features, shape, num_classes, device, seeds=100, batch=500, autocast=False):
+    """How much the requested class, rather than the seed, decides a class model's image. The same `seeds` noises are
+    generated under every class and put through the feature network:
+    - class_share / seed_share: the fractions of the features' variance explained by the class and by the seed (a
+      two-way split of the [seeds, classes] table; the rest is their interaction);
+    - seed_lock: per seed, the share of its images the classifier puts in the seed's most frequent class, averaged:
+      1/num_classes when every image follows its class, 1.0 when the seed alone decides what is drawn;
+    - same_seed_accuracy: how often the classifier names the requested class on these images."""
+    noise = noise_for_seeds(range(EVAL_SEED, EVAL_SEED + seeds), shape)
+    labels = torch.arange(num_classes).repeat_interleave(seeds)               # class-major: [class 0 x seeds, class 1 x ...]
+    z_all = noise.repeat(num_classes, 1, 1, 1)
+    images = []
+    for i in range(0, len(labels), batch):
+        z = z_all[i:i + batch].to(device)
+        c = {'class_labels': torch.nn.functional.one_hot(labels[i:i + batch], num_classes).float().to(device)}
+        with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            images.append(to_uint8_nhwc(fn(z, c).float()).permute(0, 3, 1, 2).cpu())
+    images = torch.cat(images)
+    table = extract(features, images).double().view(num_classes, seeds, -1)     # [class, seed, feature]
+    centred = table - table.mean((0, 1))
+    total = centred.square().sum(-1).mean()
+    class_share = centred.mean(1).square().sum(-1).mean() / total
+    seed_share = centred.mean(0).square().sum(-1).mean() / total
+    with torch.no_grad():
+        predicted = torch.cat([features.net(images[i:i + 500].to(features.device, torch.float32) / 127.5 - 1).argmax(1).cpu()
+                               for i in range(0, len(images), 500)]).view(num_classes, seeds)
+    lock = torch.stack([torch.bincount(predicted[:, s], minlength=num_classes).max() for s in range(seeds)]).double() / num_classes
+    return {'class_share': class_share.item(), 'seed_share': seed_share.item(), 'seed_lock': lock.mean().item(),
+            'same_seed_accuracy': (predicted == labels.view(num_classes, seeds)).double().mean().item(),
+            'class_dependence_seeds': seeds}
+
+
 def data_key(dataset, shape):
     """What identifies a data set's reference statistics: the archive's sha256 (a folder: its file names and sizes),
     the images taken from it and their shape. A changed file gets new statistics; a moved one keeps them."""
@@ -102,8 +134,10 @@ def describe_inception(features):
 
 
 def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='cpu', batch=500, autocast=False, log=print,
-             cache_dir=None, fid=False, fid_weights=None):
+             cache_dir=None, fid=False, fid_weights=None, dependence_seeds=100):
     """models: [(name, kind, fn(noise, cond) -> [-1,1] images, condition kind)], kind 'teacher' or 'student'.
+
+    dependence_seeds: class models also get `class_dependence` from this many seeds under every class (0: skip).
 
     fid: also Inception FID against the training split, with `fid_weights` (a local TorchScript, e.g. a rounded
     copy) or, when None, the weights of the [fid] extra.
@@ -145,6 +179,8 @@ def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='c
             row['fid'] = fid_reference.compare(images, 'x')['metric_fd_x']
         if cond.labels is not None and cond_kind in ('class', 'text'):
             row['class_accuracy'] = class_accuracy(features, images, cond.labels)
+        if cond_kind == 'class' and dependence_seeds:
+            row.update(class_dependence(fn, features, shape, dataset.label_dim, device, dependence_seeds, batch, autocast))
         rows.append(row)
         log(f'{name}: ' + ', '.join(f'{k} {v:.4g}' for k, v in row.items() if isinstance(v, float)))
     result = {'feature_space': 'FD-CIFAR (penultimate features of the project classifier; not Inception FID)',

@@ -103,14 +103,19 @@ def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset,
     teacher = tmp_path / 'teacher' / 'bundle'
     r = sida('train', 'evaluate', '--data', data, '--test-prefix', 'train', '--classifier', tmp_path / 'clf' / 'classifier.pt',
              '--teacher', f'teacher={teacher}', '--teacher-steps', '18,2', '--student', f'student={teacher}', '--samples', '40',
-             '--batch', '20', '--device', 'cpu', '--out', tmp_path / 'eval', '--record', '--no-fid')   # FID: tests/train/test_fid.py
+             '--batch', '20', '--device', 'cpu', '--out', tmp_path / 'eval', '--record', '--no-fid',   # FID: tests/train/test_fid.py
+             '--class-dependence-seeds', '3')
     assert r.returncode == 0, r.stderr
     rows = {row['name']: row for row in json.loads((tmp_path / 'eval' / 'eval.json').read_text())['rows']}
     assert not any('fid' in row for row in rows.values())
     assert set(rows) == {'test split', 'teacher (Heun, 35 NFE)', 'teacher (Heun, 3 NFE)', 'student (1 step)'}
     assert rows['test split']['fd'] < 1e-6                       # the reference compared with itself
     assert rows['student (1 step)']['fd'] > rows['test split']['fd'] and 0 <= rows['student (1 step)']['class_accuracy'] <= 1
+    dependence = rows['student (1 step)']
+    assert dependence['class_dependence_seeds'] == 3 and 0.1 <= dependence['seed_lock'] <= 1
+    assert 0 <= dependence['class_share'] <= 1 and 0 <= dependence['seed_share'] <= 1
     metrics = load_bundle(teacher).config.provenance['metrics']
+    assert metrics['seed_lock'] == round(dependence['seed_lock'], 4)
     assert metrics['fd_cifar'] == round(rows['student (1 step)']['fd'], 4) and metrics['images_seen'] == 16
     assert metrics['fd_cifar_test_split'] == round(rows['test split']['fd'], 4)
     assert metrics['fd_cifar_teacher_nfe35'] == round(rows['teacher (Heun, 35 NFE)']['fd'], 4)
@@ -140,3 +145,35 @@ def test_evaluate_refuses_bad_input_in_one_line(cifar_subset, tmp_path, args, fr
              '--classifier', tmp_path / 'clf.pt', '--out', tmp_path / 'e', '--no-fid', *args)
     assert r.returncode in (1, 2) and fragment in r.stderr, r.stderr
     assert 'Traceback' not in r.stderr and not (tmp_path / 'e' / 'eval.json').exists()
+
+
+class _ArgmaxOfMean:
+    """A stand-in feature network whose features are the image's channel means and whose classifier calls an image
+    class k when its red mean is the largest of ten levels (k/9): enough to know what class_dependence must say."""
+    device, batch = torch.device('cpu'), 50
+
+    def __call__(self, images):
+        return images.double().mean((2, 3))
+
+    def net(self, x):
+        red = x[:, 0].mean((1, 2))
+        return -(red[:, None] - torch.linspace(-1, 1, 10)[None]).abs()
+
+
+@pytest.mark.parametrize('decides', ['class', 'seed'])
+def test_class_dependence_tells_a_class_driven_model_from_a_seed_driven_one(decides):
+    from train.evaluate import class_dependence
+
+    def fn(z, c):                                   # red level from the class, or from the seed's noise; the rest flat
+        level = c['class_labels'].argmax(1).float() if decides == 'class' else (z[:, 0, 0, 0].abs() * 7).floor().clamp(max=9)
+        x = torch.zeros(len(z), 3, 8, 8)
+        x[:, 0] = (level / 9 * 2 - 1)[:, None, None]
+        return x
+
+    got = class_dependence(fn, _ArgmaxOfMean(), (3, 8, 8), 10, 'cpu', seeds=20, batch=64)
+    if decides == 'class':
+        assert got['class_share'] > 0.99 and got['seed_share'] < 1e-9
+        assert got['seed_lock'] == pytest.approx(0.1) and got['same_seed_accuracy'] == 1.0
+    else:
+        assert got['seed_share'] > 0.99 and got['class_share'] < 1e-9
+        assert got['seed_lock'] == 1.0 and got['same_seed_accuracy'] == pytest.approx(0.1)
