@@ -106,7 +106,9 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
                                  ui=with_ui, workers=workers)
     except ValidationError as e:
         first = e.errors()[0]
-        raise click.ClickException(f'bad setting {".".join(map(str, first["loc"]))}: {first["msg"]}') from None
+        where = '.'.join(map(str, first['loc']))        # empty for a rule across settings: its message names them
+        raise click.ClickException(f'bad setting {where}: {first["msg"]}' if where else
+                                   f'bad settings: {first["msg"].removeprefix("Value error, ")}') from None
     refuse_open_server(settings)
     if not settings.bundles:
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve.runtimes import BACKEND_HELP
@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(0.0, ge=0, description='How long the first request waits for company; 0: no waiting, '
                                 'a busy server batches what queued while the previous batch ran.')
     max_queue_images: int = Field(256, ge=1, description='Images waiting before new requests get 429.')
-    request_timeout_s: float = Field(60.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0, description='Backstop for a batch that never comes back (a hung '
+                                     'backend): 504 after this long. Deadlines decide everything else, so it may not be '
+                                     'shorter than max_deadline_ms.')
     # Deadlines and the HTTP server's limits on slow or many clients (docs/serving.md, "Overload and slow clients").
     deadline_ms: float = Field(10_000, gt=0, description='Default request deadline; a request may set its own with the '
                                'X-Request-Deadline-Ms header. Work that cannot finish in time gets 429 at once.')
@@ -50,6 +52,14 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(0, ge=0, description='Requests per minute per key (0 = unlimited).')
     warmup: bool = True
     ui: bool = Field(True, description='Serve the Gradio demo at /ui (needs the [ui] extra: gradio).')
+
+    @model_validator(mode='after')
+    def _backstop_after_deadlines(self):
+        if self.request_timeout_s * 1000 < self.max_deadline_ms:
+            raise ValueError(f'request_timeout_s ({self.request_timeout_s:g} s) is shorter than max_deadline_ms '
+                             f'({self.max_deadline_ms:g} ms): requests would time out before their deadline; raise it or '
+                             'lower max_deadline_ms')
+        return self
 
     def keys(self):
         keys = set(self.api_keys)

@@ -44,3 +44,13 @@ def test_keys_or_the_explicit_opt_in_serve_a_reachable_host(opt_in, monkeypatch)
     refuse_open_server(Settings(host='0.0.0.0', **opt_in))
     monkeypatch.setenv('SIDA_ALLOW_UNAUTHENTICATED', '1')
     refuse_open_server(Settings(host='0.0.0.0'))
+
+
+def test_a_request_timeout_shorter_than_the_deadline_cap_is_refused_in_one_line(monkeypatch):
+    """The timeout is a backstop for a hung backend: under the deadline cap it would cut admitted requests short."""
+    monkeypatch.setenv('SIDA_REQUEST_TIMEOUT_S', '5')
+    result = CliRunner().invoke(serve, ['--no-ui', '--no-warmup'])
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line == ('Error: bad settings: request_timeout_s (5 s) is shorter than max_deadline_ms (60000 ms): requests '
+                    'would time out before their deadline; raise it or lower max_deadline_ms')
