@@ -81,11 +81,19 @@ def class_accuracy(features, images_uint8, labels):
     return correct / len(images_uint8)
 
 
+def _two_way_shares(table):
+    """[classes, seeds, dims] -> the fractions of the total variance explained by the class and by the seed."""
+    centred = table - table.mean((0, 1))
+    total = centred.square().sum(-1).mean()
+    return (centred.mean(1).square().sum(-1).mean() / total).item(), (centred.mean(0).square().sum(-1).mean() / total).item()
+
+
 def class_dependence(fn, features, shape, num_classes, device, seeds=100, batch=500, autocast=False):
     """How much the requested class, rather than the seed, decides a class model's image. The same `seeds` noises are
     generated under every class and put through the feature network:
     - class_share / seed_share: the fractions of the features' variance explained by the class and by the seed (a
-      two-way split of the [seeds, classes] table; the rest is their interaction);
+      two-way split of the [seeds, classes] table; the rest is their interaction); pixel_class_share /
+      pixel_seed_share: the same split of the images at 8x8 pixels (layout and colour);
     - seed_lock: per seed, the share of its images the classifier puts in the seed's most frequent class, averaged:
       1/num_classes when every image follows its class, 1.0 when the seed alone decides what is drawn;
     - same_seed_accuracy: how often the classifier names the requested class on these images."""
@@ -99,16 +107,16 @@ def class_dependence(fn, features, shape, num_classes, device, seeds=100, batch=
         with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
             images.append(to_uint8_nhwc(fn(z, c).float()).permute(0, 3, 1, 2).cpu())
     images = torch.cat(images)
-    table = extract(features, images).double().view(num_classes, seeds, -1)     # [class, seed, feature]
-    centred = table - table.mean((0, 1))
-    total = centred.square().sum(-1).mean()
-    class_share = centred.mean(1).square().sum(-1).mean() / total
-    seed_share = centred.mean(0).square().sum(-1).mean() / total
+    class_share, seed_share = _two_way_shares(extract(features, images).double().view(num_classes, seeds, -1))
+    # The same split of the pixels at 8x8 (layout and colour): what a grid's eye sees before what the classifier sees.
+    pooled = torch.nn.functional.adaptive_avg_pool2d(images.double(), 8).flatten(1)
+    pixel_class_share, pixel_seed_share = _two_way_shares(pooled.view(num_classes, seeds, -1))
     with torch.no_grad():
         predicted = torch.cat([features.net(images[i:i + 500].to(features.device, torch.float32) / 127.5 - 1).argmax(1).cpu()
                                for i in range(0, len(images), 500)]).view(num_classes, seeds)
     lock = torch.stack([torch.bincount(predicted[:, s], minlength=num_classes).max() for s in range(seeds)]).double() / num_classes
-    return {'class_share': class_share.item(), 'seed_share': seed_share.item(), 'seed_lock': lock.mean().item(),
+    return {'class_share': class_share, 'seed_share': seed_share, 'pixel_class_share': pixel_class_share,
+            'pixel_seed_share': pixel_seed_share, 'seed_lock': lock.mean().item(),
             'same_seed_accuracy': (predicted == labels.view(num_classes, seeds)).double().mean().item(),
             'class_dependence_seeds': seeds}
 

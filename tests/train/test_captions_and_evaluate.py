@@ -172,8 +172,8 @@ def test_class_dependence_tells_a_class_driven_model_from_a_seed_driven_one(deci
 
     got = class_dependence(fn, _ArgmaxOfMean(), (3, 8, 8), 10, 'cpu', seeds=20, batch=64)
     if decides == 'class':
-        assert got['class_share'] > 0.99 and got['seed_share'] < 1e-9
+        assert got['class_share'] > 0.99 and got['seed_share'] < 1e-9 and got['pixel_class_share'] > 0.99
         assert got['seed_lock'] == pytest.approx(0.1) and got['same_seed_accuracy'] == 1.0
     else:
-        assert got['seed_share'] > 0.99 and got['class_share'] < 1e-9
+        assert got['seed_share'] > 0.99 and got['class_share'] < 1e-9 and got['pixel_seed_share'] > 0.99
         assert got['seed_lock'] == 1.0 and got['same_seed_accuracy'] == pytest.approx(0.1)
