@@ -65,11 +65,13 @@ def start(repository, workspace, http_port, grpc_port, metrics_port, log_path=No
 
 
 def wait_ready(http_port, process, timeout=120):
+    """A tritonclient HTTP client once the server is ready; pass it to stop(), which closes it."""
     import tritonclient.http as httpclient
     client = httpclient.InferenceServerClient(f'127.0.0.1:{http_port}')
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            client.close()
             raise TritonUnavailable(f'tritonserver exited with code {process.returncode} before becoming ready')
         try:
             if client.is_server_ready():
@@ -77,14 +79,21 @@ def wait_ready(http_port, process, timeout=120):
         except Exception:
             pass
         time.sleep(0.5)
+    client.close()          # its connection would hold the server's shutdown (see stop())
     raise TritonUnavailable(f'tritonserver not ready after {timeout}s')
 
 
-def stop(process, timeout=30):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def stop(process, client=None, timeout=30):
+    """Close `client` (wait_ready's) first: on SIGTERM tritonserver waits for its open HTTP connections to close, up to
+    its exit timeout (30 s by default), and a client's kept-alive connection would hold it there that long."""
+    try:
+        if client is not None:
+            client.close()
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

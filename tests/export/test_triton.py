@@ -50,6 +50,7 @@ def test_python_backend_repository_served_by_real_tritonserver(class_bundle, tmp
     write_triton_repo(class_bundle, tmp_path / 'repo', 'python', name='gen', kind='KIND_CPU')
     http = _port()
     process = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', http, _port(), _port(), log_path=tmp_path / 'triton.log')
+    client = None
     try:
         client = tritonserver.wait_ready(http, process, timeout=180)
         noise = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
@@ -64,4 +65,4 @@ def test_python_backend_repository_served_by_real_tritonserver(class_bundle, tmp
         assert np.abs(result.as_numpy('images_float') - floats.numpy()).max() < 1e-5
         assert np.abs(result.as_numpy('images').astype(int) - images.numpy().astype(int)).max() <= 1
     finally:
-        tritonserver.stop(process)
+        tritonserver.stop(process, client)

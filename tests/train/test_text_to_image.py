@@ -270,6 +270,7 @@ def test_latent_bundle_in_a_triton_python_backend_repository_matches_pytorch(tra
     noise = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
     http = port()
     process = tritonserver.start(tmp_path / 'repo', tmp_path / 'ws', http, port(), port(), log_path=tmp_path / 'triton.log')
+    client = None
     try:
         client = tritonserver.wait_ready(http, process, timeout=180)
         inputs = [httpclient.InferInput('noise', noise.shape, 'FP32'), httpclient.InferInput('text_embeds', text.shape, 'FP32')]
@@ -281,4 +282,4 @@ def test_latent_bundle_in_a_triton_python_backend_repository_matches_pytorch(tra
         assert result.as_numpy('images').shape == (2, 16, 16, 3)
         assert np.abs(result.as_numpy('images_float') - floats.numpy()).max() < 1e-4
     finally:
-        tritonserver.stop(process)
+        tritonserver.stop(process, client)
