@@ -85,7 +85,8 @@ def _two_way_shares(table):
     """[classes, seeds, dims] -> the fractions of the total variance explained by the class and by the seed."""
     centred = table - table.mean((0, 1))
     total = centred.square().sum(-1).mean()
-    return (centred.mean(1).square().sum(-1).mean() / total).item(), (centred.mean(0).square().sum(-1).mean() / total).item()
+    share = lambda part: min(1.0, (part.square().sum(-1).mean() / total).item())     # <= 1 but for rounding
+    return share(centred.mean(1)), share(centred.mean(0))
 
 
 def class_dependence(fn, features, shape, num_classes, device, seeds=100, batch=500, autocast=False):
