@@ -1,21 +1,37 @@
-"""`sida` as a user runs it: a subprocess of the installed console script."""
+"""`sida generate` as a user runs it: the installed console script (help, a broken bundle), and the same entry point
+in this process (`main`, through click's runner) for the rest, which shows the same exit codes and messages without
+paying a Python and torch start-up per call."""
 
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from models.demo import make_demo_bundle
+from sida.cli import main
 
 
-def sida(*args):
+def console_script(*args):
     exe = Path(sys.executable).parent / 'sida'   # the console script installed beside this interpreter
     cmd = [str(exe), *args] if exe.exists() else [sys.executable, '-m', 'sida.cli', *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def sida(*args):
+    """`sida ARGS` in this process: exit code, stdout and stderr as the console script gives them; an exception that
+    escaped the command (a crash, which the console script would print as a traceback) lands in stderr as one."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += ''.join(traceback.format_exception(result.exception))
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr)
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +42,7 @@ def bundle(tmp_path_factory):
 
 
 def test_help_lists_every_subcommand():
-    result = sida('--help')
+    result = console_script('--help')
     assert result.returncode == 0
     for name in ['serve', 'generate', 'train', 'data', 'export', 'ui', 'bench']:
         assert f'  {name} ' in result.stdout
@@ -75,7 +91,7 @@ def test_broken_bundle_is_one_line_and_exit_1(bundle, tmp_path):
     broken = tmp_path / 'broken'
     shutil.copytree(bundle, broken)
     (broken / 'generator.safetensors').write_bytes(b'\0' * 100)
-    result = sida('generate', '--bundle', str(broken), '--grid', str(tmp_path / 'x.png'))
+    result = console_script('generate', '--bundle', str(broken), '--grid', str(tmp_path / 'x.png'))
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'generator.safetensors' in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
