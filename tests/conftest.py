@@ -1,5 +1,7 @@
 import os
 import tempfile
+import traceback
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,3 +50,17 @@ def perturb_(module, scale=0.05, seed=0):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def sida_in_process(*args):
+    """`sida ARGS` in this process (the console script's entry point `main`, through click's runner): exit code, stdout
+    and stderr as the console script gives them, without a Python and torch start-up per call. An exception that
+    escaped the command (a crash, which the console script would print as a traceback) lands in stderr as one."""
+    from click.testing import CliRunner
+
+    from sida.cli import main
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += ''.join(traceback.format_exception(result.exception))
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr)

@@ -5,33 +5,20 @@ paying a Python and torch start-up per call."""
 import shutil
 import subprocess
 import sys
-import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from models.demo import make_demo_bundle
-from sida.cli import main
+from tests.conftest import sida_in_process as sida
 
 
 def console_script(*args):
     exe = Path(sys.executable).parent / 'sida'   # the console script installed beside this interpreter
     cmd = [str(exe), *args] if exe.exists() else [sys.executable, '-m', 'sida.cli', *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def sida(*args):
-    """`sida ARGS` in this process: exit code, stdout and stderr as the console script gives them; an exception that
-    escaped the command (a crash, which the console script would print as a traceback) lands in stderr as one."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += ''.join(traceback.format_exception(result.exception))
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr)
 
 
 @pytest.fixture(scope='module')

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.bundle import load_bundle
+from tests.conftest import sida_in_process
 
 SIDA = str(Path(sys.executable).parent / 'sida')
 TINY = ['--model-channels', '16', '--channel-mult', '1,2', '--num-blocks', '1', '--attn', '8', '--resolution', '16']
@@ -63,8 +64,9 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     (['train', 'lsg', '--teacher', '.', '--prompts', 'README.md', '--out', 'x', '--offload-teacher', '--compile', 'reduce-overhead'],
      '--offload-teacher cannot be combined with --compile reduce-overhead (CUDA graphs)'),
 ])
-def test_bad_invocations_fail_with_a_reason(tmp_path, args, fragment):
-    r = subprocess.run([SIDA, *args], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+def test_bad_invocations_fail_with_a_reason(tmp_path, args, fragment, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    r = sida_in_process(*args)
     assert r.returncode != 0 and fragment in r.stderr and 'Traceback' not in r.stderr, r.stderr
 
 
@@ -82,11 +84,11 @@ def test_train_help_lists_its_commands():
     (['train', 'lsg', '--teacher', '.', '--prompts', 'README.md', '--out', 'x', '--guidance', '3'], 'lsg'),
     (['train', 'toy', '--out', 'x', '--method', 'sida'], 'toy'),
 ])
-def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args, section):
+def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args, section, monkeypatch):
     """README.md is no teacher and no data set: a dry run must not touch either, and must write nothing."""
-    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     args = [str(tmp_path / 'x') if a == 'x' else a for a in args]
-    r = subprocess.run([SIDA, *args, '--dry-run'], capture_output=True, text=True, timeout=120, cwd=root)
+    r = sida_in_process(*args, '--dry-run')
     assert r.returncode == 0, r.stderr
     config = json.loads(r.stdout)
     assert config['command'] == section and not (tmp_path / 'x').exists()
@@ -109,8 +111,9 @@ def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--batch', '0'], '0 is not in the range x>=1'),
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--augment', '1.5'], '1.5 is not in the range 0<=x<=1'),
 ])
-def test_invalid_option_values_exit_2_with_one_error_line(args, fragment):
-    r = subprocess.run([SIDA, *args, '--dry-run'], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+def test_invalid_option_values_exit_2_with_one_error_line(args, fragment, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    r = sida_in_process(*args, '--dry-run')
     errors = [line for line in r.stderr.splitlines() if line.startswith('Error')]
     assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0], r.stderr
 
