@@ -4,10 +4,12 @@ Each subcommand imports its own code only when it runs, so `sida bench generate`
 have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, prometheus_client).
 """
 
+from urllib.parse import urlparse
+
 import click
 
 from serve.runtimes import BACKEND_HELP, backend_callback
-from sida.cli_options import CTX, device_option, resolve_device
+from sida.cli_options import CTX, device_option, is_loopback, resolve_device
 
 OUT = click.option('--out', default='bench/results', type=click.Path(file_okay=False),
                    help='Results root: files go to OUT/<device-slug>/<date>-<name>.json (+ .png).')
@@ -203,8 +205,11 @@ def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_req
 
 
 def _server_on_gpu(settings):
-    """Whether the measured server ran on a GPU this machine has (the results go under that device's folder)."""
-    if not str(settings.get('server_device') or '').startswith('cuda'):
+    """Whether the measured server ran on a GPU this machine has (the results go under that device's folder). A
+    loopback Triton (`sida serve --triton`) runs its models here: on the GPU when there is one."""
+    device = str(settings.get('server_device') or '')
+    local_triton = device.startswith('triton:') and is_loopback(urlparse(device.removeprefix('triton:')).hostname or '')
+    if not (device.startswith('cuda') or local_triton):
         return False
     import torch
     return torch.cuda.is_available()

@@ -372,7 +372,9 @@ triton)
     tar xJf "$CARRY/tsite.tar.xz" -C /tmp && python3 -m pip install -q --no-index --no-deps --target /tmp/srv "$CARRY"/*.whl
     python3 -m venv --without-pip --system-site-packages /tmp/tvenv
     SITE=$(/tmp/tvenv/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    echo "import sys; sys.path[:0] = ['/tmp/tsite', '/tmp/srv', '$PWD']" > "$SITE/sida-carry.pth"
+    # python3 may itself be a venv (torch, click live there, not in the base Python the new venv sees): its paths too.
+    OUTER=$(python3 -c 'import sys; print(repr([p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]))')
+    echo "import sys; sys.path[:0] = ['/tmp/tsite', '/tmp/srv', '$PWD']; sys.path += $OUTER" > "$SITE/sida-carry.pth"
     SIDA=(/tmp/tvenv/bin/python3 -m sida.cli); export PATH=/tmp/srv/bin:$PATH
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     /tmp/tvenv/bin/python3 -c 'import sysconfig as s, os, numpy, pytriton; d = s.get_config_var("LIBDIR"); n = s.get_config_var("INSTSONAME")

@@ -61,9 +61,10 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         if model.kind == 'text' and prompt and prompt.strip():
             embedding = await model.prompts.embed(prompt)          # batched with other requests' new prompts
         args = (n, seed, class_label, class_name, prompt, embedding, seed_b, mix)
-        # Seeds -> noise is a torch call per image: in the H100 profile (2026-12-06) it took a quarter of the event loop at
-        # n=16. In the pool it leaves the loop free (torch drops the GIL while it draws); one image is not worth the hop.
-        inputs, seeds, meta = await in_pool(model.build_inputs, *args) if n > 1 else model.build_inputs(*args)
+        # Seeds -> noise stays on the event loop. In the pool it freed the loop but fought the batcher's thread for the
+        # GIL: on an H100 (2026-12-06, ddpmpp, n=16) closed-loop c=32 fell from 6,161 to 3,968 img/s and the generate
+        # step itself rose from 20 to 30 ms (bench/results/nvidia-h100-80gb-hbm3/2026-12-06-triton-mode/).
+        inputs, seeds, meta = model.build_inputs(*args)
     except RequestError as e:
         raise ApiError(e.status, e.code, str(e)) from None
     started = time.perf_counter()
