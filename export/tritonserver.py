@@ -1,6 +1,6 @@
 """Start the real `tritonserver` that the nvidia-pytriton wheel ships, on a model repository.
 
-Used to check python-backend repositories end to end and by `sida serve --triton-repo`. Two quirks:
+Used to check the repositories of `sida export triton-repo` end to end (the python backend) on this machine. Two quirks:
 the python-backend stub must match this interpreter's version (the wheel ships one per version),
 and on a pyenv Python the stub must load *this* interpreter's libpython, so LD_LIBRARY_PATH starts
 with sysconfig's LIBDIR (otherwise: "'_thread.RLock' object has no attribute '_recursion_count'").
