@@ -60,11 +60,10 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         embedding = None
         if model.kind == 'text' and prompt and prompt.strip():
             embedding = await model.prompts.embed(prompt)          # batched with other requests' new prompts
-        args = (n, seed, class_label, class_name, prompt, embedding, seed_b, mix)
         # Seeds -> noise stays on the event loop. In the pool it freed the loop but fought the batcher's thread for the
         # GIL: on an H100 (2026-12-06, ddpmpp, n=16) closed-loop c=32 fell from 6,161 to 3,968 img/s and the generate
         # step itself rose from 20 to 30 ms (bench/results/nvidia-h100-80gb-hbm3/2026-12-06-triton-mode/).
-        inputs, seeds, meta = model.build_inputs(*args)
+        inputs, seeds, meta = model.build_inputs(n, seed, class_label, class_name, prompt, embedding, seed_b, mix)
     except RequestError as e:
         raise ApiError(e.status, e.code, str(e)) from None
     started = time.perf_counter()
@@ -111,7 +110,7 @@ async def encoded(model, images, seeds, meta, fmt, quality=95):
 
 
 async def in_pool(fn, *args):
-    """Other CPU work of a request (its seeds' noise, zipping, a batch's .npy) off the event loop too."""
+    """Other CPU work on a response (zipping, a batch's .npy) off the event loop too."""
     return await asyncio.get_running_loop().run_in_executor(ENCODE_POOL, fn, *args)
 
 

@@ -39,6 +39,13 @@ class Conditions:
             captions = [dataset.captions[i] for i in index.tolist()]
             self.embeds = torch.cat([text_encoder.encode(captions[i:i + 500]) for i in range(0, n, 500)])
 
+    @classmethod
+    def of_labels(cls, labels):
+        """Class conditions for exactly these labels."""
+        cond = cls.__new__(cls)
+        cond.kind, cond.labels, cond.embeds = 'class', labels, None
+        return cond
+
     def batch(self, i, j, num_classes, device):
         if self.kind == 'class':
             return {'class_labels': torch.nn.functional.one_hot(self.labels[i:j], num_classes).float().to(device)}
@@ -47,9 +54,9 @@ class Conditions:
         return {}
 
 
-def sample(fn, n, shape, cond, num_classes, device, batch, autocast):
-    """All n images as uint8 [N,C,H,W], plus seconds per image measured after the first (warm-up) batch."""
-    noise = noise_for_seeds(range(EVAL_SEED, EVAL_SEED + n), shape)
+def sample(fn, noise, cond, num_classes, device, batch, autocast):
+    """One image per noise as uint8 [N,C,H,W], plus seconds per image measured after the first (warm-up) batch."""
+    n = len(noise)
     images, timed, timed_images = [], 0.0, 0
     for i in range(0, n, batch):
         j = min(i + batch, n)
@@ -70,22 +77,25 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def predicted_classes(features, images_uint8):
+    """The feature network's classifier head's class for each image."""
+    with torch.no_grad():
+        return torch.cat([features.net(images_uint8[i:i + 500].to(features.device, torch.float32) / 127.5 - 1).argmax(1).cpu()
+                          for i in range(0, len(images_uint8), 500)])
+
+
 def class_accuracy(features, images_uint8, labels):
     """How often the feature network's classifier head names the requested class."""
-    net = features.net
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(images_uint8), 500):
-            x = images_uint8[i:i + 500].to(features.device, torch.float32) / 127.5 - 1
-            correct += (net(x).argmax(1).cpu() == labels[i:i + 500]).sum().item()
-    return correct / len(images_uint8)
+    return (predicted_classes(features, images_uint8) == labels).double().mean().item()
 
 
 def _two_way_shares(table):
     """[classes, seeds, dims] -> the fractions of the total variance explained by the class and by the seed."""
     centred = table - table.mean((0, 1))
     total = centred.square().sum(-1).mean()
-    share = lambda part: min(1.0, (part.square().sum(-1).mean() / total).item())     # <= 1 but for rounding
+
+    def share(part):
+        return min(1.0, (part.square().sum(-1).mean() / total).item())     # <= 1 but for rounding
     return share(centred.mean(1)), share(centred.mean(0))
 
 
@@ -98,23 +108,14 @@ def class_dependence(fn, features, shape, num_classes, device, seeds=100, batch=
     - seed_lock: per seed, the share of its images the classifier puts in the seed's most frequent class, averaged:
       1/num_classes when every image follows its class, 1.0 when the seed alone decides what is drawn;
     - same_seed_accuracy: how often the classifier names the requested class on these images."""
-    noise = noise_for_seeds(range(EVAL_SEED, EVAL_SEED + seeds), shape)
+    noise = noise_for_seeds(range(EVAL_SEED, EVAL_SEED + seeds), shape).repeat(num_classes, 1, 1, 1)
     labels = torch.arange(num_classes).repeat_interleave(seeds)               # class-major: [class 0 x seeds, class 1 x ...]
-    z_all = noise.repeat(num_classes, 1, 1, 1)
-    images = []
-    for i in range(0, len(labels), batch):
-        z = z_all[i:i + batch].to(device)
-        c = {'class_labels': torch.nn.functional.one_hot(labels[i:i + batch], num_classes).float().to(device)}
-        with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
-            images.append(to_uint8_nhwc(fn(z, c).float()).permute(0, 3, 1, 2).cpu())
-    images = torch.cat(images)
+    images, _ = sample(fn, noise, Conditions.of_labels(labels), num_classes, device, batch, autocast)
     class_share, seed_share = _two_way_shares(extract(features, images).double().view(num_classes, seeds, -1))
     # The same split of the pixels at 8x8 (layout and colour): what a grid's eye sees before what the classifier sees.
     pooled = torch.nn.functional.adaptive_avg_pool2d(images.double(), 8).flatten(1)
     pixel_class_share, pixel_seed_share = _two_way_shares(pooled.view(num_classes, seeds, -1))
-    with torch.no_grad():
-        predicted = torch.cat([features.net(images[i:i + 500].to(features.device, torch.float32) / 127.5 - 1).argmax(1).cpu()
-                               for i in range(0, len(images), 500)]).view(num_classes, seeds)
+    predicted = predicted_classes(features, images).view(num_classes, seeds)
     lock = torch.stack([torch.bincount(predicted[:, s], minlength=num_classes).max() for s in range(seeds)]).double() / num_classes
     return {'class_share': class_share, 'seed_share': seed_share, 'pixel_class_share': pixel_class_share,
             'pixel_seed_share': pixel_seed_share, 'seed_lock': lock.mean().item(),
@@ -180,7 +181,8 @@ def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='c
         if cond_kind == 'text' and id(encoder) not in encoders:      # encode the captions once per encoder
             encoders[id(encoder)] = Conditions(dataset, n, 'text', encoder)
         cond = encoders[id(encoder)] if cond_kind == 'text' else Conditions(dataset, n, cond_kind)
-        images, seconds = sample(fn, n, shape, cond, dataset.label_dim, device, batch, autocast)
+        noise = noise_for_seeds(range(EVAL_SEED, EVAL_SEED + n), shape)
+        images, seconds = sample(fn, noise, cond, dataset.label_dim, device, batch, autocast)
         m = reference.compare(images, 'x')
         row = {'name': name, 'kind': kind, 'images': n, 'fd': m['metric_fd_x'], 'precision': m['precision_x'],
                'recall': m['recall_x'], 'seconds_per_image': seconds, 'batch': batch}
