@@ -117,6 +117,25 @@ sweep() {       # NAME RATES: latency at n=1, closed loop at n=16 (npy, then PNG
     load "http-$name-open" --rate "$rates" --n 16 --format npy --response binary --duration 4 --deadline-ms 1000
 }
 
+# The zoo's students through `sida train evaluate` with the options in EVAL (one call per model, --record into copies
+# whose sida.json comes back in OUT); CAPTIONS: the folder of `sida train captions` for the text model. Models absent
+# from the working tree (left behind to fit the carry) are skipped.
+evaluate_zoo() {
+    if [ -f models/zoo/cifar10-cond/generator.safetensors ]; then
+        cp -r models/zoo/cifar10-cond /tmp/
+        timeout 280 "${SIDA[@]}" train evaluate "${EVAL[@]}" --student cifar10-cond=/tmp/cifar10-cond --out "$OUT/eval-class" \
+            2>&1 | grep -v 'it/s\]\|img/s\]' | tee "$OUT/eval-class.log"
+        cp /tmp/cifar10-cond/sida.json "$OUT/cifar10-cond.sida.json"
+    fi
+    if [ -f models/zoo/cifar10-text/generator.safetensors ] && [ -d "$CAPTIONS" ]; then
+        cp -r models/zoo/cifar10-text /tmp/
+        timeout $((590 - SECONDS)) "${SIDA[@]}" train evaluate "${EVAL[@]}" --test-prefix '' --student cifar10-text=/tmp/cifar10-text \
+            --captions "$CAPTIONS/captions.json" --text-embeddings "$CAPTIONS/text-embeddings.safetensors" \
+            --out "$OUT/eval-text" 2>&1 | grep -v 'it/s\]\|img/s\]' | tee "$OUT/eval-text.log"
+        cp /tmp/cifar10-text/sida.json "$OUT/cifar10-text.sida.json"
+    fi
+}
+
 case $STAGE in
 bench)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -412,19 +431,13 @@ EOF2
     echo "kept: ${BEST:-none reached 90%}" | tee -a "$OUT/machine.txt"
     [ -n "$BEST" ] || exit 0
     mkdir -p "$OUT/classifier" && cp $BEST/classifier.pt $BEST/classifier.json "$OUT/classifier/"
-    cp -r models/zoo/cifar10-cond models/zoo/cifar10-text /tmp/
     EVAL=(--data $DATA --classifier $BEST/classifier.pt --samples ${SAMPLES:-10k} --no-fid --record)
-    timeout 200 "${SIDA[@]}" train evaluate "${EVAL[@]}" --student cifar10-cond=/tmp/cifar10-cond --out "$OUT/eval-class" \
-        2>&1 | grep -v 'it/s\]\|img/s\]' | tee "$OUT/eval-class.log"
-    timeout $((590 - SECONDS)) "${SIDA[@]}" train evaluate "${EVAL[@]}" --test-prefix '' --student cifar10-text=/tmp/cifar10-text \
-        --captions $W/captions/captions.json --text-embeddings $W/captions/text-embeddings.safetensors \
-        --out "$OUT/eval-text" 2>&1 | grep -v 'it/s\]\|img/s\]' | tee "$OUT/eval-text.log"
-    for m in cifar10-cond cifar10-text; do cp /tmp/$m/sida.json "$OUT/$m.sida.json"; done
+    CAPTIONS=$W/captions evaluate_zoo
     ;;
 fid)
     # The working tree (40 MB with the zoo), the data (20 MB) and an Inception copy must fit 64 MiB together: the fp16
     # copy (40 MB gzipped) fits only without the zoo's text model and classifier, the int8 one (19 MB, a larger FID
-    # deviation: docs/training.md) without the text model. Models missing from the tree are skipped.
+    # deviation: docs/training.md) without the text model.
     CARRY=${3:?carry dir}; U=/tmp/unpacked; mkdir -p $U
     WEIGHTS=$(ls $CARRY/inception-*.pt.gz | head -n 1); gunzip -c "$WEIGHTS" > $U/inception.pt
     [ -f $CARRY/captions.tar.gz ] && tar xzf $CARRY/captions.tar.gz -C $U
@@ -432,19 +445,7 @@ fid)
         --samples ${SAMPLES:-50k} --fid-weights $U/inception.pt --stats-cache /tmp/stats-cache --record)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     echo "Inception copy: ${WEIGHTS##*/}" | tee -a "$OUT/machine.txt"
-    if [ -f models/zoo/cifar10-cond/generator.safetensors ]; then
-        cp -r models/zoo/cifar10-cond /tmp/
-        timeout 280 "${SIDA[@]}" train evaluate "${EVAL[@]}" --student cifar10-cond=/tmp/cifar10-cond --out "$OUT/eval-class" \
-            2>&1 | tee "$OUT/eval-class.log"
-        cp /tmp/cifar10-cond/sida.json "$OUT/cifar10-cond.sida.json"
-    fi
-    if [ -f models/zoo/cifar10-text/generator.safetensors ] && [ -d $U/captions ]; then
-        cp -r models/zoo/cifar10-text /tmp/
-        timeout $((590 - SECONDS)) "${SIDA[@]}" train evaluate "${EVAL[@]}" --test-prefix '' --student cifar10-text=/tmp/cifar10-text \
-            --captions $U/captions/captions.json --text-embeddings $U/captions/text-embeddings.safetensors \
-            --out "$OUT/eval-text" 2>&1 | tee "$OUT/eval-text.log"
-        cp /tmp/cifar10-text/sida.json "$OUT/cifar10-text.sida.json"
-    fi
+    CAPTIONS=$U/captions evaluate_zoo
     ;;
 sd)
     WHEELS=${3:?wheels dir}
