@@ -110,11 +110,16 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
             parse_backend(b)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint='--backends') from None
+    def partial_result(info, settings, rows):     # the same file, marked incomplete, until the run's end replaces it
+        from bench.record import safe_name, write_result
+        write_result(out, info, safe_name(name or f'generate-{settings["model"]}'), {**settings, 'incomplete': True}, rows,
+                     plot=False)
+
     try:
         info, settings, rows = run_generate(bundle, backends, batches, runs, warmup, max_seconds, device, io, compile_mode,
                                             export_missing, triton_url, peak_tflops, log=lambda m: click.echo(m, err=True),
                                             warmup_seconds=warmup_seconds, compile_variants=compile_variants,
-                                            profile_dir=profile_dir)
+                                            profile_dir=profile_dir, on_row=partial_result)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     _finish(out, info, name or f'generate-{settings["model"]}', settings, rows, plot)

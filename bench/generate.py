@@ -266,9 +266,10 @@ def _describe(row):
 
 def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=30.0, device=None, io='device', compile_mode=None,
                  export_missing=True, triton_url=None, peak_override=None, log=print, progress=True, warmup_seconds=1.0,
-                 compile_variants=None, profile_dir=None):
+                 compile_variants=None, profile_dir=None, on_row=None):
     """Measure every (backend, batch); returns (machine info, settings, rows). compile_variants: CompileOptions, each
-    measured for every compile backend (default: --compile-mode alone)."""
+    measured for every compile backend (default: --compile-mode alone). on_row(info, settings, rows) after every row, so
+    that a run cut short (a time limit) still leaves what it measured."""
     from tqdm import tqdm
 
     from bench.presets import resolve_bundle
@@ -288,6 +289,16 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
         except Exception as e:      # counting is best effort: a network that cannot run on `meta` gets no MFU
             log(f'FLOP count failed at batch {b}: {type(e).__name__}: {e}')
             flops[b] = None
+    settings = {'bundle': str(bundle_spec), 'bundle_dir': str(bundle_dir), 'model': config.name,
+                'architecture': config.architecture['network'], 'resolution': config.resolution,
+                'condition': config.condition['kind'], 'provenance': config.provenance, 'backends': list(backends),
+                'batches': list(batches), 'runs': runs, 'warmup': warmup, 'warmup_seconds': warmup_seconds,
+                'max_seconds_per_config': max_seconds, 'cudnn_benchmark': torch.backends.cudnn.benchmark,
+                'device': device, 'io': io, 'compile_mode': compile_mode, 'export_missing': export_missing,
+                'compile_variants': [str(v) for v in compile_variants or []], 'profiled': bool(profile_dir),
+                'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
+                'flops_counter': 'torch.utils.flop_counter.FlopCounterMode on the fp32 generator (meta device)',
+                'timing': 'wall clock per call, fenced by torch.cuda.synchronize on GPU; warm-up calls excluded'}
     rows = []
     plan = [(b, v) for b in backends for v in ((compile_variants or [None]) if parse_backend(b)[0] == 'compile' else [None])]
     bar = tqdm(total=len(plan) * len(batches), desc='bench generate', unit='config', disable=not progress)
@@ -299,6 +310,8 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
             key, reason = ('skipped', str(e)) if isinstance(e, Skipped) else ('error', f'{type(e).__name__}: {e}')
             rows += [{'kind': 'generate', 'backend': backend, **tag, 'batch': b, key: reason[:1000]} for b in batches]
             bar.write(_describe(rows[-1]))
+            if on_row:
+                on_row(info, settings, rows)
             bar.update(len(batches))
             continue
         try:
@@ -313,6 +326,8 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
                         torch.cuda.empty_cache()
                 rows.append(row)
                 bar.write(_describe(row))
+                if on_row:
+                    on_row(info, settings, rows)
                 bar.update(1)
         finally:
             runner.close()
@@ -321,14 +336,4 @@ def run_generate(bundle_spec, backends, batches, runs=20, warmup=3, max_seconds=
             if gpu:
                 torch.cuda.empty_cache()
     bar.close()
-    settings = {'bundle': str(bundle_spec), 'bundle_dir': str(bundle_dir), 'model': config.name,
-                'architecture': config.architecture['network'], 'resolution': config.resolution,
-                'condition': config.condition['kind'], 'provenance': config.provenance, 'backends': list(backends),
-                'batches': list(batches), 'runs': runs, 'warmup': warmup, 'warmup_seconds': warmup_seconds,
-                'max_seconds_per_config': max_seconds, 'cudnn_benchmark': torch.backends.cudnn.benchmark,
-                'device': device, 'io': io, 'compile_mode': compile_mode, 'export_missing': export_missing,
-                'compile_variants': [str(v) for v in compile_variants or []], 'profiled': bool(profile_dir),
-                'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
-                'flops_counter': 'torch.utils.flop_counter.FlopCounterMode on the fp32 generator (meta device)',
-                'timing': 'wall clock per call, fenced by torch.cuda.synchronize on GPU; warm-up calls excluded'}
     return info, settings, rows

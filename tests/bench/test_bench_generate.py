@@ -26,12 +26,25 @@ def test_result_file_has_the_schema_and_lives_under_device_and_date(generate_run
     assert path.name == f'{result["date"]}-tiny.json'
     assert path.with_suffix('.png').is_file()
     assert result['settings']['batches'] == [1, 2] and result['settings']['runs'] == 2
+    assert 'incomplete' not in result['settings']             # the finished run replaced the per-row partial file
     for row in result['results']:
         assert row['kind'] == 'generate' and row['backend'] and row['batch'] in (1, 2)
     for row in measured(result):
         assert {'images_per_s', 'p50_ms', 'p90_ms', 'p99_ms', 'mfu', 'peak_gpu_memory_mib', 'warmup_s', 'setup_s'} <= set(row)
         assert row['runs'] == 2 and row['images_per_s'] > 0
         assert row['peak_gpu_memory_mib'] is None                                  # CPU run
+
+
+def test_every_row_is_handed_on_as_it_is_measured(tiny_bundle):
+    """A run cut short by a time limit keeps what it measured: the CLI writes the file after every row."""
+    from bench.generate import run_generate
+    seen = []
+    run_generate(str(tiny_bundle), ['torch-fp32', 'tensorrt'], [1, 2], runs=1, warmup=0, warmup_seconds=0, device='cpu',
+                 progress=False, log=lambda m: None, on_row=lambda info, settings, rows: seen.append(
+                     (settings['model'], [(r['backend'], r['batch']) for r in rows])))
+    assert [rows for _, rows in seen] == [[('torch-fp32', 1)], [('torch-fp32', 1), ('torch-fp32', 2)],
+                                          [('torch-fp32', 1), ('torch-fp32', 2), ('tensorrt', 1), ('tensorrt', 2)]]
+    assert len({model for model, _ in seen}) == 1
 
 
 def test_each_backend_is_measured_at_each_batch_or_skipped_with_the_reason(generate_run):
