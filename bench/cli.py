@@ -87,7 +87,8 @@ def bench():
 @DEVICE
 @click.option('--io', type=click.Choice(['device', 'host']), default='device',
               help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
-@click.option('--compile-mode', default=None, show_default='max-autotune on CUDA (CUDA graphs), default on CPU', help='torch.compile mode.')
+@click.option('--compile-mode', default=None, show_default='reduce-overhead (+channels-last) on CUDA, default on CPU',
+              help='torch.compile mode.')
 @click.option('--compile-variants', default=None, callback=compile_variants,
               help='Measure every compile backend once per variant, MODE[+freezing][+channels-last], comma-separated, e.g. '
                    'reduce-overhead,reduce-overhead+freezing+channels-last (each row also carries the export parity gate).')

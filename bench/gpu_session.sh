@@ -22,7 +22,8 @@
 #           pydantic-settings python-dotenv annotated-types typing-inspection typing-extensions uvicorn httptools \
 #           opentelemetry-api py-spy==0.4.3 aiohttp yarl multidict frozenlist propcache aiosignal aiohappyeyeballs attrs
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
-#   bench/gpu_session.sh startup OUT WHEELS  cold and warm start of `sida serve --backend compile` (MODE=reduce-overhead)
+#   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
+#                                                 its defaults (MODE=... pins a mode), then the zoo's channels-last table
 #   bench/gpu_session.sh speed   OUT     compile speed candidates (freezing, channels-last, mode; bf16 at batch 1, 64, 256,
 #                                                 each row with the parity gate) for ddpmpp-cifar10 and the zoo model, a
 #                                                 profile of the best, cold/warm start with the persisted compile cache;
@@ -276,19 +277,26 @@ serve-short)
     echo "stage took $SECONDS s"
     ;;
 startup)
-    # Cold and warm start of the compile backend per torch.compile mode (the inductor cache in /tmp survives between
-    # the two starts), then short load; and the generator alone under the same compile mode for the HTTP overhead.
-    WHEELS=${3:?wheels dir}; MODE=${MODE:-reduce-overhead}
+    # Cold start (empty cache directory, no export: side-by-side compile helpers) and warm restart of `sida serve
+    # --backend compile` with its defaults (MODE=... to pin a mode), latency and a short closed loop after each; then
+    # the zoo model's table with and without channels-last (the default's switch; ddpmpp's was measured by `speed`).
+    WHEELS=${3:?wheels dir}
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-    RES=$OUT/results
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    ( time python3 -c 'import torch; torch.zeros(1, device="cuda")' ) 2>&1 | tee -a "$OUT/machine.txt"    # the floor of any start
+    RES=$OUT/results; export SIDA_CACHE_DIR=/tmp/startup-cache
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
     for model in zoo:models/zoo/cifar10-cond ddpmpp:build/bench-bundles/ddpmpp-cifar10; do
         name=${model%%:*}; bundle=${model#*:}
-        NS=1 LEVELS=1 DURATION=4 serve_and_load "$name-$MODE-cold" "$bundle" compile 150 --compile-mode "$MODE"
-        NS="1 16" LEVELS=1,8,32 DURATION=4 serve_and_load "$name-$MODE-warm" "$bundle" compile 60 --compile-mode "$MODE"
+        NS=1 LEVELS=1 DURATION=4 serve_and_load "$name-cold" "$bundle" compile 150 ${MODE:+--compile-mode $MODE}
+        grep -h 'compile' "$OUT/server-$name-cold.log" | tail -n 6
+        NS="1 16" LEVELS=1,8,32 DURATION=3 serve_and_load "$name-warm" "$bundle" compile 60 ${MODE:+--compile-mode $MODE}
+        grep -h 'compile' "$OUT/server-$name-warm.log" | tail -n 4
     done
-    timeout $((590 - SECONDS)) "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond --backends compile-bf16 \
-        --compile-mode "$MODE" --batch 1,16,64 --runs 20 --max-seconds 5 --out $RES --name "generate-zoo-$MODE"
+    timeout $((575 - SECONDS)) "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond --backends compile-bf16 \
+        --compile-variants reduce-overhead,reduce-overhead+channels-last --batch 1,64,256 --runs 20 --max-seconds 1 \
+        --warmup 3 --warmup-seconds 0.3 --out $RES --name speed-zoo-channels-last 2>&1 | grep -v 'config/s'
+    echo "stage took $SECONDS s"
     ;;
 speed|autotune)
     # speed (one 10-minute call; every step capped by `cap`, so that the later ones still run within BUDGET_S):

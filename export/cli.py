@@ -60,10 +60,12 @@ def onnx(bundle_dir, precision, opset, exporter, force):
 @export.command(name='compile', context_settings=CTX)
 @BUNDLE
 @precision_option(list(DTYPES), None, 'bf16 on CUDA, fp32 on CPU')
-@click.option('--mode', type=click.Choice(COMPILE_MODES), default=None, show_default='max-autotune on CUDA, default on CPU',
+@click.option('--mode', type=click.Choice(COMPILE_MODES), default=None,
+              show_default='reduce-overhead (+channels-last) on CUDA, default on CPU',
               help='torch.compile mode (reduce-overhead: CUDA graphs; max-autotune: also tunes kernels, paid once here).')
 @click.option('--freezing/--no-freezing', default=False, help='Inductor freezing: weights become constants it folds (inference only).')
-@click.option('--channels-last/--no-channels-last', default=False, help='NHWC weights, and inductor keeps convolutions NHWC.')
+@click.option('--channels-last/--no-channels-last', default=None, show_default='on CUDA',
+              help='NHWC weights, and inductor keeps convolutions NHWC.')
 @click.option('--buckets', default='1,8,32,64,128,256', show_default=True,
               help='Batch sizes to compile and check. A server compiles 1, the powers of 8 below its --max-batch, and '
                    '--max-batch itself; export those to skip all compiling at its start.')
@@ -75,7 +77,8 @@ def compile_(bundle_dir, precision, mode, freezing, channels_last, buckets, devi
     takes these options unless --compile-mode says otherwise)."""
     from export.compiled import CompileOptions, default_options, export_compiled
     device = resolve_device(device)
-    options = CompileOptions(mode or default_options(device).mode, freezing, channels_last)
+    default = default_options(device)
+    options = CompileOptions(mode or default.mode, freezing, default.channels_last if channels_last is None else channels_last)
     entry = _run(export_compiled, bundle_dir, precision, options, tuple(int(b) for b in buckets.split(',')), device, force,
                  log=click.echo)
     click.echo(json.dumps(_summary(entry) | {'options': entry['options']['spec'], 'warmup_seconds': entry['warmup_seconds'],

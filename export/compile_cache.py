@@ -139,6 +139,7 @@ class CompileCache:
 
     def __init__(self, bundle_dir, key, buckets, entry=None, reason=None, log=print):
         self.dir, self.log, self.before = use_cache_dir(), log, counters()
+        self.buckets, self.digest = tuple(buckets), artifacts_file(key).stem
         self.report = {'dir': str(self.dir), 'exported': None}
         if entry is not None:
             mismatch = key_mismatch(entry['cache']['key'], key)
@@ -158,8 +159,20 @@ class CompileCache:
             self.report['exported_miss'] = reason
             log(f'compile cache: not using exported artifacts ({reason}); cache dir {self.dir}')
 
+    def cold_buckets(self, buckets):
+        """The buckets neither exported nor warmed in this cache directory before: the ones that will compile."""
+        exported = set() if not self.report['exported'] else set(buckets) - set(self.report['exported']['buckets_not_exported'])
+        return [b for b in buckets if b not in exported and not self._marker(b).exists()]
+
+    def _marker(self, bucket):
+        return self.dir / 'sida-warm' / f'{self.digest}-{bucket}'
+
     def finish(self):
-        """After warm-up: how many graphs came from the cache; logged and kept in the report."""
+        """After warm-up: how many graphs came from the cache; logged and kept in the report. Marks the buckets warm
+        in this directory (so a restart knows not to compile them side by side)."""
+        for b in self.buckets:
+            self._marker(b).parent.mkdir(exist_ok=True)
+            self._marker(b).touch()
         now = counters()
         delta = {k: now[k] - self.before[k] for k in now}
         self.report.update(counters=delta, compile_seconds=compile_seconds())

@@ -58,7 +58,7 @@ def setting(name):
 @click.option('--backend', default=None, callback=backend_callback, show_default=setting('backend'), help=BACKEND_HELP)
 @click.option('--triton-url', default=None, help='External Triton server for --backend triton.')
 @click.option('--compile-mode', type=click.Choice(COMPILE_MODES),
-              default=None, show_default="the bundle's `sida export compile`, else max-autotune on CUDA, default on CPU",
+              default=None, show_default="the bundle's `sida export compile`, else reduce-overhead+channels-last on CUDA, default on CPU",
               help='torch.compile mode of the compile backend (reduce-overhead: CUDA graphs without kernel tuning).')
 @click.option('--host', default=None, show_default=setting('host'), help='Bind address.')
 @click.option('--port', type=int, default=None, show_default=setting('port'), help='HTTP port.')

@@ -18,8 +18,8 @@ class Settings(BaseSettings):
     triton_url: str | None = Field(None, description='Triton server for the triton backend, e.g. http://127.0.0.1:8000')
     compile_mode: Literal[COMPILE_MODES] | None = Field(
         None, description='torch.compile mode of the compile backend; none: the options of the bundle\'s `sida export '
-        'compile` (its compiled code is loaded), else max-autotune on CUDA (minutes of start-up while it tunes kernels), '
-        'default on CPU. reduce-overhead captures CUDA graphs without tuning.')
+        'compile` (its compiled code is loaded), else reduce-overhead with channels-last on CUDA (CUDA graphs, no kernel tuning), '
+        'default on CPU. max-autotune also tunes kernels: minutes at every cold start unless exported ahead.')
     host: str = '127.0.0.1'
     port: int = 8000
     max_batch: int = Field(32, ge=1, description='Images per backend call.')

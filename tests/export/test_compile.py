@@ -21,9 +21,11 @@ print(json.dumps(backend.describe()))
 '''
 
 
-def run(args, cache, timeout=600):
-    """A fresh process whose compile cache directory is `cache` (inductor's own default left out of it)."""
-    env = {k: v for k, v in os.environ.items() if k != 'TORCHINDUCTOR_CACHE_DIR'} | {'SIDA_CACHE_DIR': str(cache)}
+def run(args, cache, timeout=600, helpers=0):
+    """A fresh process whose compile cache directory is `cache` (inductor's own default left out of it), with
+    `helpers` side-by-side compile processes."""
+    env = {k: v for k, v in os.environ.items() if k != 'TORCHINDUCTOR_CACHE_DIR'} | {'SIDA_CACHE_DIR': str(cache),
+                                                                                    'SIDA_COMPILE_PROCESSES': str(helpers)}
     r = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
@@ -34,9 +36,14 @@ def test_exported_compile_passes_the_gate_and_a_fresh_process_loads_it_instead_o
     """One CPU compile with every switch on: `sida export compile` gates it at fp32 and writes the compiled code into the
     bundle and the persisted cache directory; a restarted server process takes the exported options and compiles no
     graph itself; and the bundle alone fills an empty cache directory (a new machine)."""
-    run(['-m', 'sida.cli', 'export', 'compile', '--bundle', str(class_bundle), '--device', 'cpu', '--precision', 'fp32',
-         '--mode', 'default', '--freezing', '--channels-last', '--buckets', '1'], tmp_path / 'machine')
+    exported = run(['-m', 'sida.cli', 'export', 'compile', '--bundle', str(class_bundle), '--device', 'cpu', '--precision',
+                    'fp32', '--mode', 'default', '--freezing', '--channels-last', '--buckets', '1,2'], tmp_path / 'machine',
+                   helpers=1)
+    # Bucket 2 compiled in a helper process meanwhile (SIDA_COMPILE_PROCESSES); this one loaded it from the cache.
+    assert 'buckets [2] compile side by side in 1 helper process(es)' in exported.stderr + exported.stdout
+    assert 'failed' not in exported.stderr + exported.stdout
     entry = read_manifest(class_bundle)['exports']['torch_compile-fp32']
+    assert entry['cache']['counters']['fxgraph_miss'] == 1 and entry['cache']['counters']['fxgraph_hit'] >= 1, entry['cache']
     assert entry['runtime'] == 'torch.compile' and entry['options']['spec'] == 'default+freezing+channels-last'
     # The compiled generator is the eager one, in floats too (compiling is slow on a CPU: one compile covers both).
     assert entry['parity']['passed'] and all(row['max_abs_float'] <= 1e-4 for row in entry['parity']['batches']), entry['parity']
