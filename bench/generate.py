@@ -10,6 +10,7 @@ batch's warm-up calls are timed apart from the measured runs. A backend that can
 """
 
 import contextlib
+import dataclasses
 import gc
 import socket
 import time
@@ -93,14 +94,14 @@ def open_runner(backend, bundle_dir, device, batches, io='device', compile_mode=
 
 
 def _torch_runner(backend, runtime, precision, bundle, device, batches, io, compile_mode, setup, options=None, log=print):
-    from export.compiled import CompileOptions, default_options
+    from export.compiled import default_options
     from serve.backends import CompiledBackend, TorchBackend
     dev = torch.device(device)
     if runtime == 'torch':
         served = TorchBackend(bundle, device, precision)
         autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == 'bf16' else contextlib.nullcontext
     else:
-        options = options or (CompileOptions(compile_mode) if compile_mode else default_options(dev))
+        options = options or dataclasses.replace(default_options(dev), **({'mode': compile_mode} if compile_mode else {}))
         served = _timed(setup, 'compile_setup_s', CompiledBackend, bundle, device, precision, buckets=tuple(batches), options=options,
                         log=log)
         setup.update(compile_mode=options.mode, compile_options=str(options), compile_cache=served.cache.report)

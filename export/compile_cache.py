@@ -12,6 +12,7 @@ CUDA graphs are captured again at every start (seconds per bucket). What they sk
 Triton compilation and max-autotune's benchmarking: most of a cold start.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -159,20 +160,37 @@ class CompileCache:
             self.report['exported_miss'] = reason
             log(f'compile cache: not using exported artifacts ({reason}); cache dir {self.dir}')
 
-    def cold_buckets(self, buckets):
+    def cold_buckets(self):
         """The buckets neither exported nor warmed in this cache directory before: the ones that will compile."""
-        exported = set() if not self.report['exported'] else set(buckets) - set(self.report['exported']['buckets_not_exported'])
-        return [b for b in buckets if b not in exported and not self._marker(b).exists()]
+        exported = set() if not self.report['exported'] else set(self.buckets) - set(self.report['exported']['buckets_not_exported'])
+        return [b for b in self.buckets if b not in exported and not self._marker(b).exists()]
 
     def _marker(self, bucket):
         return self.dir / 'sida-warm' / f'{self.digest}-{bucket}'
 
-    def finish(self):
-        """After warm-up: how many graphs came from the cache; logged and kept in the report. Marks the buckets warm
-        in this directory (so a restart knows not to compile them side by side)."""
+    @contextlib.contextmanager
+    def warming(self):
+        """Held while this compile's buckets warm up: one process at a time per cache directory and compile."""
+        import fcntl
+        self._marker(0).parent.mkdir(exist_ok=True)
+        with open(self.dir / 'sida-warm' / f'{self.digest}.lock', 'w') as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.log('compile cache: another process is warming the same compile; waiting for it, then loading its graphs')
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def mark_warm(self):
+        """After warm-up: these buckets are in the cache directory, so a restart starts no helpers for them. Not when
+        a graph bypassed the cache (it would compile again anyway)."""
+        if counters()['fxgraph_bypass'] > self.before['fxgraph_bypass']:
+            return
         for b in self.buckets:
-            self._marker(b).parent.mkdir(exist_ok=True)
             self._marker(b).touch()
+
+    def finish(self):
+        """After warm-up: how many graphs came from the cache; logged and kept in the report."""
         now = counters()
         delta = {k: now[k] - self.before[k] for k in now}
         self.report.update(counters=delta, compile_seconds=compile_seconds())

@@ -106,12 +106,13 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
     return torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
 
 
-def warm_up(compiled, config, buckets, device):
-    """Compile (and capture) every bucket before serving; returns seconds per bucket."""
+def warm_up(compiled, config, buckets, device, make_inputs=None):
+    """Compile (and capture) every bucket before serving; returns seconds per bucket. make_inputs(config, batch):
+    the parity gate's inputs unless given (only their shapes and dtypes shape the compiled code)."""
     from export.parity import parity_inputs
     seconds = {}
     for b in buckets:
-        inputs = {k: v.to(device) for k, v in parity_inputs(config, b).items()}
+        inputs = {k: v.to(device) for k, v in (make_inputs or parity_inputs)(config, b).items()}
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(2):                      # CUDA graphs record on the second call
@@ -137,34 +138,44 @@ class SideBySide:
         if wanted is not None and not wanted.strip().isdigit():
             raise ValueError(f'{PROCESSES_ENV} must be a whole number of helper processes, got {wanted!r}')
         limit = int(wanted) if wanted is not None else (
-            max(1, (os.cpu_count() or 4) // 4) if torch.device(device).type == 'cuda' else 0)
+            max(1, len(os.sched_getaffinity(0)) // 4) if torch.device(device).type == 'cuda' else 0)
         self.buckets, self.log, self.started = tuple(cold[1:][-limit:] if limit else ()), log, time.perf_counter()
         self.logs = tempfile.TemporaryDirectory(prefix='sida-compile-')
         self.helpers = {}
-        for b in self.buckets:      # the largest cold buckets: the slowest to compile
-            out = open(os.path.join(self.logs.name, f'{b}.log'), 'w')
-            self.helpers[b] = (subprocess.Popen(
-                [sys.executable, '-m', 'export.compiled', os.path.abspath(bundle_dir), precision, str(options), device, str(b)],
-                stdout=out, stderr=subprocess.STDOUT, env=_helper_env()), out)
+        try:
+            for b in self.buckets:      # the largest cold buckets: the slowest to compile
+                with open(os.path.join(self.logs.name, f'{b}.log'), 'w') as out:
+                    self.helpers[b] = subprocess.Popen(
+                        [sys.executable, '-P', '-m', 'export.compiled', os.path.abspath(bundle_dir), precision, str(options),
+                         device, str(b)], stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
+        except BaseException:
+            self.kill()
+            raise
         if self.buckets:
             log(f'compile: buckets {list(self.buckets)} compile side by side in {len(self.buckets)} helper process(es)')
 
     def wait(self, timeout=1800):
         """Wait for the helpers; a failed one is logged with its last line (this process compiles that bucket itself)."""
-        for b, (proc, out) in self.helpers.items():
+        for b, proc in self.helpers.items():
             try:
                 code = proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - self.started)))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait()
-            out.close()
             if code != 0:
-                lines = open(out.name).read().strip().splitlines() or ['(no output)']
+                with open(os.path.join(self.logs.name, f'{b}.log')) as f:
+                    lines = f.read().strip().splitlines() or ['(no output)']
                 self.log(f'compile: helper for bucket {b} failed (exit {code}: {lines[-1][:300]}); compiling it here')
         if self.helpers:
             self.log(f'compile: helpers done after {time.perf_counter() - self.started:.1f} s')
         self.logs.cleanup()
-        return self.buckets
+
+    def kill(self):
+        """This process failed or is stopping: the helpers' work is no use to anyone now."""
+        for proc in self.helpers.values():
+            proc.kill()
+            proc.wait()
+        self.logs.cleanup()
 
 
 def _helper_env():
@@ -173,14 +184,20 @@ def _helper_env():
     return {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH')) if p)}
 
 
-def warm_up_side_by_side(compiled, bundle_dir, config, precision, options, buckets, cold, device, log=print):
-    """warm_up, with the cold buckets after the first compiled by helpers (SideBySide) meanwhile."""
-    helpers = SideBySide(bundle_dir, precision, options, cold, device, log)
-    try:
-        seconds = warm_up(compiled, config, [b for b in buckets if b not in helpers.buckets], device)
-    finally:
-        helpers.wait()
-    return {**seconds, **warm_up(compiled, config, helpers.buckets, device)}
+def warm_side_by_side(warm, cache, bundle_dir, precision, options, device, log=print):
+    """warm(buckets) for every bucket of `cache`, the cold ones after the first compiled by helpers meanwhile.
+    Under the cache's lock: a second process warming the same compile (`sida serve --workers N`) waits, then finds
+    the buckets warm and loads them, instead of compiling them again beside the first."""
+    with cache.warming():
+        helpers = SideBySide(bundle_dir, precision, options, cache.cold_buckets(), device, log)
+        try:
+            warm([b for b in cache.buckets if b not in helpers.buckets])
+            helpers.wait()
+        except BaseException:
+            helpers.kill()
+            raise
+        warm(helpers.buckets)
+        cache.mark_warm()
 
 
 def export_compiled(bundle_dir, precision=None, options=None, buckets=DEFAULT_BUCKETS, device=None, force=False, log=print):
@@ -192,8 +209,9 @@ def export_compiled(bundle_dir, precision=None, options=None, buckets=DEFAULT_BU
     key = cache_key(bundle.config, device, precision, options)
     cache = CompileCache(bundle_dir, key, buckets, *exported_entry(bundle_dir, bundle.config, precision), log=log)
     compiled = compile_generator(bundle.generator, precision, options, device)
-    warm = warm_up_side_by_side(compiled, bundle_dir, bundle.config, precision, options, buckets, cache.cold_buckets(buckets),
-                                device, log)
+    warm = {}
+    warm_side_by_side(lambda bs: warm.update(warm_up(compiled, bundle.config, bs, device)), cache, bundle_dir, precision,
+                      options, device, log)
 
     def run(inputs):
         with torch.inference_mode():
@@ -215,12 +233,24 @@ def export_compiled(bundle_dir, precision=None, options=None, buckets=DEFAULT_BU
 
 
 def _compile_one_bucket(bundle_dir, precision, spec, device, bucket):
-    """A SideBySide helper: compile one bucket into the shared cache directory, then exit."""
+    """A SideBySide helper: compile one bucket into the shared cache directory, then exit (at once if the process
+    that started it is gone, e.g. a server stopped by SIGTERM mid-start)."""
+    import threading
+
     from export.compile_cache import use_cache_dir
+    from models.seeds import example_inputs
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
     use_cache_dir()
     bundle = load_bundle(bundle_dir, return_float=True)
     compiled = compile_generator(bundle.generator, precision, CompileOptions.parse(spec), device)
-    print(json.dumps({'bucket': int(bucket), 'seconds': warm_up(compiled, bundle.config, [int(bucket)], device)}))
+    seconds = warm_up(compiled, bundle.config, [int(bucket)], device, make_inputs=example_inputs)   # no text encoder
+    print(json.dumps({'bucket': int(bucket), 'seconds': seconds}))
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the ho
 seed gives the same image on every backend (up to the runtime's precision).
 """
 
+import dataclasses
 import logging
 import threading
 import time
@@ -85,9 +86,11 @@ class CompiledBackend(TorchBackend):
         Backend.__init__(self, bundle)
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
         entry, reason = exported_entry(bundle.path, self.config, precision)
-        if options is None and mode is None and entry is not None:
-            options = CompileOptions(**{k: entry['options'][k] for k in ('mode', 'freezing', 'channels_last')})
-        self.options = options or (CompileOptions(mode) if mode else default_options(device))
+        if options is None:     # --compile-mode changes the mode only: the export's switches (or the default's) stay
+            base = (CompileOptions(**{k: entry['options'][k] for k in ('mode', 'freezing', 'channels_last')})
+                    if entry is not None else default_options(device))
+            options = dataclasses.replace(base, mode=mode) if mode else base
+        self.options = options
         self.mode = self.options.mode
         self.cache = CompileCache(bundle.path, cache_key(self.config, device, precision, self.options), self.buckets, entry, reason,
                                   log=log or logging.getLogger('sida.serve').info)
@@ -95,15 +98,9 @@ class CompiledBackend(TorchBackend):
 
     def warmup(self, batch_sizes=None):
         """Every bucket, the cold ones after the first compiled side by side (export/compiled.py: SideBySide)."""
-        from export.compiled import SideBySide
-        helpers = SideBySide(self.bundle.path, self.precision, self.options, self.cache.cold_buckets(self.buckets), self.device,
-                             self.cache.log)
+        from export.compiled import warm_side_by_side
         started = time.perf_counter()
-        try:
-            super().warmup([b for b in self.buckets if b not in helpers.buckets])
-        finally:
-            helpers.wait()
-        super().warmup(helpers.buckets)
+        warm_side_by_side(super().warmup, self.cache, self.bundle.path, self.precision, self.options, self.device, self.cache.log)
         self.warmup_seconds = round(time.perf_counter() - started, 3)
         self.cache.finish()
 

@@ -99,8 +99,8 @@ def test_compile_backend_takes_the_exported_options_and_says_why_their_code_does
     backend = CompiledBackend(bundle, 'cpu', log=logs.append)
     assert backend.options == chosen and backend.describe()['compile_options'] == 'reduce-overhead+freezing'
     assert "exported for another setup (torch: exported '0.0'" in logs[0], logs
-    backend = CompiledBackend(bundle, 'cpu', mode='default', log=logs.append)        # --compile-mode wins
-    assert str(backend.options) == 'default' and "options: exported" in logs[1], logs
+    backend = CompiledBackend(bundle, 'cpu', mode='default', log=logs.append)        # --compile-mode: the mode only
+    assert str(backend.options) == 'default+freezing' and "options: exported" in logs[1], logs
     assert backend.buckets == (1, 8, 64)                                             # the default max batch, 64
     assert CompiledBackend(bundle, 'cpu', max_batch=32, log=logs.append).buckets == (1, 8, 32)
 
