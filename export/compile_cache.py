@@ -186,6 +186,7 @@ class CompileCache:
         a graph bypassed the cache (it would compile again anyway)."""
         if counters()['fxgraph_bypass'] > self.before['fxgraph_bypass']:
             return
+        self._marker(0).parent.mkdir(exist_ok=True)
         for b in self.buckets:
             self._marker(b).touch()
 

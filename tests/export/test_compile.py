@@ -70,3 +70,56 @@ def test_compile_options_read_and_write_one_spelling():
     for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'")):
         with pytest.raises(ValueError, match=words):
             CompileOptions.parse(bad)
+
+
+def _cache(tmp_path, monkeypatch, buckets=(1, 8, 64)):
+    from export.compile_cache import CompileCache
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
+    monkeypatch.setenv('SIDA_CACHE_DIR', str(tmp_path / 'machine'))
+    logs = []
+    key = {'bundle_sha256': 'x', 'precision': 'fp32', 'options': CompileOptions().as_dict()}
+    return CompileCache(tmp_path, key, buckets, log=logs.append), logs
+
+
+def test_warmed_buckets_are_marked_so_a_restart_starts_no_helpers(tmp_path, monkeypatch):
+    cache, _ = _cache(tmp_path, monkeypatch)
+    assert cache.cold_buckets() == [1, 8, 64]
+    cache.mark_warm()
+    again, _ = _cache(tmp_path, monkeypatch)                       # a restart on the same cache directory
+    assert again.cold_buckets() == []
+    other, _ = _cache(tmp_path, monkeypatch, buckets=(1, 8, 128))  # a larger --max-batch: only the new bucket is cold
+    assert other.cold_buckets() == [128]
+
+
+def test_a_second_process_warming_the_same_compile_waits_for_the_first(tmp_path, monkeypatch):
+    """`sida serve --workers N`: one warms (helpers and all), the others wait, then find the buckets warm."""
+    import threading
+    first, _ = _cache(tmp_path, monkeypatch)
+    second, logs = _cache(tmp_path, monkeypatch)
+    order = []
+
+    def second_process():
+        with second.warming():
+            order.append('second in')
+    with first.warming():
+        waiter = threading.Thread(target=second_process)
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and 'another process is warming the same compile' in logs[-1]
+        first.mark_warm()
+        order.append('first done')
+    waiter.join(10)
+    assert order == ['first done', 'second in'] and second.cold_buckets() == []
+
+
+def test_a_failed_helper_is_reported_and_its_bucket_compiled_here(tmp_path, monkeypatch):
+    from export.compiled import SideBySide
+    monkeypatch.setenv('SIDA_COMPILE_PROCESSES', '1')
+    logs = []
+    helpers = SideBySide(tmp_path / 'no-such-bundle', 'fp32', CompileOptions(), [1, 8, 64], 'cpu', logs.append)
+    assert helpers.buckets == (64,) and 'buckets [64] compile side by side in 1 helper' in logs[0]
+    helpers.wait()
+    assert 'helper for bucket 64 failed (exit 1' in logs[1] and 'compiling it here' in logs[1], logs
+    monkeypatch.setenv('SIDA_COMPILE_PROCESSES', 'many')
+    with pytest.raises(ValueError, match='SIDA_COMPILE_PROCESSES must be a whole number'):
+        SideBySide(tmp_path, 'fp32', CompileOptions(), [1, 8], 'cpu')
