@@ -124,6 +124,7 @@ def warm_up(compiled, config, buckets, device, make_inputs=None):
 
 
 PROCESSES_ENV = 'SIDA_COMPILE_PROCESSES'
+SAFE_PATH = ('-P',) if sys.version_info >= (3, 11) else ()     # a helper must not import from the server's cwd
 
 
 class SideBySide:
@@ -146,8 +147,8 @@ class SideBySide:
             for b in self.buckets:      # the largest cold buckets: the slowest to compile
                 with open(os.path.join(self.logs.name, f'{b}.log'), 'w') as out:
                     self.helpers[b] = subprocess.Popen(
-                        [sys.executable, '-P', '-m', 'export.compiled', os.path.abspath(bundle_dir), precision, str(options),
-                         device, str(b)], stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
+                        [sys.executable, *SAFE_PATH, '-m', 'export.compiled', os.path.abspath(bundle_dir), precision,
+                         str(options), device, str(b)], stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
         except BaseException:
             self.kill()
             raise
