@@ -10,7 +10,6 @@ batch's warm-up calls are timed apart from the measured runs. A backend that can
 """
 
 import contextlib
-import dataclasses
 import gc
 import socket
 import time
@@ -101,7 +100,7 @@ def _torch_runner(backend, runtime, precision, bundle, device, batches, io, comp
         served = TorchBackend(bundle, device, precision)
         autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == 'bf16' else contextlib.nullcontext
     else:
-        options = options or dataclasses.replace(default_options(dev), **({'mode': compile_mode} if compile_mode else {}))
+        options = options or default_options(dev, compile_mode)
         served = _timed(setup, 'compile_setup_s', CompiledBackend, bundle, device, precision, buckets=tuple(batches), options=options,
                         log=log)
         setup.update(compile_mode=options.mode, compile_options=str(options), compile_cache=served.cache.report)

@@ -77,8 +77,8 @@ def compile_(bundle_dir, precision, mode, freezing, channels_last, buckets, devi
     takes these options unless --compile-mode says otherwise)."""
     from export.compiled import CompileOptions, default_options, export_compiled
     device = resolve_device(device)
-    default = default_options(device)
-    options = CompileOptions(mode or default.mode, freezing, default.channels_last if channels_last is None else channels_last)
+    default = default_options(device, mode)
+    options = CompileOptions(default.mode, freezing, default.channels_last if channels_last is None else channels_last)
     entry = _run(export_compiled, bundle_dir, precision, options, tuple(int(b) for b in buckets.split(',')), device, force,
                  log=click.echo)
     click.echo(json.dumps(_summary(entry) | {'options': entry['options']['spec'], 'warmup_seconds': entry['warmup_seconds'],

@@ -141,6 +141,7 @@ class CompileCache:
     def __init__(self, bundle_dir, key, buckets, entry=None, reason=None, log=print):
         self.dir, self.log, self.before = use_cache_dir(), log, counters()
         self.buckets, self.digest = tuple(buckets), artifacts_file(key).stem
+        self.warm_dir = self.dir / 'sida-warm'         # a marker per bucket warmed here, and the warming lock
         self.report = {'dir': str(self.dir), 'exported': None}
         if entry is not None:
             mismatch = key_mismatch(entry['cache']['key'], key)
@@ -162,18 +163,18 @@ class CompileCache:
 
     def cold_buckets(self):
         """The buckets neither exported nor warmed in this cache directory before: the ones that will compile."""
-        exported = set() if not self.report['exported'] else set(self.buckets) - set(self.report['exported']['buckets_not_exported'])
-        return [b for b in self.buckets if b not in exported and not self._marker(b).exists()]
+        not_exported = (self.report['exported'] or {}).get('buckets_not_exported', self.buckets)
+        return [b for b in self.buckets if b in not_exported and not self._marker(b).exists()]
 
     def _marker(self, bucket):
-        return self.dir / 'sida-warm' / f'{self.digest}-{bucket}'
+        return self.warm_dir / f'{self.digest}-{bucket}'
 
     @contextlib.contextmanager
     def warming(self):
         """Held while this compile's buckets warm up: one process at a time per cache directory and compile."""
         import fcntl
-        self._marker(0).parent.mkdir(exist_ok=True)
-        with open(self.dir / 'sida-warm' / f'{self.digest}.lock', 'w') as lock:
+        self.warm_dir.mkdir(exist_ok=True)
+        with open(self.warm_dir / f'{self.digest}.lock', 'w') as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -186,7 +187,7 @@ class CompileCache:
         a graph bypassed the cache (it would compile again anyway)."""
         if counters()['fxgraph_bypass'] > self.before['fxgraph_bypass']:
             return
-        self._marker(0).parent.mkdir(exist_ok=True)
+        self.warm_dir.mkdir(exist_ok=True)
         for b in self.buckets:
             self._marker(b).touch()
 

@@ -79,13 +79,12 @@ def batch_buckets(max_batch):
     return tuple(buckets + [max_batch])
 
 
-def default_options(device):
+def default_options(device, mode=None):
     """reduce-overhead + channels-last on CUDA: the fastest measured without tuning (H100, 2026-12-06, ddpmpp-cifar10:
     batch 1 p50 1.71 ms against 1.90 without channels-last; max-autotune's 2026-12-02 H200 figures were no better and
-    cost minutes of tuning per start); default on CPU."""
-    if torch.device(device).type == 'cuda':
-        return CompileOptions('reduce-overhead', channels_last=True)
-    return CompileOptions('default')
+    cost minutes of tuning per start); default on CPU. `mode` (--compile-mode) replaces the mode only."""
+    cuda = torch.device(device).type == 'cuda'
+    return CompileOptions(mode or ('reduce-overhead' if cuda else 'default'), channels_last=cuda)
 
 
 def compile_generator(generator, precision='bf16', options=None, device='cuda'):

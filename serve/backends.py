@@ -5,7 +5,6 @@ returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the ho
 seed gives the same image on every backend (up to the runtime's precision).
 """
 
-import dataclasses
 import logging
 import threading
 import time
@@ -86,11 +85,10 @@ class CompiledBackend(TorchBackend):
         Backend.__init__(self, bundle)
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
         entry, reason = exported_entry(bundle.path, self.config, precision)
-        if options is None:     # --compile-mode changes the mode only: the export's switches (or the default's) stay
-            base = (CompileOptions(**{k: entry['options'][k] for k in ('mode', 'freezing', 'channels_last')})
-                    if entry is not None else default_options(device))
-            options = dataclasses.replace(base, mode=mode) if mode else base
-        self.options = options
+        if options is None and entry is not None:   # --compile-mode changes the mode only: the export's switches stay
+            options = CompileOptions(**{k: entry['options'][k] for k in ('freezing', 'channels_last')},
+                                     mode=mode or entry['options']['mode'])
+        self.options = options or default_options(device, mode)
         self.mode = self.options.mode
         self.cache = CompileCache(bundle.path, cache_key(self.config, device, precision, self.options), self.buckets, entry, reason,
                                   log=log or logging.getLogger('sida.serve').info)

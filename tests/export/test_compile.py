@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from export.compile_cache import load_artifacts
-from export.compiled import CompileOptions
+from export.compiled import CompileOptions, default_options
 from export.manifest import read_manifest
 
 SERVE = '''
@@ -67,6 +67,9 @@ def test_compile_options_read_and_write_one_spelling():
     assert str(options) == 'max-autotune+freezing+channels-last' and str(CompileOptions.parse('default')) == 'default'
     assert options.inductor_options()['freezing'] and options.inductor_options()['force_layout_optimization']
     assert options.cuda_graphs() and not CompileOptions('max-autotune-no-cudagraphs').cuda_graphs()
+    # --compile-mode replaces the default's mode, not its switches
+    assert str(default_options('cuda')) == 'reduce-overhead+channels-last' and str(default_options('cpu')) == 'default'
+    assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last'
     for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'")):
         with pytest.raises(ValueError, match=words):
             CompileOptions.parse(bad)
