@@ -294,8 +294,9 @@ startup)
         grep -h 'compile' "$OUT/server-$name-warm.log" | tail -n 4
     done
     left=$((${STAGE_S:-575} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate \
-        --bundle models/zoo/cifar10-cond --backends compile-bf16 --compile-variants reduce-overhead,reduce-overhead+channels-last --batch 1,64,256 --runs 20 --max-seconds 1 \
-        --warmup 3 --warmup-seconds 0.3 --out $RES --name speed-zoo-channels-last 2>&1 | grep -v 'config/s'
+        --bundle models/zoo/cifar10-cond --backends compile-bf16 --compile-variants reduce-overhead,reduce-overhead+channels-last \
+        --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name speed-zoo-channels-last \
+        2>&1 | grep -v 'config/s'
     echo "stage took $SECONDS s"
     ;;
 speed|autotune)
