@@ -24,6 +24,9 @@
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
 #                                                 its defaults (MODE=... pins a mode), then the zoo's channels-last table
+#   bench/gpu_session.sh startup-profile OUT WHEELS  ddpmpp's warm start of `sida serve --backend compile` under py-spy (after a
+#                                                 cold start fills the cache) and torch.profiler of its default compile
+#                                                 at batch 1 and 256 beside eager fp32
 #   bench/gpu_session.sh speed   OUT     compile speed candidates (freezing, channels-last, mode; bf16 at batch 1, 64, 256,
 #                                                 each row with the parity gate) for ddpmpp-cifar10 and the zoo model, a
 #                                                 profile of the best, cold/warm start with the persisted compile cache;
@@ -297,6 +300,35 @@ startup)
         --bundle models/zoo/cifar10-cond --backends compile-bf16 --compile-variants reduce-overhead,reduce-overhead+channels-last \
         --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name speed-zoo-channels-last \
         2>&1 | grep -v 'config/s'
+    echo "stage took $SECONDS s"
+    ;;
+startup-profile)
+    # Where a warm start goes ([serve-gpu]: ready in <= 15 s warm) and where ddpmpp's compiled step goes ([speed]): a cold
+    # start of ddpmpp on the compile backend fills the cache, its warm restart runs under py-spy (--idle: waits count;
+    # raw stacks) beside the ready line's own timings; then torch.profiler of the default compile at batch 1 and 256
+    # beside eager fp32 (the "3x eager fp32" bar), every row through the parity gate.
+    WHEELS=${3:?wheels dir}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    export PATH=/tmp/site/bin:$PATH SIDA_CACHE_DIR=/tmp/startup-cache; RES=$OUT/results; B=build/bench-bundles/ddpmpp-cifar10
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
+    NS=1 LEVELS=1 DURATION=3 serve_and_load ddpmpp-cold $B compile 150
+    start=$SECONDS
+    py-spy record --idle -r 100 --format raw -o "$OUT/pyspy-ddpmpp-warm.txt" -- "${SIDA[@]}" serve --bundle $B --backend compile \
+        --port 8100 --no-ui --max-batch 64 > "$OUT/server-ddpmpp-warm.log" 2>&1 &
+    spy=$!
+    until curl -sf localhost:8100/readyz > /dev/null || [ $((SECONDS - start)) -ge 90 ]; do sleep 0.2; done
+    echo "ddpmpp-warm (under py-spy): ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
+    kill -INT $(pgrep -P $spy) 2>/dev/null; wait $spy
+    for log in "$OUT"/server-ddpmpp-*.log; do      # the ready line's timings: process start, load, warm-up per bucket
+        grep -h '"event": "ready"' "$log" | python3 -c 'import json, sys
+for line in sys.stdin:
+    event = json.loads(line[line.index("{"):]); print(sys.argv[1], json.dumps({k: event.get(k) for k in ("process_seconds", "startup")}))' \
+            "$(basename "$log")" | tee -a "$OUT/ready.txt"
+    done
+    left=$((${STAGE_S:-560} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle $B \
+        --backends torch-fp32,compile-bf16 --compile-variants reduce-overhead+channels-last --batch 1,256 --runs 20 \
+        --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --profile "$OUT/profile" --out $RES --name profile-ddpmpp 2>&1 | grep -v 'config/s'
     echo "stage took $SECONDS s"
     ;;
 speed|autotune)

@@ -30,6 +30,7 @@ class Backend:
         self.config = bundle.config
         self.device, self.precision, self.warm = 'cpu', 'fp32', False
         self.warmup_seconds = None
+        self.warmup_batches = {}            # seconds per warmed batch size (compile: per bucket)
 
     def generate(self, inputs):
         raise NotImplementedError
@@ -37,13 +38,15 @@ class Backend:
     def warmup(self, batch_sizes=(1,)):
         started = time.perf_counter()
         for b in batch_sizes:
+            begun = time.perf_counter()
             self.generate(example_inputs(self.config, b))     # the right shapes, not real prompts
+            self.warmup_batches[b] = round(time.perf_counter() - begun, 3)
         self.warmup_seconds = round(time.perf_counter() - started, 3)
         self.warm = True
 
     def describe(self):
         return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'warm': self.warm,
-                'warmup_seconds': self.warmup_seconds}
+                'warmup_seconds': self.warmup_seconds, 'warmup_batches': self.warmup_batches}
 
 
 class TorchBackend(Backend):

@@ -2,6 +2,7 @@
 
 import asyncio
 import secrets
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class PromptEncoder:
 
 class ServedModel:
     def __init__(self, bundle_dir, settings, on_batch=None):
+        started = time.perf_counter()
         self.bundle = load_bundle(bundle_dir)
         self.created = int((Path(bundle_dir) / CONFIG_FILE).stat().st_mtime)
         self.config = self.bundle.config
@@ -79,6 +81,7 @@ class ServedModel:
         if self.config.condition['kind'] == 'text':
             from models.text_encoder import bundle_text_encoder
             self.prompts = PromptEncoder(bundle_text_encoder(self.config))
+        self.load_seconds = round(time.perf_counter() - started, 3)     # bundle read, network built and moved to its device
 
     @property
     def kind(self):

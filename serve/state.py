@@ -1,6 +1,8 @@
 """What the app holds while it runs (typed), and the lifespan that loads and warms the models into it."""
 
 import json
+import os
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -33,6 +35,23 @@ class AppState:
         return self.models[model_id]
 
 
+def process_seconds():
+    """Seconds since this process started (Linux: its start time in /proc against the boot clock), else None."""
+    try:
+        with open('/proc/self/stat') as f:
+            start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])     # field 22: starttime, clock ticks after boot
+        return round(time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf('SC_CLK_TCK'), 2)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def startup_report(model):
+    """Where a model's start went: loading (bundle, network to device) and warming (per batch size or bucket)."""
+    described = model.backend.describe()
+    return {'id': model.id, 'load_seconds': getattr(model, 'load_seconds', None),
+            'warmup_seconds': described.get('warmup_seconds'), 'warmup_batches': described.get('warmup_batches')}
+
+
 def lifespan_for(state: AppState, models=None):
     """models: ServedModel objects built already (the CLI, tests); otherwise built from settings.bundles here.
 
@@ -52,7 +71,8 @@ def lifespan_for(state: AppState, models=None):
             m.batcher.start()
             state.models[m.id] = m
         state.ready = True
-        log.info(json.dumps({'event': 'ready', 'models': [m.info() for m in loaded]}))
+        log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(), 'models': [m.info() for m in loaded],
+                             'startup': [startup_report(m) for m in loaded]}))
         try:
             yield
         finally:

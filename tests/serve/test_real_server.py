@@ -68,3 +68,13 @@ def test_workers_share_one_port_and_add_up_their_metrics(class_bundle_dir, tmp_p
         s.stop()
     for pid in workers:
         assert not Path(f'/proc/{pid}').exists() or b'zombie' in Path(f'/proc/{pid}/status').read_bytes().lower()
+
+
+def test_the_ready_line_says_where_the_start_went(server):
+    """The log's ready event: seconds since the process started, and per model its load and its warm-up per batch."""
+    lines = Path(server.log.name).read_text().splitlines()
+    ready = next(json.loads(line[line.index('{'):]) for line in lines if '"event": "ready"' in line)
+    model = ready['startup'][0]
+    assert model['id'] == ready['models'][0]['id'] and set(model['warmup_batches']) == {'1'}
+    assert 0 < model['load_seconds'] and 0 < model['warmup_batches']['1'] <= model['warmup_seconds']
+    assert ready['process_seconds'] > model['load_seconds'] + model['warmup_seconds']
