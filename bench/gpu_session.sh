@@ -23,7 +23,8 @@
 #           opentelemetry-api py-spy==0.4.3 aiohttp yarl multidict frozenlist propcache aiosignal aiohappyeyeballs attrs
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
-#                                                 its defaults (MODE=... pins a mode), then the zoo's channels-last table
+#                                                 its defaults (MODE=... pins a mode), then each generator alone at the
+#                                                 server's buckets
 #   bench/gpu_session.sh startup-profile OUT WHEELS  ddpmpp's warm start of `sida serve --backend compile` under py-spy (after a
 #                                                 cold start fills the cache) and torch.profiler of its default compile
 #                                                 at batch 1 and 256 beside eager fp32
@@ -63,6 +64,10 @@
 set -uo pipefail
 STAGE=${1:?stage}; OUT=${2:?out dir}
 export PYTHONUNBUFFERED=1
+# The lent machine's torch, sympy and networkx come without compiled bytecode (py-spy of a warm `sida serve` start,
+# 2026-12-06: 6.4 s of 22 s went to compiling their sources, at every start). An installed image has it (pip writes
+# it); here the first process writes it under this prefix and every later one reads it.
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 SIDA=(python3 -m sida.cli)
 mkdir -p "$OUT"
 ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
@@ -87,6 +92,15 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
     done
     curl -s localhost:$port/metrics | grep -E '^sida_batch_size|^sida_request' > "$OUT/metrics-$name.txt"
     kill -INT $pid; wait $pid
+}
+
+ready_timings() {   # SERVER_LOG...: each server's ready line (seconds since its process started, load, warm-up per bucket)
+    for log in "$@"; do
+        grep -h '"event": "ready"' "$log" | python3 -c 'import json, sys
+for line in sys.stdin:
+    event = json.loads(line[line.index("{"):]); print(sys.argv[1], json.dumps({k: event.get(k) for k in ("process_seconds", "startup")}))' \
+            "$(basename "$log")" | tee -a "$OUT/ready.txt"
+    done
 }
 
 # serve-sweep's pieces: one server up (time to ready), loads against it, then down (its /metrics kept).
@@ -282,11 +296,14 @@ serve-short)
 startup)
     # Cold start (empty cache directory, no export: side-by-side compile helpers) and warm restart of `sida serve
     # --backend compile` with its defaults (MODE=... to pin a mode), latency and a short closed loop after each; then
-    # the zoo model's table with and without channels-last (the default's switch; ddpmpp's was measured by `speed`).
+    # each generator alone at the server's buckets (the HTTP targets compare against it).
     WHEELS=${3:?wheels dir}
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-    ( time python3 -c 'import torch; torch.zeros(1, device="cuda")' ) 2>&1 | tee -a "$OUT/machine.txt"    # the floor of any start
+    for run in "bytecode written" "bytecode read"; do       # the floor of any start
+        echo "import torch, CUDA up ($run):" | tee -a "$OUT/machine.txt"
+        ( time python3 -c 'import torch; torch.zeros(1, device="cuda")' ) 2>&1 | tee -a "$OUT/machine.txt"
+    done
     RES=$OUT/results; export SIDA_CACHE_DIR=/tmp/startup-cache
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
     for model in zoo:models/zoo/cifar10-cond ddpmpp:build/bench-bundles/ddpmpp-cifar10; do
@@ -295,11 +312,13 @@ startup)
         grep -h 'compile' "$OUT/server-$name-cold.log" | tail -n 6
         NS="1 16" LEVELS=1,8,32 DURATION=3 serve_and_load "$name-warm" "$bundle" compile 60 ${MODE:+--compile-mode $MODE}
         grep -h 'compile' "$OUT/server-$name-warm.log" | tail -n 4
+        ready_timings "$OUT/server-$name-cold.log" "$OUT/server-$name-warm.log"
     done
-    left=$((${STAGE_S:-575} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate \
-        --bundle models/zoo/cifar10-cond --backends compile-bf16 --compile-variants reduce-overhead,reduce-overhead+channels-last \
-        --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name speed-zoo-channels-last \
-        2>&1 | grep -v 'config/s'
+    for model in zoo:models/zoo/cifar10-cond ddpmpp:build/bench-bundles/ddpmpp-cifar10; do    # the generator alone, same run
+        left=$((${STAGE_S:-575} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate \
+            --bundle ${model#*:} --backends compile-bf16 --batch 1,8,64 --runs 20 --max-seconds 1 --warmup 3 \
+            --warmup-seconds 0.3 --out $RES --name generate-${model%%:*}-serve-buckets 2>&1 | grep -v 'config/s'
+    done
     echo "stage took $SECONDS s"
     ;;
 startup-profile)
@@ -320,12 +339,7 @@ startup-profile)
     until curl -sf localhost:8100/readyz > /dev/null || [ $((SECONDS - start)) -ge 90 ]; do sleep 0.2; done
     echo "ddpmpp-warm (under py-spy): ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
     kill -INT $(pgrep -P $spy) 2>/dev/null; wait $spy
-    for log in "$OUT"/server-ddpmpp-*.log; do      # the ready line's timings: process start, load, warm-up per bucket
-        grep -h '"event": "ready"' "$log" | python3 -c 'import json, sys
-for line in sys.stdin:
-    event = json.loads(line[line.index("{"):]); print(sys.argv[1], json.dumps({k: event.get(k) for k in ("process_seconds", "startup")}))' \
-            "$(basename "$log")" | tee -a "$OUT/ready.txt"
-    done
+    ready_timings "$OUT"/server-ddpmpp-*.log
     left=$((${STAGE_S:-560} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle $B \
         --backends torch-fp32,compile-bf16 --compile-variants reduce-overhead+channels-last --batch 1,256 --runs 20 \
         --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --profile "$OUT/profile" --out $RES --name profile-ddpmpp 2>&1 | grep -v 'config/s'
