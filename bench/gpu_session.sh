@@ -28,6 +28,8 @@
 #   bench/gpu_session.sh startup-profile OUT WHEELS  ddpmpp's warm start of `sida serve --backend compile` under py-spy (after a
 #                                                 cold start fills the cache) and torch.profiler of its default compile
 #                                                 at batch 1 and 256 beside eager fp32
+#   bench/gpu_session.sh kernels OUT     the generated code (TORCH_LOGS=output_code) of ddpmpp's default compile at batch 256,
+#                                                 with its profile
 #   bench/gpu_session.sh speed   OUT     compile speed candidates (freezing, channels-last, mode; bf16 at batch 1, 64, 256,
 #                                                 each row with the parity gate) for ddpmpp-cifar10 and the zoo model, a
 #                                                 profile of the best, cold/warm start with the persisted compile cache;
@@ -344,6 +346,18 @@ startup-profile)
         --backends torch-fp32,compile-bf16 --compile-variants reduce-overhead+channels-last --batch 1,256 --runs 20 \
         --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --profile "$OUT/profile" --out $RES --name profile-ddpmpp 2>&1 | grep -v 'config/s'
     echo "stage took $SECONDS s"
+    ;;
+kernels)
+    # The generated code of ddpmpp's default compile at batch 256 (TORCH_LOGS=output_code, on an empty cache so that it
+    # compiles): the source of the kernels the profile names (the [speed] profile of 2026-12-06: one pointwise kernel,
+    # ..._clone_convolution_native_group_norm_silu_70, takes 9% of the step).
+    export SIDA_CACHE_DIR=/tmp/kernels-cache
+    python3 -c 'from bench.presets import resolve_bundle; resolve_bundle("preset:ddpmpp-cifar10")' > /dev/null
+    TORCH_LOGS=output_code timeout ${STAGE_S:-240} "${SIDA[@]}" bench generate --bundle build/bench-bundles/ddpmpp-cifar10 \
+        --backends compile-bf16 --batch 256 --runs 10 --warmup 3 --out "$OUT/results" --name kernels-ddpmpp --no-plot \
+        --profile "$OUT/profile" > "$OUT/output_code.log" 2>&1
+    grep -E 'img/s|parity' "$OUT/output_code.log" | tail -n 3
+    gzip -f "$OUT/output_code.log"
     ;;
 speed|autotune)
     # speed (one 10-minute call; every step capped by `cap`, so that the later ones still run within BUDGET_S):

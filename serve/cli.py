@@ -1,6 +1,8 @@
 """`sida serve`: the HTTP API and the Gradio demo (/ui) on one or more bundles."""
 
+import faulthandler
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -96,6 +98,10 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     from serve.app import create_app
     from serve.settings import load_settings
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    # A crash in native code (CUDA, a compiled kernel, a library's teardown) prints every thread's Python stack to
+    # stderr instead of a bare "Segmentation fault"; --workers processes inherit it through the environment.
+    os.environ.setdefault('PYTHONFAULTHANDLER', '1')
+    faulthandler.enable()
     try:
         settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url,
                                  compile_mode=compile_mode, host=host,
@@ -152,7 +158,6 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
 
 def serve_workers(settings):
     """uvicorn's supervisor with `settings.workers` processes, each building the app from the settings (serve.worker)."""
-    import os
     import tempfile
 
     import uvicorn

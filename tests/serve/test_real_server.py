@@ -2,6 +2,7 @@
 (Draining on SIGTERM is tested on the image's entrypoint, in tests/deploy.)"""
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -78,3 +79,13 @@ def test_the_ready_line_says_where_the_start_went(server):
     assert model['id'] == ready['models'][0]['id'] and set(model['warmup_batches']) == {'1'}
     assert 0 < model['load_seconds'] and 0 < model['warmup_batches']['1'] <= model['warmup_seconds']
     assert ready['process_seconds'] > model['load_seconds'] + model['warmup_seconds']
+
+
+def test_a_native_crash_leaves_the_python_stacks_in_the_log(class_bundle_dir, tmp_path):
+    """A segmentation fault (here a signal standing in for one in CUDA or a kernel) prints every thread's Python stack
+    to the server's log, not only the shell's bare "Segmentation fault"."""
+    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--no-warmup', tmp_path=tmp_path)
+    s.process.send_signal(signal.SIGSEGV)
+    assert s.process.wait(20) == -signal.SIGSEGV
+    log = Path(s.log.name).read_text()
+    assert 'Fatal Python error: Segmentation fault' in log and 'File "' in log and 'uvicorn' in log, log[-2000:]
