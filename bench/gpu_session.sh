@@ -23,7 +23,7 @@
 #           opentelemetry-api py-spy==0.4.3 aiohttp yarl multidict frozenlist propcache aiosignal aiohappyeyeballs attrs
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
-#                                                 its defaults (MODE=... pins a mode), then each generator alone at the
+#                                                 its defaults (MODE=... pins a mode; MODELS=ddpmpp: one model), then each generator alone at the
 #                                                 server's buckets
 #   bench/gpu_session.sh startup-profile OUT WHEELS  ddpmpp's warm start of `sida serve --backend compile` under py-spy (after a
 #                                                 cold start fills the cache) and torch.profiler of its default compile
@@ -308,18 +308,19 @@ startup)
     done
     RES=$OUT/results; export SIDA_CACHE_DIR=/tmp/startup-cache
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
-    for model in zoo:models/zoo/cifar10-cond ddpmpp:build/bench-bundles/ddpmpp-cifar10; do
-        name=${model%%:*}; bundle=${model#*:}
+    declare -A BUNDLE=([zoo]=models/zoo/cifar10-cond [ddpmpp]=build/bench-bundles/ddpmpp-cifar10)
+    for name in ${MODELS:-zoo ddpmpp}; do      # MODELS=ddpmpp: that one only
+        bundle=${BUNDLE[$name]}
         NS=1 LEVELS=1 DURATION=4 serve_and_load "$name-cold" "$bundle" compile 150 ${MODE:+--compile-mode $MODE}
         grep -h 'compile' "$OUT/server-$name-cold.log" | tail -n 6
         NS="1 16" LEVELS=1,8,32 DURATION=3 serve_and_load "$name-warm" "$bundle" compile 60 ${MODE:+--compile-mode $MODE}
         grep -h 'compile' "$OUT/server-$name-warm.log" | tail -n 4
         ready_timings "$OUT/server-$name-cold.log" "$OUT/server-$name-warm.log"
     done
-    for model in zoo:models/zoo/cifar10-cond ddpmpp:build/bench-bundles/ddpmpp-cifar10; do    # the generator alone, same run
+    for name in ${MODELS:-zoo ddpmpp}; do    # the generator alone, same run
         left=$((${STAGE_S:-575} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate \
-            --bundle ${model#*:} --backends compile-bf16 --batch 1,8,64 --runs 20 --max-seconds 1 --warmup 3 \
-            --warmup-seconds 0.3 --out $RES --name generate-${model%%:*}-serve-buckets 2>&1 | grep -v 'config/s'
+            --bundle ${BUNDLE[$name]} --backends compile-bf16 --batch 1,8,64 --runs 20 --max-seconds 1 --warmup 3 \
+            --warmup-seconds 0.3 --out $RES --name generate-$name-serve-buckets 2>&1 | grep -v 'config/s'
     done
     echo "stage took $SECONDS s"
     ;;
