@@ -23,8 +23,8 @@
 #           opentelemetry-api py-spy==0.4.3 aiohttp yarl multidict frozenlist propcache aiosignal aiohappyeyeballs attrs
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
-#                                                 its defaults (MODE=... pins a mode; MODELS=ddpmpp: one model), then each generator alone at the
-#                                                 server's buckets
+#                                                 its defaults (MODE=... pins a mode; MODELS=ddpmpp: one model), then
+#                                                 each generator alone at the server's buckets
 #   bench/gpu_session.sh startup-profile OUT WHEELS  ddpmpp's warm start of `sida serve --backend compile` under py-spy (after a
 #                                                 cold start fills the cache) and torch.profiler of its default compile
 #                                                 at batch 1 and 256 beside eager fp32
