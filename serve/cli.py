@@ -1,6 +1,7 @@
 """`sida serve`: the HTTP API and the Gradio demo (/ui) on one or more bundles."""
 
 import faulthandler
+import io
 import logging
 import os
 import sys
@@ -101,7 +102,10 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     # A crash in native code (CUDA, a compiled kernel, a library's teardown) prints every thread's Python stack to
     # stderr instead of a bare "Segmentation fault"; --workers processes inherit it through the environment.
     os.environ.setdefault('PYTHONFAULTHANDLER', '1')
-    faulthandler.enable()
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, io.UnsupportedOperation):     # stderr is not a file (an embedding, a test runner)
+        pass
     try:
         settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url,
                                  compile_mode=compile_mode, host=host,
