@@ -306,11 +306,11 @@ startup)
         echo "import torch, CUDA up ($run):" | tee -a "$OUT/machine.txt"
         ( time python3 -c 'import torch; torch.zeros(1, device="cuda")' ) 2>&1 | tee -a "$OUT/machine.txt"
     done
-    RES=$OUT/results; export SIDA_CACHE_DIR=/tmp/startup-cache
+    RES=$OUT/results; export SIDA_CACHE_DIR=/tmp/startup-cache; rm -rf "$SIDA_CACHE_DIR"     # cold means cold
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
     declare -A BUNDLE=([zoo]=models/zoo/cifar10-cond [ddpmpp]=build/bench-bundles/ddpmpp-cifar10)
     for name in ${MODELS:-zoo ddpmpp}; do      # MODELS=ddpmpp: that one only
-        bundle=${BUNDLE[$name]}
+        bundle=${BUNDLE[$name]:?unknown model $name (MODELS: zoo, ddpmpp)}
         NS=1 LEVELS=1 DURATION=4 serve_and_load "$name-cold" "$bundle" compile 150 ${MODE:+--compile-mode $MODE}
         grep -h 'compile' "$OUT/server-$name-cold.log" | tail -n 6
         NS="1 16" LEVELS=1,8,32 DURATION=3 serve_and_load "$name-warm" "$bundle" compile 60 ${MODE:+--compile-mode $MODE}
@@ -331,7 +331,7 @@ startup-profile)
     # beside eager fp32 (the "3x eager fp32" bar), every row through the parity gate.
     WHEELS=${3:?wheels dir}
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-    export PATH=/tmp/site/bin:$PATH SIDA_CACHE_DIR=/tmp/startup-cache; RES=$OUT/results; B=build/bench-bundles/ddpmpp-cifar10
+    export PATH=/tmp/site/bin:$PATH SIDA_CACHE_DIR=/tmp/startup-profile-cache; RES=$OUT/results; B=build/bench-bundles/ddpmpp-cifar10
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
     NS=1 LEVELS=1 DURATION=3 serve_and_load ddpmpp-cold $B compile 150
@@ -339,8 +339,10 @@ startup-profile)
     py-spy record --idle -r 100 --format raw -o "$OUT/pyspy-ddpmpp-warm.txt" -- "${SIDA[@]}" serve --bundle $B --backend compile \
         --port 8100 --no-ui --max-batch 64 > "$OUT/server-ddpmpp-warm.log" 2>&1 &
     spy=$!
-    until curl -sf localhost:8100/readyz > /dev/null || [ $((SECONDS - start)) -ge 90 ]; do sleep 0.2; done
-    echo "ddpmpp-warm (under py-spy): ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
+    state="not ready after"
+    while kill -0 $spy 2>/dev/null && [ $((SECONDS - start)) -lt 90 ]; do
+        curl -sf localhost:8100/readyz > /dev/null && state="ready after" && break; sleep 0.2; done
+    echo "ddpmpp-warm (under py-spy): $state $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
     kill -INT $(pgrep -P $spy) 2>/dev/null; wait $spy
     ready_timings "$OUT"/server-ddpmpp-*.log
     left=$((${STAGE_S:-560} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle $B \
@@ -352,7 +354,7 @@ kernels)
     # The generated code of ddpmpp's default compile at batch 256 (TORCH_LOGS=output_code, on an empty cache so that it
     # compiles): the source of the kernels the profile names (the [speed] profile of 2026-12-06: one pointwise kernel,
     # ..._clone_convolution_native_group_norm_silu_70, takes 9% of the step).
-    export SIDA_CACHE_DIR=/tmp/kernels-cache
+    export SIDA_CACHE_DIR=/tmp/kernels-cache; rm -rf "$SIDA_CACHE_DIR"
     python3 -c 'from bench.presets import resolve_bundle; resolve_bundle("preset:ddpmpp-cifar10")' > /dev/null
     TORCH_LOGS=output_code timeout ${STAGE_S:-240} "${SIDA[@]}" bench generate --bundle build/bench-bundles/ddpmpp-cifar10 \
         --backends compile-bf16 --batch 256 --runs 10 --warmup 3 --out "$OUT/results" --name kernels-ddpmpp --no-plot \

@@ -275,8 +275,9 @@ def _safetensors_header(file):
     return {k: v for k, v in header.items() if k != '__metadata__'}
 
 
-def _check_weights_file(path, config, name, module, what, check_hash):
-    """The file exists, is whole, has the recorded hash and exactly `module`'s tensors with their shapes."""
+def _check_weights_file(path, config, name, build, what, check_hash):
+    """The file exists, is whole, has the recorded hash and exactly the tensors, with their shapes, of the module that
+    build() makes (called once the file itself has passed: a broken file costs no network build); returns it."""
     file = path / name
     if not file.is_file():
         raise BundleError(file, None, f'missing; the bundle must contain {name}')
@@ -289,6 +290,7 @@ def _check_weights_file(path, config, name, module, what, check_hash):
         if actual != expected:
             raise BundleError(file, 'sha256', f'hash mismatch: sida.json says {expected}, the file is {actual} '
                                               '(corrupted or replaced weights)')
+    module = build()
     expected = {k: list(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
@@ -301,31 +303,42 @@ def _check_weights_file(path, config, name, module, what, check_hash):
             raise BundleError(file, key, f'shape {header[key]["shape"]}, expected {shape}')
         if header[key]['dtype'] not in LOADABLE_DTYPES:
             raise BundleError(file, key, f'dtype {header[key]["dtype"]}, expected one of {sorted(LOADABLE_DTYPES)}')
+    return module
 
 
 def _build_denoiser(path, config, device):
+    """The network `config` describes, on `device` (None: torch's default device)."""
     try:
-        with torch.device(device):
+        with torch.device(device) if device else contextlib.nullcontext():
             return build_denoiser(config.architecture)
     except ArchitectureError as e:
         raise BundleError(path / CONFIG_FILE, 'architecture', str(e)) from None
 
 
-def validate_bundle(path, check_hash=True, denoiser=None):
-    """Check a bundle completely without loading its weights into memory; return its config. denoiser: the network
-    its config describes, if built already (else one is built on the meta device, which holds no memory)."""
-    path = Path(path)
+def _build_vae(path, config, device):
+    try:
+        return build_vae(config.space['vae_config'], device=device)
+    except (TypeError, ValueError) as e:
+        raise BundleError(path / CONFIG_FILE, 'space.vae_config', f'not an AutoencoderKL config ({e})') from None
+    except BundleError as e:
+        raise BundleError(path / CONFIG_FILE, e.field, str(e).split(': ', 1)[-1]) from None
+
+
+def validate_bundle(path, check_hash=True):
+    """Check a bundle completely without loading its weights into memory; return its config."""
+    return _checked(Path(path), check_hash, 'meta')[0]
+
+
+def _checked(path, check_hash, device):
+    """validate_bundle's checks, with the network built on `device` ('meta' holds no memory); (config, network).
+    load_bundle checks against the network it then loads: a second build on the meta device, only to check, cost an
+    eager server's start a second or more (its first op imported torch._dynamo)."""
     config = read_config(path)
-    denoiser = denoiser if denoiser is not None else _build_denoiser(path, config, 'meta')
-    _check_weights_file(path, config, WEIGHTS_FILE, denoiser, config.architecture['network'], check_hash)
+    denoiser = _check_weights_file(path, config, WEIGHTS_FILE, lambda: _build_denoiser(path, config, device),
+                                   config.architecture['network'], check_hash)
     if config.latent:
-        try:
-            vae = build_vae(config.space['vae_config'], device='meta')
-        except (TypeError, ValueError) as e:
-            raise BundleError(path / CONFIG_FILE, 'space.vae_config', f'not an AutoencoderKL config ({e})') from None
-        except BundleError as e:
-            raise BundleError(path / CONFIG_FILE, e.field, str(e).split(': ', 1)[-1]) from None
-        _check_weights_file(path, config, VAE_FILE, vae, 'the AutoencoderKL decoder', check_hash)
+        _check_weights_file(path, config, VAE_FILE, lambda: _build_vae(path, config, 'meta'), 'the AutoencoderKL decoder',
+                            check_hash)
     encoder = config.condition.get('encoder', '') if config.condition['kind'] == 'text' else ''
     if encoder.startswith('clip:'):
         from models.text_encoder import resolve_clip_root
@@ -346,7 +359,7 @@ def validate_bundle(path, check_hash=True, denoiser=None):
             raise BundleError(file, None, 'missing; sida.json records its sha256')
         if check_hash and sha256_file(file) != expected:
             raise BundleError(file, 'sha256', f'hash mismatch: sida.json says {expected} (corrupted or replaced file)')
-    return config
+    return config, denoiser
 
 
 def _read_tensors(file, dtype):
@@ -357,10 +370,7 @@ def _read_tensors(file, dtype):
 def load_bundle(path, device='cpu', dtype=torch.float32, check_hash=True, return_float=False):
     """Validate, build and load; the generator comes back in eval mode on `device`."""
     path = Path(path)
-    # Built once, on the CPU, and checked against: a second build on the meta device only to check took 4 s of a 22 s
-    # server start for DDPM++ (every init op through a Python device hook).
-    denoiser = _build_denoiser(path, read_config(path), 'cpu')
-    config = validate_bundle(path, check_hash=check_hash, denoiser=denoiser)
+    config, denoiser = _checked(path, check_hash, None)
     denoiser.load_state_dict(_read_tensors(path / WEIGHTS_FILE, dtype), strict=True)
     if config.latent:
         vae = build_vae(config.space['vae_config'])

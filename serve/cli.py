@@ -100,11 +100,10 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     from serve.settings import load_settings
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     # A crash in native code (CUDA, a compiled kernel, a library's teardown) prints every thread's Python stack to
-    # stderr instead of a bare "Segmentation fault"; --workers processes inherit it through the environment.
-    os.environ.setdefault('PYTHONFAULTHANDLER', '1')
+    # stderr instead of a bare "Segmentation fault" (--workers processes: serve_workers).
     try:
         faulthandler.enable()
-    except (AttributeError, ValueError, io.UnsupportedOperation):     # stderr is not a file (an embedding, a test runner)
+    except (AttributeError, ValueError, RuntimeError, io.UnsupportedOperation):   # no stderr file (a test runner, 2>&-)
         pass
     try:
         settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url,
@@ -174,6 +173,7 @@ def serve_workers(settings):
         except (BundleError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from None
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    os.environ.setdefault('PYTHONFAULTHANDLER', '1')        # each worker: faulthandler on, as in one process
     with tempfile.TemporaryDirectory(prefix='sida-metrics-') as metrics_dir:
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = metrics_dir          # read by prometheus_client as each worker imports it
         click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} with '

@@ -81,7 +81,7 @@ class ServedModel:
         if self.config.condition['kind'] == 'text':
             from models.text_encoder import bundle_text_encoder
             self.prompts = PromptEncoder(bundle_text_encoder(self.config))
-        self.load_seconds = round(time.perf_counter() - started, 3)     # bundle read, network built and moved to its device
+        self.load_seconds = round(time.perf_counter() - started, 3)     # bundle checked and built, backend set up
 
     @property
     def kind(self):

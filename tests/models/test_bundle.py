@@ -67,10 +67,15 @@ def test_unconditional_adm_bundle(tmp_path):
 
 
 def _expect(path, *fragments):
+    """Both entry points refuse the bundle with the same error: the check alone, and loading (which checks against the
+    network it then loads)."""
     with pytest.raises(BundleError) as e:
         validate_bundle(path)
     for fragment in fragments:
         assert fragment in str(e.value), str(e.value)
+    with pytest.raises(BundleError) as loading:
+        load_bundle(path)
+    assert str(loading.value) == str(e.value)
     return e.value
 
 

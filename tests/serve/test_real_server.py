@@ -2,6 +2,7 @@
 (Draining on SIGTERM is tested on the image's entrypoint, in tests/deploy.)"""
 
 import json
+import resource
 import signal
 import socket
 import time
@@ -84,8 +85,17 @@ def test_the_ready_line_says_where_the_start_went(server):
 def test_a_native_crash_leaves_the_python_stacks_in_the_log(class_bundle_dir, tmp_path):
     """A segmentation fault (here a signal standing in for one in CUDA or a kernel) prints every thread's Python stack
     to the server's log, not only the shell's bare "Segmentation fault"."""
-    s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--no-warmup', tmp_path=tmp_path)
-    s.process.send_signal(signal.SIGSEGV)
-    assert s.process.wait(20) == -signal.SIGSEGV
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))          # the server inherits it: no core file from the crash
+    try:
+        s = Server('--bundle', class_bundle_dir, '--backend', 'torch', '--no-warmup', tmp_path=tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+    try:
+        s.process.send_signal(signal.SIGSEGV)
+        assert s.process.wait(20) == -signal.SIGSEGV
+    finally:
+        s.stop()
+        s.log.close()
     log = Path(s.log.name).read_text()
     assert 'Fatal Python error: Segmentation fault' in log and 'File "' in log and 'uvicorn' in log, log[-2000:]
