@@ -105,6 +105,9 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
     return torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
 
 
+WARMUP_CALLS = 2       # CUDA graphs (reduce-overhead) record on the second call: the first request then replays them
+
+
 def warm_up(compiled, config, buckets, device, make_inputs=None):
     """Compile (and capture) every bucket before serving; returns seconds per bucket. make_inputs(config, batch):
     the parity gate's inputs unless given (only their shapes and dtypes shape the compiled code)."""
@@ -114,7 +117,7 @@ def warm_up(compiled, config, buckets, device, make_inputs=None):
         inputs = {k: v.to(device) for k, v in (make_inputs or parity_inputs)(config, b).items()}
         start = time.perf_counter()
         with torch.inference_mode():
-            for _ in range(2):                      # CUDA graphs record on the second call
+            for _ in range(WARMUP_CALLS):
                 compiled(**inputs)
         if str(device).startswith('cuda'):
             torch.cuda.synchronize()

@@ -31,6 +31,7 @@ class Backend:
         self.device, self.precision, self.warm = 'cpu', 'fp32', False
         self.warmup_seconds = None
         self.warmup_batches = {}            # seconds per warmed batch size (compile: per bucket)
+        self.warmup_calls = 1               # calls per batch size at warm-up
 
     def generate(self, inputs):
         raise NotImplementedError
@@ -39,7 +40,8 @@ class Backend:
         started = time.perf_counter()
         for b in batch_sizes:
             begun = time.perf_counter()
-            self.generate(example_inputs(self.config, b))     # the right shapes, not real prompts
+            for _ in range(self.warmup_calls):
+                self.generate(example_inputs(self.config, b))     # the right shapes, not real prompts
             self.warmup_batches[b] = round(time.perf_counter() - begun, 3)
         self.warmup_seconds = round(time.perf_counter() - started, 3)
         self.warm = True
@@ -81,7 +83,7 @@ class CompiledBackend(TorchBackend):
 
     def __init__(self, bundle, device=None, precision=None, buckets=None, mode=None, options=None, log=None, max_batch=64):
         from export.compile_cache import CompileCache, cache_key, exported_entry
-        from export.compiled import CompileOptions, batch_buckets, compile_generator, default_options
+        from export.compiled import WARMUP_CALLS, CompileOptions, batch_buckets, compile_generator, default_options
         buckets = buckets or batch_buckets(max_batch)
         device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         precision = precision or ('bf16' if device == 'cuda' else 'fp32')
@@ -93,6 +95,8 @@ class CompiledBackend(TorchBackend):
                                      mode=mode or entry['options']['mode'])
         self.options = options or default_options(device, mode)
         self.mode = self.options.mode
+        if torch.device(device).type == 'cuda' and self.options.cuda_graphs():
+            self.warmup_calls = WARMUP_CALLS        # else the first request pays the CUDA graph recording (~30 ms)
         self.cache = CompileCache(bundle.path, cache_key(self.config, device, precision, self.options), self.buckets, entry, reason,
                                   log=log or logging.getLogger('sida.serve').info)
         self.generator = compile_generator(bundle.generator, precision, self.options, device)

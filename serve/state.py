@@ -48,7 +48,7 @@ def process_seconds():
 def startup_report(model):
     """Where a model's start went: loading (bundle, network to device) and warming (per batch size or bucket)."""
     described = model.backend.describe()
-    return {'id': model.id, 'load_seconds': getattr(model, 'load_seconds', None),
+    return {'id': model.id, 'load_seconds': model.load_seconds,
             'warmup_seconds': described.get('warmup_seconds'), 'warmup_batches': described.get('warmup_batches')}
 
 

@@ -109,3 +109,20 @@ def test_compile_buckets_follow_the_max_batch():
     from export.compiled import batch_buckets
     assert batch_buckets(1) == (1,) and batch_buckets(8) == (1, 8) and batch_buckets(32) == (1, 8, 32)
     assert batch_buckets(128) == (1, 8, 64, 128) and batch_buckets(256) == (1, 8, 64, 256)
+
+
+def test_warm_up_times_each_batch_size_over_its_calls(class_bundle_dir):
+    """Warm-up runs each batch size warmup_calls times (the compile backend on CUDA: twice, so that its CUDA graphs
+    are recorded before the first request) and reports the seconds of each."""
+    from models.bundle import load_bundle
+    from serve.backends import TorchBackend
+
+    class Counting(TorchBackend):
+        def generate(self, inputs):
+            calls.append(len(inputs['noise']))
+            return super().generate(inputs)
+    calls = []
+    backend = Counting(load_bundle(class_bundle_dir), 'cpu')
+    backend.warmup_calls = 2
+    backend.warmup((1, 3))
+    assert calls == [1, 1, 3, 3] and set(backend.describe()['warmup_batches']) == {1, 3} and backend.warm
