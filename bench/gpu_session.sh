@@ -34,7 +34,9 @@
 #                                                 each row with the parity gate) for ddpmpp-cifar10 and the zoo model, a
 #                                                 profile of the best, cold/warm start with the persisted compile cache;
 #                                                 all in OUT/speed.tgz (env: VARIANTS, ZOO_VARIANTS, PREWARM_S, BUDGET_S,
-#                                                 AUTOTUNE_EXPORTS)
+#                                                 AUTOTUNE_EXPORTS; STARTS=0 skips the start rows, EAGER=torch-fp32 the
+#                                                 eager row, TABLE_S its time, PROFILE=V1,.. the profiled variants,
+#                                                 OUTPUT_CODE=V1,.. logs those variants' generated kernels)
 #   bench/gpu_session.sh autotune OUT    the one-time max-autotune `sida export compile` of both models, its compiled code in
 #                                                 OUT/autotune-exports.tgz; carry that file into a later call and run
 #       AUTOTUNE_EXPORTS=build/autotune-exports.tgz bench/gpu_session.sh speed OUT   (max-autotune rows, loaded, not tuned)
@@ -390,8 +392,10 @@ speed|autotune)
         grep -h '^compile cache' "$W/logs/$name.log" | sed 's/^/    /' | tee -a $W/timings.txt
         return $rc
     }
-    prewarm() {   # MODEL VARIANT BATCHES LIMIT: compile into the shared cache, nothing timed
-        timed "prewarm-$1-$2-b${3//,/-}" "$4" env TORCHINDUCTOR_COMPILE_THREADS=4 "${SIDA[@]}" bench generate \
+    prewarm() {   # MODEL VARIANT BATCHES LIMIT: compile into the shared cache, nothing timed (OUTPUT_CODE=V1,..: with
+                  # TORCH_LOGS=output_code for those ddpmpp variants, the generated kernels' source in their log)
+        local logs=; [[ $1 = ddpmpp && ,${OUTPUT_CODE:-}, = *,$2,* ]] && logs=output_code
+        timed "prewarm-$1-$2-b${3//,/-}" "$4" env TORCH_LOGS=$logs TORCHINDUCTOR_COMPILE_THREADS=4 "${SIDA[@]}" bench generate \
             --bundle $W/bundles/$1 --backends compile-bf16 --compile-variants "$2" --batch "$3" --runs 1 --warmup 2 \
             --warmup-seconds 0 --out $W/prewarm --no-plot
     }
@@ -420,13 +424,14 @@ speed|autotune)
         TUNED=,max-autotune; note "max-autotune code from $AUTOTUNE_EXPORTS"; fi
 
     PREWARM=$(cap "${PREWARM_S:-190}" 330)
-    for m in zoo ddpmpp; do
+    [ "${STARTS:-1}" = 1 ] && for m in zoo ddpmpp; do      # STARTS=0: no cold/warm start rows
         timed $m-cold-export-contended $PREWARM env SIDA_CACHE_DIR=$W/cold-$m "${SIDA[@]}" export compile \
             --bundle $W/bundles/$m-start --mode reduce-overhead --buckets 1,8,64 &
     done
     for v in ${VARIANTS//,/ }; do prewarm ddpmpp "$v" 1,64,256 $PREWARM & done
     for v in ${ZOO_VARIANTS//,/ }; do prewarm zoo "$v" 1,64,256 $PREWARM & done
     wait
+    for f in $W/logs/prewarm-ddpmpp-*.log; do grep -q 'Output code' "$f" && gzip "$f"; done     # the kernels' source
     pack
     for m in zoo ddpmpp; do
         exported $W/bundles/$m-start && timed $m-warm-first-image "$(cap 45 250)" env SIDA_CACHE_DIR=$W/empty-$m \
@@ -436,7 +441,7 @@ speed|autotune)
         timed "table-$1" "$4" "${SIDA[@]}" bench generate --bundle $W/bundles/$1 --backends "$2" --compile-variants "$3" \
             --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name "speed-$1"
     }
-    table ddpmpp torch-bf16,compile-bf16 "$VARIANTS$TUNED" "$(cap 170 100)"
+    table ddpmpp ${EAGER:-torch-bf16},compile-bf16 "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" 100)"
     pack
 
     BEST=$(python3 - "$RES" <<'EOF'
@@ -449,7 +454,8 @@ print(','.join(dict.fromkeys(r['compile_options'] for r in (fast, wide) if r)))
 EOF
 )
     note "best ddpmpp variants (batch 1 p50, batch 256 img/s): ${BEST:-none}"
-    [ -n "$BEST" ] && timed profile-ddpmpp "$(cap 45 60)" "${SIDA[@]}" bench generate --bundle $W/bundles/ddpmpp \
+    BEST=${PROFILE:-$BEST}      # PROFILE=V1,..: profile these instead
+    [ -n "$BEST" ] && timed profile-ddpmpp "$(cap 70 60)" "${SIDA[@]}" bench generate --bundle $W/bundles/ddpmpp \
         --backends compile-bf16 --compile-variants "$BEST" --batch 1,256 --runs 10 --max-seconds 1 --warmup 3 \
         --warmup-seconds 0 --profile $W/profile --out $RES --name profile-ddpmpp --no-plot
     pack

@@ -21,20 +21,26 @@ from export.manifest import record_export, runtime_versions
 from export.onnx_export import PRECISIONS, ExportError
 from export.parity import gate, run_parity
 from models.bundle import load_bundle
+from models.layers import GroupNorm, fuse_affines
 from sida.cli_options import COMPILE_MODES
 
 # What `sida export compile` compiles by default: every bucket of a server whose --max-batch is 32, 64, 128 or 256.
 DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
-SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last'}
+SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'native-group-norm': 'native_group_norm',
+            'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels'}
 
 
 @dataclasses.dataclass(frozen=True)
 class CompileOptions:
-    """What changes the compiled code besides model, precision and shapes; written MODE[+freezing][+channels-last]."""
+    """What changes the compiled code besides model, precision and shapes; written MODE[+switch...], the switches
+    in SWITCHES' order. Each one is a speed candidate measured on and off (bench/gpu_session.sh speed)."""
 
     mode: str = 'default'
     freezing: bool = False          # weights become constants that inductor folds into the graph (inference only)
     channels_last: bool = False     # NHWC weights, and inductor keeps every convolution NHWC (its heuristic may not)
+    native_group_norm: bool = False  # trace group_norm as is, not as a grouped view of its input (GroupNorm)
+    fused_affines: bool = False     # one matmul for every block's projection of the shared embedding (FusedAffines)
+    combo_kernels: bool = False     # independent small kernels launched as one (fewer launches at batch 1)
 
     def __post_init__(self):
         if self.mode not in COMPILE_MODES:
@@ -46,7 +52,7 @@ class CompileOptions:
         mode, *switches = str(text).strip().split('+')
         unknown = [s for s in switches if s not in SWITCHES]
         if unknown:
-            raise ValueError(f'{text!r}: unknown switch {unknown[0]!r}; use MODE[+freezing][+channels-last]')
+            raise ValueError(f'{text!r}: unknown switch {unknown[0]!r}; use MODE[+{"][+".join(SWITCHES)}]')
         return cls(mode, **{SWITCHES[s]: True for s in switches})
 
     def __str__(self):
@@ -63,6 +69,8 @@ class CompileOptions:
             options['freezing'] = True
         if self.channels_last:
             options['force_layout_optimization'] = True
+        if self.combo_kernels:
+            options['combo_kernels'] = True
         return options
 
     def cuda_graphs(self):
@@ -102,6 +110,11 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
         generator.denoiser.compute_dtype = PRECISIONS[precision]
     if options.channels_last:
         generator = generator.to(memory_format=torch.channels_last)
+    for module in list(generator.modules()):
+        if isinstance(module, GroupNorm):
+            module.grouped_view_when_compiled = not options.native_group_norm
+        if options.fused_affines and getattr(module, 'fused_affines', False) is None:
+            fuse_affines(module)        # after the cast: the fused weights are copies
     return torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
 
 

@@ -100,6 +100,10 @@ class Conv2d(torch.nn.Module):
 
 
 class GroupNorm(torch.nn.Module):
+    # Set per module by export's compile_generator (inference only): under torch.compile, normalise through a
+    # grouped view of x itself instead of group_norm (see _norm_grouped_view).
+    grouped_view_when_compiled = False
+
     def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
         super().__init__()
         self.num_groups = min(num_groups, num_channels // min_channels_per_group)
@@ -116,7 +120,23 @@ class GroupNorm(torch.nn.Module):
         return self._norm(x)
 
     def _norm(self, x):
+        if self.grouped_view_when_compiled and torch.compiler.is_compiling():
+            return _norm_grouped_view(x, self.num_groups, self.weight, self.bias, self.eps)
         return torch.nn.functional.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+def _norm_grouped_view(x, num_groups, weight, bias, eps):
+    """group_norm written as a view of x's memory: [N, C, *S] -> [N, G, C/G, *S] splits the channel dimension only,
+    which is a view in any layout, so the statistics and the normalisation read x where it lies. Inductor's own
+    decomposition of group_norm reshapes to [N, G, C/G, H*W]; with the channels-last layout that the compiled
+    generator keeps, its GroupNorm kernels ran far below memory speed (36% of ddpmpp's GPU time at batch 256, one
+    H100, 2026-12-06). Statistics in float32, as the native kernels keep them; the result in x's dtype."""
+    n, c = x.shape[:2]
+    groups = x.float().unflatten(1, (num_groups, c // num_groups))
+    var, mean = torch.var_mean(groups, dim=tuple(range(2, groups.dim())), correction=0, keepdim=True)
+    y = ((groups - mean) * torch.rsqrt(var + eps)).flatten(1, 2)
+    per_channel = (1, c) + (1,) * (x.dim() - 2)
+    return (y * weight.float().reshape(per_channel) + bias.float().reshape(per_channel)).to(x.dtype)
 
 
 class PositionalEmbedding(torch.nn.Module):
@@ -211,11 +231,12 @@ class UNetBlock(torch.nn.Module):
             self.cross_null = torch.nn.Parameter(torch.zeros(1, 1, text_dim))
             self.cross_proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
 
-    def forward(self, x, emb, text=None):
+    def forward(self, x, emb, text=None, projected=None):
+        """projected: this block's self.affine(emb), when the UNet computed every block's at once (FusedAffines)."""
         orig = x
         x = self.conv0(silu(self.norm0(x)))
 
-        params = self.affine(emb).unsqueeze(2).unsqueeze(3).to(x.dtype)
+        params = (self.affine(emb) if projected is None else projected).unsqueeze(2).unsqueeze(3).to(x.dtype)
         if self.adaptive_scale:
             scale, shift = params.chunk(chunks=2, dim=1)
             x = silu(torch.addcmul(shift, self.norm1(x), scale + 1))
@@ -245,3 +266,29 @@ class UNetBlock(torch.nn.Module):
         k, v = kv.reshape(n, -1, 2, heads, c // heads).permute(2, 0, 3, 4, 1).reshape(2, n * heads, c // heads, -1)
         mask = keep[:, None, :].repeat_interleave(heads, dim=0)                 # [n*heads, 1, L]
         return self.cross_proj(attention(q, k, v, mask).reshape(n, c, h, w))
+
+
+class FusedAffines(torch.nn.Module):
+    """Every UNetBlock's projection of the shared embedding as one matmul: a few dozen tiny GEMM launches become one,
+    which is most of what they cost at batch 1. For inference only: the weights are copied in once (fuse_affines), so
+    they go stale if the blocks' weights change afterwards. Not part of the state dict."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.names = list(blocks)
+        self.sizes = [blocks[name].affine.out_features for name in self.names]
+        affines = [blocks[name].affine for name in self.names]
+        self.register_buffer('weight', torch.cat([a.weight.detach() for a in affines]), persistent=False)
+        self.register_buffer('bias', torch.cat([a.bias.detach() for a in affines]), persistent=False)
+
+    def forward(self, emb):
+        out = torch.nn.functional.linear(emb, self.weight.to(emb.dtype), self.bias.to(emb.dtype))
+        return dict(zip(self.names, out.split(self.sizes, dim=1)))
+
+
+def fuse_affines(unet):
+    """Give a SongUNet/DhariwalUNet one FusedAffines over its encoder's and decoder's blocks (all with biases)."""
+    blocks = {f'{part}.{name}': block for part in ('enc', 'dec') for name, block in getattr(unet, part).items()
+              if isinstance(block, UNetBlock) and block.affine.bias is not None}
+    unet.fused_affines = FusedAffines(blocks)
+    return unet

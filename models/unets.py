@@ -59,6 +59,7 @@ class SongUNet(torch.nn.Module):
         if decoder_type not in ('standard', 'skip'):
             raise ValueError(f'decoder_type must be standard or skip, got {decoder_type!r}')
         super().__init__()
+        self.fused_affines = None       # models.layers.fuse_affines (compiled inference) sets it
         self.label_dropout = label_dropout
         self.text_dim = text_dim
         emb_channels = model_channels * channel_mult_emb
@@ -140,6 +141,7 @@ class SongUNet(torch.nn.Module):
             emb = emb + self.map_augment(augment_labels)
         emb = silu(self.map_layer0(emb))
         emb = silu(self.map_layer1(emb))
+        projected = self.fused_affines(emb) if self.fused_affines is not None else {}
 
         # Encoder.
         skips = []
@@ -152,7 +154,7 @@ class SongUNet(torch.nn.Module):
             elif 'aux_residual' in name:
                 x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
             else:
-                x = block(x, emb, text) if isinstance(block, UNetBlock) else block(x)
+                x = block(x, emb, text, projected.get(f'enc.{name}')) if isinstance(block, UNetBlock) else block(x)
                 skips.append(x)
         if output == 'bottleneck':
             return x
@@ -171,7 +173,7 @@ class SongUNet(torch.nn.Module):
             else:
                 if x.shape[1] != block.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
-                x = block(x, emb, text)
+                x = block(x, emb, text, projected.get(f'dec.{name}'))
         return (aux, bottleneck) if output == 'both' else aux
 
     def _drop(self, cond):
@@ -198,6 +200,7 @@ class DhariwalUNet(torch.nn.Module):
         label_dropout=0,                # Dropout probability of class labels for classifier-free guidance.
     ):
         super().__init__()
+        self.fused_affines = None       # models.layers.fuse_affines (compiled inference) sets it
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         init = dict(init_mode='kaiming_uniform', init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
@@ -258,20 +261,21 @@ class DhariwalUNet(torch.nn.Module):
                 labels = labels * (torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout).to(labels.dtype)
             emb = emb + self.map_label(labels)
         emb = silu(emb)
+        projected = self.fused_affines(emb) if self.fused_affines is not None else {}
 
         # Encoder.
         skips = []
-        for block in self.enc.values():
-            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+        for name, block in self.enc.items():
+            x = block(x, emb, None, projected.get(f'enc.{name}')) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
         if output == 'bottleneck':
             return x
         bottleneck = x
 
         # Decoder.
-        for block in self.dec.values():
+        for name, block in self.dec.items():
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb)
+            x = block(x, emb, None, projected.get(f'dec.{name}'))
         x = self.out_conv(silu(self.out_norm(x)))
         return (x, bottleneck) if output == 'both' else x

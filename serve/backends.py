@@ -5,6 +5,7 @@ returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the ho
 seed gives the same image on every backend (up to the runtime's precision).
 """
 
+import dataclasses
 import logging
 import threading
 import time
@@ -91,8 +92,8 @@ class CompiledBackend(TorchBackend):
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
         entry, reason = exported_entry(bundle.path, self.config, precision)
         if options is None and entry is not None:   # --compile-mode changes the mode only: the export's switches stay
-            options = CompileOptions(**{k: entry['options'][k] for k in ('freezing', 'channels_last')},
-                                     mode=mode or entry['options']['mode'])
+            exported = CompileOptions.parse(entry['options']['spec'])
+            options = dataclasses.replace(exported, mode=mode or exported.mode)
         self.options = options or default_options(device, mode)
         self.mode = self.options.mode
         if torch.device(device).type == 'cuda' and self.options.cuda_graphs():
