@@ -6,6 +6,7 @@ nearest bucket and never recompiles under load. Export, serve and bench compile 
 (compile_generator, with the float output on), so the cache entries one writes are hits for the others.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -146,8 +147,9 @@ class SideBySide:
     """Cold buckets compiled in helper processes while this one compiles its first, into the shared cache directory:
     this process then loads them (a cache hit) instead of compiling them one after another. Dynamo, AOT autograd and
     inductor's lowering run on one core per process, so a cold start with several buckets is mostly serial otherwise.
-    Helpers: SIDA_COMPILE_PROCESSES, default one per cold bucket after the first on CUDA (at most cores / 4), none on
-    a CPU (there the helpers would compete with the C++ compiles for the same cores)."""
+    Helpers: SIDA_COMPILE_PROCESSES, default one per cold bucket on CUDA (at most cores / 4, the largest buckets
+    first), none on a CPU (there the helpers would compete with the C++ compiles for the same cores). `cold`: the
+    buckets helpers may take (not the one this process compiles first)."""
 
     def __init__(self, bundle_dir, precision, options, cold, device, log=print):
         wanted = os.environ.get(PROCESSES_ENV)
@@ -155,7 +157,7 @@ class SideBySide:
             raise ValueError(f'{PROCESSES_ENV} must be a whole number of helper processes, got {wanted!r}')
         limit = int(wanted) if wanted is not None else (
             max(1, len(os.sched_getaffinity(0)) // 4) if torch.device(device).type == 'cuda' else 0)
-        self.buckets, self.log, self.started = tuple(cold[1:][-limit:] if limit else ()), log, time.perf_counter()
+        self.buckets, self.log, self.started = tuple(cold[-limit:] if limit else ()), log, time.perf_counter()
         self.logs = tempfile.TemporaryDirectory(prefix='sida-compile-')
         self.helpers = {}
         try:
@@ -200,20 +202,63 @@ def _helper_env():
     return {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH')) if p)}
 
 
-def warm_side_by_side(warm, cache, bundle_dir, precision, options, device, log=print):
-    """warm(buckets) for every bucket of `cache`, the cold ones after the first compiled by helpers meanwhile.
-    Under the cache's lock: a second process warming the same compile (`sida serve --workers N`) waits, then finds
-    the buckets warm and loads them, instead of compiling them again beside the first."""
-    with cache.warming():
-        helpers = SideBySide(bundle_dir, precision, options, cache.cold_buckets(), device, log)
+class StagedWarmUp:
+    """A compile's buckets warmed in stages, under the cache's warming lock (one process at a time per compile, so the
+    workers of `sida serve --workers N` load what the first compiled): first() warms the smallest bucket in this
+    process while helpers compile the other cold ones (SideBySide); then `here` (what no helper took) warm in this
+    process, wait() for the helpers, `from_helpers` load from the cache, and done() marks them warm. A server is ready
+    after first() and warms the rest between batches; export, bench and `sida generate` run it all at once
+    (warm_side_by_side). stop() ends it early: helpers killed, lock released."""
+
+    def __init__(self, warm, cache, bundle_dir, precision, options, device, log=print):
+        self.warm, self.cache, self.first_bucket = warm, cache, cache.buckets[0]
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(cache.warming())
         try:
-            warm([b for b in cache.buckets if b not in helpers.buckets])
-            helpers.wait()
+            cold = [b for b in cache.cold_buckets() if b != self.first_bucket]
+            self.helpers = SideBySide(bundle_dir, precision, options, cold, device, log)
         except BaseException:
-            helpers.kill()
+            self._lock.close()
             raise
-        warm(helpers.buckets)
-        cache.mark_warm()
+        self.from_helpers = list(self.helpers.buckets)
+        self.here = [b for b in cache.buckets[1:] if b not in self.from_helpers]
+
+    def first(self):
+        self._or_stop(self.warm, [self.first_bucket])
+
+    def warm_here(self):
+        self._or_stop(self.warm, self.here)
+
+    def wait(self):
+        self._or_stop(self.helpers.wait)
+
+    def warm_from_helpers(self):
+        self._or_stop(self.warm, self.from_helpers)
+
+    def done(self):
+        self.cache.mark_warm()
+        self._lock.close()
+
+    def stop(self):
+        self.helpers.kill()
+        self._lock.close()
+
+    def _or_stop(self, fn, *args):
+        try:
+            fn(*args)
+        except BaseException:
+            self.stop()
+            raise
+
+
+def warm_side_by_side(warm, cache, bundle_dir, precision, options, device, log=print):
+    """warm(buckets) for every bucket of `cache` now, the cold ones after the first compiled by helpers meanwhile."""
+    staged = StagedWarmUp(warm, cache, bundle_dir, precision, options, device, log)
+    staged.first()
+    staged.warm_here()
+    staged.wait()
+    staged.warm_from_helpers()
+    staged.done()
 
 
 def export_compiled(bundle_dir, precision=None, options=None, buckets=DEFAULT_BUCKETS, device=None, force=False, log=print):

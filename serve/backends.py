@@ -47,6 +47,11 @@ class Backend:
         self.warmup_seconds = round(time.perf_counter() - started, 3)
         self.warm = True
 
+    def warmup_to_serve(self):
+        """What a server runs before it is ready; returns the StagedWarmUp of what it warms afterwards, if any."""
+        self.warmup()
+        return None
+
     def describe(self):
         return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'warm': self.warm,
                 'warmup_seconds': self.warmup_seconds, 'warmup_batches': self.warmup_batches}
@@ -101,13 +106,41 @@ class CompiledBackend(TorchBackend):
         self.cache = CompileCache(bundle.path, cache_key(self.config, device, precision, self.options), self.buckets, entry, reason,
                                   log=log or logging.getLogger('sida.serve').info)
         self.generator = compile_generator(bundle.generator, precision, self.options, device)
+        self.usable = self.buckets          # the buckets batches run in: the warm ones once a staged warm-up began
 
     def warmup(self, batch_sizes=None):
         """Every bucket, the cold ones after the first compiled side by side (export/compiled.py: SideBySide)."""
         from export.compiled import warm_side_by_side
         started = time.perf_counter()
-        warm_side_by_side(super().warmup, self.cache, self.bundle.path, self.precision, self.options, self.device, self.cache.log)
+        warm_side_by_side(self.warm_buckets, self.cache, self.bundle.path, self.precision, self.options, self.device,
+                          self.cache.log)
         self.warmup_seconds = round(time.perf_counter() - started, 3)
+        self.cache.finish()
+
+    def warmup_to_serve(self):
+        """The smallest bucket now: a server is ready after it (larger batches run in pieces of the warm buckets
+        meanwhile); the returned StagedWarmUp holds the rest, which the server warms between batches (serve/state.py),
+        each through warm_buckets on the backend thread, then finish_warmup()."""
+        from export.compiled import StagedWarmUp
+        self.warmup_seconds = 0.0
+        staged = StagedWarmUp(self.warm_buckets, self.cache, self.bundle.path, self.precision, self.options, self.device,
+                              self.cache.log)
+        self.usable = ()
+        staged.first()
+        return staged
+
+    def warm_buckets(self, buckets):
+        """Warm these buckets (their CUDA graphs recorded on this thread), then let batches use them."""
+        before, usable = self.warmup_seconds or 0, self.usable
+        self.usable = tuple(sorted({*usable, *buckets}))        # the warm-up's own batches run in them
+        try:
+            Backend.warmup(self, buckets)
+        except BaseException:
+            self.usable = usable
+            raise
+        self.warmup_seconds = round(before + self.warmup_seconds, 3)
+
+    def finish_warmup(self):
         self.cache.finish()
 
     def describe(self):
@@ -115,12 +148,12 @@ class CompiledBackend(TorchBackend):
 
     @torch.inference_mode()
     def generate(self, inputs):
-        n = len(inputs['noise'])
+        n, usable = len(inputs['noise']), self.usable
         out = []
-        for start in range(0, n, self.buckets[-1]):
-            chunk = {k: v[start:start + self.buckets[-1]] for k, v in inputs.items()}
+        for start in range(0, n, usable[-1]):
+            chunk = {k: v[start:start + usable[-1]] for k, v in inputs.items()}
             m = len(chunk['noise'])
-            bucket = next(b for b in self.buckets if b >= m)
+            bucket = next(b for b in usable if b >= m)
             padded = {k: torch.cat([v, v[-1:].expand(bucket - m, *v.shape[1:])]) if bucket > m else v for k, v in chunk.items()}
             images = self.generator(**{k: v.to(self.device) for k, v in padded.items()})[0]    # (images, images_float)
             out.append(images[:m].cpu().numpy())

@@ -1,5 +1,6 @@
 """What the app holds while it runs (typed), and the lifespan that loads and warms the models into it."""
 
+import asyncio
 import json
 import os
 import time
@@ -65,9 +66,11 @@ def lifespan_for(state: AppState, models=None):
                                                     for b in settings.bundles]
         if not loaded:
             raise RuntimeError('no models to serve: give at least one bundle')
+        later = []
         for m in loaded:
-            if settings.warmup:
-                await m.batcher.on_backend_thread(m.backend.warmup)     # where its CUDA graphs will be replayed
+            if settings.warmup:     # on the backend thread: where its CUDA graphs will be replayed
+                staged = await m.batcher.on_backend_thread(m.backend.warmup_to_serve)
+                later += [asyncio.create_task(warm_the_rest(m, staged))] if staged is not None else []
             m.batcher.start()
             state.models[m.id] = m
         state.ready = True
@@ -77,6 +80,33 @@ def lifespan_for(state: AppState, models=None):
             yield
         finally:
             state.ready = False
+            for task in later:
+                task.cancel()
+            await asyncio.gather(*later, return_exceptions=True)
             for m in loaded:
                 await m.batcher.stop()
     return lifespan
+
+
+async def warm_the_rest(model, staged):
+    """After ready: the compile backend's other buckets, each warmed on the backend thread between batches (a batch
+    waits for at most one bucket's warm-up), the helpers' ones once they are done. Logs an event 'warm' at the end; a
+    failure is logged and leaves the model serving in the buckets already warm."""
+    started = time.perf_counter()
+    try:
+        for bucket in staged.here:
+            await model.batcher.on_backend_thread(model.backend.warm_buckets, [bucket])
+        await asyncio.to_thread(staged.wait)
+        for bucket in staged.from_helpers:
+            await model.batcher.on_backend_thread(model.backend.warm_buckets, [bucket])
+        staged.done()
+        model.backend.finish_warmup()
+    except BaseException as e:
+        staged.stop()
+        if not isinstance(e, asyncio.CancelledError):
+            log.error(json.dumps({'event': 'warm_failed', 'model': model.id, 'error': f'{type(e).__name__}: {e}'[:500],
+                                  'serving_buckets': list(model.backend.usable)}))
+            return
+        raise
+    log.info(json.dumps({'event': 'warm', 'process_seconds': process_seconds(), 'after_ready_seconds':
+                         round(time.perf_counter() - started, 3), 'startup': [startup_report(model)]}))

@@ -70,6 +70,9 @@ def test_compile_options_read_and_write_one_spelling():
     # --compile-mode replaces the default's mode, not its switches
     assert str(default_options('cuda')) == 'reduce-overhead+channels-last' and str(default_options('cpu')) == 'default'
     assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last'
+    every = CompileOptions.parse('default+combo-kernels+fused-affines+native-group-norm')
+    assert str(every) == 'default+native-group-norm+fused-affines+combo-kernels'          # one order, whatever the input's
+    assert every.inductor_options() == {'combo_kernels': True}                           # the other two change the model
     for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'")):
         with pytest.raises(ValueError, match=words):
             CompileOptions.parse(bad)
@@ -119,10 +122,23 @@ def test_a_failed_helper_is_reported_and_its_bucket_compiled_here(tmp_path, monk
     from export.compiled import SideBySide
     monkeypatch.setenv('SIDA_COMPILE_PROCESSES', '1')
     logs = []
-    helpers = SideBySide(tmp_path / 'no-such-bundle', 'fp32', CompileOptions(), [1, 8, 64], 'cpu', logs.append)
+    helpers = SideBySide(tmp_path / 'no-such-bundle', 'fp32', CompileOptions(), [8, 64], 'cpu', logs.append)
     assert helpers.buckets == (64,) and 'buckets [64] compile side by side in 1 helper' in logs[0]
     helpers.wait()
     assert 'helper for bucket 64 failed (exit 1' in logs[1] and 'compiling it here' in logs[1], logs
     monkeypatch.setenv('SIDA_COMPILE_PROCESSES', 'many')
     with pytest.raises(ValueError, match='SIDA_COMPILE_PROCESSES must be a whole number'):
         SideBySide(tmp_path, 'fp32', CompileOptions(), [1, 8], 'cpu')
+
+
+def test_compile_generator_sets_up_the_model_switches(class_bundle):
+    """GroupNorm's grouped view is on unless native-group-norm; fused-affines gives the UNet one embedding projection."""
+    from export.compiled import compile_generator
+    from models.bundle import load_bundle
+    from models.layers import GroupNorm
+    for spec, grouped, fused in (('default', True, False), ('default+native-group-norm+fused-affines', False, True)):
+        generator = load_bundle(class_bundle).generator
+        compile_generator(generator, 'fp32', CompileOptions.parse(spec), 'cpu')     # compiles lazily: nothing runs here
+        norms = [m for m in generator.modules() if isinstance(m, GroupNorm)]
+        assert norms and all(m.grouped_view_when_compiled is grouped for m in norms)
+        assert (generator.denoiser.model.fused_affines is not None) is fused

@@ -143,3 +143,57 @@ def test_box_resampling_equals_the_depthwise_filter_exactly(kw, dtype):
     assert fast.shape == reference.shape == (2, conv.out_channels, 16 if kw.get('up') else 4, 16 if kw.get('up') else 4)
     assert torch.equal(fast, reference)
     assert not Conv2d(8, 8, kernel=0, down=True, resample_filter=(1, 3, 3, 1)).box      # NCSN++ keeps its FIR filter
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_group_norm_as_a_grouped_view_matches_the_native_kernel(dtype, channels_last):
+    """The compiled generator's GroupNorm (a view [N, G, C/G, H, W] of its input) computes what group_norm does."""
+    from models.layers import GroupNorm, _norm_grouped_view
+    torch.manual_seed(0)
+    norm = perturb_(GroupNorm(64), scale=0.5)
+    x = (torch.randn(3, 64, 8, 6) * 3 + 1).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w, b = norm.weight.detach().to(dtype), norm.bias.detach().to(dtype)
+    out = _norm_grouped_view(x, norm.num_groups, w, b, norm.eps)
+    expected = torch.nn.functional.group_norm(x.float(), norm.num_groups, w.float(), b.float(), norm.eps)
+    assert out.dtype == dtype and out.shape == x.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-2           # bf16: the same float32 result, rounded once
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
+
+
+def test_group_norm_takes_the_grouped_view_only_when_compiled_and_asked_to():
+    from models.layers import GroupNorm
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append({str(node.target) for node in gm.graph.nodes})
+        return gm.forward
+
+    norm, x = GroupNorm(32), torch.randn(2, 32, 4, 4)
+    for grouped in (True, False):
+        norm.grouped_view_when_compiled = grouped
+        torch._dynamo.reset()
+        torch.compile(norm, backend=capture, fullgraph=True)(x)
+        assert any('group_norm' in target for target in graphs[-1]) is not grouped
+        assert any('var_mean' in target for target in graphs[-1]) is grouped
+    norm.grouped_view_when_compiled = True
+    assert torch.equal(norm(x), torch.nn.functional.group_norm(x, 8, norm.weight, norm.bias, norm.eps))   # eager: native
+
+
+@pytest.mark.parametrize('make', [tiny_ddpmpp, tiny_ncsnpp, tiny_adm])
+def test_fused_affines_give_the_same_denoiser_and_leave_the_state_dict_alone(make):
+    from models.layers import UNetBlock, fuse_affines
+    spec = make()
+    net = perturb_(build_denoiser(spec)).eval()
+    x, sigma, labels = _inputs(spec)
+    keys = list(net.state_dict())
+    with torch.no_grad():
+        expected = net(x, sigma, labels)
+        fuse_affines(net.model)
+        out = net(x, sigma, labels)
+    blocks = [m for m in net.model.modules() if isinstance(m, UNetBlock)]
+    assert net.model.fused_affines.weight.shape[0] == sum(b.affine.out_features for b in blocks) > 0
+    assert list(net.state_dict()) == keys
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -126,3 +126,51 @@ def test_warm_up_times_each_batch_size_over_its_calls(class_bundle_dir):
     backend.warmup_calls = 2
     backend.warmup((1, 3))
     assert calls == [1, 1, 3, 3] and set(backend.describe()['warmup_batches']) == {1, 3} and backend.warm
+
+
+def _eager_compile(monkeypatch, tmp_path):
+    """torch.compile stubbed to the eager module: the staging is tested here, compiling in tests/export."""
+    import export.compiled
+    monkeypatch.setattr(export.compiled.torch, 'compile', lambda module, **kw: module)
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
+    monkeypatch.setenv('SIDA_CACHE_DIR', str(tmp_path / 'machine'))
+
+
+def test_a_staged_warm_up_serves_from_the_first_bucket_and_uses_each_bucket_once_warm(class_bundle_dir, tmp_path, monkeypatch):
+    from models.bundle import load_bundle
+    from models.seeds import example_inputs
+    from serve.backends import CompiledBackend
+    _eager_compile(monkeypatch, tmp_path)
+    backend = CompiledBackend(load_bundle(class_bundle_dir), 'cpu', log=lambda m: None)
+    shapes = []
+    generator = backend.generator
+    backend.generator = lambda **kw: shapes.append(len(kw['noise'])) or generator(**kw)
+    staged = backend.warmup_to_serve()
+    assert backend.usable == (1,) and staged.here == [8, 64] and staged.from_helpers == []     # a CPU: no helpers
+    shapes.clear()
+    assert backend.generate(example_inputs(backend.config, 5)).shape[0] == 5
+    assert shapes == [1] * 5                                  # only bucket 1 is warm: five calls of one
+    backend.warm_buckets([8])
+    shapes.clear()
+    backend.generate(example_inputs(backend.config, 5))
+    assert shapes == [8] and backend.usable == (1, 8) and set(backend.warmup_batches) == {1, 8}
+    staged.stop()
+
+
+def test_the_server_is_ready_after_the_first_bucket_and_logs_when_every_bucket_is_warm(class_bundle_dir, tmp_path,
+                                                                                         monkeypatch, caplog):
+    import json
+    import time
+    _eager_compile(monkeypatch, tmp_path)
+    with caplog.at_level('INFO', logger='sida.serve'), in_process(class_bundle_dir, backend='compile') as c:
+        events = lambda: [json.loads(r.message) for r in caplog.records if r.message.startswith('{"event"')]  # noqa: E731
+        ready = next(e for e in events() if e['event'] == 'ready')
+        assert set(ready['startup'][0]['warmup_batches']) == {'1'}                   # JSON keys
+        assert c.post('/v1/generate', json={'class_name': 'dog', 'seed': 1, 'n': 3}).status_code == 200
+        deadline = time.monotonic() + 60
+        while not any(e['event'] == 'warm' for e in events()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        warm = next(e for e in events() if e['event'] == 'warm')
+        assert set(warm['startup'][0]['warmup_batches']) == {'1', '8', '32'}          # max batch 32
+        assert warm['after_ready_seconds'] > 0 and warm['process_seconds'] >= ready['process_seconds']
+    assert (tmp_path / 'machine' / 'compile' / 'sida-warm').is_dir()
