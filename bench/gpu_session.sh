@@ -89,6 +89,7 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
         sleep 0.5
     done
     echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
+    [ "$backend" = compile ] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
     for n in ${NS:-1 16}; do
         timeout 120 "${SIDA[@]}" bench http --url http://127.0.0.1:$port --concurrency ${LEVELS:-1,8,32,128} --n $n \
             --duration ${DURATION:-6} ${RATES:+--rate $RATES} \
@@ -98,11 +99,21 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
     kill -INT $pid; wait $pid
 }
 
-ready_timings() {   # SERVER_LOG...: each server's ready line (seconds since its process started, load, warm-up per bucket)
+all_warm() {   # NAME SERVER_LOG START LIMIT_S: a compile server is ready after its first bucket; wait for the others
+    until grep -q '"event": "warm' "$2"; do
+        [ $((SECONDS - $3)) -ge "$4" ] && { echo "$1: buckets not all warm after $((SECONDS - $3)) s" | tee -a "$OUT/ready.txt"; return; }
+        sleep 0.5
+    done
+    echo "$1: every bucket warm after $((SECONDS - $3)) s" | tee -a "$OUT/ready.txt"
+}
+
+ready_timings() {   # SERVER_LOG...: each server's ready and warm lines (seconds since its process started, load, warm-up
+                    # per bucket: the ready line has the first bucket, the warm line all of them)
     for log in "$@"; do
-        grep -h '"event": "ready"' "$log" | python3 -c 'import json, sys
+        grep -hE '"event": "(ready|warm)' "$log" | python3 -c 'import json, sys
 for line in sys.stdin:
-    event = json.loads(line[line.index("{"):]); print(sys.argv[1], json.dumps({k: event.get(k) for k in ("process_seconds", "startup")}))' \
+    event = json.loads(line[line.index("{"):])
+    print(sys.argv[1], json.dumps({k: event.get(k) for k in ("event", "process_seconds", "after_ready_seconds", "startup", "error")}))' \
             "$(basename "$log")" | tee -a "$OUT/ready.txt"
     done
 }
@@ -119,6 +130,8 @@ server_up() {   # NAME BUNDLE LIMIT_S [sida serve options...]: sets SERVER_PID; 
         sleep 0.5
     done
     echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
+    [[ " $* " = *" --backend compile "* ]] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
+    return 0
 }
 load() {        # NAME [sida bench http options...]; CLIENT_PROCS client processes (4)
     local name=$1; shift
