@@ -97,12 +97,15 @@ def bench():
 @click.option('--export/--no-export', 'export_missing', default=True,
               help='Export missing ONNX / TensorRT artefacts into the bundle first (timed as set-up).')
 @click.option('--triton-url', default=None, show_default='a local PyTriton', help='Measure an external Triton serving this bundle.')
+@click.option('--components', is_flag=True,
+              help='Latent generators: also time the denoiser (UNet) and the VAE decoder apart, each compiled like the '
+                   'generator (the first --compile-variants, else the default), with FLOPs and MFU of each.')
 @PEAK
 @OUT
 @NAME
 @PLOT
 def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_seconds, device, io, compile_mode, compile_variants,
-             profile_dir, export_missing, triton_url, peak_tflops, out, name, plot):
+             profile_dir, export_missing, triton_url, components, peak_tflops, out, name, plot):
     """Latency percentiles, images/s, peak GPU memory and MFU per backend and batch size."""
     device = resolve_device(device)
     from bench.generate import parse_backend, run_generate
@@ -121,6 +124,14 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
                                             export_missing, triton_url, peak_tflops, log=lambda m: click.echo(m, err=True),
                                             warmup_seconds=warmup_seconds, compile_variants=compile_variants,
                                             profile_dir=profile_dir, on_row=partial_result)
+        if components:
+            from bench.components import run_components
+            from export.compiled import default_options
+            from models.bundle import load_bundle
+            options = (compile_variants or [default_options(device, compile_mode)])[0]
+            precision = 'bf16' if str(settings['device']).startswith('cuda') else 'fp32'
+            rows += run_components(load_bundle(settings['bundle_dir']), batches, precision, options, device, runs, warmup,
+                                   max_seconds, settings['peak_tflops_bf16_dense'], log=lambda m: click.echo(m, err=True))
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     _finish(out, info, name or f'generate-{settings["model"]}', settings, rows, plot)

@@ -57,13 +57,23 @@ def meta_inputs(config, batch):
     return inputs
 
 
-def generator_flops(config, batch):
-    """FLOPs of one generator call on `batch` images of the bundle's architecture."""
+def meta_generator(config):
+    """The bundle's generator built on the meta device (shapes only), a latent one with its VAE decoder."""
     from models.architecture import build_denoiser
-    from models.generator import OneStepGenerator
+    from models.bundle import build_vae
+    from models.generator import OneStepGenerator, VaeDecoder
+    decoder = None
+    if config.latent:
+        decoder = VaeDecoder(build_vae(config.space['vae_config'], device='meta'), config.space['scaling_factor'],
+                             config.space.get('shift_factor'))
     with torch.device('meta'):
-        generator = OneStepGenerator(build_denoiser(config.architecture), init_sigma=config.init_sigma).eval()
-    return count_flops(generator, **meta_inputs(config, batch))
+        generator = OneStepGenerator(build_denoiser(config.architecture), init_sigma=config.init_sigma, decoder=decoder)
+    return generator.to('meta').eval()          # buffers computed on the CPU at build (a noise schedule) too
+
+
+def generator_flops(config, batch):
+    """FLOPs of one generator call on `batch` images of the bundle's architecture (a latent one's decoder included)."""
+    return count_flops(meta_generator(config), **meta_inputs(config, batch))
 
 
 def denoiser_flops(spec, batch, text_tokens=1):

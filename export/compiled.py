@@ -101,14 +101,23 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
 
     The compiled generator returns (images, images_float): the parity gate needs the floats, and one graph for
     export, serve and bench keeps their cache entries interchangeable (the float output costs a few KB per image)."""
+    options = options or default_options(device)
+    generator = prepare_generator(generator, precision, options, device)
+    generator.return_float = True
+    return torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
+
+
+def prepare_generator(generator, precision, options, device):
+    """What compiling changes in the module itself: the UNet body and a latent generator's VAE decoder cast to the
+    precision (the decoder returns float32 all the same), channels-last weights, and the model switches."""
     if precision not in PRECISIONS:
         raise ExportError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
-    options = options or default_options(device)
     generator = generator.to(device).eval()
-    generator.return_float = True
     if precision != 'fp32':
         generator.denoiser.model.to(PRECISIONS[precision])
         generator.denoiser.compute_dtype = PRECISIONS[precision]
+        if generator.decoder is not None:
+            generator.decoder.to(PRECISIONS[precision])
     if options.channels_last:
         generator = generator.to(memory_format=torch.channels_last)
     for module in list(generator.modules()):
@@ -116,7 +125,7 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
             module.grouped_view_when_compiled = not options.native_group_norm
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
             fuse_affines(module)        # after the cast: the fused weights are copies
-    return torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
+    return generator
 
 
 WARMUP_CALLS = 2       # CUDA graphs (reduce-overhead) record on the second call: the first request then replays them

@@ -179,3 +179,22 @@ def test_profile_summary_counts_gpu_busy_time_once_and_the_gaps_between():
     s = summarize([(0, 10), (5, 12), (20, 30), (40, 41)], calls=2, wall_s=50e-6)     # microseconds; overlap counted once
     assert s['gpu_ops_per_call'] == 2 and s['gpu_busy_ms_per_call'] == 23 / 1e3 / 2 and s['gaps_per_call'] == 1
     assert s['largest_gap_us'] == 10 and abs(s['gpu_busy_share'] - 23 / 50) < 1e-12
+
+
+def test_components_time_a_latent_generators_denoiser_and_decoder_apart(tmp_path):
+    """--components: one row per (part, batch) with its own FLOPs; together they are the generator's."""
+    pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
+    from bench import presets
+    from bench.components import component_flops
+    from models.bundle import read_config
+    path = presets.resolve_bundle('preset:tiny-sd', work_dir=tmp_path / 'presets', log=lambda m: None)
+    invoke('generate', '--bundle', path, '--backends', 'torch-fp32', '--components', '--compile-variants', 'default',
+           '--batch', '2', '--runs', '2', '--warmup', '1', '--warmup-seconds', '0', '--device', 'cpu', '--out',
+           tmp_path / 'out', '--name', 'parts', '--no-plot')
+    _, result = only_json(tmp_path / 'out')
+    parts = [r for r in result['results'] if r['kind'] == 'component']
+    assert [(r['component'], r['batch']) for r in parts] == [('denoiser', 2), ('decoder', 2)]
+    assert all(r['p50_ms'] > 0 and r['images_per_s'] > 0 and r['compile_options'] == 'default' for r in parts)
+    flops = component_flops(read_config(path), 2)
+    assert generator_flops(read_config(path), 2) >= flops['denoiser'] + flops['decoder'] > flops['denoiser'] > 0
+    assert [r['flops_per_image'] for r in parts] == [flops['denoiser'] / 2, flops['decoder'] / 2]
