@@ -53,7 +53,8 @@
 #                                                 Inception copy gzipped (`sida bench fid-weights`: inception-fp16.pt.gz or
 #                                                 inception-int8.pt.gz) and captions.tar.gz (`sida train captions`); sida.json
 #                                                 (with --record's metrics) and eval.json come back in OUT
-#   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px) and SiD-LSG training speed,
+#   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px): the generator, then its UNet and
+#                                                 VAE decoder apart, at BATCHES (1,16); TRAIN=1 adds SiD-LSG training speed;
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #           --platform manylinux_2_28_x86_64 -d carry/whl diffusers==0.42.1 importlib_metadata
@@ -408,7 +409,7 @@ speed|autotune)
     prewarm() {   # MODEL VARIANT BATCHES LIMIT: compile into the shared cache, nothing timed (OUTPUT_CODE=V1,..: with
                   # TORCH_LOGS=output_code for those ddpmpp variants, the generated kernels' source in their log)
         local logs=; [[ $1 = ddpmpp && ,${OUTPUT_CODE:-}, = *,$2,* ]] && logs=output_code
-        timed "prewarm-$1-$2-b${3//,/-}" "$4" env TORCH_LOGS=$logs TORCHINDUCTOR_COMPILE_THREADS=4 "${SIDA[@]}" bench generate \
+        timed "prewarm-$1-$2-b${3//,/-}" "$4" env ${logs:+TORCH_LOGS=$logs} TORCHINDUCTOR_COMPILE_THREADS=4 "${SIDA[@]}" bench generate \
             --bundle $W/bundles/$1 --backends compile-bf16 --compile-variants "$2" --batch "$3" --runs 1 --warmup 2 \
             --warmup-seconds 0 --out $W/prewarm --no-plot
     }
@@ -543,9 +544,13 @@ sd)
     WHEELS=${3:?wheels dir}
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
     RES=/tmp/results
-    timeout 300 "${SIDA[@]}" bench generate --bundle preset:sd15-512 --backends torch-bf16,compile-bf16 --compile-mode reduce-overhead \
-        --batch 1,4,16 --runs 20 --max-seconds 8 --out $RES --name generate-sd15-512
-    timeout 240 "${SIDA[@]}" bench train --network sd15-unet --variants lsg-bf16 --batch 8 --iters 5 --warmup 2 --out $RES --name train-lsg-sd15
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    # The generator with the default compile, then its UNet and VAE decoder apart (--components), at batch 1 and 16
+    timeout ${STAGE_S:-540} "${SIDA[@]}" bench generate --bundle preset:sd15-512 --backends torch-bf16,compile-bf16 \
+        --batch ${BATCHES:-1,16} --components --runs 20 --max-seconds 8 --out $RES --name generate-sd15-512 2>&1 \
+        | grep -v 'config/s' | tee "$OUT/generate-sd15.log"
+    [ "${TRAIN:-0}" = 1 ] && timeout 240 "${SIDA[@]}" bench train --network sd15-unet --variants lsg-bf16 --batch 8 --iters 5 \
+        --warmup 2 --out $RES --name train-lsg-sd15
     tar czf "$OUT/results-sd.tgz" -C $RES .
     ;;
 soak)

@@ -28,7 +28,7 @@ from sida.cli_options import COMPILE_MODES
 # What `sida export compile` compiles by default: every bucket of a server whose --max-batch is 32, 64, 128 or 256.
 DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'native-group-norm': 'native_group_norm',
-            'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels'}
+            'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,8 @@ class CompileOptions:
     native_group_norm: bool = False  # trace group_norm as is, not as a grouped view of its input (GroupNorm)
     fused_affines: bool = False     # one matmul for every block's projection of the shared embedding (FusedAffines)
     combo_kernels: bool = False     # independent small kernels launched as one (fewer launches at batch 1)
+    pointwise_cat: bool = False     # the decoder's skip concatenations computed inside their consumers, not copied
+                                    # into a buffer whose layout inductor fixes before it knows its inputs' (NCHW)
 
     def __post_init__(self):
         if self.mode not in COMPILE_MODES:
@@ -72,6 +74,8 @@ class CompileOptions:
             options['force_layout_optimization'] = True
         if self.combo_kernels:
             options['combo_kernels'] = True
+        if self.pointwise_cat:
+            options['force_pointwise_cat'] = True
         return options
 
     def cuda_graphs(self):
