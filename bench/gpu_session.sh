@@ -80,6 +80,7 @@ ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --
 # One server at a time: seconds from launch to /readyz 200, then closed-loop load at n=1 and n=16 per request
 # (and open-loop Poisson load at RATES requests/s when RATES is set, e.g. RATES=50,200,800).
 serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]; LEVELS, NS, DURATION, RATES shape the load
+                     # (HTTP_ARGS: more `sida bench http` options, e.g. --format npy --response binary)
     local name=$1 bundle=$2 backend=$3 limit=$4 port=8100 start=$SECONDS; shift 4
     "${SIDA[@]}" serve --bundle "$bundle" --backend "$backend" --port $port --no-ui --max-batch 64 "$@" \
         > "$OUT/server-$name.log" 2>&1 &
@@ -93,7 +94,7 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
     [ "$backend" = compile ] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
     for n in ${NS:-1 16}; do
         timeout 120 "${SIDA[@]}" bench http --url http://127.0.0.1:$port --concurrency ${LEVELS:-1,8,32,128} --n $n \
-            --duration ${DURATION:-6} ${RATES:+--rate $RATES} \
+            --duration ${DURATION:-6} ${RATES:+--rate $RATES} ${HTTP_ARGS:-} \
             --out $RES --name "http-$name-n$n"
     done
     curl -s localhost:$port/metrics | grep -E '^sida_batch_size|^sida_request' > "$OUT/metrics-$name.txt"
