@@ -36,7 +36,9 @@
 #                                                 all in OUT/speed.tgz (env: VARIANTS, ZOO_VARIANTS, PREWARM_S, BUDGET_S,
 #                                                 AUTOTUNE_EXPORTS; STARTS=0 skips the start rows, EAGER=torch-fp32 the
 #                                                 eager row, TABLE_S its time, PROFILE=V1,.. the profiled variants,
-#                                                 OUTPUT_CODE=V1,.. logs those variants' generated kernels)
+#                                                 OUTPUT_CODE=V1,.. logs those variants' generated kernels;
+#                                                 PREWARM_RESERVE, TABLE_RESERVE, PROFILE_RESERVE: seconds each step
+#                                                 leaves to the later ones, for a BUDGET_S other than 560)
 #   bench/gpu_session.sh autotune OUT    the one-time max-autotune `sida export compile` of both models, its compiled code in
 #                                                 OUT/autotune-exports.tgz; carry that file into a later call and run
 #       AUTOTUNE_EXPORTS=build/autotune-exports.tgz bench/gpu_session.sh speed OUT   (max-autotune rows, loaded, not tuned)
@@ -438,12 +440,13 @@ speed|autotune)
     if [ -n "${AUTOTUNE_EXPORTS:-}" ] && tar xzf "$AUTOTUNE_EXPORTS" -C $W/bundles; then
         TUNED=,max-autotune; note "max-autotune code from $AUTOTUNE_EXPORTS"; fi
 
-    PREWARM=$(cap "${PREWARM_S:-190}" 330)
+    PREWARM=$(cap "${PREWARM_S:-190}" ${PREWARM_RESERVE:-330})
     [ "${STARTS:-1}" = 1 ] && for m in zoo ddpmpp; do      # STARTS=0: no cold/warm start rows
         timed $m-cold-export-contended $PREWARM env SIDA_CACHE_DIR=$W/cold-$m "${SIDA[@]}" export compile \
             --bundle $W/bundles/$m-start --mode reduce-overhead --buckets 1,8,64 &
     done
     for v in ${VARIANTS//,/ }; do prewarm ddpmpp "$v" 1,64,256 $PREWARM & done
+    [ "$ZOO_VARIANTS" = none ] && ZOO_VARIANTS=        # none: no zoo rows
     for v in ${ZOO_VARIANTS//,/ }; do prewarm zoo "$v" 1,64,256 $PREWARM & done
     wait
     for f in $W/logs/prewarm-ddpmpp-*.log; do grep -q 'Output code' "$f" && gzip "$f"; done     # the kernels' source
@@ -456,7 +459,7 @@ speed|autotune)
         timed "table-$1" "$4" "${SIDA[@]}" bench generate --bundle $W/bundles/$1 --backends "$2" --compile-variants "$3" \
             --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name "speed-$1"
     }
-    table ddpmpp ${EAGER:-torch-bf16},compile-bf16 "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" 100)"
+    table ddpmpp ${EAGER:-torch-bf16},compile-bf16 "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" ${TABLE_RESERVE:-100})"
     pack
 
     BEST=$(python3 - "$RES" <<'EOF'
@@ -470,11 +473,11 @@ EOF
 )
     note "best ddpmpp variants (batch 1 p50, batch 256 img/s): ${BEST:-none}"
     BEST=${PROFILE:-$BEST}      # PROFILE=V1,..: profile these instead
-    [ -n "$BEST" ] && timed profile-ddpmpp "$(cap 70 60)" "${SIDA[@]}" bench generate --bundle $W/bundles/ddpmpp \
+    [ -n "$BEST" ] && timed profile-ddpmpp "$(cap 70 ${PROFILE_RESERVE:-60})" "${SIDA[@]}" bench generate --bundle $W/bundles/ddpmpp \
         --backends compile-bf16 --compile-variants "$BEST" --batch 1,256 --runs 10 --max-seconds 1 --warmup 3 \
         --warmup-seconds 0 --profile $W/profile --out $RES --name profile-ddpmpp --no-plot
     pack
-    table zoo compile-bf16 "$ZOO_VARIANTS$TUNED" "$(cap 110)"     # last: if cut short, its rows are in logs/table-zoo.log
+    [ -n "$ZOO_VARIANTS" ] && table zoo compile-bf16 "$ZOO_VARIANTS$TUNED" "$(cap 110)"     # last: if cut short, its rows are in logs/table-zoo.log
     pack
     ;;
 triton)

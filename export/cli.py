@@ -1,5 +1,6 @@
 """`sida export`: ONNX, TensorRT, torch.compile and Triton repositories, each behind the parity gate."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -75,10 +76,11 @@ def compile_(bundle_dir, precision, mode, freezing, channels_last, buckets, devi
     """torch.compile the generator (CUDA graphs, bf16 on GPU), check it like a file export, and save the compiled code
     into BUNDLE/exports/torch_compile/ so that `sida serve --backend compile` loads it instead of compiling (it then
     takes these options unless --compile-mode says otherwise)."""
-    from export.compiled import CompileOptions, default_options, export_compiled
+    from export.compiled import default_options, export_compiled
     device = resolve_device(device)
     default = default_options(device, mode)
-    options = CompileOptions(default.mode, freezing, default.channels_last if channels_last is None else channels_last)
+    options = dataclasses.replace(default, freezing=freezing,
+                                  channels_last=default.channels_last if channels_last is None else channels_last)
     entry = _run(export_compiled, bundle_dir, precision, options, tuple(int(b) for b in buckets.split(',')), device, force,
                  log=click.echo)
     click.echo(json.dumps(_summary(entry) | {'options': entry['options']['spec'], 'warmup_seconds': entry['warmup_seconds'],

@@ -27,7 +27,7 @@ from sida.cli_options import COMPILE_MODES
 
 # What `sida export compile` compiles by default: every bucket of a server whose --max-batch is 32, 64, 128 or 256.
 DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
-SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'native-group-norm': 'native_group_norm',
+SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat'}
 
 
@@ -39,7 +39,8 @@ class CompileOptions:
     mode: str = 'default'
     freezing: bool = False          # weights become constants that inductor folds into the graph (inference only)
     channels_last: bool = False     # NHWC weights, and inductor keeps every convolution NHWC (its heuristic may not)
-    native_group_norm: bool = False  # trace group_norm as is, not as a grouped view of its input (GroupNorm)
+    grouped_norm: bool = False      # GroupNorm traced as a grouped view of its input, not as group_norm (slower on
+                                    # the H200, 2026-12-06: it moves the concats' strided reads into its statistics)
     fused_affines: bool = False     # one matmul for every block's projection of the shared embedding (FusedAffines)
     combo_kernels: bool = False     # independent small kernels launched as one (fewer launches at batch 1)
     pointwise_cat: bool = False     # the decoder's skip concatenations computed inside their consumers, not copied
@@ -93,11 +94,12 @@ def batch_buckets(max_batch):
 
 
 def default_options(device, mode=None):
-    """reduce-overhead + channels-last on CUDA: the fastest measured without tuning (H100, 2026-12-06, ddpmpp-cifar10:
-    batch 1 p50 1.71 ms against 1.90 without channels-last; max-autotune's 2026-12-02 H200 figures were no better and
-    cost minutes of tuning per start); default on CPU. `mode` (--compile-mode) replaces the mode only."""
+    """reduce-overhead + channels-last + fused-affines on CUDA: the fastest measured without tuning (ddpmpp-cifar10:
+    channels-last batch 1 1.71 ms against 1.90 without, H100; fused-affines 1.54 ms against 1.65, H200; both
+    2026-12-06; max-autotune's 2026-12-02 H200 figures were no better and cost minutes of tuning per start);
+    default + fused-affines on CPU. `mode` (--compile-mode) replaces the mode only."""
     cuda = torch.device(device).type == 'cuda'
-    return CompileOptions(mode or ('reduce-overhead' if cuda else 'default'), channels_last=cuda)
+    return CompileOptions(mode or ('reduce-overhead' if cuda else 'default'), channels_last=cuda, fused_affines=True)
 
 
 def compile_generator(generator, precision='bf16', options=None, device='cuda'):
@@ -126,7 +128,7 @@ def prepare_generator(generator, precision, options, device):
         generator = generator.to(memory_format=torch.channels_last)
     for module in list(generator.modules()):
         if isinstance(module, GroupNorm):
-            module.grouped_view_when_compiled = not options.native_group_norm
+            module.grouped_view_when_compiled = options.grouped_norm
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
             fuse_affines(module)        # after the cast: the fused weights are copies
     return generator

@@ -100,8 +100,8 @@ class Conv2d(torch.nn.Module):
 
 
 class GroupNorm(torch.nn.Module):
-    # Set per module by export's compile_generator (inference only): under torch.compile, normalise through a
-    # grouped view of x itself instead of group_norm (see _norm_grouped_view).
+    # Set per module by export's compile_generator (its grouped-norm switch, inference only): under torch.compile,
+    # normalise through a grouped view of x itself instead of group_norm (see _norm_grouped_view).
     grouped_view_when_compiled = False
 
     def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
@@ -127,10 +127,11 @@ class GroupNorm(torch.nn.Module):
 
 def _norm_grouped_view(x, num_groups, weight, bias, eps):
     """group_norm written as a view of x's memory: [N, C, *S] -> [N, G, C/G, *S] splits the channel dimension only,
-    which is a view in any layout, so the statistics and the normalisation read x where it lies. Inductor's own
-    decomposition of group_norm reshapes to [N, G, C/G, H*W]; with the channels-last layout that the compiled
-    generator keeps, its GroupNorm kernels ran far below memory speed (36% of ddpmpp's GPU time at batch 256, one
-    H100, 2026-12-06). Statistics in float32, as the native kernels keep them; the result in x's dtype."""
+    which is a view in any layout, so the statistics and the normalisation read x where it lies (on CUDA, group_norm
+    first makes its input contiguous, i.e. NCHW, a copy for a channels-last network). A speed candidate, off by
+    default: on the H200 (2026-12-06) it was slower at batch 64 and 256, because the strided reads of the decoder's
+    NCHW concats then land in its statistics' reductions. Statistics in float32, as the native kernels keep them; the
+    result in x's dtype."""
     n, c = x.shape[:2]
     groups = x.float().unflatten(1, (num_groups, c // num_groups))
     var, mean = torch.var_mean(groups, dim=tuple(range(2, groups.dim())), correction=0, keepdim=True)

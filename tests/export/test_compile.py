@@ -44,14 +44,14 @@ def test_exported_compile_passes_the_gate_and_a_fresh_process_loads_it_instead_o
     assert 'failed' not in exported.stderr + exported.stdout
     entry = read_manifest(class_bundle)['exports']['torch_compile-fp32']
     assert entry['cache']['counters']['fxgraph_miss'] == 1 and entry['cache']['counters']['fxgraph_hit'] >= 1, entry['cache']
-    assert entry['runtime'] == 'torch.compile' and entry['options']['spec'] == 'default+freezing+channels-last'
+    assert entry['runtime'] == 'torch.compile' and entry['options']['spec'] == 'default+freezing+channels-last+fused-affines'
     # The compiled generator is the eager one, in floats too (compiling is slow on a CPU: one compile covers both).
     assert entry['parity']['passed'] and all(row['max_abs_float'] <= 1e-4 for row in entry['parity']['batches']), entry['parity']
     assert entry['cache']['counters']['fxgraph_miss'] >= 1 and entry['cache']['artifacts'].get('inductor')
 
     served = json.loads(run(['-c', SERVE, str(class_bundle)], tmp_path / 'machine').stdout.splitlines()[-1])
     cache = served['compile_cache']
-    assert served['compile_options'] == 'default+freezing+channels-last'
+    assert served['compile_options'] == 'default+freezing+channels-last+fused-affines'
     assert cache['dir'] == str(tmp_path / 'machine' / 'compile') and cache['exported']['loaded'].get('inductor')
     assert cache['counters']['fxgraph_hit'] >= 1 and cache['counters']['fxgraph_miss'] == 0, cache
 
@@ -68,11 +68,12 @@ def test_compile_options_read_and_write_one_spelling():
     assert options.inductor_options()['freezing'] and options.inductor_options()['force_layout_optimization']
     assert options.cuda_graphs() and not CompileOptions('max-autotune-no-cudagraphs').cuda_graphs()
     # --compile-mode replaces the default's mode, not its switches
-    assert str(default_options('cuda')) == 'reduce-overhead+channels-last' and str(default_options('cpu')) == 'default'
-    assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last'
-    every = CompileOptions.parse('default+combo-kernels+fused-affines+native-group-norm')
-    assert str(every) == 'default+native-group-norm+fused-affines+combo-kernels'          # one order, whatever the input's
-    assert every.inductor_options() == {'combo_kernels': True}                           # the other two change the model
+    assert str(default_options('cuda')) == 'reduce-overhead+channels-last+fused-affines'
+    assert str(default_options('cpu')) == 'default+fused-affines'
+    assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last+fused-affines'
+    every = CompileOptions.parse('default+pointwise-cat+combo-kernels+fused-affines+grouped-norm')
+    assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat'  # one order, whatever the input's
+    assert every.inductor_options() == {'combo_kernels': True, 'force_pointwise_cat': True}  # the other two: the model
     for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'")):
         with pytest.raises(ValueError, match=words):
             CompileOptions.parse(bad)
@@ -132,11 +133,11 @@ def test_a_failed_helper_is_reported_and_its_bucket_compiled_here(tmp_path, monk
 
 
 def test_compile_generator_sets_up_the_model_switches(class_bundle):
-    """GroupNorm's grouped view is on unless native-group-norm; fused-affines gives the UNet one embedding projection."""
+    """grouped-norm turns GroupNorm's grouped view on; fused-affines gives the UNet one embedding projection."""
     from export.compiled import compile_generator
     from models.bundle import load_bundle
     from models.layers import GroupNorm
-    for spec, grouped, fused in (('default', True, False), ('default+native-group-norm+fused-affines', False, True)):
+    for spec, grouped, fused in (('default', False, False), ('default+grouped-norm+fused-affines', True, True)):
         generator = load_bundle(class_bundle).generator
         compile_generator(generator, 'fp32', CompileOptions.parse(spec), 'cpu')     # compiles lazily: nothing runs here
         norms = [m for m in generator.modules() if isinstance(m, GroupNorm)]
