@@ -90,8 +90,9 @@ def bench():
 @click.option('--compile-mode', default=None, show_default='reduce-overhead (+channels-last) on CUDA, default on CPU',
               help='torch.compile mode.')
 @click.option('--compile-variants', default=None, callback=compile_variants,
-              help='Measure every compile backend once per variant, MODE[+freezing][+channels-last], comma-separated, e.g. '
-                   'reduce-overhead,reduce-overhead+freezing+channels-last (each row also carries the export parity gate).')
+              help='Measure every compile backend once per variant, MODE[+switch...] (switches: freezing, channels-last, '
+                   'grouped-norm, fused-affines, combo-kernels, pointwise-cat; docs/export.md), comma-separated, e.g. '
+                   'reduce-overhead,reduce-overhead+channels-last+fused-affines (each row also carries the parity gate).')
 @click.option('--profile', 'profile_dir', default=None, type=click.Path(file_okay=False),
               help='Also profile each configuration (torch.profiler): key_averages table and gzipped Chrome trace go here.')
 @click.option('--export/--no-export', 'export_missing', default=True,
