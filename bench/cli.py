@@ -87,7 +87,7 @@ def bench():
 @DEVICE
 @click.option('--io', type=click.Choice(['device', 'host']), default='device',
               help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
-@click.option('--compile-mode', default=None, show_default='reduce-overhead (+channels-last) on CUDA, default on CPU',
+@click.option('--compile-mode', default=None, show_default='reduce-overhead (+channels-last+fused-affines) on CUDA, default on CPU',
               help='torch.compile mode.')
 @click.option('--compile-variants', default=None, callback=compile_variants,
               help='Measure every compile backend once per variant, MODE[+switch...] (switches: freezing, channels-last, '
@@ -120,6 +120,12 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
         write_result(out, info, safe_name(name or f'generate-{settings["model"]}'), {**settings, 'incomplete': True}, rows,
                      plot=False)
 
+    if components:
+        from bench.presets import resolve_bundle
+        from models.bundle import validate_bundle
+        if not validate_bundle(resolve_bundle(bundle, log=lambda m: click.echo(m, err=True))).latent:
+            raise click.BadParameter(f'{bundle} has no VAE decoder: --components is for latent generators',
+                                     param_hint='--components')
     try:
         info, settings, rows = run_generate(bundle, backends, batches, runs, warmup, max_seconds, device, io, compile_mode,
                                             export_missing, triton_url, peak_tflops, log=lambda m: click.echo(m, err=True),

@@ -93,7 +93,7 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
         sleep 0.5
     done
     echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
-    [ "$backend" = compile ] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
+    [[ $backend = compile* ]] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
     for n in ${NS:-1 16}; do
         timeout 120 "${SIDA[@]}" bench http --url http://127.0.0.1:$port --concurrency ${LEVELS:-1,8,32,128} --n $n \
             --duration ${DURATION:-6} ${RATES:+--rate $RATES} ${HTTP_ARGS:-} \
@@ -104,11 +104,12 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
 }
 
 all_warm() {   # NAME SERVER_LOG START LIMIT_S: a compile server is ready after its first bucket; wait for the others
-    until grep -q '"event": "warm' "$2"; do
+    until grep -qE '"event": "warm(_failed)?"' "$2"; do
         [ $((SECONDS - $3)) -ge "$4" ] && { echo "$1: buckets not all warm after $((SECONDS - $3)) s" | tee -a "$OUT/ready.txt"; return; }
         sleep 0.5
     done
-    echo "$1: every bucket warm after $((SECONDS - $3)) s" | tee -a "$OUT/ready.txt"
+    if grep -q '"event": "warm_failed"' "$2"; then echo "$1: warm-up of a bucket FAILED after $((SECONDS - $3)) s (log)"
+    else echo "$1: every bucket warm after $((SECONDS - $3)) s"; fi | tee -a "$OUT/ready.txt"
 }
 
 ready_timings() {   # SERVER_LOG...: each server's ready and warm lines (seconds since its process started, load, warm-up
@@ -134,7 +135,7 @@ server_up() {   # NAME BUNDLE LIMIT_S [sida serve options...]: sets SERVER_PID; 
         sleep 0.5
     done
     echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
-    [[ " $* " = *" --backend compile "* ]] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
+    [[ " $* " = *" --backend compile"* ]] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
     return 0
 }
 load() {        # NAME [sida bench http options...]; CLIENT_PROCS client processes (4)

@@ -62,7 +62,7 @@ def onnx(bundle_dir, precision, opset, exporter, force):
 @BUNDLE
 @precision_option(list(DTYPES), None, 'bf16 on CUDA, fp32 on CPU')
 @click.option('--mode', type=click.Choice(COMPILE_MODES), default=None,
-              show_default='reduce-overhead (+channels-last) on CUDA, default on CPU',
+              show_default='reduce-overhead (+channels-last+fused-affines) on CUDA, default on CPU',
               help='torch.compile mode (reduce-overhead: CUDA graphs; max-autotune: also tunes kernels, paid once here).')
 @click.option('--freezing/--no-freezing', default=False, help='Inductor freezing: weights become constants it folds (inference only).')
 @click.option('--channels-last/--no-channels-last', default=None, show_default='on CUDA',

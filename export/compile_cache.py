@@ -72,8 +72,14 @@ def cache_key(config, device, precision, options):
 
 
 def key_mismatch(exported, wanted):
-    """Why exported artifacts do not fit this compile: 'field: exported X, here Y' for each difference."""
-    return [f'{k}: exported {exported.get(k)!r}, here {wanted[k]!r}' for k in wanted if exported.get(k) != wanted[k]]
+    """Why exported artifacts do not fit this compile: 'field: exported X, here Y' for each difference. Options compare
+    by their spelling (MODE+switches), so an export from before a switch existed still fits a compile without it."""
+    def same(k):
+        if k == 'options' and isinstance(exported.get(k), dict) and 'spec' in exported[k]:
+            from export.compiled import CompileOptions
+            return str(CompileOptions.parse(exported[k]['spec'])) == wanted[k]['spec']
+        return exported.get(k) == wanted[k]
+    return [f'{k}: exported {exported.get(k)!r}, here {wanted[k]!r}' for k in wanted if not same(k)]
 
 
 def artifacts_file(key):

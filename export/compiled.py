@@ -114,15 +114,15 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
 
 
 def prepare_generator(generator, precision, options, device):
-    """What compiling changes in the module itself: the UNet body and a latent generator's VAE decoder cast to the
-    precision (the decoder returns float32 all the same), channels-last weights, and the model switches."""
+    """What compiling changes in the module itself: the UNet body cast to the precision, a latent generator's VAE
+    decoder too for bf16 (it returns float32 all the same), channels-last weights, and the model switches."""
     if precision not in PRECISIONS:
         raise ExportError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
     generator = generator.to(device).eval()
     if precision != 'fp32':
         generator.denoiser.model.to(PRECISIONS[precision])
         generator.denoiser.compute_dtype = PRECISIONS[precision]
-        if generator.decoder is not None:
+        if generator.decoder is not None and precision == 'bf16':     # fp16 VAEs can overflow (SDXL's upcasts)
             generator.decoder.to(PRECISIONS[precision])
     if options.channels_last:
         generator = generator.to(memory_format=torch.channels_last)

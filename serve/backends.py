@@ -54,7 +54,8 @@ class Backend:
 
     def describe(self):
         return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'warm': self.warm,
-                'warmup_seconds': self.warmup_seconds, 'warmup_batches': self.warmup_batches}
+                'warmup_seconds': self.warmup_seconds, 'warmup_batches': dict(self.warmup_batches)}   # a copy: the
+                                                                                    # backend thread may add to it
 
 
 class TorchBackend(Backend):
@@ -140,7 +141,9 @@ class CompiledBackend(TorchBackend):
             raise
         self.warmup_seconds = round(before + self.warmup_seconds, 3)
 
-    def finish_warmup(self):
+    def finish_warmup(self, staged):
+        """On the backend thread, after the staged warm-up's last bucket: marks and counts (dynamo's globals)."""
+        staged.done()
         self.cache.finish()
 
     def describe(self):

@@ -177,6 +177,6 @@ def serve_workers(settings):
     with tempfile.TemporaryDirectory(prefix='sida-metrics-') as metrics_dir:
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = metrics_dir          # read by prometheus_client as each worker imports it
         click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} with '
-                   f'{settings.workers} worker processes (each ready once its models are warm)', err=True)
+                   f'{settings.workers} worker processes (each takes connections once its models are ready)', err=True)
         uvicorn.run('serve.worker:app', factory=True, workers=settings.workers, host=settings.host, port=settings.port,
                     log_level='warning', **connection_limits(settings))

@@ -67,16 +67,16 @@ def lifespan_for(state: AppState, models=None):
         if not loaded:
             raise RuntimeError('no models to serve: give at least one bundle')
         later = []
-        for m in loaded:
-            if settings.warmup:     # on the backend thread: where its CUDA graphs will be replayed
-                staged = await m.batcher.on_backend_thread(m.backend.warmup_to_serve)
-                later += [asyncio.create_task(warm_the_rest(m, staged))] if staged is not None else []
-            m.batcher.start()
-            state.models[m.id] = m
-        state.ready = True
-        log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(), 'models': [m.info() for m in loaded],
-                             'startup': [startup_report(m) for m in loaded]}))
         try:
+            for m in loaded:
+                if settings.warmup:     # on the backend thread: where its CUDA graphs will be replayed
+                    staged = await m.batcher.on_backend_thread(m.backend.warmup_to_serve)
+                    later += [asyncio.create_task(warm_the_rest(m, staged))] if staged is not None else []
+                m.batcher.start()
+                state.models[m.id] = m
+            state.ready = True
+            log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(),
+                                 'models': [m.info() for m in loaded], 'startup': [startup_report(m) for m in loaded]}))
             yield
         finally:
             state.ready = False
@@ -99,8 +99,7 @@ async def warm_the_rest(model, staged):
         await asyncio.to_thread(staged.wait)
         for bucket in staged.from_helpers:
             await model.batcher.on_backend_thread(model.backend.warm_buckets, [bucket])
-        staged.done()
-        model.backend.finish_warmup()
+        await model.batcher.on_backend_thread(model.backend.finish_warmup, staged)
     except BaseException as e:
         staged.stop()
         if not isinstance(e, asyncio.CancelledError):

@@ -3,9 +3,10 @@
 Why processes: one Python process serving a small, fast model is bound by the GIL, not the GPU (per request about
 2 ms of event loop and backend-thread Python; py-spy on the H200, 2026-12-04: ~250 requests/s). uvicorn's supervisor
 binds the port once and starts N of these; the kernel spreads connections between them, each has its own batcher
-and CUDA context on the same GPU, and a worker accepts connections only once its models are warm. The parent hands
-the resolved settings over in an environment variable; /metrics adds up every worker's counters (Prometheus'
-multiprocess mode).
+and CUDA context on the same GPU, and a worker accepts connections only once its models are ready (compile: the
+smallest bucket warm; a later worker waits for the first to warm every bucket, then loads them from the cache). The
+parent hands the resolved settings over in an environment variable; /metrics adds up every worker's counters
+(Prometheus' multiprocess mode).
 """
 
 import os

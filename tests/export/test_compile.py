@@ -143,3 +143,15 @@ def test_compile_generator_sets_up_the_model_switches(class_bundle):
         norms = [m for m in generator.modules() if isinstance(m, GroupNorm)]
         assert norms and all(m.grouped_view_when_compiled is grouped for m in norms)
         assert (generator.denoiser.model.fused_affines is not None) is fused
+
+
+def test_an_export_from_before_a_switch_existed_still_fits():
+    """Options compare by spelling: an exported key whose options lack a later switch's field is the same compile."""
+    from export.compile_cache import key_mismatch
+    wanted = {'torch': '2.11', 'options': CompileOptions.parse('reduce-overhead+channels-last').as_dict()}
+    old = {'torch': '2.11', 'options': {'spec': 'reduce-overhead+channels-last', 'mode': 'reduce-overhead',
+                                        'freezing': False, 'channels_last': True}}
+    assert key_mismatch(old, wanted) == []
+    assert key_mismatch({**old, 'torch': '2.10'}, wanted) == ["torch: exported '2.10', here '2.11'"]
+    other = {**old, 'options': {**old['options'], 'spec': 'reduce-overhead'}}
+    assert [m.split(':')[0] for m in key_mismatch(other, wanted)] == ['options']
