@@ -28,7 +28,8 @@ from sida.cli_options import COMPILE_MODES
 # What `sida export compile` compiles by default: every bucket of a server whose --max-batch is 32, 64, 128 or 256.
 DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
-            'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat'}
+            'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
+            'channels-last-cat': 'channels_last_cat'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class CompileOptions:
     combo_kernels: bool = False     # independent small kernels launched as one (fewer launches at batch 1)
     pointwise_cat: bool = False     # the decoder's skip concatenations computed inside their consumers, not copied
                                     # into a buffer whose layout inductor fixes before it knows its inputs' (NCHW)
+    channels_last_cat: bool = False  # those concatenations laid out channels-last (models.layers.concat_channels)
 
     def __post_init__(self):
         if self.mode not in COMPILE_MODES:
@@ -131,6 +133,10 @@ def prepare_generator(generator, precision, options, device):
             module.grouped_view_when_compiled = options.grouped_norm
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
             fuse_affines(module)        # after the cast: the fused weights are copies
+        if hasattr(module, 'channels_last_cat'):
+            module.channels_last_cat = options.channels_last_cat
+    if options.channels_last_cat:
+        from torch._inductor import inductor_prims  # noqa: F401  (registers the op concat_channels traces)
     return generator
 
 

@@ -269,6 +269,24 @@ class UNetBlock(torch.nn.Module):
         return self.cross_proj(attention(q, k, v, mask).reshape(n, c, h, w))
 
 
+def concat_channels(tensors, channels_last=False):
+    """torch.cat along channels; channels_last (compiled inference, NHWC inputs): first fix each input's layout as
+    channels-last for inductor (its force_stride_order: free for a buffer whose layout is still open). Its concat
+    takes channels-last only from inputs whose layout is already fixed so; otherwise it lays the concat out NCHW and
+    every NHWC reader after it reads 16x strided (the H200 profiles of 2026-12-06). The op is registered by
+    torch._inductor.inductor_prims, which export's compile_generator imports."""
+    if channels_last and torch.compiler.is_compiling() and all(
+            t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in tensors):
+        force = torch.ops.prims.inductor_force_stride_order.default
+        tensors = [force(t, _channels_last_strides(t.shape)) for t in tensors]
+    return torch.cat(tensors, dim=1)
+
+
+def _channels_last_strides(shape):
+    n, c, h, w = shape
+    return [h * w * c, 1, w * c, c]
+
+
 class FusedAffines(torch.nn.Module):
     """Every UNetBlock's projection of the shared embedding as one matmul: a few dozen tiny GEMM launches become one,
     which is most of what they cost at batch 1. For inference only: the weights are copied in once (fuse_affines), so

@@ -12,7 +12,7 @@ import math
 import torch
 from torch.nn.functional import silu
 
-from models.layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock
+from models.layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock, concat_channels
 
 OUTPUTS = ('denoised', 'bottleneck', 'both')
 
@@ -60,6 +60,7 @@ class SongUNet(torch.nn.Module):
             raise ValueError(f'decoder_type must be standard or skip, got {decoder_type!r}')
         super().__init__()
         self.fused_affines = None       # models.layers.fuse_affines (compiled inference) sets it
+        self.channels_last_cat = False  # export's channels-last-cat switch sets it (models.layers.concat_channels)
         self.label_dropout = label_dropout
         self.text_dim = text_dim
         emb_channels = model_channels * channel_mult_emb
@@ -172,7 +173,7 @@ class SongUNet(torch.nn.Module):
                 aux = tmp if aux is None else tmp + aux
             else:
                 if x.shape[1] != block.in_channels:
-                    x = torch.cat([x, skips.pop()], dim=1)
+                    x = concat_channels([x, skips.pop()], self.channels_last_cat)
                 x = block(x, emb, text, projected.get(f'dec.{name}'))
         return (aux, bottleneck) if output == 'both' else aux
 
@@ -201,6 +202,7 @@ class DhariwalUNet(torch.nn.Module):
     ):
         super().__init__()
         self.fused_affines = None       # models.layers.fuse_affines (compiled inference) sets it
+        self.channels_last_cat = False  # export's channels-last-cat switch sets it (models.layers.concat_channels)
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         init = dict(init_mode='kaiming_uniform', init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
@@ -275,7 +277,7 @@ class DhariwalUNet(torch.nn.Module):
         # Decoder.
         for name, block in self.dec.items():
             if x.shape[1] != block.in_channels:
-                x = torch.cat([x, skips.pop()], dim=1)
+                x = concat_channels([x, skips.pop()], self.channels_last_cat)
             x = block(x, emb, None, projected.get(f'dec.{name}'))
         x = self.out_conv(silu(self.out_norm(x)))
         return (x, bottleneck) if output == 'both' else x

@@ -71,8 +71,8 @@ def test_compile_options_read_and_write_one_spelling():
     assert str(default_options('cuda')) == 'reduce-overhead+channels-last+fused-affines'
     assert str(default_options('cpu')) == 'default+fused-affines'
     assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last+fused-affines'
-    every = CompileOptions.parse('default+pointwise-cat+combo-kernels+fused-affines+grouped-norm')
-    assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat'  # one order, whatever the input's
+    every = CompileOptions.parse('default+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm')
+    assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat+channels-last-cat'
     assert every.inductor_options() == {'combo_kernels': True, 'force_pointwise_cat': True}  # the other two: the model
     for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'")):
         with pytest.raises(ValueError, match=words):
@@ -133,16 +133,17 @@ def test_a_failed_helper_is_reported_and_its_bucket_compiled_here(tmp_path, monk
 
 
 def test_compile_generator_sets_up_the_model_switches(class_bundle):
-    """grouped-norm turns GroupNorm's grouped view on; fused-affines gives the UNet one embedding projection."""
+    """grouped-norm turns GroupNorm's grouped view on, fused-affines gives the UNet one embedding projection,
+    channels-last-cat lays its concats out channels-last."""
     from export.compiled import compile_generator
     from models.bundle import load_bundle
     from models.layers import GroupNorm
-    for spec, grouped, fused in (('default', False, False), ('default+grouped-norm+fused-affines', True, True)):
+    for spec, on in (('default', False), ('default+grouped-norm+fused-affines+channels-last-cat', True)):
         generator = load_bundle(class_bundle).generator
         compile_generator(generator, 'fp32', CompileOptions.parse(spec), 'cpu')     # compiles lazily: nothing runs here
         norms = [m for m in generator.modules() if isinstance(m, GroupNorm)]
-        assert norms and all(m.grouped_view_when_compiled is grouped for m in norms)
-        assert (generator.denoiser.model.fused_affines is not None) is fused
+        assert norms and all(m.grouped_view_when_compiled is on for m in norms)
+        assert (generator.denoiser.model.fused_affines is not None) is on and generator.denoiser.model.channels_last_cat is on
 
 
 def test_an_export_from_before_a_switch_existed_still_fits():

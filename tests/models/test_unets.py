@@ -197,3 +197,28 @@ def test_fused_affines_give_the_same_denoiser_and_leave_the_state_dict_alone(mak
     assert net.model.fused_affines.weight.shape[0] == sum(b.affine.out_features for b in blocks) > 0
     assert list(net.state_dict()) == keys
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('make', [tiny_ddpmpp, tiny_adm])
+def test_channels_last_concat_compiles_to_the_same_denoiser(make):
+    """The channels-last-cat switch: the decoder's concats get inductor's layout op (only when compiling NHWC inputs),
+    and the compiled denoiser computes what the eager one does."""
+    import torch._inductor.inductor_prims  # noqa: F401
+    spec = make()
+    net = perturb_(build_denoiser(spec)).eval().to(memory_format=torch.channels_last)
+    x, sigma, labels = _inputs(spec)
+    with torch.no_grad():
+        expected = net(x, sigma, labels)
+        net.model.channels_last_cat = True
+        assert torch.equal(net(x, sigma, labels), expected)                   # eager: a plain torch.cat
+        ops = []
+
+        def capture(gm, example_inputs):
+            ops.extend(str(node.target) for node in gm.graph.nodes)
+            return gm.forward
+        torch._dynamo.reset()
+        torch.compile(net, backend=capture, fullgraph=True)(x, sigma, labels)
+        assert any('inductor_force_stride_order' in op for op in ops)
+        torch._dynamo.reset()
+        compiled = torch.compile(net, options={'force_layout_optimization': True}, fullgraph=True)(x, sigma, labels)
+    torch.testing.assert_close(compiled, expected, atol=1e-4, rtol=1e-4)
