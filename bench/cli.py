@@ -153,6 +153,9 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
               help='Teacher network evaluations (Heun: 2*steps-1, so even values get one less).')
 @click.option('--precision', type=click.Choice(['fp32', 'bf16']), default=None, show_default='bf16 autocast on CUDA, fp32 on CPU',
               help='Precision of both models.')
+@click.option('--backend', 'runtime', type=click.Choice(['eager', 'compile']), default='eager', show_default=True,
+              help='Both models eager, or both torch.compiled with the generator\'s default options (CUDA graphs on '
+                   'CUDA: the teacher\'s denoiser is one graph that every sampler step replays).')
 @click.option('--warmup', default=1, type=click.IntRange(0), help='Unmeasured batches per model first.')
 @click.option('--warmup-seconds', default=2.0, type=click.FloatRange(0), help='...and keep warming up until this long has passed.')
 @click.option('--max-seconds', default=60.0, type=float, help='Stop a model\'s measured runs after this long (>= 3 runs).')
@@ -161,14 +164,15 @@ def generate(bundle, backends, batches, runs, warmup, warmup_seconds, max_second
 @OUT
 @NAME
 @PLOT
-def teacher_vs_student(teacher, student, batch, runs, nfes, precision, warmup, warmup_seconds, max_seconds, device, peak_tflops, out, name,
-                       plot):
+def teacher_vs_student(teacher, student, batch, runs, nfes, precision, runtime, warmup, warmup_seconds, max_seconds, device,
+                       peak_tflops, out, name, plot):
     """Teacher (EDM Heun, several NFE) vs one-step student: time per image, speed-up, recorded quality."""
     device = resolve_device(device)
     from bench.teacher import run_teacher_vs_student
     try:
         info, settings, rows = run_teacher_vs_student(teacher, student, batch, runs, nfes, precision, device, warmup, max_seconds,
-                                                      peak_tflops, log=lambda m: click.echo(m, err=True), warmup_seconds=warmup_seconds)
+                                                      peak_tflops, log=lambda m: click.echo(m, err=True), warmup_seconds=warmup_seconds,
+                                                      backend=runtime)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     _finish(out, info, name or f'teacher-vs-student-{settings["student_model"]}', settings, rows, plot)

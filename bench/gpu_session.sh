@@ -55,6 +55,8 @@
 #                                                 Inception copy gzipped (`sida bench fid-weights`: inception-fp16.pt.gz or
 #                                                 inception-int8.pt.gz) and captions.tar.gz (`sida train captions`); sida.json
 #                                                 (with --record's metrics) and eval.json come back in OUT
+#   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
+#                                                 both), compiled and eager, batch 64
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px): the generator, then its UNet and
 #                                                 VAE decoder apart, at BATCHES (1,16); TRAIN=1 adds SiD-LSG training speed;
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
@@ -544,6 +546,17 @@ fid)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     echo "Inception copy: ${WEIGHTS##*/}" | tee -a "$OUT/machine.txt"
     CAPTIONS=$U/captions evaluate_zoo
+    ;;
+ratio)
+    # [speed]'s student-against-teacher bar (>= 30x per image at 35 NFE Heun, same backend, batch and precision):
+    # ddpmpp-cifar10 (random weights: speed only) as both, eager bf16 and compiled (CUDA graphs), batch 64.
+    RES=$OUT/results
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    for backend in compile eager; do
+        timeout ${STAGE_S:-270} "${SIDA[@]}" bench teacher-vs-student --teacher preset:ddpmpp-cifar10 \
+            --student preset:ddpmpp-cifar10 --backend $backend --batch 64 --nfe 35 --runs 5 --out $RES \
+            --name teacher-vs-student-ddpmpp-$backend 2>&1 | tee "$OUT/ratio-$backend.log"
+    done
     ;;
 sd)
     WHEELS=${3:?wheels dir}

@@ -1,6 +1,8 @@
 """`sida bench teacher-vs-student`: the teacher under EDM's Heun sampler against the one-step student.
 
-Both run eagerly on the same device, batch and precision (fp32, or bf16 autocast). The teacher's number
+Both run on the same backend, device, batch and precision: eager (fp32, or bf16 autocast), or torch.compile with the
+generator's options (weights cast to the precision; on CUDA, CUDA graphs: the student's one graph, and one graph of
+the teacher's denoiser that every sampler step replays; the sampler's own arithmetic stays eager). The teacher's number
 of network evaluations (NFE) is counted, not assumed: Heun with n steps costs 2n - 1 evaluations, so an
 asked-for NFE is met with n = floor((NFE + 1) / 2) steps (an even request gets one evaluation less, which
 understates, never flatters, the student's speed-up). Quality metrics recorded in the bundles'
@@ -66,7 +68,7 @@ def _row(role, name, batch, times, device, precision, flops_per_image, peak, ext
 
 
 def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), precision=None, device=None, warmup=1,
-                           max_seconds=60.0, peak_override=None, log=print, warmup_seconds=2.0):
+                           max_seconds=60.0, peak_override=None, log=print, warmup_seconds=2.0, backend='eager'):
     from bench.presets import resolve_bundle
     from models.bundle import load_bundle
     from models.heun_sampler import edm_sample
@@ -77,7 +79,11 @@ def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), p
     precision = precision or ('bf16' if dev.type == 'cuda' else 'fp32')
     gpu = dev.type == 'cuda'
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == 'bf16' else contextlib.nullcontext
+    if backend not in ('eager', 'compile'):
+        raise ValueError(f"backend must be 'eager' or 'compile', got {backend!r}")
+    compiled = backend == 'compile'
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == 'bf16' and not compiled \
+        else contextlib.nullcontext
     info = machine(gpu)
     peak, peak_source = peak_for(info, gpu, peak_override)
 
@@ -98,9 +104,16 @@ def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), p
     elif s_config.condition['kind'] == 'text':
         s_inputs['text_embeds'] = torch.zeros(batch, 1 + text_tokens, s_config.condition['dim'], device=dev)
 
+    generator, denoiser, options = s_bundle.generator, t_denoiser, None
+    if compiled:
+        from export.compiled import compile_denoiser, compile_generator, default_options
+        options = default_options(dev)
+        generator = _fresh_graph_per_call(compile_generator(s_bundle.generator, precision, options, device), gpu, 0)
+        denoiser = _fresh_graph_per_call(compile_denoiser(t_denoiser, precision, options, device), gpu)
+
     def student_call():
         with torch.inference_mode(), autocast():
-            return s_bundle.generator(**s_inputs)
+            return generator(**s_inputs)
 
     rows = []
     if gpu:
@@ -121,7 +134,7 @@ def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), p
     per_eval_flops = _try(lambda: denoiser_flops(t_spec, batch, text_tokens) / batch, log)
     for nfe in nfes:
         steps = heun_steps(nfe)
-        counted = CountingDenoiser(t_denoiser)
+        counted = CountingDenoiser(denoiser)
 
         def teacher_call():
             with torch.inference_mode(), autocast():
@@ -145,11 +158,29 @@ def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), p
                 'teacher_resolution': t_kw['img_resolution'], 'student_resolution': s_config.resolution,
                 'same_shape': t_shape == shape, 'batch': batch, 'runs': runs, 'warmup': warmup, 'warmup_seconds': warmup_seconds,
                 'nfe_requested': list(nfes), 'precision': precision,
-                'device': device, 'sampler': 'EDM Heun (Karras et al. 2022, Algorithm 1, S_churn=0), models/heun_sampler.py edm_sample',
+                'device': device, 'backend': backend, 'compile_options': str(options) if options else None,
+                'sampler': 'EDM Heun (Karras et al. 2022, Algorithm 1, S_churn=0), models/heun_sampler.py edm_sample',
                 'teacher_metrics': teacher_metrics, 'student_metrics': student_metrics,
                 'peak_tflops_bf16_dense': peak, 'peak_source': peak_source,
-                'timing': 'eager PyTorch, wall clock per batch fenced by torch.cuda.synchronize on GPU; warm-up excluded'}
+                'timing': f'{backend} PyTorch, wall clock per batch fenced by torch.cuda.synchronize on GPU; warm-up '
+                          'excluded (compile: the compiling calls are warm-up)'}
     return info, settings, rows
+
+
+class _fresh_graph_per_call:
+    """A compiled module called as the eager one is: on CUDA each call begins a new CUDA-graph step (the sampler uses
+    each output before the next call), and `output` picks one output of a tuple (the generator's images)."""
+
+    def __init__(self, module, gpu, output=None):
+        self.module, self.gpu, self.output = module, gpu, output
+        self.sigma_min = getattr(module, 'sigma_min', 0)
+        self.sigma_max = getattr(module, 'sigma_max', float('inf'))
+
+    def __call__(self, *args, **kwargs):
+        if self.gpu:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self.module(*args, **kwargs)
+        return out if self.output is None else out[self.output]
 
 
 def _try(fn, log):

@@ -116,19 +116,26 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
 
 
 def prepare_generator(generator, precision, options, device):
-    """What compiling changes in the module itself: the UNet body cast to the precision, a latent generator's VAE
-    decoder too for bf16 (it returns float32 all the same), channels-last weights, and the model switches."""
+    """What compiling changes in the module itself: the denoiser as prepare_denoiser makes it, and a latent
+    generator's VAE decoder cast to bf16 (not to fp16: VAEs can overflow there; it returns float32 all the same)."""
+    generator = generator.to(device).eval()
+    prepare_denoiser(generator.denoiser, precision, options)
+    if generator.decoder is not None and precision == 'bf16':
+        generator.decoder.to(PRECISIONS[precision])
+    return generator.to(memory_format=torch.channels_last) if options.channels_last else generator
+
+
+def prepare_denoiser(denoiser, precision, options):
+    """The UNet body cast to the precision (the preconditioning stays float32), channels-last weights, and the model
+    switches (GroupNorm's grouped view, FusedAffines, channels-last concats). In place; returns the denoiser."""
     if precision not in PRECISIONS:
         raise ExportError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
-    generator = generator.to(device).eval()
     if precision != 'fp32':
-        generator.denoiser.model.to(PRECISIONS[precision])
-        generator.denoiser.compute_dtype = PRECISIONS[precision]
-        if generator.decoder is not None and precision == 'bf16':     # fp16 VAEs can overflow (SDXL's upcasts)
-            generator.decoder.to(PRECISIONS[precision])
+        denoiser.model.to(PRECISIONS[precision])
+        denoiser.compute_dtype = PRECISIONS[precision]
     if options.channels_last:
-        generator = generator.to(memory_format=torch.channels_last)
-    for module in list(generator.modules()):
+        denoiser.to(memory_format=torch.channels_last)
+    for module in list(denoiser.modules()):
         if isinstance(module, GroupNorm):
             module.grouped_view_when_compiled = options.grouped_norm
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
@@ -137,7 +144,15 @@ def prepare_generator(generator, precision, options, device):
             module.channels_last_cat = options.channels_last_cat
     if options.channels_last_cat:
         from torch._inductor import inductor_prims  # noqa: F401  (registers the op concat_channels traces)
-    return generator
+    return denoiser
+
+
+def compile_denoiser(denoiser, precision='bf16', options=None, device='cuda'):
+    """A teacher's denoiser D(x, sigma, ...) compiled like the generator (same preparation and options): one graph per
+    batch size, sigma a tensor input, so a sampler's every step replays it (bench teacher-vs-student)."""
+    options = options or default_options(device)
+    denoiser = prepare_denoiser(denoiser.to(device).eval(), precision, options)
+    return torch.compile(denoiser, options=options.inductor_options(), fullgraph=True, dynamic=False)
 
 
 WARMUP_CALLS = 2       # CUDA graphs (reduce-overhead) record on the second call: the first request then replays them
