@@ -1,9 +1,10 @@
-"""`sida bench`: generate | teacher-vs-student | http | soak | train | fid-weights | fid-rounding | report.
+"""`sida bench`: generate | teacher-vs-student | http | soak | train | scaling | fid-weights | fid-rounding | report.
 
 Each subcommand imports its own code only when it runs, so `sida bench generate` works on machines that
 have torch but no server stack (no FastAPI, uvicorn, pydantic-settings, prometheus_client).
 """
 
+import json
 from urllib.parse import urlparse
 
 import click
@@ -302,6 +303,37 @@ def train(variants, network, batch, iters, warmup, device, peak_tflops, out, nam
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     _finish(out, info, name or f'train-throughput-{network}', settings, rows, plot)
+
+
+@bench.command(context_settings=CTX)
+@click.argument('runs', nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option('--skip', default=2, type=click.IntRange(0), help='Logged windows left out at the start of each run '
+              '(compiling, CUDA-graph recording).')
+@click.option('--compare', default=None, help='Two run folders, comma-separated (same global batch and seed, N GPUs and '
+              'one): their logged losses window by window, as the largest and median relative difference.')
+@OUT
+@NAME
+@PLOT
+def scaling(runs, skip, compare, out, name, plot):
+    """Distillation throughput against GPUs from RUNS (`sida train distill` folders, under torchrun for N > 1): steady
+    images/s, per GPU, scaling efficiency against the 1-GPU run, peak memory (bench/scale_train.sh makes the runs)."""
+    import torch
+
+    from bench.record import machine
+    from bench.scaling import loss_agreement, scaling_rows
+    try:
+        rows = scaling_rows(runs, skip)
+        agreement = loss_agreement(*compare.split(',')) if compare else None
+    except (ValueError, TypeError) as e:
+        raise click.ClickException(str(e)) from None
+    for r in rows:
+        eff = f', {100 * r["efficiency"]:.1f}% of linear' if r['efficiency'] is not None else ''
+        click.echo(f'{r["method"]} {r["gpus"]} GPU(s) x {r["per_gpu_batch"]}: {r["images_per_s"]:.1f} img/s{eff}', err=True)
+    if agreement:
+        click.echo(json.dumps(agreement, indent=2), err=True)
+    settings = {'runs': list(runs), 'skip': skip, 'loss_agreement': agreement,
+                'rate': 'median images/s of the logged windows after the first --skip'}
+    _finish(out, machine(torch.cuda.is_available()), name or 'scaling', settings, rows, plot)
 
 
 @bench.command('fid-weights', context_settings=CTX)

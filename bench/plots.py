@@ -3,7 +3,8 @@
 generate: p50 latency and images/s against batch, one line per backend (log-log);
 http: images/s and latency against concurrency; http-open-loop: latency against achieved images/s, one point per
 offered rate; teacher-vs-student: time per image as bars (log scale)
-with the speed-ups; train: images/s per configuration with memory; soak: server memory and images/s over time.
+with the speed-ups; train: images/s per configuration with memory; soak: server memory and images/s over time;
+scaling: images/s against GPUs with linear scaling, efficiency per point.
 """
 
 import json
@@ -189,8 +190,34 @@ def plot_soak(result, rows, path):
     plt.close(fig)
 
 
+def plot_scaling(result, rows, path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = {}
+    for r in rows:
+        groups.setdefault(f'{r["method"]}, {r["per_gpu_batch"]}/GPU, compile {r["compile"]}', []).append(r)
+    for label, group in groups.items():
+        group = sorted(group, key=lambda r: r['gpus'])
+        line, = ax.plot([r['gpus'] for r in group], [r['images_per_s'] for r in group], marker='o', label=label)
+        base = next((r for r in group if r['gpus'] == 1), None)
+        if base:
+            ax.plot([r['gpus'] for r in group], [base['images_per_s'] * r['gpus'] for r in group], ls=':',
+                    color=line.get_color())
+        for r in group:
+            if r.get('efficiency') is not None:
+                ax.annotate(f'{100 * r["efficiency"]:.0f}%', (r['gpus'], r['images_per_s']), fontsize=7,
+                            textcoords='offset points', xytext=(4, -10))
+    ax.set_xlabel('GPUs')
+    ax.set_ylabel('generator images / s (dotted: linear)')
+    ax.legend(fontsize=7)
+    fig.suptitle(f'distillation scaling\n{result["device"]}, {result["date"]}', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 PLOTTERS = {'generate': plot_generate, 'http': plot_http, 'http-open-loop': plot_open_loop, 'teacher-vs-student': plot_teacher,
-            'train': plot_train, 'soak': plot_soak}
+            'train': plot_train, 'soak': plot_soak, 'scaling': plot_scaling}
 
 
 def plot_result(json_path):

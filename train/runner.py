@@ -125,6 +125,22 @@ def agreed(flag):
     return bool(t.item())
 
 
+def mean_over_ranks(stats):
+    """Under DDP: each statistic averaged over the ranks (each rank's is the mean over its slice of the same global
+    batch, so this is the global batch's mean, as one process would log it); unchanged otherwise."""
+    if not stats or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return stats
+    keys = sorted(stats)
+    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64,
+                     device='cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu')
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / torch.distributed.get_world_size()).tolist()))
+
+
+def peak_gpu_mib():
+    return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if torch.cuda.is_initialized() else None
+
+
 def _crossed(before, after, every):
     return every > 0 and before // every != after // every
 
@@ -208,11 +224,15 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
             out_of_time = run_cfg.time_limit_s > 0 and agreed(time.perf_counter() - started > run_cfg.time_limit_s)
             done = after >= run_cfg.total_images or out_of_time
             stop_now = agreed(stop.requested)
-            measure = metric is not None and (_crossed(before, after, run_cfg.metric_every_images) or done)
-            if writer and (_crossed(before, after, run_cfg.log_every_images) or done or measure):
+            metric_due = _crossed(before, after, run_cfg.metric_every_images) or done
+            measure = metric is not None and metric_due
+            log_due = _crossed(before, after, run_cfg.log_every_images) or done or metric_due    # the same on every rank
+            means = mean_over_ranks({k: v / window['count'] for k, v in window['stats'].items()}) if log_due else {}
+            if writer and log_due:
                 elapsed = time.perf_counter() - window['time']
-                row = {'images_seen': after, 'images_per_s': (after - window['images']) / max(elapsed, 1e-9),
-                       **{k: v / window['count'] for k, v in window['stats'].items()}}
+                row = {'images_seen': after, 'images_per_s': (after - window['images']) / max(elapsed, 1e-9), **means}
+                if peak_gpu_mib() is not None:
+                    row['peak_gpu_mib'] = peak_gpu_mib()
                 if measure:
                     row.update(metric())
                     key = next((k for k in row if k.startswith('metric')), None)
@@ -221,6 +241,7 @@ def run(trainer, run_cfg, write_bundle, make_samples=None, metric=None, rank=0, 
                         best = {'value': value, 'metric': key, 'checkpoint': ckpt.checkpoint_name(after), 'pending': True}
                 runlog.write(row)
                 bar.set_postfix({k: f'{v:.3g}' for k, v in row.items() if k != 'images_seen'}, refresh=False)
+            if log_due:         # every rank starts a new window (its means go into the next row's all-reduce)
                 window = {'stats': {}, 'count': 0, 'time': time.perf_counter(), 'images': after}
             if writer and make_samples is not None and (_crossed(before, after, run_cfg.sample_every_images) or done):
                 make_samples(run_dir / 'samples' / f'{after:012d}.png')

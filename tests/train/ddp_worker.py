@@ -65,3 +65,16 @@ def worker(rank, world, port, data_dir, out_dir, method, iterations):
     with open(f'{out_dir}/stats_rank{rank}.json', 'w') as f:
         json.dump(stats, f)
     torch.distributed.destroy_process_group()
+
+
+def mean_worker(rank, world, port, out_dir):
+    """Each rank logs its own statistics; mean_over_ranks gives every rank the same global means."""
+    from train.runner import mean_over_ranks
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.distributed.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        means = mean_over_ranks({'loss_g': float(rank), 'loss_psi': torch.tensor(2.0 + rank)})
+        with open(os.path.join(out_dir, f'means_rank{rank}.json'), 'w') as f:
+            json.dump(means, f)
+    finally:
+        torch.distributed.destroy_process_group()

@@ -64,3 +64,13 @@ def test_sida_each_rank_averages_its_own_batch(cifar_subset, tmp_path):
         assert stats[r][0]['loss_d'] == pytest.approx(per_rank[r], rel=1e-5)   # the BCE scalar of this rank's batch only
     assert stats[0][0]['loss_d'] != pytest.approx(stats[1][0]['loss_d'], rel=1e-3)
     assert (stats[0][0]['loss_d'] + stats[1][0]['loss_d']) != pytest.approx(pooled, rel=1e-3)
+
+
+def test_logged_statistics_are_the_mean_over_ranks(tmp_path):
+    """The run log's losses under DDP are the global batch's (every rank's slice averaged), as one process logs them."""
+    from tests.train.ddp_worker import mean_worker
+    from train.runner import mean_over_ranks
+    torch.multiprocessing.spawn(mean_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert json.loads((tmp_path / f'means_rank{rank}.json').read_text()) == {'loss_g': 0.5, 'loss_psi': 2.5}
+    assert mean_over_ranks({'loss_g': 1.0}) == {'loss_g': 1.0}                  # one process: as it is
