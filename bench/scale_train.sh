@@ -34,7 +34,8 @@ for method in $METHODS; do
         echo "$method on $n GPU(s): exit $?" | tee -a "$OUT/steps.txt"
     done
 done
-python3 -m sida.cli bench scaling "$OUT"/runs/*-g* --skip 3 --name scaling-ddpmpp-cifar10 2>&1 | tee "$OUT/scaling.txt"
+RUNS=(); for d in "$OUT"/runs/*-g*; do [ -d "$d" ] && RUNS+=("$d"); done     # the run folders, not their .log files
+python3 -m sida.cli bench scaling "${RUNS[@]}" --skip 3 --name scaling-ddpmpp-cifar10 2>&1 | tee "$OUT/scaling.txt"
 
 # 2. Agreement: the same global batch and seed on the most GPUs and on one (micro-batches of 128 there), 200 iterations.
 MOST=1; for n in $GPUS; do [ "$n" -le "$COUNT" ] && MOST=$n; done
