@@ -35,11 +35,19 @@ def test_targets_are_checked_only_where_results_answer_them():
            {'kind': 'generate', 'backend': 'compile-bf16', 'batch': 256, 'device': 'cuda', 'images_per_s': 350.0, 'p50_ms': 3.0,
             'mfu': 0.41},
            {'kind': 'generate', 'backend': 'compile-bf16', 'batch': 1, 'device': 'cuda', 'images_per_s': 500.0, 'p50_ms': 2.0}]
-    checks = {t: (m, ok) for t, m, ok in targets([{'results': gen}])}
-    assert checks['batch 256: best backend >= 3x torch-fp32 images/s'] == ('compile-bf16: 3.50x', True)
-    assert checks['batch 256: MFU >= 40% of bf16 dense peak'][1] is True
-    assert checks['batch-1 latency on the GPU <= 1.5 ms (p50)'] == ('compile-bf16: 2.000 ms', False)
+    ddpmpp = {'model': 'random-ddpmpp-cifar10'}
+    checks = {t: (m, ok) for t, m, ok in targets([{'results': gen, 'settings': ddpmpp}])}
+    assert checks['DDPM++ CIFAR-10, batch 256: best backend >= 3x torch-fp32 images/s (same run)'] == ('compile-bf16: 3.50x', True)
+    assert checks['DDPM++ CIFAR-10, batch 256: MFU >= 40% of bf16 dense peak'][1] is True
+    assert checks['DDPM++ CIFAR-10, batch-1 latency on the GPU <= 1.5 ms (p50)'] == ('compile-bf16: 2.000 ms', False)
     assert not any('HTTP' in t or 'teacher' in t for t in checks)
+    # Another model's rows answer none of them; nor does a ratio across two runs; a row that failed parity is left out.
+    assert not targets([{'results': gen, 'settings': {'model': 'cifar10-cond'}}])
+    split = {t for t, _, _ in targets([{'results': gen[:1], 'settings': ddpmpp}, {'results': gen[1:], 'settings': ddpmpp}])}
+    assert not any('3x' in t for t in split)
+    failed = [{**gen[1], 'images_per_s': 900.0, 'parity': {'passed': False}}, *gen]
+    checks = {t: m for t, m, _ in targets([{'results': failed, 'settings': ddpmpp}])}
+    assert checks['DDPM++ CIFAR-10, batch 256: best backend >= 3x torch-fp32 images/s (same run)'] == 'compile-bf16: 3.50x'
 
 
 def test_training_target_reads_the_sid_cifar_rows_at_batch_128_on_the_gpu():
