@@ -55,6 +55,8 @@
 #                                                 Inception copy gzipped (`sida bench fid-weights`: inception-fp16.pt.gz or
 #                                                 inception-int8.pt.gz) and captions.tar.gz (`sida train captions`); sida.json
 #                                                 (with --record's metrics) and eval.json come back in OUT
+#   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
+#                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
 #                                                 both), compiled and eager, batch 64
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px): the generator, then its UNet and
@@ -546,6 +548,20 @@ fid)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     echo "Inception copy: ${WEIGHTS##*/}" | tee -a "$OUT/machine.txt"
     CAPTIONS=$U/captions evaluate_zoo
+    ;;
+ddp1)
+    # [scale-train] on one GPU: SiD, DDPM++ CIFAR-10 (random teacher), batch 128, --compile reduce-overhead, first as
+    # one plain process, then under torchrun with one process (DDP-wrapped: the multi-GPU code path with CUDA graphs);
+    # `sida bench scaling` over both gives the DDP overhead at world size 1.
+    T=$(python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))' | tail -n 1)
+    ARGS=(train distill --method sid --teacher "$T" --batch 128 --compile reduce-overhead --time-limit ${RUN_S:-240}s
+          --log-every 1280 --sample-every 1000M --checkpoint-every 1000M --seed 0)
+    timeout $((${RUN_S:-240} + 60)) "${SIDA[@]}" "${ARGS[@]}" --out "$OUT/plain" > "$OUT/plain.log" 2>&1
+    echo "plain: exit $?"
+    timeout $((${RUN_S:-240} + 60)) torchrun --standalone --nproc_per_node 1 -m sida.cli "${ARGS[@]}" --out "$OUT/ddp" \
+        > "$OUT/ddp.log" 2>&1
+    echo "torchrun, 1 process (DDP): exit $?"
+    "${SIDA[@]}" bench scaling "$OUT/plain" "$OUT/ddp" --skip 3 --out "$OUT/results" --name ddp-world1 2>&1 | tail -n 4
     ;;
 ratio)
     # [speed]'s student-against-teacher bar (>= 30x per image at 35 NFE Heun, same backend, batch and precision):

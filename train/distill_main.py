@@ -93,7 +93,7 @@ def build(o, cfg, rt):
     started = time.time()
     # cfg as the Distiller resolved it: --augment's default depends on the teacher's network.
     resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
-                'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world,
+                'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world, 'ddp': rt.distributed,
                 'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
                 'precision': str(autocast or 'fp32'), 'data': str(o['data']) if o['data'] else None,
                 'data_prefix': o['data_prefix'], 'channels_last': o['channels_last'], 'compile': o['compile_']}

@@ -25,15 +25,18 @@ class Runtime:
     world: int = 1
     local_rank: int = 0
     device: str = 'cpu'
+    launched: bool = False          # started by torchrun: DDP even for one process (the same code path as for N)
 
     @property
     def distributed(self):
-        return self.world > 1
+        return self.world > 1 or self.launched
 
 
 def setup_runtime(device='auto'):
-    """Single process, or one process per GPU/CPU slot under torchrun (NCCL on GPU, gloo on CPU)."""
+    """Single process, or one process per GPU/CPU slot under torchrun (NCCL on GPU, gloo on CPU). Under torchrun the
+    networks are DDP-wrapped whatever the world size, so one GPU runs (and tests) the multi-GPU code path."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
+    launched = 'TORCHELASTIC_RUN_ID' in os.environ
     rank, local_rank = int(os.environ.get('RANK', '0')), int(os.environ.get('LOCAL_RANK', '0'))
     use_cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
     if use_cuda and not torch.cuda.is_available():
@@ -41,9 +44,9 @@ def setup_runtime(device='auto'):
     dev = f'cuda:{local_rank}' if use_cuda else 'cpu'
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    if world > 1 and not torch.distributed.is_initialized():
+    if (world > 1 or launched) and not torch.distributed.is_initialized():
         torch.distributed.init_process_group('nccl' if use_cuda else 'gloo')
-    return Runtime(rank, world, local_rank, dev)
+    return Runtime(rank, world, local_rank, dev, launched)
 
 
 def precision_dtype(precision, device):

@@ -37,6 +37,8 @@ def test_scaling_rows_and_loss_agreement_from_real_runs(tmp_path):
     assert rows[(1, 4)]['efficiency'] == 1.0 and rows[(1, 8)]['efficiency'] == 1.0
     assert rows[(2, 4)]['efficiency'] == pytest.approx(rows[(2, 4)]['images_per_s'] / (2 * rows[(1, 4)]['images_per_s']))
     assert rows[(2, 4)]['global_batch'] == 8 and rows[(2, 4)]['method'] == 'sid'
+    assert json.loads((one / 'config.json').read_text())['ddp'] is False                  # no torchrun: no DDP
+    assert json.loads((two / 'config.json').read_text())['ddp'] is True
     agreement = result['settings']['loss_agreement']
     assert agreement['windows'] == 6                                 # one log line per iteration of the 8-image batch
     for loss in ('loss_psi', 'loss_g'):                              # the mean over both ranks = the one-process mean

@@ -74,3 +74,36 @@ def test_logged_statistics_are_the_mean_over_ranks(tmp_path):
     for rank in range(2):
         assert json.loads((tmp_path / f'means_rank{rank}.json').read_text()) == {'loss_g': 0.5, 'loss_psi': 2.5}
     assert mean_over_ranks({'loss_g': 1.0}) == {'loss_g': 1.0}                  # one process: as it is
+
+
+def _torchrun_distill(tmp_path, *extra):
+    """`sida train distill` (SiD, the tiny bench teacher) under torchrun with one process; its config.json."""
+    import subprocess
+    import sys
+
+    from tests.bench.conftest import make_bundle
+    teacher = make_bundle(tmp_path / 'teacher', seed=1)
+    out = tmp_path / 'run'
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '--master_addr', '127.0.0.1',
+                        '--master_port', str(_free_port()), '-m', 'sida.cli', 'train', 'distill', '--method', 'sid',
+                        '--teacher', str(teacher), '--out', str(out), '--images', '32', '--batch', '8', '--g-warmup', '8',
+                        '--log-every', '8', '--sample-every', '1k', '--checkpoint-every', '1k', '--seed', '0', *extra],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return json.loads((out / 'config.json').read_text()), out
+
+
+def test_torchrun_with_one_process_runs_the_ddp_path(tmp_path):
+    """Under torchrun the networks are DDP-wrapped even for one process: one GPU can test the multi-GPU code path."""
+    config, out = _torchrun_distill(tmp_path, '--device', 'cpu')
+    assert config['ddp'] is True and config['world_size'] == 1
+    assert (out / 'bundle' / 'sida.json').is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA graphs with DDP need a GPU')
+def test_cuda_graphs_with_ddp_on_one_gpu_under_torchrun(tmp_path):
+    """[scale-train]: --compile reduce-overhead (CUDA graphs) through DDP, world size 1, to the end of a short run."""
+    config, out = _torchrun_distill(tmp_path, '--device', 'cuda', '--compile', 'reduce-overhead')
+    assert config['ddp'] is True and config['compile'] == 'reduce-overhead'
+    rows = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert rows[-1]['images_seen'] == 32 and all(row['loss_psi'] == row['loss_psi'] for row in rows)     # no NaN
