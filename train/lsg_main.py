@@ -95,7 +95,8 @@ def build(o, cfg, rt):
     started = time.time()
     resolved = {'command': 'lsg', 'lsg': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)), 'teacher': str(teacher_dir),
                 'prompts': str(o['prompts']), 'num_prompts': len(prompts), 'architecture': spec, 'condition': condition,
-                'world_size': rt.world, 'ddp': rt.distributed, 'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
+                'world_size': rt.world, 'ddp': rt.distributed, 'per_gpu_batch': cfg.batch // rt.world,
+                'micro_batch': trainer.micro, 'device': rt.device,
                 'precision': str(trainer.autocast_dtype or 'fp32'), 'teacher_dtype': o['teacher_dtype'],
                 'grad_checkpointing': o['grad_checkpointing'], 'offload_teacher': o['offload_teacher'], 'compile': o['compile_']}
     summary = (f'distilling with sid-lsg (guidance {cfg.guidance_fake_train}/{cfg.guidance_fake_eval}/{cfg.guidance_real_eval}, '
