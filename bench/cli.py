@@ -322,16 +322,19 @@ def scaling(runs, skip, compare, out, name, plot):
     from bench.record import machine
     from bench.scaling import loss_agreement, scaling_rows
     try:
-        rows = scaling_rows(runs, skip)
+        rows, skipped = scaling_rows(runs, skip, log=lambda m: click.echo(m, err=True))
         agreement = loss_agreement(*compare.split(',')) if compare else None
     except (ValueError, TypeError) as e:
         raise click.ClickException(str(e)) from None
+    if not rows:
+        raise click.ClickException('no run could be read: ' + '; '.join(skipped))
     for r in rows:
         eff = f', {100 * r["efficiency"]:.1f}% of linear' if r['efficiency'] is not None else ''
-        click.echo(f'{r["method"]} {r["gpus"]} GPU(s) x {r["per_gpu_batch"]}: {r["images_per_s"]:.1f} img/s{eff}', err=True)
+        ddp = ' (DDP)' if r['ddp'] else ''
+        click.echo(f'{r["method"]} {r["gpus"]} GPU(s){ddp} x {r["per_gpu_batch"]}: {r["images_per_s"]:.1f} img/s{eff}', err=True)
     if agreement:
         click.echo(json.dumps(agreement, indent=2), err=True)
-    settings = {'runs': list(runs), 'skip': skip, 'loss_agreement': agreement,
+    settings = {'runs': list(runs), 'skip': skip, 'skipped_runs': skipped, 'loss_agreement': agreement,
                 'rate': 'median images/s of the logged windows after the first --skip'}
     _finish(out, machine(torch.cuda.is_available()), name or 'scaling', settings, rows, plot)
 

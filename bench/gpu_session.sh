@@ -554,11 +554,11 @@ ddp1)
     # one plain process, then under torchrun with one process (DDP-wrapped: the multi-GPU code path with CUDA graphs);
     # `sida bench scaling` over both gives the DDP overhead at world size 1.
     T=$(python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))' | tail -n 1)
-    ARGS=(train distill --method sid --teacher "$T" --batch 128 --compile reduce-overhead --time-limit ${RUN_S:-240}s
+    ARGS=(train distill --method sid --teacher "$T" --batch 128 --compile reduce-overhead --time-limit ${RUN_S:-200}s
           --log-every 1280 --sample-every 1000M --checkpoint-every 1000M --seed 0)
-    timeout $((${RUN_S:-240} + 60)) "${SIDA[@]}" "${ARGS[@]}" --out "$OUT/plain" > "$OUT/plain.log" 2>&1
+    timeout $((${RUN_S:-200} + 60)) "${SIDA[@]}" "${ARGS[@]}" --out "$OUT/plain" > "$OUT/plain.log" 2>&1
     echo "plain: exit $?"
-    timeout $((${RUN_S:-240} + 60)) torchrun --standalone --nproc_per_node 1 -m sida.cli "${ARGS[@]}" --out "$OUT/ddp" \
+    timeout $((${RUN_S:-200} + 60)) torchrun --standalone --nproc_per_node 1 -m sida.cli "${ARGS[@]}" --out "$OUT/ddp" \
         > "$OUT/ddp.log" 2>&1
     echo "torchrun, 1 process (DDP): exit $?"
     "${SIDA[@]}" bench scaling "$OUT/plain" "$OUT/ddp" --skip 3 --out "$OUT/results" --name ddp-world1 2>&1 | tail -n 4

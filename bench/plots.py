@@ -195,7 +195,8 @@ def plot_scaling(result, rows, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     groups = {}
     for r in rows:
-        groups.setdefault(f'{r["method"]}, {r["per_gpu_batch"]}/GPU, compile {r["compile"]}', []).append(r)
+        groups.setdefault(f'{r["method"]}, {r["per_gpu_batch"]}/GPU, compile {r["compile"]}{", DDP" if r.get("ddp") else ""}',
+                          []).append(r)
     for label, group in groups.items():
         group = sorted(group, key=lambda r: r['gpus'])
         line, = ax.plot([r['gpus'] for r in group], [r['images_per_s'] for r in group], marker='o', label=label)

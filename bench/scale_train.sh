@@ -18,9 +18,10 @@ GPUS=${GPUS:-1 2 4 8}; METHODS=${METHODS:-sid sida}; RUN_S=${RUN_S:-120}; STEPS=
 TEACHER=$(python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))' | tail -n 1)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 
-distill() {   # GPUS METHOD OUT_DIR [sida train distill options...]
+distill() {   # GPUS METHOD OUT_DIR [sida train distill options...]: a fresh run (an old folder would mix its log in)
     local n=$1 method=$2 dir=$3; shift 3
     local data=(); [ "$method" = sid ] || data=(--data "$DATA")
+    [[ " $* " = *" --resume "* ]] || rm -rf "$dir"
     torchrun --standalone --nproc_per_node "$n" -m sida.cli train distill --method "$method" --teacher "$TEACHER" \
         "${data[@]}" --out "$dir" --sample-every 1000M --seed 0 "$@" > "$dir.log" 2>&1
 }
@@ -39,6 +40,7 @@ python3 -m sida.cli bench scaling "${RUNS[@]}" --skip 3 --name scaling-ddpmpp-ci
 
 # 2. Agreement: the same global batch and seed on the most GPUs and on one (micro-batches of 128 there), 200 iterations.
 MOST=1; for n in $GPUS; do [ "$n" -le "$COUNT" ] && MOST=$n; done
+[ "$MOST" -gt 1 ] || { echo "one GPU: no agreement or SIGTERM runs" | tee -a "$OUT/steps.txt"; exit 0; }
 for method in $METHODS; do
     batch=$((128 * MOST))
     for n in "$MOST" 1; do
@@ -52,12 +54,18 @@ done
 
 # 3. SIGTERM mid-run on all GPUs (torchrun passes it to every worker), then --resume auto: the log must go on from the
 #    checkpoint the signal wrote.
-batch=$((128 * MOST)); dir="$OUT/runs/resume-sid-g$MOST"
+batch=$((128 * MOST)); dir="$OUT/runs/resume-sid-g$MOST"; rm -rf "$dir"
 torchrun --standalone --nproc_per_node "$MOST" -m sida.cli train distill --method sid --teacher "$TEACHER" --out "$dir" \
     --sample-every 1000M --seed 0 --batch $batch --images $((STEPS * batch)) --log-every $batch \
     --checkpoint-every 1000M > "$dir.log" 2>&1 &
 job=$!
-sleep 90; kill -TERM $job; wait $job
-echo "signalled at $(tail -n 1 "$dir/log.jsonl" 2>/dev/null)" | tee "$OUT/resume.txt"
+# Signal once a quarter of the iterations are logged (past start-up, well before the end).
+until [ "$(grep -c images_seen "$dir/log.jsonl" 2>/dev/null || echo 0)" -ge $((STEPS / 4)) ] || ! kill -0 $job 2>/dev/null; do
+    sleep 1; done
+kill -TERM $job; wait $job
+echo "signalled at: $(tail -n 1 "$dir/log.jsonl" 2>/dev/null); checkpoints: $(ls "$dir/checkpoints" 2>/dev/null | tr '\n' ' ')" \
+    | tee "$OUT/resume.txt"
+cp "$dir.log" "$dir-before-signal.log"
 distill "$MOST" sid "$dir" --batch $batch --images $((STEPS * batch)) --log-every $batch --checkpoint-every 1000M --resume auto
-echo "resumed: exit $?, $(grep -c images_seen "$dir/log.jsonl") log lines, last $(tail -n 1 "$dir/log.jsonl")" | tee -a "$OUT/resume.txt"
+echo "resumed: exit $?, $(grep -c images_seen "$dir/log.jsonl") log lines (one per iteration: $STEPS expected), last" \
+    "$(tail -n 1 "$dir/log.jsonl")" | tee -a "$OUT/resume.txt"
