@@ -50,20 +50,28 @@ def current_backend_name(row):
     return row
 
 
+def _read_result(path):
+    """A result file (its rows with today's backend names, its path kept), or None if the JSON is not one."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(result, dict) or not isinstance(result.get('results'), list):
+        return None
+    result['_path'] = path
+    result['results'] = [current_backend_name(r) for r in result['results']]
+    return result
+
+
 def load_results(results_dir):
     """Every result file, newest first within each (device slug, name); old backend names read as today's."""
     found = {}
     for path in sorted(Path(results_dir).glob('*/*.json')):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(result, dict) or 'results' not in result:
+        result = _read_result(path)
+        if result is None:
             continue
         name = result.get('name') or path.stem[11:]
         key = (result.get('device_slug') or path.parent.name, name)
-        result['_path'] = path
-        result['results'] = [current_backend_name(r) for r in result['results']]
         if key not in found or (result.get('date', ''), path.name) > (found[key].get('date', ''), found[key]['_path'].name):
             found[key] = result
     return found
@@ -74,13 +82,9 @@ def load_run_folders(results_dir):
     README): not tabled here, but their rows count for the targets."""
     nested = {}
     for path in sorted(Path(results_dir).glob('*/*/*.json')):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(result, dict) and isinstance(result.get('results'), list):
-            result['results'] = [current_backend_name(r) for r in result['results']]
-            nested.setdefault(path.parent.parent.name, []).append(result)
+        result = _read_result(path)
+        if result is not None:
+            nested.setdefault(result.get('device_slug') or path.parent.parent.name, []).append(result)
     return nested
 
 

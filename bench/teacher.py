@@ -108,8 +108,8 @@ def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), p
     if compiled:
         from export.compiled import compile_denoiser, compile_generator, default_options
         options = default_options(dev)
-        generator = _fresh_graph_per_call(compile_generator(s_bundle.generator, precision, options, device), gpu, 0)
-        denoiser = _fresh_graph_per_call(compile_denoiser(t_denoiser, precision, options, device), gpu)
+        generator = _CompiledCall(compile_generator(s_bundle.generator, precision, options, device), gpu, 0)
+        denoiser = _CompiledCall(compile_denoiser(t_denoiser, precision, options, device), gpu)
 
     def student_call():
         with torch.inference_mode(), autocast():
@@ -168,7 +168,7 @@ def run_teacher_vs_student(teacher, student, batch=64, runs=10, nfes=(35, 18), p
     return info, settings, rows
 
 
-class _fresh_graph_per_call:
+class _CompiledCall:
     """A compiled module called as the eager one is: on CUDA each call begins a new CUDA-graph step (the sampler uses
     each output before the next call), and `output` picks one output of a tuple (the generator's images)."""
 

@@ -120,9 +120,12 @@ def prepare_generator(generator, precision, options, device):
     generator's VAE decoder cast to bf16 (not to fp16: VAEs can overflow there; it returns float32 all the same)."""
     generator = generator.to(device).eval()
     prepare_denoiser(generator.denoiser, precision, options)
-    if generator.decoder is not None and precision == 'bf16':
-        generator.decoder.to(PRECISIONS[precision])
-    return generator.to(memory_format=torch.channels_last) if options.channels_last else generator
+    if generator.decoder is not None:
+        if precision == 'bf16':
+            generator.decoder.to(PRECISIONS[precision])
+        if options.channels_last:
+            generator.decoder.to(memory_format=torch.channels_last)
+    return generator
 
 
 def prepare_denoiser(denoiser, precision, options):

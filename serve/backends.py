@@ -53,9 +53,9 @@ class Backend:
         return None
 
     def describe(self):
+        # warmup_batches copied: the backend thread may add to it while the event loop reports it
         return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'warm': self.warm,
-                'warmup_seconds': self.warmup_seconds, 'warmup_batches': dict(self.warmup_batches)}   # a copy: the
-                                                                                    # backend thread may add to it
+                'warmup_seconds': self.warmup_seconds, 'warmup_batches': dict(self.warmup_batches)}
 
 
 class TorchBackend(Backend):
