@@ -303,7 +303,7 @@ def warm_side_by_side(warm, cache, bundle_dir, precision, options, device, log=p
 def export_compiled(bundle_dir, precision=None, options=None, buckets=DEFAULT_BUCKETS, device=None, force=False, log=print):
     """Compile every bucket, gate it against eager fp32, and save the compiled code into the bundle as cache artifacts."""
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    precision = precision or ('bf16' if device == 'cuda' else 'fp32')
+    precision = precision or ('bf16' if torch.device(device).type == 'cuda' else 'fp32')
     options = options or default_options(device)
     bundle = load_bundle(bundle_dir, return_float=True)
     key = cache_key(bundle.config, device, precision, options)
@@ -322,8 +322,9 @@ def export_compiled(bundle_dir, precision=None, options=None, buckets=DEFAULT_BU
     artifacts = save_artifacts(bundle.path / file)
     used = cache.finish()
     log(f'saved the compiled code ({artifacts}) to {bundle.path / file}')
+    graphs = torch.device(device).type == 'cuda' and options.cuda_graphs()
     entry = {'runtime': 'torch.compile', 'file': str(file), 'precision': precision, 'mode': options.mode,
-             'options': options.as_dict(), 'buckets': list(buckets), 'cuda_graphs': device == 'cuda' and options.cuda_graphs(),
+             'options': options.as_dict(), 'buckets': list(buckets), 'cuda_graphs': graphs,
              'warmup_seconds': warm, 'parity': report, 'forced': bool(force and not report['passed']), 'build_device': device,
              'bundle_sha256': bundle.config.sha256, 'versions': runtime_versions('torch'),
              'cache': {'file': str(file), 'key': key, 'artifacts': artifacts, 'counters': used['counters'],

@@ -19,10 +19,11 @@ ROUTERS = (health.router, metrics.router, models.router, generate.router, openai
 PAGES = 'sida.pages'      # entry points: name -> mount(app, path), served at /<name>
 
 
-def create_app(settings: Settings, models=None):
-    """models: ServedModel objects built already (the CLI, tests); otherwise built from settings.bundles at start-up."""
+def create_app(settings: Settings, models=None, devices=None):
+    """models: ServedModel objects built already (the CLI, tests); otherwise built from settings.bundles at start-up,
+    one replica per entry of devices ([(name in metrics, device)], serve/devices.py)."""
     state = AppState(settings, Metrics(), settings.keys(), RateLimiter(settings.rate_limit_per_minute))
-    app = FastAPI(title='sida', version=sida.__version__, lifespan=lifespan_for(state, models), responses=ERROR_RESPONSES,
+    app = FastAPI(title='sida', version=sida.__version__, lifespan=lifespan_for(state, models, devices), responses=ERROR_RESPONSES,
                   description='One-step image generation (SiD / SiDA distilled generators).')
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=state.metrics)

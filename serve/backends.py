@@ -93,7 +93,7 @@ class CompiledBackend(TorchBackend):
         from export.compiled import WARMUP_CALLS, CompileOptions, batch_buckets, compile_generator, default_options
         buckets = buckets or batch_buckets(max_batch)
         device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        precision = precision or ('bf16' if device == 'cuda' else 'fp32')
+        precision = precision or ('bf16' if torch.device(device).type == 'cuda' else 'fp32')
         Backend.__init__(self, bundle)
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
         entry, reason = exported_entry(bundle.path, self.config, precision)
@@ -176,16 +176,28 @@ class OnnxBackend(Backend):
 
     name = 'onnxruntime'
 
-    def __init__(self, bundle, precision='fp32'):
+    def __init__(self, bundle, precision='fp32', device=None):
         super().__init__(bundle)
         entry = verified_export(bundle, 'onnx', precision)
         from export.onnx_export import ort_session
-        self.session = ort_session(Path(bundle.path) / entry['file'])
+        self.session = ort_session(Path(bundle.path) / entry['file'], providers=onnx_providers(device))
         self.device = 'cuda' if 'CUDAExecutionProvider' in self.session.get_providers() else 'cpu'
+        if self.device == 'cuda' and device is not None:
+            self.device = str(torch.device(device))
         self.precision = precision
 
     def generate(self, inputs):
         return self.session.run(['images'], {k: v.numpy() for k, v in inputs.items()})[0]
+
+
+def onnx_providers(device):
+    """ONNX Runtime's providers for a device (None: its default order, CUDA first where present); cuda:N as device_id."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type == 'cpu':
+        return ['CPUExecutionProvider']
+    return [('CUDAExecutionProvider', {'device_id': device.index or 0}), 'CPUExecutionProvider']
 
 
 class TensorRTBackend(Backend):
@@ -193,18 +205,25 @@ class TensorRTBackend(Backend):
 
     name = 'tensorrt'
 
-    def __init__(self, bundle, precision='fp16'):
+    def __init__(self, bundle, precision='fp16', device=None):
         super().__init__(bundle)
         from export.tensorrt_export import EngineRunner, TensorRTUnavailable
         entry = verified_export(bundle, 'tensorrt', precision)
+        if device is not None and torch.device(device).type != 'cuda':
+            raise BackendUnavailable(f'the tensorrt backend runs on a CUDA GPU, not on {device}')
+        self.device, self.precision = str(torch.device(device or 'cuda')), precision
         try:
-            self.runner = EngineRunner(Path(bundle.path) / entry['file'])
+            with self.on_device():          # the engine lives on the GPU that is current when it is deserialized
+                self.runner = EngineRunner(Path(bundle.path) / entry['file'])
         except TensorRTUnavailable as e:
             raise BackendUnavailable(str(e)) from None
-        self.device, self.precision = 'cuda', precision
+
+    def on_device(self):
+        return torch.cuda.device(torch.device(self.device).index or 0)
 
     def generate(self, inputs):
-        return self.runner(inputs)[0].numpy()
+        with self.on_device():
+            return self.runner(inputs)[0].numpy()
 
 
 class TritonBackend(Backend):
@@ -245,15 +264,17 @@ class TritonBackend(Backend):
 def make_backend(name, bundle, triton_url=None, device=None, compile_mode=None, max_batch=64):
     """A backend by its name in the shared vocabulary (serve/runtimes.py), e.g. torch, torch-bf16, onnxruntime-fp16.
     auto: the fastest that works here (TensorRT or compile on CUDA, else a verified ONNX export, else eager torch).
-    max_batch: the largest batch it will be given (compile buckets up to it)."""
+    device: cpu, cuda or cuda:N (None: CUDA where present); max_batch: the largest batch it will be given (compile
+    buckets up to it)."""
+    on_gpu = torch.cuda.is_available() and (device is None or torch.device(device).type == 'cuda')
     if name == 'auto':
-        if torch.cuda.is_available() and device != 'cpu':
+        if on_gpu:
             try:
-                return TensorRTBackend(bundle)
+                return TensorRTBackend(bundle, device=device)
             except BackendUnavailable:
                 return CompiledBackend(bundle, device, mode=compile_mode, max_batch=max_batch)
         try:
-            return OnnxBackend(bundle)
+            return OnnxBackend(bundle, device=device)
         except BackendUnavailable:
             return TorchBackend(bundle, device)
     try:
@@ -265,9 +286,12 @@ def make_backend(name, bundle, triton_url=None, device=None, compile_mode=None, 
     if runtime == 'compile':
         return CompiledBackend(bundle, device, precision, mode=compile_mode, max_batch=max_batch)
     if runtime == 'onnxruntime':
-        return OnnxBackend(bundle, precision or 'fp32')
+        return OnnxBackend(bundle, precision or 'fp32', device)
     if runtime == 'tensorrt':
-        return TensorRTBackend(bundle, precision or 'fp16')
+        return TensorRTBackend(bundle, precision or 'fp16', device)
     if not triton_url:
         raise BackendUnavailable('the triton backend needs --triton-url')
+    if device is not None:
+        raise BackendUnavailable('--devices does not apply to the triton backend: the Triton server places its model '
+                                 'instances on its GPUs itself (instance_group)')
     return TritonBackend(bundle, triton_url)

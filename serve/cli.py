@@ -86,11 +86,16 @@ def setting(name):
 @click.option('--triton-grpc-port', type=int, default=8011, help='Triton gRPC port (with --triton).')
 @click.option('--triton-metrics-port', type=int, default=8002, help='Triton metrics port (with --triton).')
 @click.option('--workers', type=click.IntRange(1), default=None, show_default=setting('workers'),
-              help='Server processes on the one port, each with its own copy of the models and batcher on the same GPU: '
-                   'for small models whose request rate one Python process cannot keep up with (docs/serving.md).')
+              help='Server processes on the one port, each with its own copy of the models and batcher: for small models '
+                   'whose request rate one Python process cannot keep up with; with --devices, the devices are dealt '
+                   'out to them (docs/serving.md).')
+@click.option('--devices', default=None, show_default='one replica where the backend chooses',
+              help='Serve every model on these devices, one replica each: cuda:0,cuda:1,... or all (every GPU). A '
+                   'request goes to the replica that would finish it first; with --triton they are the Triton model\'s '
+                   'instances. For small models give --workers too (e.g. --workers 8 --devices all: a process per GPU).')
 def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
           api_keys_file, allow_unauthenticated, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton,
-          triton_http_port, triton_grpc_port, triton_metrics_port, workers):
+          triton_http_port, triton_grpc_port, triton_metrics_port, workers, devices):
     """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs,
     and the web demo at /ui."""
     import uvicorn
@@ -112,13 +117,19 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
                                  max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
                                  allow_unauthenticated=allow_unauthenticated,
                                  rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None,
-                                 ui=with_ui, workers=workers)
+                                 ui=with_ui, workers=workers,
+                                 devices=devices.split(',') if devices is not None else None)
     except ValidationError as e:
         first = e.errors()[0]
         where = '.'.join(map(str, first['loc']))        # empty for a rule across settings: its message names them
         raise click.ClickException(f'bad setting {where}: {first["msg"]}' if where else
                                    f'bad settings: {first["msg"].removeprefix("Value error, ")}') from None
     refuse_open_server(settings)
+    from serve.devices import DeviceError, resolve_devices
+    try:
+        settings.devices = resolve_devices(settings.devices)
+    except DeviceError as e:
+        raise click.ClickException(str(e)) from None
     if not settings.bundles:
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
     if settings.workers > 1:
@@ -130,17 +141,20 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     from serve.served_model import ServedModel
     app_models, triton = [], None
     app = None
+    replicas = [(d, d) for d in settings.devices] or None
     try:   # load before the server starts, so a bad bundle or backend is one line, not a traceback
         if with_triton:
             from serve.pytriton_server import start_triton
-            local = [ServedModel(bundle, settings) for bundle in settings.bundles]
+            local = [ServedModel(bundle, settings, devices=replicas) for bundle in settings.bundles]
             triton = start_triton(local, triton_http_port, triton_grpc_port, triton_metrics_port, settings.max_batch,
                                   settings.max_delay_ms)
             settings.backend, settings.triton_url = 'triton', f'http://127.0.0.1:{triton_http_port}'
+            replicas = None          # the app's backend is Triton's client: Triton spreads over the devices
             click.echo(f'Triton (PyTriton) on http://127.0.0.1:{triton_http_port} (gRPC :{triton_grpc_port}, '
                        f'metrics :{triton_metrics_port})', err=True)
         for bundle in settings.bundles:
-            app_models.append(ServedModel(bundle, settings, on_batch=lambda *a: app.state.sida.metrics.on_batch(*a)))
+            app_models.append(ServedModel(bundle, settings, on_batch=lambda *a: app.state.sida.metrics.on_batch(*a),
+                                          devices=replicas))
     except (BundleError, BackendUnavailable, FileNotFoundError, RuntimeError) as e:
         if triton is not None:
             triton.stop()
@@ -166,7 +180,7 @@ def serve_workers(settings):
     import uvicorn
 
     from models.bundle import BundleError, load_bundle
-    from serve.worker import SETTINGS_ENV
+    from serve.worker import SETTINGS_ENV, SLOTS_ENV
     for bundle in settings.bundles:      # a bad bundle is one line here, not N tracebacks from the workers
         try:
             load_bundle(bundle)
@@ -176,7 +190,9 @@ def serve_workers(settings):
     os.environ.setdefault('PYTHONFAULTHANDLER', '1')        # each worker: faulthandler on, as in one process
     with tempfile.TemporaryDirectory(prefix='sida-metrics-') as metrics_dir:
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = metrics_dir          # read by prometheus_client as each worker imports it
+        os.environ[SLOTS_ENV] = metrics_dir                            # the workers' slot locks (serve/devices.py)
+        where = f' dealt {len(settings.devices)} devices' if settings.devices else ''
         click.echo(f'sida serving {", ".join(settings.bundles)} on http://{settings.host}:{settings.port} with '
-                   f'{settings.workers} worker processes (each takes connections once its models are ready)', err=True)
+                   f'{settings.workers} worker processes{where} (each takes connections once its models are ready)', err=True)
         uvicorn.run('serve.worker:app', factory=True, workers=settings.workers, host=settings.host, port=settings.port,
                     log_level='warning', **connection_limits(settings))

@@ -68,9 +68,10 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         raise ApiError(e.status, e.code, str(e)) from None
     started = time.perf_counter()
     remaining_s = deadline_s - (started - arrived)           # prompt encoding has used some of it
-    metrics.queue.labels(model.id).set(model.batcher.queued_images)
+    replica = model.replica_for(n)         # the device that would finish it first
+    metrics.queue.labels(model.id, replica.device).set(replica.batcher.queued_images)
     try:
-        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, model.batcher.submit(inputs, remaining_s)),
+        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, replica.batcher.submit(inputs, remaining_s)),
                                                         settings.request_timeout_s)
     except DeadlineUnmeetable as e:
         raise ApiError(429, 'deadline_unmeetable', f'the server is busy: {e}', {'Retry-After': str(e.retry_after)}) from None

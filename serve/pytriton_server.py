@@ -42,7 +42,8 @@ def infer_function(backend):
 
 
 def start_triton(served_models, http_port=8010, grpc_port=8011, metrics_port=8012, max_batch=32, max_delay_ms=0.0):
-    """Bind every served model's backend into one PyTriton server; returns the running Triton object."""
+    """Bind every served model's backends into one PyTriton server, one model instance per replica (device): Triton's
+    scheduler hands each batch to a free instance. Returns the running Triton object."""
     check_numpy()
     from pytriton.model_config import DynamicBatcher, ModelConfig
     from pytriton.triton import Triton, TritonConfig
@@ -55,6 +56,7 @@ def start_triton(served_models, http_port=8010, grpc_port=8011, metrics_port=801
         inputs, outputs = tensors(model.config)
         config = ModelConfig(max_batch_size=max_batch,
                              batcher=DynamicBatcher(max_queue_delay_microseconds=int(max_delay_ms * 1000)))
-        triton.bind(model_name=model.id, infer_func=infer_function(model.backend), inputs=inputs, outputs=outputs, config=config)
+        triton.bind(model_name=model.id, infer_func=[infer_function(r.backend) for r in model.replicas], inputs=inputs,
+                    outputs=outputs, config=config)
     triton.run()
     return triton

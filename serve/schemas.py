@@ -114,9 +114,11 @@ class ModelInfo(BaseModel):
     resolution: int
     condition: Condition
     backend: str
-    device: str
+    device: str = Field(description='The first replica\'s device.')
     precision: str
     warm: bool
+    devices: list[str] = Field(description='Every replica\'s device (sida serve --devices); one unless asked for more.')
+    serving_on: list[str] = Field(description='The replicas warm and taking requests now (the others are warming).')
 
 
 class ModelList(BaseModel):

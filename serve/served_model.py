@@ -1,6 +1,8 @@
 """Served models: a bundle, its backend, its micro-batcher, and the per-model condition handling."""
 
 import asyncio
+import copy
+import dataclasses
 import secrets
 import time
 from collections import OrderedDict
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from models.bundle import CONFIG_FILE, load_bundle
 from models.seeds import noise_for_seeds, slerp
-from serve.backends import make_backend
+from serve.backends import Backend, make_backend
 from serve.batcher import MicroBatcher
 from serve.conditions import RequestError, check_condition, condition_metadata, resolve_class, seeded_inputs
 
@@ -66,22 +68,71 @@ class PromptEncoder:
         return self.cache[prompt]
 
 
+@dataclasses.dataclass
+class Replica:
+    """One copy of a model on one device: its backend and the batcher that feeds it (its own thread)."""
+    device: str                 # as /metrics and /v1/models name it: the physical device, e.g. cuda:3
+    backend: Backend
+    batcher: MicroBatcher
+
+    def finish_estimate(self, size, fallback_rate=None):
+        """(seconds until `size` more images would be done here, images ahead). A replica that has not run a batch
+        yet is taken to drain at fallback_rate (the others' mean); with no rate known at all, images ahead decide."""
+        ahead = self.batcher.queued_images + self.batcher.running_images
+        rate = self.batcher.drain.images_per_s or fallback_rate
+        return ((ahead + size) / rate if rate else 0.0), ahead
+
+
 class ServedModel:
-    def __init__(self, bundle_dir, settings, on_batch=None):
+    """devices: [(name in metrics, device as this process names it)], one replica each; None: one replica on the
+    backend's own choice of device."""
+
+    def __init__(self, bundle_dir, settings, on_batch=None, devices=None):
         started = time.perf_counter()
         self.bundle = load_bundle(bundle_dir)
         self.created = int((Path(bundle_dir) / CONFIG_FILE).stat().st_mtime)
         self.config = self.bundle.config
         self.id = self.config.name
-        self.backend = make_backend(settings.backend, self.bundle, settings.triton_url, compile_mode=settings.compile_mode,
-                                    max_batch=settings.max_batch)
-        self.batcher = MicroBatcher(self.backend, settings.max_batch, settings.max_delay_ms, settings.max_queue_images,
-                                    on_batch=(lambda n, s: on_batch(self.id, self.backend.name, n, s)) if on_batch else None)
+        devices = devices or [(None, None)]
+        # Copies made before any backend exists: backends move, cast and fuse their generator in place.
+        bundles = [self.bundle] + [copy.deepcopy(self.bundle) for _ in devices[1:]]
+        self.replicas, self.serving = [], []        # serving: the replicas requests go to, each once warm (serve.state)
+        for bundle, (label, device) in zip(bundles, devices):
+            backend = make_backend(settings.backend, bundle, settings.triton_url, device=device,
+                                   compile_mode=settings.compile_mode, max_batch=settings.max_batch)
+            label = label or backend.device
+            report = ((lambda n, s, name=backend.name, label=label: on_batch(self.id, name, label, n, s))
+                      if on_batch else None)
+            self.replicas.append(Replica(label, backend, MicroBatcher(backend, settings.max_batch, settings.max_delay_ms,
+                                                                        settings.max_queue_images, on_batch=report)))
         self.prompts = None
         if self.config.condition['kind'] == 'text':
             from models.text_encoder import bundle_text_encoder
             self.prompts = PromptEncoder(bundle_text_encoder(self.config))
-        self.load_seconds = round(time.perf_counter() - started, 3)     # bundle checked and built, backend set up
+        self.load_seconds = round(time.perf_counter() - started, 3)     # bundle checked and built, backends set up
+
+    @property
+    def backend(self):
+        """The first replica's backend: every replica runs the same kind (name, precision) on its own device."""
+        return self.replicas[0].backend
+
+    def serve_on(self, replica):
+        """Start the replica's batcher and send requests to it from now on."""
+        replica.batcher.start()
+        self.serving.append(replica)
+
+    def replica_for(self, size):
+        """The healthy serving replica that would finish `size` more images first (none healthy: the same rule over
+        all of them, so the request still reaches one and its failure is reported)."""
+        healthy = [r for r in self.serving if r.batcher.healthy] or self.serving
+        rates = [r.batcher.drain.images_per_s for r in healthy if r.batcher.drain.images_per_s]
+        fallback = sum(rates) / len(rates) if rates else None
+        return min(healthy, key=lambda r: r.finish_estimate(size, fallback))
+
+    @property
+    def healthy(self):
+        """Serving somewhere: a replica that failed leaves its model up on the others (/readyz lists each)."""
+        return any(r.batcher.healthy for r in self.serving)
 
     @property
     def kind(self):
@@ -113,6 +164,8 @@ class ServedModel:
 
     def info(self):
         c = self.config
+        described = self.backend.describe()
         return {'id': self.id, 'object': 'model', 'created': self.created, 'owned_by': 'sida', 'resolution': c.image_resolution,
                 'condition': {'kind': self.kind, 'labels': c.label_names},
-                **{k: v for k, v in self.backend.describe().items() if k in ('backend', 'device', 'precision', 'warm')}}
+                **{k: v for k, v in described.items() if k in ('backend', 'device', 'precision', 'warm')},
+                'devices': [r.device for r in self.replicas], 'serving_on': [r.device for r in self.serving]}

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
                                                      'headers itself; httptools (C) parses faster, for a server behind a '
                                                      'proxy that bounds them (deploy/nginx.conf).')
     workers: int = Field(1, ge=1, description='Server processes on the port, each with its own models and batcher.')
+    devices: list[str] = Field(default_factory=list, description='Devices every model is served on, one replica (backend '
+                               'and batcher) each: cuda:0,cuda:1,... or all (every GPU here); a request goes to the replica '
+                               'that would finish it first. Under workers > 1 the devices are dealt out to the processes '
+                               '(each pinned to its own). Empty: one replica where the backend chooses.')
     max_n: int = Field(16, ge=1, description='Images per request.')
     max_prompt_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)

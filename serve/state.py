@@ -47,14 +47,20 @@ def process_seconds():
 
 
 def startup_report(model):
-    """Where a model's start went: loading (bundle, network to device) and warming (per batch size or bucket)."""
-    described = model.backend.describe()
-    return {'id': model.id, 'load_seconds': model.load_seconds,
-            'warmup_seconds': described.get('warmup_seconds'), 'warmup_batches': described.get('warmup_batches')}
+    """Where a model's start went: loading (bundle, networks to devices) and warming (per batch size or bucket, per
+    replica when there are several)."""
+    def warmed(replica):
+        described = replica.backend.describe()
+        return {'warmup_seconds': described.get('warmup_seconds'), 'warmup_batches': described.get('warmup_batches')}
+    report = {'id': model.id, 'load_seconds': model.load_seconds, **warmed(model.replicas[0])}
+    if len(model.replicas) > 1:
+        report['replicas'] = {r.device: warmed(r) for r in model.replicas}
+    return report
 
 
-def lifespan_for(state: AppState, models=None):
-    """models: ServedModel objects built already (the CLI, tests); otherwise built from settings.bundles here.
+def lifespan_for(state: AppState, models=None, devices=None):
+    """models: ServedModel objects built already (the CLI, tests); otherwise built from settings.bundles here, with
+    one replica per entry of `devices` ([(name in metrics, device)]; None: one on the backend's choice).
 
     The state also lives on app.state (not only in the lifespan's yielded state), because the in-process UI reaches
     the API through httpx.ASGITransport, whose requests carry no lifespan state."""
@@ -62,17 +68,23 @@ def lifespan_for(state: AppState, models=None):
     @asynccontextmanager
     async def lifespan(app):
         settings = state.settings
-        loaded = models if models is not None else [ServedModel(b, settings, on_batch=state.metrics.on_batch)
+        loaded = models if models is not None else [ServedModel(b, settings, on_batch=state.metrics.on_batch, devices=devices)
                                                     for b in settings.bundles]
         if not loaded:
             raise RuntimeError('no models to serve: give at least one bundle')
         later = []
         try:
             for m in loaded:
+                first, others = m.replicas[0], m.replicas[1:]
+                staged = None
                 if settings.warmup:     # on the backend thread: where its CUDA graphs will be replayed
-                    staged = await m.batcher.on_backend_thread(m.backend.warmup_to_serve)
-                    later += [asyncio.create_task(warm_the_rest(m, staged))] if staged is not None else []
-                m.batcher.start()
+                    staged = await first.batcher.on_backend_thread(first.backend.warmup_to_serve)
+                m.serve_on(first)
+                if not settings.warmup:
+                    for replica in others:
+                        m.serve_on(replica)
+                elif staged is not None or others:
+                    later.append(asyncio.create_task(warm_the_rest(m, staged)))
                 state.models[m.id] = m
             state.ready = True
             log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(),
@@ -84,28 +96,47 @@ def lifespan_for(state: AppState, models=None):
                 task.cancel()
             await asyncio.gather(*later, return_exceptions=True)
             for m in loaded:
-                await m.batcher.stop()
+                for replica in m.replicas:
+                    await replica.batcher.stop()
     return lifespan
 
 
 async def warm_the_rest(model, staged):
-    """After ready: the compile backend's other buckets, each warmed on the backend thread between batches (a batch
-    waits for at most one bucket's warm-up), the helpers' ones once they are done. Logs an event 'warm' at the end; a
-    failure is logged and leaves the model serving in the buckets already warm."""
+    """After ready: the first replica's other compile buckets (staged), then every other replica, each joining the
+    model's serving replicas once warm. A bucket warms on its replica's backend thread between batches (a batch
+    waits for at most one bucket's warm-up), the helpers' ones once they are done. Replicas warm one after another:
+    on one compile they share the cache's warming lock. Logs an event 'warm' at the end; a failure is logged
+    ('warm_failed') and leaves the model serving where it is warm already."""
     started = time.perf_counter()
+    replica = model.replicas[0]
     try:
-        for bucket in staged.here:
-            await model.batcher.on_backend_thread(model.backend.warm_buckets, [bucket])
-        await asyncio.to_thread(staged.wait)
-        for bucket in staged.from_helpers:
-            await model.batcher.on_backend_thread(model.backend.warm_buckets, [bucket])
-        await model.batcher.on_backend_thread(model.backend.finish_warmup, staged)
+        await warm_stages(replica, staged)
+        for replica in model.replicas[1:]:
+            staged = await replica.batcher.on_backend_thread(replica.backend.warmup_to_serve)
+            model.serve_on(replica)
+            await warm_stages(replica, staged)
     except BaseException as e:
-        staged.stop()
         if not isinstance(e, asyncio.CancelledError):
-            log.error(json.dumps({'event': 'warm_failed', 'model': model.id, 'error': f'{type(e).__name__}: {e}'[:500],
-                                  'serving_buckets': list(model.backend.usable)}))
+            log.error(json.dumps({'event': 'warm_failed', 'model': model.id, 'device': replica.device,
+                                  'error': f'{type(e).__name__}: {e}'[:500],
+                                  'serving_on': {r.device: list(getattr(r.backend, 'usable', [])) for r in model.serving}}))
             return
         raise
     log.info(json.dumps({'event': 'warm', 'process_seconds': process_seconds(), 'after_ready_seconds':
                          round(time.perf_counter() - started, 3), 'startup': [startup_report(model)]}))
+
+
+async def warm_stages(replica, staged):
+    """A replica's staged compile warm-up after its first bucket (None: nothing staged); helpers stopped on failure."""
+    if staged is None:
+        return
+    try:
+        for bucket in staged.here:
+            await replica.batcher.on_backend_thread(replica.backend.warm_buckets, [bucket])
+        await asyncio.to_thread(staged.wait)
+        for bucket in staged.from_helpers:
+            await replica.batcher.on_backend_thread(replica.backend.warm_buckets, [bucket])
+        await replica.batcher.on_backend_thread(replica.backend.finish_warmup, staged)
+    except BaseException:
+        staged.stop()
+        raise

@@ -57,15 +57,16 @@ class Server:
 
 
 @contextmanager
-def in_process(*bundles, **settings):
+def in_process(*bundles, replicas=None, **settings):
     """The real app (its lifespan run: models loaded, warmed, batchers started) behind a TestClient, with no socket.
-    Requests from several threads at once are served concurrently, on the app's one event loop."""
+    Requests from several threads at once are served concurrently, on the app's one event loop. replicas: [(name,
+    device)], one replica of each model per entry."""
     from fastapi.testclient import TestClient
 
     from serve.app import create_app
     from serve.settings import Settings
     settings = {'backend': 'torch', 'ui': False, **settings}
-    with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings))) as client:
+    with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings), devices=replicas)) as client:
         yield client
 
 

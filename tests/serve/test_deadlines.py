@@ -43,10 +43,10 @@ def slow_api(tiny_bundle_dir):
     """The app with one image per batch and no batching window: under 10 images/s (the sleep plus the model's time)."""
     with in_process(tiny_bundle_dir, max_batch=1, max_delay_ms=0) as api:
         model = next(iter(api.app.state.sida.models.values()))
-        model.batcher.backend = slow = Slowed(model.batcher.backend, 0.1)
+        model.replicas[0].batcher.backend = slow = Slowed(model.replicas[0].batcher.backend, 0.1)
         for seed in range(3):                                                      # measures the drain rate
             assert api.post('/v1/generate', json={'seed': seed}).status_code == 200
-        yield api, model.batcher, slow
+        yield api, model.replicas[0].batcher, slow
 
 
 def burst(api, count, deadline_ms, n=1):
@@ -106,9 +106,9 @@ def test_deadline_header_is_checked_and_capped(slow_api):
 def test_a_tight_default_deadline_refuses_what_it_cannot_do(tiny_bundle_dir):
     with in_process(tiny_bundle_dir, max_batch=1, max_delay_ms=0, deadline_ms=250) as api:
         model = next(iter(api.app.state.sida.models.values()))
-        model.batcher.backend = Slowed(model.batcher.backend, 0.1)
+        model.replicas[0].batcher.backend = Slowed(model.replicas[0].batcher.backend, 0.1)
         assert api.post('/v1/generate', json={'seed': 0}).status_code == 200
-        estimate = 8 / model.batcher.drain.images_per_s                   # over 0.8 s of work, 0.25 s allowed
+        estimate = 8 / model.replicas[0].batcher.drain.images_per_s                   # over 0.8 s of work, 0.25 s allowed
         r = api.post('/v1/generate', json={'seed': 0, 'n': 8})
         assert r.status_code == 429 and r.headers['Retry-After'] == str(max(1, math.ceil(estimate - 0.25)))
 
@@ -116,7 +116,7 @@ def test_a_tight_default_deadline_refuses_what_it_cannot_do(tiny_bundle_dir):
 def test_a_failing_batch_fails_only_its_requests_and_readiness_returns(class_bundle_dir):
     with in_process(class_bundle_dir, max_batch=2, max_delay_ms=200) as api:
         model = next(iter(api.app.state.sida.models.values()))
-        model.batcher.backend = slow = Slowed(model.batcher.backend, 0.0)
+        model.replicas[0].batcher.backend = slow = Slowed(model.replicas[0].batcher.backend, 0.0)
         slow.fail_next = True                # the first batch of the burst hits an (injected) out-of-memory error
         results = burst(api, 6, deadline_ms=30_000)
         codes = sorted(c for c, _, _ in results)
@@ -127,6 +127,6 @@ def test_a_failing_batch_fails_only_its_requests_and_readiness_returns(class_bun
         assert api.get('/readyz').status_code == 200                # later batches succeeded: healthy again
         slow.fail_next = True                                       # a failure with nothing after it
         assert api.post('/v1/generate', json={'seed': 1}).status_code == 503
-        assert not model.batcher.healthy
+        assert not model.replicas[0].batcher.healthy
         assert api.get('/readyz').status_code == 200                # readiness probes and recovers, no restart
         assert api.post('/v1/generate', json={'seed': 1}).status_code == 200
