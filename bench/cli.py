@@ -194,6 +194,8 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, runtime, 
 @click.option('--duration', default=10.0, type=click.FloatRange(0.1, 3600), help='Seconds per concurrency level and per rate.')
 @click.option('--max-requests', default=20000, type=click.IntRange(1), help='Request cap per level and per rate.')
 @click.option('--model', default=None, show_default='the server\'s first', help='Model id.')
+@click.option('--label', default=None, help='A free label recorded with the results, e.g. the server\'s layout '
+              '(workers-per-gpu); `sida bench serve-scaling` compares runs with the same label.')
 @click.option('--n', default=1, type=click.IntRange(1), help='Images per request.')
 @click.option('--prompt', default='a photo of a cat', help='Prompt for text models.')
 @click.option('--format', 'fmt', default='png', type=click.Choice(['png', 'jpeg', 'webp', 'npy']),
@@ -211,8 +213,8 @@ def teacher_vs_student(teacher, student, batch, runs, nfes, precision, runtime, 
 @OUT
 @NAME
 @PLOT
-def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_requests, model, n, prompt, fmt, response, timeout,
-         warmup_requests, client_processes, api_key, allow_remote, out, name, plot):
+def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_requests, model, label, n, prompt, fmt, response,
+         timeout, warmup_requests, client_processes, api_key, allow_remote, out, name, plot):
     """End-to-end HTTP load on `sida serve`, closed loop (--concurrency) and/or open loop (--rate): throughput, latency
     percentiles, errors by status."""
     from bench.loadtest import RemoteRefused, run_http
@@ -230,6 +232,8 @@ def http(url, concurrencies, rates, arrival_seed, deadline_ms, duration, max_req
         raise click.ClickException(str(e)) from None
     except Exception as e:      # server down, refused connection, bad answer: one line
         raise click.ClickException(f'{url}: {type(e).__name__}: {e}') from None
+    if label:
+        settings['label'] = label
     _finish(out, machine(_server_on_gpu(settings)), name or f'http-{settings["model"]}', settings, rows, plot)
 
 
@@ -337,6 +341,34 @@ def scaling(runs, skip, compare, out, name, plot):
     settings = {'runs': list(runs), 'skip': skip, 'skipped_runs': skipped, 'loss_agreement': agreement,
                 'rate': 'median images/s of the logged windows after the first --skip'}
     _finish(out, machine(torch.cuda.is_available()), name or 'scaling', settings, rows, plot)
+
+
+@bench.command('serve-scaling', context_settings=CTX)
+@click.argument('results', nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@OUT
+@NAME
+@PLOT
+def serve_scaling(results, out, name, plot):
+    """Serving throughput against GPUs from RESULTS (`sida bench http` JSON files of one server on 1, 2, ... GPUs, closed
+    and open loop; bench/scale_serve.sh makes them): saturation images/s, p99 at 80% of it, speed-up over one GPU against
+    the targets (>= 1.8x at 2 GPUs, >= 6.5x at 8)."""
+    import torch
+
+    from bench.record import machine
+    from bench.serve_scaling import LOAD, serve_scaling_rows
+    try:
+        rows = serve_scaling_rows(results)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise click.ClickException(str(e)) from None
+    if not rows:
+        raise click.ClickException('no closed-loop level answered in these results: nothing to compare')
+    for r in rows:
+        speedup = f', {r["speedup"]:.2f}x one GPU' if r['speedup'] else ''
+        p99 = f', p99 {r["load_p99_ms"]:.1f} ms at {100 * r["load_fraction"]:.0f}% load' if r.get('load_p99_ms') else ''
+        click.echo(f'{r["model"]} {r["layout"]} {r["gpus"]} GPU(s): {r["images_per_s"]:.1f} img/s{speedup}{p99}', err=True)
+    settings = {'results': list(results), 'load_fraction': LOAD,
+                'gpus': 'the devices that answered, from each result\'s /metrics scrape (server_devices)'}
+    _finish(out, machine(torch.cuda.is_available()), name or 'serve-scaling', settings, rows, plot)
 
 
 @bench.command('fid-weights', context_settings=CTX)

@@ -237,7 +237,7 @@ def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20
     import aiohttp
     import httpx
 
-    from bench.open_loop import process_schedules, rate_row, rate_step, scrape_batch_sizes
+    from bench.open_loop import process_schedules, rate_row, rate_step, scrape_batch_sizes, scrape_devices
     check_loopback(url, allow_remote)
     url = url.rstrip('/')
     headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
@@ -277,6 +277,7 @@ def run_http(url, concurrencies, duration=10.0, model=None, n=1, max_requests=20
         log(f'rate {rate:>6g}/s (sent {row["sent_rps"]:.1f}/s, lag p99 {row.get("send_lag_p99_ms", 0):.1f} ms{batches}): '
             f'{_outcome(row)}')
     settings = {'url': url, 'model': info['id'], 'server_backend': info.get('backend'), 'server_device': info.get('device'),
+                'server_devices': scrape_devices(url, info['id'], headers, timeout),     # every GPU that answered (--devices)
                 'server_precision': info.get('precision'), 'resolution': info.get('resolution'),
                 'condition': info.get('condition', {}).get('kind'), 'concurrency': list(concurrencies), 'rates_rps': list(rates),
                 'arrival_seed': arrival_seed, 'duration_s': duration, 'max_requests_per_level': max_requests, 'n': n,

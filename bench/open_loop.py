@@ -77,6 +77,28 @@ def process_schedules(rate, duration, seed, processes=1, max_requests=None):
     return [[t for t in schedule if t <= last] for schedule in schedules], last
 
 
+IMAGES = re.compile(r'^sida_images_total\{([^}]*)\}\s+(\S+)')
+
+
+def devices_that_served(metrics_text, model):
+    """The devices (the `device` label of sida_images_total) that generated images of `model`, sorted."""
+    served = set()
+    for line in metrics_text.splitlines():
+        match = IMAGES.match(line)
+        if match and float(match[2]) > 0:
+            labels = dict(LABEL.findall(match[1]))
+            if labels.get('model') == model and 'device' in labels:
+                served.add(labels['device'])
+    return sorted(served)
+
+
+def scrape_devices(url, model, headers, timeout):
+    """devices_that_served from the server's /metrics (all workers' added up); [] if it has none."""
+    import httpx
+    r = httpx.get(f'{url}/metrics', headers=headers, timeout=timeout)
+    return devices_that_served(r.text, model) if r.status_code == 200 else []
+
+
 def scrape_batch_sizes(url, model, headers, timeout):
     """`model`'s sida_batch_size histogram from the server's /metrics, or None if it has none."""
     import httpx

@@ -217,8 +217,36 @@ def plot_scaling(result, rows, path):
     plt.close(fig)
 
 
+def plot_serve_scaling(result, rows, path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = {}
+    for r in rows:
+        groups.setdefault(f'{r["model"]}{", " + r["layout"] if r["layout"] else ""}, n={r["n"]}', []).append(r)
+    for label, group in groups.items():
+        group = sorted(group, key=lambda r: r['gpus'])
+        gpus = [r['gpus'] for r in group]
+        line, = ax.plot(gpus, [r['saturation_images_per_s'] for r in group], marker='o', label=label)
+        base = next((r for r in group if r['gpus'] == 1), None)
+        if base:
+            ax.plot(gpus, [base['saturation_images_per_s'] * g for g in gpus], ls=':', color=line.get_color())
+        for r in group:
+            p99 = f', p99@80% {r["load_p99_ms"]:.0f} ms' if r.get('load_p99_ms') is not None else ''
+            speedup = f'{r["speedup"]:.2f}x' if r.get('speedup') else ''
+            ax.annotate(speedup + p99, (r['gpus'], r['saturation_images_per_s']), fontsize=7, textcoords='offset points',
+                        xytext=(4, -10))
+    ax.set_xlabel('GPUs')
+    ax.set_ylabel('HTTP images / s at saturation (dotted: linear)')
+    ax.legend(fontsize=7)
+    fig.suptitle(f'serving scaling\n{result["device"]}, {result["date"]}', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 PLOTTERS = {'generate': plot_generate, 'http': plot_http, 'http-open-loop': plot_open_loop, 'teacher-vs-student': plot_teacher,
-            'train': plot_train, 'soak': plot_soak, 'scaling': plot_scaling}
+            'train': plot_train, 'soak': plot_soak, 'scaling': plot_scaling,
+            'serve-scaling': plot_serve_scaling}
 
 
 def plot_result(json_path):

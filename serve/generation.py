@@ -69,7 +69,8 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
     started = time.perf_counter()
     remaining_s = deadline_s - (started - arrived)           # prompt encoding has used some of it
     replica = model.replica_for(n)         # the device that would finish it first
-    metrics.queue.labels(model.id, replica.device).set(replica.batcher.queued_images)
+    queue = metrics.queue.labels(model.id, replica.device)    # kept current at both ends: an autoscaler reads it
+    queue.set(replica.batcher.queued_images)
     try:
         images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, replica.batcher.submit(inputs, remaining_s)),
                                                         settings.request_timeout_s)
@@ -85,6 +86,8 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         raise ApiError(503, 'backend_failed', f'the {model.backend.name} backend failed: {e}', {'Retry-After': '5'}) from None
     except ValueError as e:      # more images than the queue can ever hold
         raise ApiError(400, 'invalid_request', str(e)) from None
+    finally:
+        queue.set(replica.batcher.queued_images)
     total = time.perf_counter() - started
     metrics.latency.labels(model.id, model.backend.name).observe(total)
     return images, seeds, meta, {'queue_ms': 1000 * queue_s, 'generate_ms': 1000 * run_s, 'total_ms': 1000 * total}

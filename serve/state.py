@@ -83,7 +83,7 @@ def lifespan_for(state: AppState, models=None, devices=None):
                 if not settings.warmup:
                     for replica in others:
                         m.serve_on(replica)
-                elif staged is not None or others:
+                else:               # logs 'warm' once every bucket of every replica is
                     later.append(asyncio.create_task(warm_the_rest(m, staged)))
                 state.models[m.id] = m
             state.ready = True
