@@ -201,8 +201,8 @@ def test_fused_affines_give_the_same_denoiser_and_leave_the_state_dict_alone(mak
 
 @pytest.mark.parametrize('make', [tiny_ddpmpp, tiny_adm])
 def test_channels_last_concat_compiles_to_the_same_denoiser(make):
-    """The channels-last-cat switch: the decoder's concats get inductor's layout op (only when compiling NHWC inputs),
-    and the compiled denoiser computes what the eager one does."""
+    """The channels-last-cat switch: the decoder's concats get inductor's layout op on their inputs and their result
+    (only when compiling NHWC inputs), and the compiled denoiser computes what the eager one does."""
     import torch._inductor.inductor_prims  # noqa: F401
     spec = make()
     net = perturb_(build_denoiser(spec)).eval().to(memory_format=torch.channels_last)
@@ -211,14 +211,18 @@ def test_channels_last_concat_compiles_to_the_same_denoiser(make):
         expected = net(x, sigma, labels)
         net.model.channels_last_cat = True
         assert torch.equal(net(x, sigma, labels), expected)                   # eager: a plain torch.cat
-        ops = []
+        nodes = []
 
         def capture(gm, example_inputs):
-            ops.extend(str(node.target) for node in gm.graph.nodes)
+            nodes.extend(gm.graph.nodes)
             return gm.forward
         torch._dynamo.reset()
         torch.compile(net, backend=capture, fullgraph=True)(x, sigma, labels)
-        assert any('inductor_force_stride_order' in op for op in ops)
+
+        def forced(node):
+            return 'inductor_force_stride_order' in str(node.target)
+        skip_cats = [n for n in nodes if 'method cat' in str(n.target) and all(forced(a) for a in n.args[0])]
+        assert skip_cats and all(any(forced(user) for user in n.users) for n in skip_cats)   # inputs and result
         torch._dynamo.reset()
         compiled = torch.compile(net, options={'force_layout_optimization': True}, fullgraph=True)(x, sigma, labels)
     torch.testing.assert_close(compiled, expected, atol=1e-4, rtol=1e-4)
