@@ -104,6 +104,19 @@ def tensorrt(bundle_dir, precision, min_batch, opt_batch, max_batch, workspace_g
     click.echo(json.dumps(_summary(entry), indent=2))
 
 
+def _gpu_list(value):
+    """'0,1' -> [0, 1]; a usage error for anything but distinct GPU indices."""
+    if value is None:
+        return None
+    try:
+        gpus = [int(v) for v in value.split(',')]
+    except ValueError:
+        raise click.BadParameter(f'{value!r}: give GPU indices, e.g. 0,1') from None
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise click.BadParameter(f'{value!r}: GPU indices must be distinct and >= 0')
+    return gpus
+
+
 @export.command(name='triton-repo', context_settings=CTX)
 @BUNDLE
 @click.option('--out', required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -112,14 +125,18 @@ def tensorrt(bundle_dir, precision, min_batch, opt_batch, max_batch, workspace_g
               help='Triton backend: an ONNX export, a TensorRT engine, or sida\'s generator in Triton\'s python backend.')
 @click.option('--name', default=None, show_default='the bundle name', help='Model name in the repository.')
 @click.option('--max-batch', type=click.IntRange(1), default=64, help='max_batch_size in config.pbtxt.')
-@click.option('--instances', type=click.IntRange(1), default=1, help='Model instances (instance_group count).')
+@click.option('--instances', type=click.IntRange(1), default=1,
+              help='Model instances (instance_group count): per GPU for KIND_GPU, in all for KIND_CPU.')
 @click.option('--kind', type=click.Choice(['KIND_GPU', 'KIND_CPU']), default=None,
               show_default='KIND_GPU; KIND_CPU for python', help='Where Triton runs the instances.')
+@click.option('--gpus', default=None, callback=lambda ctx, param, value: _gpu_list(value), show_default='every GPU Triton sees',
+              help='KIND_GPU: the GPUs that get --instances each, e.g. 0,1 (the instance_group\'s gpus).')
 @click.option('--precision', type=click.Choice(DTYPES), default='fp32', help='Which export to package.')
-def triton_repo(bundle_dir, out, runtime, name, max_batch, instances, kind, precision):
+def triton_repo(bundle_dir, out, runtime, name, max_batch, instances, kind, gpus, precision):
     """A Triton model repository (config.pbtxt validated with Triton's own protobuf)."""
     from export.triton_repo import write_triton_repo
-    model_dir = _run(write_triton_repo, bundle_dir, out, runtime, name, max_batch, instances, kind, precision, log=click.echo)
+    model_dir = _run(write_triton_repo, bundle_dir, out, runtime, name, max_batch, instances, kind, precision, gpus,
+                     log=click.echo)
     click.echo(f'wrote {model_dir} (serve it: tritonserver --model-repository {out})')
 
 

@@ -26,8 +26,8 @@ def _tensor(t):
 
 
 def model_config(name, config, runtime, max_batch=64, preferred=(8, 16, 32, 64), queue_delay_us=2000, instances=1,
-                 kind='KIND_GPU', parameters=None):
-    """config.pbtxt text for one model."""
+                 kind='KIND_GPU', parameters=None, gpus=None):
+    """config.pbtxt text for one model. KIND_GPU: `instances` on each GPU in `gpus` (None: on every GPU Triton sees)."""
     backend, filename = BACKENDS[runtime]
     inputs, outputs = io_spec(config)
     preferred = [p for p in preferred if p <= max_batch] or [max_batch]
@@ -36,7 +36,8 @@ def model_config(name, config, runtime, max_batch=64, preferred=(8, 16, 32, 64),
              'output [\n' + ',\n'.join(_tensor(t) for t in outputs) + '\n]',
              'dynamic_batching {\n  preferred_batch_size: [ ' + ', '.join(map(str, preferred)) + ' ]\n'
              f'  max_queue_delay_microseconds: {queue_delay_us}\n}}',
-             f'instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]']
+             'instance_group [\n  {\n' + f'    count: {instances}\n    kind: {kind}\n'
+             + (f'    gpus: [ {", ".join(map(str, gpus))} ]\n' if gpus else '') + '  }\n]']
     if runtime != 'python':
         lines.append(f'default_model_filename: "{filename}"')
     if runtime == 'onnxruntime' and kind == 'KIND_GPU':
@@ -60,9 +61,12 @@ def parse_config(text):
 
 
 def write_triton_repo(bundle_dir, out, runtime='onnxruntime', name=None, max_batch=64, instances=1, kind=None,
-                      precision='fp32', log=print):
+                      precision='fp32', gpus=None, log=print):
     if runtime not in BACKENDS:
         raise ExportError(f'--runtime must be one of {sorted(BACKENDS)}, got {runtime!r}')
+    if gpus and (kind or ('KIND_CPU' if runtime == 'python' else 'KIND_GPU')) != 'KIND_GPU':
+        raise ExportError('--gpus places KIND_GPU instances: it does not go with --kind KIND_CPU (or the python runtime\'s '
+                          'default; give --kind KIND_GPU)')
     bundle = load_bundle(bundle_dir)
     config = bundle.config
     name = name or config.name.replace('/', '_')
@@ -92,10 +96,12 @@ def write_triton_repo(bundle_dir, out, runtime='onnxruntime', name=None, max_bat
             (version_dir / 'bundle' / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(bundle_dir) / f, version_dir / 'bundle' / f)
         parameters = {'sida_root': str(ROOT), 'torch_threads': '0' if kind == 'KIND_GPU' else '2'}
-    text = model_config(name, config, runtime, max_batch=max_batch, instances=instances, kind=kind, parameters=parameters)
+    text = model_config(name, config, runtime, max_batch=max_batch, instances=instances, kind=kind, parameters=parameters,
+                        gpus=gpus)
     parse_config(text)
     (model_dir / 'config.pbtxt').write_text(text)
     record_export(bundle_dir, f'triton-{runtime}', {'runtime': 'triton', 'backend': runtime, 'repository': str(Path(out)),
                                                     'model': name, 'max_batch_size': max_batch, 'instance_kind': kind,
+                                                    'instances': instances, 'gpus': list(gpus) if gpus else 'all',
                                                     'bundle_sha256': config.sha256})
     return model_dir

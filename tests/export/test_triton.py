@@ -31,6 +31,23 @@ def test_configs_parse_with_tritons_protobuf(class_bundle):
         parse_config('name: "m"\nmax_batch_size: lots\n')
 
 
+def test_instances_placed_on_chosen_gpus(class_bundle, tmp_path):
+    """--gpus: the instance group lists them (Triton puts `count` instances on each); without it, it lists none (every
+    GPU Triton sees); on CPU instances it is refused."""
+    from click.testing import CliRunner
+
+    from export.cli import export
+    config = load_bundle(class_bundle).config
+    placed = parse_config(model_config('m', config, 'onnxruntime', instances=2, gpus=[0, 3])).instance_group[0]
+    assert (placed.count, list(placed.gpus)) == (2, [0, 3])
+    assert list(parse_config(model_config('m', config, 'onnxruntime')).instance_group[0].gpus) == []
+    with pytest.raises(ExportError, match='KIND_CPU'):
+        write_triton_repo(class_bundle, tmp_path / 'repo', 'python', gpus=[0], log=lambda m: None)
+    result = CliRunner().invoke(export, ['triton-repo', '--bundle', str(class_bundle), '--out', str(tmp_path / 'r'),
+                                         '--gpus', '0,0'])
+    assert result.exit_code == 2 and 'distinct' in result.output
+
+
 def test_onnxruntime_repository_layout(class_bundle, tmp_path):
     model_dir = write_triton_repo(class_bundle, tmp_path / 'repo', 'onnxruntime', name='gen', log=lambda m: None)
     assert (model_dir / '1' / 'model.onnx').stat().st_size > 10_000
