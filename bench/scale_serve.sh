@@ -10,7 +10,8 @@
 #
 # env: GPUS ("1 2 4 8", cut to the GPU count), MODELS ("ddpmpp sd15"), LAYOUTS ("per-gpu one-process": --workers N with
 # one process per GPU, or one process holding N replicas), DURATION (seconds per level, 20), CONCURRENCY per model
-# (CONC_ddpmpp "16,64,256", CONC_sd15 "4,16,64"), CLIENTS (client processes, 8). Needs the [serve] extra; nothing
+# (CONC_ddpmpp "16,64,256", CONC_sd15 "4,16,64"), CLIENTS (client processes, 8). sd15's open loop needs a long
+# DURATION for a meaningful p99 (at ~100 requests/s, 20 s is 2,000 requests). Needs the [serve] extra; nothing
 # else may use the GPUs. The server's compile cache is kept in OUT/cache, so only the first setup compiles.
 set -uo pipefail
 OUT=${1:?out dir}
@@ -31,13 +32,15 @@ serve_until_warm() {   # LOG N ARGS...: start `sida serve`, wait until N process
     SERVER=$!
     for _ in $(seq 900); do
         kill -0 $SERVER 2>/dev/null || { echo "server exited: $(tail -3 "$log")"; return 1; }
+        grep -q '"event": "warm_failed"' "$log" && { echo "a replica failed to warm: $(grep -m1 warm_failed "$log")"; return 1; }
         [ "$(grep -c '"event": "warm"' "$log")" -ge "$want" ] && return 0
         sleep 1
     done
     echo "not warm after 15 minutes"; return 1
 }
 
-stop_server() { kill -INT $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; }
+stop_server() { [ -n "${SERVER:-}" ] && kill -INT "$SERVER" 2>/dev/null; wait "${SERVER:-}" 2>/dev/null; SERVER=; }
+trap stop_server EXIT
 
 for model in $MODELS; do
     bundle=$(python3 -c "from bench.presets import resolve_bundle; print(resolve_bundle('preset:${PRESET[$model]}'))" | tail -n 1)
@@ -57,13 +60,20 @@ for model in $MODELS; do
             python3 -m sida.cli bench http "${common[@]}" --concurrency "${!conc}" --name "closed-$name" \
                 > "$OUT/logs/closed-$name.log" 2>&1
             closed=$(find "$OUT/res" -name "*-closed-$name.json" | sort | tail -n 1)
-            rate=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; \
-print(round(0.8 * max(x['images_per_s'] for x in r) / 16, 2))" "$closed")
+            if [ -z "$closed" ]; then
+                echo "$name: closed loop failed: $(tail -n 1 "$OUT/logs/closed-$name.log")" | tee -a "$OUT/steps.txt"
+                stop_server; continue
+            fi
+            # rate: 80% of saturation in requests/s; served: the GPUs that answered (all n, or the row is suspect)
+            read -r rate served < <(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); \
+print(round(0.8 * max(x['images_per_s'] for x in d['results']) / 16, 2), len(d['settings']['server_devices']))" "$closed")
+            [ "$served" = "$n" ] || echo "$name: WARNING only $served of $n GPUs answered" | tee -a "$OUT/steps.txt"
             python3 -m sida.cli bench http "${common[@]}" --rate "$rate" --name "open-$name" > "$OUT/logs/open-$name.log" 2>&1
             echo "$name: closed $(tail -n 2 "$OUT/logs/closed-$name.log" | head -n 1); open at $rate req/s" | tee -a "$OUT/steps.txt"
             stop_server
         done
     done
-    python3 -m sida.cli bench serve-scaling "$OUT"/res/*/*-{closed,open}-"$model"-*.json --out "$OUT/res" \
+    mapfile -t results < <(find "$OUT/res" \( -name "*-closed-$model-*.json" -o -name "*-open-$model-*.json" \) | sort)
+    [ "${#results[@]}" -gt 0 ] && python3 -m sida.cli bench serve-scaling "${results[@]}" --out "$OUT/res" \
         --name "serve-scaling-${PRESET[$model]}" 2>&1 | tee "$OUT/scaling-$model.txt"
 done

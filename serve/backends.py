@@ -79,6 +79,21 @@ class TorchBackend(Backend):
         return self.generator(**feeds).cpu().numpy()
 
 
+_GRAPHS = 0
+
+
+def make_room_for_graphs(count):
+    """Dynamo keeps at most recompile_limit graphs per function, counted over every compiled copy of it in the process,
+    and its guards tell devices apart: one process with a compiled replica on each of 3 GPUs holds 9 graphs of the
+    generator's forward at 3 buckets each, over the default 8 (fullgraph then fails the warm-up). Raise it to what
+    this process compiles."""
+    global _GRAPHS
+    import torch._dynamo.config as dynamo
+    _GRAPHS += count
+    dynamo.recompile_limit = max(dynamo.recompile_limit, _GRAPHS)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 2 * _GRAPHS)
+
+
 class CompiledBackend(TorchBackend):
     """torch.compile with static shapes: batches are padded up to the next bucket, never recompiled under load.
 
@@ -108,6 +123,7 @@ class CompiledBackend(TorchBackend):
                                   log=log or logging.getLogger('sida.serve').info)
         self.generator = compile_generator(bundle.generator, precision, self.options, device)
         self.usable = self.buckets          # the buckets batches run in: the warm ones once a staged warm-up began
+        make_room_for_graphs(len(self.buckets))
 
     def warmup(self, batch_sizes=None):
         """Every bucket, the cold ones after the first compiled side by side (export/compiled.py: SideBySide)."""

@@ -100,6 +100,7 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     and the web demo at /ui."""
     import uvicorn
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from serve.app import create_app
     from serve.settings import load_settings
@@ -119,6 +120,8 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
                                  rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None,
                                  ui=with_ui, workers=workers,
                                  devices=devices.split(',') if devices is not None else None)
+    except SettingsError as e:          # an SIDA_* variable that does not parse
+        raise click.ClickException(f'bad setting: {e}') from None
     except ValidationError as e:
         first = e.errors()[0]
         where = '.'.join(map(str, first['loc']))        # empty for a rule across settings: its message names them

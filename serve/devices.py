@@ -46,6 +46,9 @@ def resolve_devices(spec):
             devices.append(f'cuda:{index}')
         else:
             devices.append(str(device))
+    twice = sorted({d for d in devices if devices.count(d) > 1})
+    if twice:
+        raise DeviceError(f'{", ".join(twice)} listed twice: one replica per device (more processes: --workers)')
     return devices
 
 

@@ -70,7 +70,7 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
     remaining_s = deadline_s - (started - arrived)           # prompt encoding has used some of it
     replica = model.replica_for(n)         # the device that would finish it first
     queue = metrics.queue.labels(model.id, replica.device)    # kept current at both ends: an autoscaler reads it
-    queue.set(replica.batcher.queued_images)
+    queue.set(replica.batcher.queued_images + n)              # this request's images included
     try:
         images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, replica.batcher.submit(inputs, remaining_s)),
                                                         settings.request_timeout_s)

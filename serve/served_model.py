@@ -74,13 +74,15 @@ class Replica:
     device: str                 # as /metrics and /v1/models name it: the physical device, e.g. cuda:3
     backend: Backend
     batcher: MicroBatcher
+    warm_error: str | None = None   # why its warm-up failed (it then never serves)
 
     def finish_estimate(self, size, fallback_rate=None):
-        """(seconds until `size` more images would be done here, images ahead). A replica that has not run a batch
-        yet is taken to drain at fallback_rate (the others' mean); with no rate known at all, images ahead decide."""
+        """(busy, seconds until `size` more images would be done here, images ahead). An idle replica comes first: a
+        rate measured on small batches says little about the next one. A replica that has not run a batch yet is
+        taken to drain at fallback_rate (the others' mean); with no rate known at all, images ahead decide."""
         ahead = self.batcher.queued_images + self.batcher.running_images
         rate = self.batcher.drain.images_per_s or fallback_rate
-        return ((ahead + size) / rate if rate else 0.0), ahead
+        return ahead > 0, ((ahead + size) / rate if rate else 0.0), ahead
 
 
 class ServedModel:
@@ -167,5 +169,6 @@ class ServedModel:
         described = self.backend.describe()
         return {'id': self.id, 'object': 'model', 'created': self.created, 'owned_by': 'sida', 'resolution': c.image_resolution,
                 'condition': {'kind': self.kind, 'labels': c.label_names},
-                **{k: v for k, v in described.items() if k in ('backend', 'device', 'precision', 'warm')},
+                **{k: v for k, v in described.items() if k in ('backend', 'precision', 'warm')},
+                'device': self.replicas[0].device,     # as named outside this process (a worker sees its GPUs as cuda:0..)
                 'devices': [r.device for r in self.replicas], 'serving_on': [r.device for r in self.serving]}

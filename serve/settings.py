@@ -1,10 +1,11 @@
 """Server settings: SIDA_* environment variables, a TOML/YAML/JSON file (SIDA_CONFIG), or CLI flags."""
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve.runtimes import BACKEND_HELP
 from sida.cli_options import COMPILE_MODES
@@ -43,10 +44,11 @@ class Settings(BaseSettings):
                                                      'headers itself; httptools (C) parses faster, for a server behind a '
                                                      'proxy that bounds them (deploy/nginx.conf).')
     workers: int = Field(1, ge=1, description='Server processes on the port, each with its own models and batcher.')
-    devices: list[str] = Field(default_factory=list, description='Devices every model is served on, one replica (backend '
-                               'and batcher) each: cuda:0,cuda:1,... or all (every GPU here); a request goes to the replica '
-                               'that would finish it first. Under workers > 1 the devices are dealt out to the processes '
-                               '(each pinned to its own). Empty: one replica where the backend chooses.')
+    devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description='Devices every model is served on, one replica (backend and batcher) each: '
+        'cuda:0,cuda:1,... or all (every GPU here); a request goes to the replica that would finish it first. Under '
+        'workers > 1 the devices are dealt out to the processes (each pinned to its own). Empty: one replica where the '
+        'backend chooses.')
     max_n: int = Field(16, ge=1, description='Images per request.')
     max_prompt_chars: int = Field(500, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
@@ -56,6 +58,14 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(0, ge=0, description='Requests per minute per key (0 = unlimited).')
     warmup: bool = True
     ui: bool = Field(True, description='Serve the Gradio demo at /ui (needs the [ui] extra: gradio).')
+
+    @field_validator('devices', mode='before')
+    @classmethod
+    def _device_list(cls, value):
+        """SIDA_DEVICES as the CLI takes it (cuda:0,cuda:1 or all) or as a JSON list."""
+        if isinstance(value, str):
+            return json.loads(value) if value.strip().startswith('[') else [v for v in value.split(',') if v.strip()]
+        return value
 
     @model_validator(mode='after')
     def _backstop_after_deadlines(self):

@@ -86,6 +86,7 @@ def lifespan_for(state: AppState, models=None, devices=None):
                 else:               # logs 'warm' once every bucket of every replica is
                     later.append(asyncio.create_task(warm_the_rest(m, staged)))
                 state.models[m.id] = m
+            later.append(asyncio.create_task(keep_replicas_healthy(state)))
             state.ready = True
             log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(),
                                  'models': [m.info() for m in loaded], 'startup': [startup_report(m) for m in loaded]}))
@@ -105,25 +106,51 @@ async def warm_the_rest(model, staged):
     """After ready: the first replica's other compile buckets (staged), then every other replica, each joining the
     model's serving replicas once warm. A bucket warms on its replica's backend thread between batches (a batch
     waits for at most one bucket's warm-up), the helpers' ones once they are done. Replicas warm one after another:
-    on one compile they share the cache's warming lock. Logs an event 'warm' at the end; a failure is logged
-    ('warm_failed') and leaves the model serving where it is warm already."""
+    on one compile they share the cache's warming lock. A replica that fails is logged ('warm_failed'), kept out of
+    serving and shown in /readyz; the others go on. Logs 'warm' at the end, with the failures if any."""
     started = time.perf_counter()
-    replica = model.replicas[0]
-    try:
-        await warm_stages(replica, staged)
-        for replica in model.replicas[1:]:
-            staged = await replica.batcher.on_backend_thread(replica.backend.warmup_to_serve)
-            model.serve_on(replica)
+    for i, replica in enumerate(model.replicas):
+        try:
+            if i > 0:
+                staged = await first_bucket(replica)
+                model.serve_on(replica)
             await warm_stages(replica, staged)
-    except BaseException as e:
-        if not isinstance(e, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            replica.warm_error = f'{type(e).__name__}: {e}'[:500]
             log.error(json.dumps({'event': 'warm_failed', 'model': model.id, 'device': replica.device,
-                                  'error': f'{type(e).__name__}: {e}'[:500],
+                                  'error': replica.warm_error,
                                   'serving_on': {r.device: list(getattr(r.backend, 'usable', [])) for r in model.serving}}))
-            return
-        raise
+    failed = {r.device: r.warm_error for r in model.replicas if r.warm_error}
     log.info(json.dumps({'event': 'warm', 'process_seconds': process_seconds(), 'after_ready_seconds':
-                         round(time.perf_counter() - started, 3), 'startup': [startup_report(model)]}))
+                         round(time.perf_counter() - started, 3), 'startup': [startup_report(model)],
+                         **({'failed': failed} if failed else {})}))
+
+
+async def keep_replicas_healthy(state, every_s=5.0):
+    """Probe failed replicas in the background too, so a device whose batch failed once rejoins even when nothing
+    polls /readyz (requests avoid it while it is unhealthy)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await probe_unhealthy(state, timeout=every_s, only_replicated=True)
+        except Exception as e:          # never let the loop die; the next round tries again
+            log.warning(json.dumps({'event': 'probe_failed', 'error': f'{type(e).__name__}: {e}'[:300]}))
+
+
+async def first_bucket(replica):
+    """A later replica's warmup_to_serve on its backend thread. Cancelled meanwhile (the server stops), the warm-up
+    cannot be interrupted: the staged rest it returns is stopped when it does (helpers killed, lock released)."""
+    future = asyncio.ensure_future(replica.batcher.on_backend_thread(replica.backend.warmup_to_serve))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        def stop_it(f):
+            if not f.cancelled() and f.exception() is None and f.result() is not None:
+                f.result().stop()
+        future.add_done_callback(stop_it)
+        raise
 
 
 async def warm_stages(replica, staged):
@@ -140,3 +167,16 @@ async def warm_stages(replica, staged):
     except BaseException:
         staged.stop()
         raise
+
+
+async def probe_unhealthy(state, timeout, only_replicated=False):
+    """One small generation on every serving replica whose last batch failed, all at once; a success brings it back.
+    only_replicated: just models with several replicas (a lone replica gets the requests anyway, and recovers on them)."""
+    async def probe(model, replica):
+        embedding = await model.prompts.embed('a photo') if model.kind == 'text' else None
+        inputs, _, _ = model.build_inputs(1, seed=0, prompt='a photo' if model.kind == 'text' else None,
+                                          text_embedding=embedding)
+        await replica.batcher.probe(inputs, timeout=timeout)
+    await asyncio.gather(*(probe(m, r) for m in state.models.values()
+                           if len(m.replicas) > 1 or not only_replicated for r in m.serving if not r.batcher.healthy),
+                         return_exceptions=True)

@@ -87,7 +87,7 @@ def test_every_path_sida_writes_is_a_volume(pod, container):
 
     def mount_of(path):
         return next((m for p, m in mounts.items() if path == p or path.startswith(p + '/')), None)
-    for name in ('SIDA_CACHE_DIR', 'XDG_CACHE_HOME', 'TMPDIR'):
+    for name in ('SIDA_CACHE_DIR', 'TRITON_CACHE_DIR', 'TRITON_HOME', 'XDG_CACHE_HOME', 'TMPDIR'):
         mount = mount_of(env[name])
         assert mount is not None and not mount.get('readOnly'), name
     keys = mount_of(env['SIDA_API_KEYS_FILE'])

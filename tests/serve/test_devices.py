@@ -29,6 +29,16 @@ def test_device_lists_are_checked_against_this_machine():
         resolve_devices(['gpu0'])
     with pytest.raises(DeviceError, match='cpu or cuda'):
         resolve_devices(['meta'])
+    with pytest.raises(DeviceError, match='cpu:1 listed twice'):
+        resolve_devices(['cpu:1', 'cpu:0', 'cpu:1'])
+
+
+def test_sida_devices_takes_the_cli_spelling_or_json(monkeypatch):
+    from serve.settings import Settings
+    monkeypatch.setenv('SIDA_DEVICES', 'cuda:0,cuda:1')
+    assert Settings().devices == ['cuda:0', 'cuda:1']
+    monkeypatch.setenv('SIDA_DEVICES', '["all"]')
+    assert Settings().devices == ['all']
 
 
 def test_workers_are_dealt_the_devices():
@@ -46,6 +56,25 @@ def test_a_worker_sees_only_its_gpus(monkeypatch):
     assert pinned(['cuda:1']) == ('5', ['cuda:0'])
     assert pinned(['cpu:0', 'cpu:1']) == (None, ['cpu:0', 'cpu:1'])
     assert pinned(['cuda:0', 'cuda:0']) == (None, ['cuda:0', 'cuda:0'])    # one GPU twice: nothing to pin
+
+
+def test_a_worker_pins_its_share_before_cuda_starts(tmp_path):
+    """serve.worker.app in a fresh process (as uvicorn starts it): it takes the free slot, sets CUDA_VISIBLE_DEVICES to
+    its GPUs and builds the app with their physical names and the names it will see them by."""
+    from serve.settings import Settings
+    held = WorkerSlot(tmp_path, 2)                    # slot 0 taken by a live worker: this one gets slot 1
+    settings = Settings(bundles=['x'], workers=2, devices=['cuda:0', 'cuda:1', 'cuda:2', 'cuda:3']).model_dump_json()
+    code = ('import json, os, serve.app\n'
+            'serve.app.create_app = lambda settings, devices=None: print(json.dumps([os.environ["CUDA_VISIBLE_DEVICES"], '
+            'devices]))\n'
+            'import serve.worker\n'
+            'serve.worker.app()\n')
+    env = {**os.environ, 'SIDA_WORKER_SETTINGS': settings, 'SIDA_WORKER_SLOTS': str(tmp_path), 'CUDA_VISIBLE_DEVICES': '4,5,6,7'}
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    visible, devices = json.loads(out.stdout.strip().splitlines()[-1])
+    assert visible == '5,7' and devices == [['cuda:1', 'cuda:0'], ['cuda:3', 'cuda:1']]
+    held.release()
 
 
 def test_worker_slots_are_exclusive_and_free_again_when_a_worker_dies(tmp_path):
@@ -115,6 +144,59 @@ def test_requests_go_to_the_replica_that_would_finish_first(tiny_bundle_dir):
         assert ready.status_code == 200, ready.text
         assert ready.json()['models'][model.id]['replicas'] == {'cpu:0': {'serving': True, 'healthy': True},
                                                                 'cpu:1': {'serving': True, 'healthy': True}}
+
+
+def test_an_idle_replica_comes_before_a_busy_faster_one(tiny_bundle_dir):
+    """A rate measured on small batches says little about the next one: an idle replica gets the request even if a
+    busy one's average rate promises to finish it sooner."""
+    from serve.served_model import ServedModel
+    from serve.settings import Settings
+    model = ServedModel(tiny_bundle_dir, Settings(backend='torch'), devices=[('cpu:0', 'cpu:0'), ('cpu:1', 'cpu:1')])
+    busy, idle = model.replicas
+    model.serving = [busy, idle]
+    busy.batcher.running_images, busy.batcher.drain.images_per_s = 64, 2000.0      # 64 in 32 ms: 16 more "by 40 ms"
+    idle.batcher.drain.images_per_s = 300.0                                      # once 1 image in 3.3 ms: 16 "in 53 ms"
+    assert model.replica_for(16) is idle
+    idle.batcher.queued_images = 16                                              # both busy: the estimate decides
+    assert model.replica_for(16) is busy
+
+
+def test_a_replica_that_fails_to_warm_leaves_the_others_serving(tiny_bundle_dir, caplog):
+    """Three replicas, the second's warm-up fails: the third still warms and serves, /readyz says why the second is
+    out, and the 'warm' event names the failure."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.served_model import ServedModel
+    from serve.settings import Settings
+    settings = Settings(bundles=[str(tiny_bundle_dir)], backend='torch', ui=False)
+    model = ServedModel(tiny_bundle_dir, settings, devices=[(f'cpu:{i}', f'cpu:{i}') for i in range(3)])
+
+    def broken():
+        raise RuntimeError('CUDA error: out of memory (injected)')
+    model.replicas[1].backend.warmup_to_serve = broken
+    with caplog.at_level(logging.INFO, logger='sida'), TestClient(create_app(settings, models=[model])) as api:
+        wait_for(lambda: any('"event": "warm"' in r.getMessage() for r in caplog.records))
+        assert [r.device for r in model.serving] == ['cpu:0', 'cpu:2']
+        replicas = api.get('/readyz').json()['models'][model.id]['replicas']
+        assert replicas['cpu:1'] == {'serving': False, 'healthy': True, 'warm_error': 'RuntimeError: CUDA error: out of memory (injected)'}
+        assert replicas['cpu:2'] == {'serving': True, 'healthy': True}
+        warm = next(json.loads(r.getMessage()) for r in caplog.records if '"event": "warm"' in r.getMessage())
+        assert set(warm['failed']) == {'cpu:1'}
+        assert all(api.post('/v1/generate', json={'seed': s}).status_code == 200 for s in range(4))
+
+
+def test_more_compiled_replicas_get_room_for_their_graphs():
+    """Dynamo's per-function graph limit grows with what the process compiles (3 GPUs x 3 buckets > the default 8)."""
+    import torch._dynamo.config as dynamo
+
+    from serve.backends import make_room_for_graphs
+    before = dynamo.recompile_limit
+    for _ in range(3):
+        make_room_for_graphs(3)
+    assert dynamo.recompile_limit >= max(before, 9) and dynamo.accumulated_recompile_limit >= 18
 
 
 def test_workers_take_their_own_share_of_the_devices(tmp_path, tiny_bundle_dir):
