@@ -270,6 +270,8 @@ def render(results_dir, readme):
              'several client processes',
              'sida bench train --variants fp32,bf16,bf16-compile --batch 128 --iters 20',
              'sida bench fid-rounding --data cifar10-jpeg.tar.gz --images 300   # FID with fp16/bf16/int8-rounded Inception weights',
+             'bash bench/scale_train.sh OUT DATA   # several GPUs: distillation scaling (sida bench scaling over its runs)',
+             'bash bench/scale_serve.sh OUT        # several GPUs: serving scaling (sida bench serve-scaling over its results)',
              'sida bench report',
              '```', '',
              '- Latency is wall time per call, fenced by `torch.cuda.synchronize()` on GPU; warm-up calls, compilation, '
