@@ -29,7 +29,7 @@ from sida.cli_options import COMPILE_MODES
 DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
-            'channels-last-cat': 'channels_last_cat'}
+            'channels-last-cat': 'channels_last_cat', 'whole-graph': 'whole_graph'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +47,14 @@ class CompileOptions:
     pointwise_cat: bool = False     # the decoder's skip concatenations computed inside their consumers, not copied
                                     # into a buffer whose layout inductor fixes before it knows its inputs' (NCHW)
     channels_last_cat: bool = False  # those concatenations laid out channels-last (models.layers.concat_channels)
+    whole_graph: bool = False       # one CUDA graph per bucket around the whole generator, captured by sida (WholeGraph)
 
     def __post_init__(self):
         if self.mode not in COMPILE_MODES:
             raise ValueError(f'compile mode must be one of {", ".join(COMPILE_MODES)}, got {self.mode!r}')
+        if self.whole_graph and self.mode in ('reduce-overhead', 'max-autotune'):
+            raise ValueError(f'{self.mode}+whole-graph: whole-graph captures its own CUDA graph; use it with default or '
+                             'max-autotune-no-cudagraphs')
 
     @classmethod
     def parse(cls, text):
@@ -82,7 +86,7 @@ class CompileOptions:
         return options
 
     def cuda_graphs(self):
-        return bool(self.inductor_options().get('triton.cudagraphs'))
+        return self.whole_graph or bool(self.inductor_options().get('triton.cudagraphs'))
 
 
 def batch_buckets(max_batch):
@@ -110,9 +114,48 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
     The compiled generator returns (images, images_float): the parity gate needs the floats, and one graph for
     export, serve and bench keeps their cache entries interchangeable (the float output costs a few KB per image)."""
     options = options or default_options(device)
+    if options.whole_graph and torch.device(device).type != 'cuda':
+        raise ValueError(f'whole-graph captures a CUDA graph: it needs a CUDA device, not {device}')
     generator = prepare_generator(generator, precision, options, device)
     generator.return_float = True
-    return torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
+    compiled = torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
+    return WholeGraph(compiled) if options.whole_graph else compiled
+
+
+class WholeGraph:
+    """The compiled generator inside one CUDA graph per input shape, captured here with torch.cuda.CUDAGraph. A call
+    copies its inputs into the graph's static buffers and replays it: one launch, and none of the per-call Python of
+    reduce-overhead's CUDA-graph trees and dynamo's guards, which is most of what batch 1 costs beyond its kernels
+    (H100 profile, 2026-12-07: 1.2 ms of kernels in 1.6-1.8 ms). The outputs are the graph's own buffers, valid
+    until the next call of the same shape: copy them out first (the backend's .cpu() does)."""
+
+    WARMUP = 3          # compiled calls on a side stream before capture (compile, autotune, lazy inits)
+
+    def __init__(self, compiled):
+        self.compiled, self.graphs = compiled, {}
+
+    def __call__(self, **inputs):
+        key = tuple((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in sorted(inputs.items()))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(inputs)
+        static, graph, outputs = self.graphs[key]
+        for k, v in inputs.items():
+            static[k].copy_(v, non_blocking=True)
+        graph.replay()
+        return outputs
+
+    def _capture(self, inputs):
+        static = {k: v.clone() for k, v in inputs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                self.compiled(**static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.compiled(**static)
+        return static, graph, outputs
 
 
 def prepare_generator(generator, precision, options, device):

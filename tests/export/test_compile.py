@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from export.compile_cache import load_artifacts
 from export.compiled import CompileOptions, default_options
@@ -74,9 +75,39 @@ def test_compile_options_read_and_write_one_spelling():
     every = CompileOptions.parse('default+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm')
     assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat+channels-last-cat'
     assert every.inductor_options() == {'combo_kernels': True, 'force_pointwise_cat': True}  # the other two: the model
-    for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'")):
+    for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'"),
+                       ('reduce-overhead+whole-graph', 'captures its own CUDA graph')):
         with pytest.raises(ValueError, match=words):
             CompileOptions.parse(bad)
+    whole = CompileOptions.parse('default+channels-last+whole-graph')
+    assert whole.cuda_graphs() and 'triton.cudagraphs' not in whole.inductor_options()
+
+
+def test_whole_graph_needs_cuda(class_bundle):
+    from export.compiled import compile_generator
+    from models.bundle import load_bundle
+    with pytest.raises(ValueError, match='needs a CUDA device, not cpu'):
+        compile_generator(load_bundle(class_bundle).generator, 'fp32', CompileOptions.parse('default+whole-graph'), 'cpu')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='whole-graph captures a CUDA graph: needs a GPU')
+def test_whole_graph_replays_what_the_compiled_generator_computes(class_bundle):
+    """Each shape captured once; a replay with new inputs gives the compiled generator's own answer for them, and a
+    second shape does not disturb the first one's graph."""
+    from export.compiled import WholeGraph, compile_generator
+    from export.parity import parity_inputs
+    from models.bundle import load_bundle
+    config = load_bundle(class_bundle).config
+    plain = compile_generator(load_bundle(class_bundle).generator, 'bf16', CompileOptions.parse('default'), 'cuda')
+    whole = compile_generator(load_bundle(class_bundle).generator, 'bf16', CompileOptions.parse('default+whole-graph'), 'cuda')
+    assert isinstance(whole, WholeGraph)
+    with torch.inference_mode():
+        for batch in (1, 4, 1):
+            for seed in (0, 1):
+                inputs = {k: v.cuda() for k, v in parity_inputs(config, batch).items()}
+                inputs['noise'] = torch.randn(inputs['noise'].shape, generator=torch.Generator().manual_seed(seed)).cuda()
+                torch.testing.assert_close(whole(**inputs)[1].clone(), plain(**inputs)[1], atol=1e-2, rtol=1e-2)
+    assert len(whole.graphs) == 2
 
 
 def _cache(tmp_path, monkeypatch, buckets=(1, 8, 64)):
