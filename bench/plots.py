@@ -190,58 +190,50 @@ def plot_soak(result, rows, path):
     plt.close(fig)
 
 
-def plot_scaling(result, rows, path):
+def _plot_against_gpus(groups, note, ylabel, title, result, path):
+    """Images/s against GPUs, a line per group with its dotted linear extension of the 1-GPU point; note(row): the
+    label written beside each point."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    groups = {}
-    for r in rows:
-        groups.setdefault(f'{r["method"]}, {r["per_gpu_batch"]}/GPU, compile {r["compile"]}{", DDP" if r.get("ddp") else ""}',
-                          []).append(r)
-    for label, group in groups.items():
-        group = sorted(group, key=lambda r: r['gpus'])
-        line, = ax.plot([r['gpus'] for r in group], [r['images_per_s'] for r in group], marker='o', label=label)
-        base = next((r for r in group if r['gpus'] == 1), None)
-        if base:
-            ax.plot([r['gpus'] for r in group], [base['images_per_s'] * r['gpus'] for r in group], ls=':',
-                    color=line.get_color())
-        for r in group:
-            if r.get('efficiency') is not None:
-                ax.annotate(f'{100 * r["efficiency"]:.0f}%', (r['gpus'], r['images_per_s']), fontsize=7,
-                            textcoords='offset points', xytext=(4, -10))
-    ax.set_xlabel('GPUs')
-    ax.set_ylabel('generator images / s (dotted: linear)')
-    ax.legend(fontsize=7)
-    fig.suptitle(f'distillation scaling\n{result["device"]}, {result["date"]}', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_serve_scaling(result, rows, path):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    groups = {}
-    for r in rows:
-        groups.setdefault(f'{r["model"]}{", " + r["layout"] if r["layout"] else ""}, n={r["n"]}', []).append(r)
     for label, group in groups.items():
         group = sorted(group, key=lambda r: r['gpus'])
         gpus = [r['gpus'] for r in group]
-        line, = ax.plot(gpus, [r['saturation_images_per_s'] for r in group], marker='o', label=label)
+        line, = ax.plot(gpus, [r['images_per_s'] for r in group], marker='o', label=label)
         base = next((r for r in group if r['gpus'] == 1), None)
         if base:
-            ax.plot(gpus, [base['saturation_images_per_s'] * g for g in gpus], ls=':', color=line.get_color())
+            ax.plot(gpus, [base['images_per_s'] * g for g in gpus], ls=':', color=line.get_color())
         for r in group:
-            p99 = f', p99@80% {r["load_p99_ms"]:.0f} ms' if r.get('load_p99_ms') is not None else ''
-            speedup = f'{r["speedup"]:.2f}x' if r.get('speedup') else ''
-            ax.annotate(speedup + p99, (r['gpus'], r['saturation_images_per_s']), fontsize=7, textcoords='offset points',
-                        xytext=(4, -10))
+            ax.annotate(note(r), (r['gpus'], r['images_per_s']), fontsize=7, textcoords='offset points', xytext=(4, -10))
     ax.set_xlabel('GPUs')
-    ax.set_ylabel('HTTP images / s at saturation (dotted: linear)')
+    ax.set_ylabel(f'{ylabel} (dotted: linear)')
     ax.legend(fontsize=7)
-    fig.suptitle(f'serving scaling\n{result["device"]}, {result["date"]}', fontsize=9)
+    fig.suptitle(f'{title}\n{result["device"]}, {result["date"]}', fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _grouped(rows, label):
+    groups = {}
+    for r in rows:
+        groups.setdefault(label(r), []).append(r)
+    return groups
+
+
+def plot_scaling(result, rows, path):
+    groups = _grouped(rows, lambda r: f'{r["method"]}, {r["per_gpu_batch"]}/GPU, compile {r["compile"]}'
+                                      f'{", DDP" if r.get("ddp") else ""}')
+    note = lambda r: f'{100 * r["efficiency"]:.0f}%' if r.get('efficiency') is not None else ''  # noqa: E731
+    _plot_against_gpus(groups, note, 'generator images / s', 'distillation scaling', result, path)
+
+
+def plot_serve_scaling(result, rows, path):
+    groups = _grouped(rows, lambda r: f'{r["model"]}{", " + r["layout"] if r["layout"] else ""}, n={r["n"]}')
+
+    def note(r):
+        p99 = f', p99@80% {r["load_p99_ms"]:.0f} ms' if r.get('load_p99_ms') is not None else ''
+        return (f'{r["speedup"]:.2f}x' if r.get('speedup') else '') + p99
+    _plot_against_gpus(groups, note, 'HTTP images / s at saturation', 'serving scaling', result, path)
 
 
 PLOTTERS = {'generate': plot_generate, 'http': plot_http, 'http-open-loop': plot_open_loop, 'teacher-vs-student': plot_teacher,
