@@ -192,9 +192,13 @@ def lsg(**o):
 @click.option('--xflip/--no-xflip', default=True, help='Random horizontal flips.')
 @click.option('--max-tokens', type=click.IntRange(1), default=None, show_default="the --text-embeddings table's, else 32",
               help='Text models: token rows per prompt.')
+@click.option('--init-from', type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help='Continue a teacher bundle (warm restart): its EMA weights start both the network and its EMA, the '
+                   'optimiser starts fresh with the learning rate ramped up again over --lr-rampup, and the images it had '
+                   'seen are counted on (provenance images_total). Give the architecture options it was trained with.')
 @run_options
 def teacher(**o):
-    """Train an EDM teacher (denoising score matching) on your images."""
+    """Train an EDM teacher (denoising score matching) on your images, or continue one (--init-from)."""
     from train.teacher_main import main
     main(o)
 

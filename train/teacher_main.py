@@ -2,13 +2,14 @@
 
 import copy
 import dataclasses
+import json
 import time
 
 import click
 import torch
 
 from models.architecture import build_denoiser
-from models.bundle import save_bundle
+from models.bundle import BundleError, load_bundle, save_bundle
 from models.generator import OneStepGenerator
 from models.heun_sampler import edm_sample
 from train.data import DataError
@@ -35,9 +36,43 @@ def configure(o):
     """Usage checks and the typed teacher settings, from the options alone (what --dry-run prints)."""
     if o['data'] is None:
         raise click.UsageError('a teacher learns from images: give --data')
+    # A warm restart's EMA starts from trained weights: no EMA ramp-up (it would follow the fresh optimiser's first steps).
     cfg = TeacherConfig(lr=o['lr'], lr_rampup_images=o['lr_rampup'], batch=o['batch'], batch_gpu=o['batch_gpu'],
-                        ema_halflife_images=o['ema_halflife'], xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
+                        ema_halflife_images=o['ema_halflife'], ema_rampup=None if o.get('init_from') else 0.05,
+                        xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
     return cfg
+
+
+def _flat(spec, prefix=''):
+    """{'network_kwargs.model_channels': 128, ...}: an architecture's settings by dotted name."""
+    flat = {}
+    for k, v in spec.items():
+        flat.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+    return flat
+
+
+def warm_start(path, spec, condition):
+    """The teacher bundle at `path` checked against this run's architecture and condition: (its denoiser's state dict,
+    what the new bundle records of it). Anything that differs is a one-line error naming it."""
+    try:
+        bundle = load_bundle(path)
+    except BundleError as e:
+        raise click.ClickException(f'--init-from: {e}') from None
+    config = bundle.config
+    if config.latent or config.provenance.get('method') != 'edm-teacher':
+        raise click.ClickException(f'--init-from {path}: not a teacher bundle of `sida train teacher` '
+                                   f'(its method is {config.provenance.get("method")!r})')
+    theirs, ours = _flat(config.architecture), _flat(json.loads(json.dumps(spec)))    # as the bundle stores it
+    differ = [f'{k} {ours.get(k)!r} here, {theirs.get(k)!r} there' for k in sorted(set(theirs) | set(ours))
+              if theirs.get(k) != ours.get(k)]
+    if differ:
+        raise click.ClickException(f'--init-from {path}: another architecture ({"; ".join(differ)}); give the options it '
+                                   'was trained with')
+    if config.condition != condition:
+        raise click.ClickException(f'--init-from {path}: another condition ({config.condition} there, {condition} here)')
+    before = int(config.provenance.get('images_total', config.provenance.get('images_seen', 0)))
+    record = {'bundle': str(path), 'weights_sha256': config.sha256.get('generator.safetensors'), 'images_total': before}
+    return bundle.generator.denoiser.state_dict(), record
 
 
 def build(o, cfg, rt):
@@ -79,21 +114,31 @@ def build(o, cfg, rt):
         raise click.ClickException(str(e)) from None
 
     torch.manual_seed(o['seed'])
-    net = prepare(build_denoiser(spec), rt.device, o['channels_last'], o['compile_'])
+    net = build_denoiser(spec)
+    init = None
+    if o.get('init_from'):
+        weights, init = warm_start(o['init_from'], spec, condition)
+        net.load_state_dict(weights, strict=True)
+    net = prepare(net, rt.device, o['channels_last'], o['compile_'])
     trainer = TeacherTrainer(cfg, net, batches, device=rt.device, rank=rt.rank, world=rt.world,
                              autocast_dtype=precision_dtype(o['precision'], rt.device), ddp=rt.distributed)
     started = time.time()
     resolved = {'command': 'teacher', 'teacher': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
                 'architecture': spec, 'condition': condition, 'data': str(o['data']), 'data_prefix': o['data_prefix'],
-                'data_size': len(dataset), 'world_size': rt.world, 'device': rt.device, 'precision': o['precision']}
+                'data_size': len(dataset), 'world_size': rt.world, 'device': rt.device, 'precision': o['precision'],
+                'init_from': init}
+    before = init['images_total'] if init else 0
     n_params = sum(p.numel() for p in net.parameters())
     summary = f'training a {o["preset"]} teacher ({n_params / 1e6:.1f}M parameters) on {len(dataset):,} images into {o["run_dir"]}'
+    if init:
+        summary += f', continuing {init["bundle"]} ({init["images_total"]:,} images seen before)'
 
     def write_bundle(path):
         net_ema = copy.deepcopy(trainer.ema).cpu().float()
         save_bundle(path, OneStepGenerator(net_ema), name=f'{o["run_dir"].name}-teacher', architecture=spec, condition=condition,
                     dtype=SAVE_DTYPES[o['save_dtype']],
-                    provenance={'method': 'edm-teacher', 'images_seen': trainer.images_seen, 'data': str(o['data']),
+                    provenance={'method': 'edm-teacher', 'images_seen': trainer.images_seen,
+                                'images_total': before + trainer.images_seen, 'init_from': init, 'data': str(o['data']),
                                 'hyperparameters': resolved['teacher'], 'wall_seconds': round(time.time() - started),
                                 'note': 'a denoiser: sample it with the EDM Heun sampler, or distil it with sida train distill'})
 

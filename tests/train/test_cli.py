@@ -54,6 +54,30 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     assert 'resumed from' in r.stderr and load_bundle(student / 'bundle').config.provenance['images_seen'] == 64
 
 
+def test_a_teacher_continues_from_its_bundle(cifar_subset, tmp_path):
+    """--init-from: the bundle's weights start the run (with --lr 0 nothing moves, so the new bundle holds exactly
+    them), the images seen before are counted on, and a bundle of another architecture is refused by name."""
+    from safetensors.torch import load_file
+    common = ['--data', cifar_subset, '--batch', '16', *TINY, '--log-every', '16', '--sample-every', '1000M',
+              '--checkpoint-every', '1000M']
+    r = sida('train', 'teacher', '--out', tmp_path / 'first', '--images', '32', *common)
+    assert r.returncode == 0, r.stderr
+    r = sida('train', 'teacher', '--out', tmp_path / 'second', '--images', '16', '--lr', '0', '--init-from',
+             tmp_path / 'first' / 'bundle', *common)
+    assert r.returncode == 0, r.stderr
+    assert 'continuing' in r.stderr and '32 images seen before' in r.stderr
+    first, second = (load_file(tmp_path / run / 'bundle' / 'generator.safetensors') for run in ('first', 'second'))
+    assert first.keys() == second.keys() and all(first[k].equal(second[k]) for k in first)
+    provenance = load_bundle(tmp_path / 'second' / 'bundle').config.provenance
+    assert (provenance['images_seen'], provenance['images_total'], provenance['init_from']['images_total']) == (16, 48, 32)
+    assert json.loads((tmp_path / 'second' / 'config.json').read_text())['teacher']['ema_rampup'] is None
+
+    wider = ['--model-channels', '32', *TINY[2:]]
+    r = sida('train', 'teacher', '--out', tmp_path / 'third', '--images', '16', '--init-from', tmp_path / 'first' / 'bundle',
+             '--data', cifar_subset, '--batch', '16', *wider)
+    assert r.returncode == 1 and 'another architecture (network_kwargs.model_channels 32 here, 16 there' in r.stderr
+
+
 @pytest.mark.parametrize('args,fragment', [
     (['train', 'distill', '--method', 'sida', '--teacher', '.', '--out', 'x'], 'needs real images'),
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--method', 'sid'], 'cannot load the teacher'),
