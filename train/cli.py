@@ -334,7 +334,8 @@ def _named_paths(items, option):
 @click.option('--class-dependence-seeds', type=click.IntRange(0), default=100,
               help='Class models: this many seeds generated under every class, to measure how much the class rather than '
                    'the seed decides the image (class_share, seed_lock; 0 skips it).')
-@click.option('--record/--no-record', default=False, help='Also write the numbers into each student bundle\'s provenance.metrics.')
+@click.option('--record/--no-record', default=False, help='Also write the numbers into each bundle\'s provenance.metrics '
+              '(students: their own and their teacher\'s; teachers: theirs at each NFE, which later teacher-progress plots read).')
 @click.option('--curves', multiple=True, help='LABEL=RUN_DIR: plot FD vs images seen from its log.jsonl (repeatable).')
 def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_steps, students, captions, text_embeddings,
              samples, batch, device, out_dir, fid, fid_weights, stats_cache, class_dependence_seeds, record, curves):
@@ -344,8 +345,16 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     from models.bundle import BundleError, load_bundle
     from models.text_encoder import bundle_text_encoder, use_precomputed
     from train.data import DataError, ImageDataset
+    from train.evaluate import (
+        RECORDED,
+        plot_curves,
+        plot_teacher_progress,
+        record_in_bundle,
+        student_fn,
+        teacher_fn,
+        teacher_progress,
+    )
     from train.evaluate import evaluate as run_eval
-    from train.evaluate import plot_curves, record_in_bundle, student_fn, teacher_fn
     named = {'teacher': _named_paths(teachers, '--teacher'), 'student': _named_paths(students, '--student')}
     curve_runs = _named_paths(curves, '--curves')
     device = resolve_device(device)
@@ -371,7 +380,7 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
         test = ImageDataset(data, prefix=test_prefix) if test_prefix else None
     except (DataError, ValueError) as e:
         _fail(str(e))
-    models, bundles = [], {}
+    models, bundles, teacher_bundles = [], {}, {}
     for role, items in named.items():
         for name, path in items.items():
             try:
@@ -389,6 +398,7 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
                 _fail(f'{name}: {e}')
             bundle.generator.eval()
             if role == 'teacher':
+                teacher_bundles[name] = (path, bundle)
                 for s in steps:
                     fn = teacher_fn(bundle.generator.denoiser, s)
                     models.append((f'{name} (Heun, {2 * s - 1} NFE)', 'teacher', fn, c['kind'], encoder))
@@ -409,10 +419,23 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
         png = out_dir / 'curves.png'
         plot_curves(curve_runs, png)
         result['curves'] = str(png)
+    rows = {r['name']: r for r in result['rows']}
+    nfe = 2 * max(steps) - 1
+    progress = teacher_progress(teacher_bundles, rows, nfe)
+    if progress:
+        result['teacher_progress'] = progress
+        plot_teacher_progress(progress, out_dir / 'teachers.png', nfe)
     out_path.write_text(json.dumps(result, indent=2) + '\n')
     click.echo(f'wrote {out_path}')
     if record:
-        rows = {r['name']: r for r in result['rows']}
+        for name, (path, bundle) in teacher_bundles.items():     # before the students': one bundle may be both
+            provenance = bundle.config.provenance
+            metrics = {'images_total': provenance.get('images_total', provenance.get('images_seen'))}
+            for s in steps:
+                row = rows[f'{name} (Heun, {2 * s - 1} NFE)']
+                metrics.update({f'{k}_nfe{2 * s - 1}': round(row[m], 4) for m, k in RECORDED if m in row})
+            record_in_bundle(path, metrics)
+            click.echo(f'recorded teacher metrics in {path}/sida.json')
         floor = rows.get('test split', {})
         # The teacher's number goes into a student's card only when it is unambiguous: one teacher, run at 35 NFE.
         teacher35 = rows.get(f'{next(iter(named["teacher"]))} (Heun, 35 NFE)', {}) if len(named['teacher']) == 1 else {}
@@ -423,7 +446,7 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             for key in ('class_accuracy', 'class_share', 'seed_lock'):
                 if key in row:
                     metrics[key] = round(row[key], 4)
-            for metric, key in (('fd', 'fd_cifar'), ('fid', 'fid')):
+            for metric, key in RECORDED:
                 if metric not in row:
                     continue
                 metrics[key] = round(row[metric], 4)

@@ -227,6 +227,61 @@ def record_in_bundle(bundle_dir, metrics):
     tmp.replace(path)
 
 
+RECORDED = (('fd', 'fd_cifar'), ('fid', 'fid'))      # eval row key -> provenance.metrics name
+
+
+def teacher_progress(teachers, rows, nfe):
+    """Teachers' quality against the images they have seen in all their runs (provenance images_total, kept across
+    `sida train teacher --init-from` restarts): one point per teacher evaluated now at `nfe`, plus each earlier bundle
+    of its --init-from chain that has such a record already (`--record` writes it). [{name, bundle, images_total,
+    fd, fid?}] sorted by images_total."""
+    from models.bundle import load_bundle
+    points, seen = [], set()
+
+    def add(name, bundle_dir, provenance, metrics):
+        key = str(Path(bundle_dir).resolve())
+        if key in seen or metrics.get('fd') is None:
+            return
+        seen.add(key)
+        total = provenance.get('images_total', provenance.get('images_seen'))
+        if total is not None:
+            points.append({'name': name, 'bundle': str(bundle_dir), 'images_total': int(total), **metrics})
+    for name, (path, bundle) in teachers.items():
+        row = rows.get(f'{name} (Heun, {nfe} NFE)', {})
+        add(name, path, bundle.config.provenance, {k: row[k] for k in ('fd', 'fid') if k in row})
+        earlier = bundle.config.provenance.get('init_from')
+        while earlier and Path(earlier['bundle']).is_dir():
+            try:
+                provenance = load_bundle(earlier['bundle'], check_hash=False).config.provenance
+            except Exception:                    # an unreadable ancestor ends the chain, not the evaluation
+                break
+            recorded = provenance.get('metrics', {})
+            add(f'{name} <- {Path(earlier["bundle"]).parent.name}', earlier['bundle'], provenance,
+                {k: recorded[f'{name}_nfe{nfe}'] for k, name in RECORDED if f'{name}_nfe{nfe}' in recorded})
+            earlier = provenance.get('init_from')
+    return sorted(points, key=lambda p: p['images_total'])
+
+
+def plot_teacher_progress(points, path, nfe):
+    """FD-CIFAR (and Inception FID where measured) of teachers against their total training images."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for key, label in (('fd', 'FD-CIFAR'), ('fid', 'Inception FID')):
+        pts = [(p['images_total'], p[key]) for p in points if key in p]
+        if pts:
+            ax.plot(*zip(*pts), marker='o', ms=4, label=f'{label}, Heun {nfe} NFE')
+    ax.set_xlabel('teacher training images (all runs)')
+    ax.set_ylabel('distance to the training images')
+    ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_curves(runs, path, key='metric_fd_classifier'):
     """Quality vs images seen from runs' log.jsonl files: {label: run_dir} -> one PNG."""
     import matplotlib

@@ -120,6 +120,24 @@ def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset,
     assert metrics['fd_cifar_test_split'] == round(rows['test split']['fd'], 4)
     assert metrics['fd_cifar_teacher_nfe35'] == round(rows['teacher (Heun, 35 NFE)']['fd'], 4)
     assert not any(k.startswith('fid') for k in metrics)
+    # The teacher's own record (read by later teacher-progress plots) and its point against its training images.
+    assert metrics['fd_cifar_nfe35'] == metrics['fd_cifar_teacher_nfe35'] and 'fd_cifar_nfe3' in metrics
+    assert metrics['images_total'] == 16
+    (point,) = json.loads((tmp_path / 'eval' / 'eval.json').read_text())['teacher_progress']
+    assert (point['name'], point['images_total'], point['fd']) == ('teacher', 16, rows['teacher (Heun, 35 NFE)']['fd'])
+    assert (tmp_path / 'eval' / 'teachers.png').is_file()
+
+    # A continued teacher: its plot holds the earlier bundle's recorded point too, at the total images of each.
+    r = sida('train', 'teacher', '--data', data, '--data-prefix', 'train', '--out', tmp_path / 'teacher2', '--images', '8',
+             '--batch', '8', *TINY, '--sample-every', '1M', '--init-from', teacher)
+    assert r.returncode == 0, r.stderr
+    r = sida('train', 'evaluate', '--data', data, '--test-prefix', '', '--classifier', tmp_path / 'clf' / 'classifier.pt',
+             '--teacher', f'next={tmp_path / "teacher2" / "bundle"}', '--samples', '20', '--batch', '20', '--device', 'cpu',
+             '--out', tmp_path / 'eval2', '--no-fid', '--class-dependence-seeds', '0')
+    assert r.returncode == 0, r.stderr
+    progress = json.loads((tmp_path / 'eval2' / 'eval.json').read_text())['teacher_progress']
+    assert [(p['images_total'], p['name']) for p in progress] == [(16, 'next <- teacher'), (24, 'next')]
+    assert progress[0]['fd'] == metrics['fd_cifar_nfe35']
     r = sida('train', 'evaluate', '--data', data, '--classifier', tmp_path / 'clf' / 'classifier.pt', '--student', 'x=/nope',
              '--out', tmp_path / 'e2')
     assert r.returncode == 2 and "expected NAME=PATH" in r.stderr
