@@ -14,6 +14,8 @@
 # Lengths: TEACHER_IMAGES / STUDENT_IMAGES (images seen) and TIME_LIMIT (wall time per training job, e.g.
 # 8m; 0 = none): whichever comes first ends a job with a checkpoint and a bundle. The defaults are what
 # the shipped zoo used (see models/zoo/README.md).
+# CONTINUE_FROM=PREVIOUS_OUT: the teachers continue that run's teacher bundles (`--init-from`: a warm restart that
+# counts their images on), so each GPU run improves them; evaluate then plots them against their total images.
 set -euo pipefail
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT     # a failed stage never leaves training jobs behind
 
@@ -39,11 +41,15 @@ captions() { $SIDA train captions --data "$DATA" --data-prefix train --out "$CAP
 classifier() { $SIDA train classifier --data "$DATA" --out "$OUT/classifier" --epochs "${CLASSIFIER_EPOCHS:-18}" --width 32; }
 
 teachers() {
-    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" --cond class --out "$OUT/teacher-class" \
+    local from_class=() from_text=()
+    if [ -n "${CONTINUE_FROM:-}" ]; then
+        from_class=(--init-from "$CONTINUE_FROM/teacher-class/bundle"); from_text=(--init-from "$CONTINUE_FROM/teacher-text/bundle")
+    fi
+    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" "${from_class[@]}" --cond class --out "$OUT/teacher-class" \
         --images "$TEACHER_IMAGES" --batch "${TEACHER_BATCH:-512}" --lr 1e-3 --lr-rampup 200k --ema 250k \
         --log-every 100k --sample-every 1M --checkpoint-every 2M > "$OUT/teacher-class.log" 2>&1 &
     local class_pid=$!
-    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" "${TEXT[@]}" --cond text --out "$OUT/teacher-text" \
+    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" "${TEXT[@]}" "${from_text[@]}" --cond text --out "$OUT/teacher-text" \
         --images "$TEACHER_IMAGES" --batch "${TEACHER_BATCH:-512}" --lr 1e-3 --lr-rampup 200k --ema 250k \
         --log-every 100k --sample-every 1M --checkpoint-every 2M > "$OUT/teacher-text.log" 2>&1 &
     local text_pid=$!
