@@ -126,35 +126,50 @@ class WholeGraph:
     """The compiled generator inside one CUDA graph per input shape, captured here with torch.cuda.CUDAGraph. A call
     copies its inputs into the graph's static buffers and replays it: one launch, and none of the per-call Python of
     reduce-overhead's CUDA-graph trees and dynamo's guards, which is most of what batch 1 costs beyond its kernels
-    (H100 profile, 2026-12-07: 1.2 ms of kernels in 1.6-1.8 ms). The outputs are the graph's own buffers, valid
-    until the next call of the same shape: copy them out first (the backend's .cpu() does)."""
+    (H100 profile, 2026-12-07: 1.2 ms of kernels in 1.6-1.8 ms). The graphs share one memory pool (as reduce-overhead's
+    do), so the outputs are valid until the next call of any shape: copy them out first (the backend's .cpu() does).
+    Everything runs on the inputs' device whatever the thread's current one is (a replica on cuda:1), and capture is
+    thread-local, so other threads may keep using CUDA meanwhile (other replicas serving)."""
 
     WARMUP = 3          # compiled calls on a side stream before capture (compile, autotune, lazy inits)
 
     def __init__(self, compiled):
-        self.compiled, self.graphs = compiled, {}
+        self.compiled, self.graphs, self.pool = compiled, {}, None
 
+    @torch.inference_mode()
     def __call__(self, **inputs):
         key = tuple((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in sorted(inputs.items()))
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(inputs)
-        static, graph, outputs = self.graphs[key]
-        for k, v in inputs.items():
-            static[k].copy_(v, non_blocking=True)
-        graph.replay()
+        device = next(iter(inputs.values())).device
+        with torch.cuda.device(device):
+            if key not in self.graphs:
+                self.graphs[key] = self._capture(inputs, device)
+            static, graph, outputs = self.graphs[key]
+            for k, v in inputs.items():
+                static[k].copy_(v, non_blocking=True)
+            graph.replay()
         return outputs
 
-    def _capture(self, inputs):
+    def _capture(self, inputs, device):
         static = {k: v.clone() for k, v in inputs.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
                 self.compiled(**static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = self.compiled(**static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        # capture_begin/end, not torch.cuda.graph(): that one empties every GPU's allocator cache (other replicas')
+        # and captures on a process-wide stream made on whichever device was current first.
+        graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
+        with torch.cuda.stream(capture):
+            graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
+            try:
+                outputs = self.compiled(**static)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream(device).wait_stream(capture)
         return static, graph, outputs
 
 
@@ -247,7 +262,8 @@ class SideBySide:
                 with open(os.path.join(self.logs.name, f'{b}.log'), 'w') as out:
                     self.helpers[b] = subprocess.Popen(
                         [sys.executable, *SAFE_PATH, '-m', 'export.compiled', os.path.abspath(bundle_dir), precision,
-                         str(options), device, str(b)], stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
+                         str(dataclasses.replace(options, whole_graph=False)), device, str(b)],   # same code, no capture
+                        stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
         except BaseException:
             self.kill()
             raise

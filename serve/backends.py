@@ -114,7 +114,12 @@ class CompiledBackend(TorchBackend):
         entry, reason = exported_entry(bundle.path, self.config, precision)
         if options is None and entry is not None:   # --compile-mode changes the mode only: the export's switches stay
             exported = CompileOptions.parse(entry['options']['spec'])
-            options = dataclasses.replace(exported, mode=mode or exported.mode)
+            mode = mode or exported.mode
+            # ...but whole-graph only where it can be: not beside a mode's own CUDA graphs, not off CUDA
+            whole = exported.whole_graph and mode not in ('reduce-overhead', 'max-autotune') and torch.device(device).type == 'cuda'
+            options = dataclasses.replace(exported, mode=mode, whole_graph=whole)
+        if options is not None and options.whole_graph and torch.device(device).type != 'cuda':
+            raise BackendUnavailable(f'{options}: whole-graph captures a CUDA graph; {device} has none')
         self.options = options or default_options(device, mode)
         self.mode = self.options.mode
         if torch.device(device).type == 'cuda' and self.options.cuda_graphs():

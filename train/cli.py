@@ -1,6 +1,7 @@
 """`sida train`: distil (SiD / SiDA / SiD2A), train a teacher, or run the analytic 2-D toy."""
 
 import dataclasses
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -421,7 +422,10 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
         result['curves'] = str(png)
     rows = {r['name']: r for r in result['rows']}
     nfe = 2 * max(steps) - 1
-    progress = teacher_progress(teacher_bundles, rows, nfe)
+    # What the numbers were measured with: an older record counts in a progress plot only if it matches.
+    measured_with = {'classifier_sha256': hashlib.sha256(classifier_path.read_bytes()).hexdigest(),
+                     **({'fid_weights': result['fid']['weights']} if result.get('fid') else {})}
+    progress = teacher_progress(teacher_bundles, rows, nfe, measured_with)
     if progress:
         result['teacher_progress'] = progress
         plot_teacher_progress(progress, out_dir / 'teachers.png', nfe)
@@ -430,7 +434,8 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
     if record:
         for name, (path, bundle) in teacher_bundles.items():     # before the students': one bundle may be both
             provenance = bundle.config.provenance
-            metrics = {'images_total': provenance.get('images_total', provenance.get('images_seen'))}
+            total = provenance.get('images_total', provenance.get('images_seen'))
+            metrics = {**measured_with, **({'images_total': total} if total is not None else {})}
             for s in steps:
                 row = rows[f'{name} (Heun, {2 * s - 1} NFE)']
                 metrics.update({f'{k}_nfe{2 * s - 1}': round(row[m], 4) for m, k in RECORDED if m in row})

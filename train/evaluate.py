@@ -230,53 +230,60 @@ def record_in_bundle(bundle_dir, metrics):
 RECORDED = (('fd', 'fd_cifar'), ('fid', 'fid'))      # eval row key -> provenance.metrics name
 
 
-def teacher_progress(teachers, rows, nfe):
+def teacher_progress(teachers, rows, nfe, measured_with):
     """Teachers' quality against the images they have seen in all their runs (provenance images_total, kept across
-    `sida train teacher --init-from` restarts): one point per teacher evaluated now at `nfe`, plus each earlier bundle
-    of its --init-from chain that has such a record already (`--record` writes it). [{name, bundle, images_total,
-    fd, fid?}] sorted by images_total."""
-    from models.bundle import load_bundle
+    `sida train teacher --init-from` restarts): a series per teacher evaluated now at `nfe`, with a point for it and
+    one for each earlier bundle of its --init-from chain that holds a record measured the same way (`measured_with`:
+    the classifier's sha256 for FD-CIFAR, the Inception weights for FID; `--record` writes them). The chain ends at a
+    bundle that is gone, unreadable or not the one recorded (its weights' sha256). [{series, name, bundle,
+    images_total, fd?, fid?}] sorted by series, then images_total."""
+    from models.bundle import BundleError, load_bundle
     points, seen = [], set()
 
-    def add(name, bundle_dir, provenance, metrics):
-        key = str(Path(bundle_dir).resolve())
-        if key in seen or metrics.get('fd') is None:
-            return
-        seen.add(key)
+    def add(series, name, bundle_dir, provenance, metrics):
         total = provenance.get('images_total', provenance.get('images_seen'))
-        if total is not None:
-            points.append({'name': name, 'bundle': str(bundle_dir), 'images_total': int(total), **metrics})
-    for name, (path, bundle) in teachers.items():
+        if metrics and total is not None:
+            points.append({'series': series, 'name': name, 'bundle': str(bundle_dir), 'images_total': int(total), **metrics})
+    for name, (path, bundle) in teachers.items():     # every fresh number first: it wins over an older record
+        seen.add(Path(path).resolve())
         row = rows.get(f'{name} (Heun, {nfe} NFE)', {})
-        add(name, path, bundle.config.provenance, {k: row[k] for k in ('fd', 'fid') if k in row})
+        add(name, name, path, bundle.config.provenance, {k: row[k] for k in ('fd', 'fid') if k in row})
+    for name, (path, bundle) in teachers.items():
         earlier = bundle.config.provenance.get('init_from')
-        while earlier and Path(earlier['bundle']).is_dir():
+        while earlier and Path(earlier['bundle']).resolve() not in seen:
+            seen.add(Path(earlier['bundle']).resolve())
             try:
-                provenance = load_bundle(earlier['bundle'], check_hash=False).config.provenance
-            except Exception:                    # an unreadable ancestor ends the chain, not the evaluation
+                config = load_bundle(earlier['bundle'], check_hash=False).config
+            except (BundleError, OSError):
                 break
-            recorded = provenance.get('metrics', {})
-            add(f'{name} <- {Path(earlier["bundle"]).parent.name}', earlier['bundle'], provenance,
-                {k: recorded[f'{name}_nfe{nfe}'] for k, name in RECORDED if f'{name}_nfe{nfe}' in recorded})
-            earlier = provenance.get('init_from')
-    return sorted(points, key=lambda p: p['images_total'])
+            if config.sha256.get('generator.safetensors') != earlier.get('weights_sha256'):
+                break                                  # replaced since (continued in place): not the recorded start
+            recorded = config.provenance.get('metrics', {})
+            same = {'fd': recorded.get('classifier_sha256') == measured_with.get('classifier_sha256'),
+                    'fid': recorded.get('fid_weights') == measured_with.get('fid_weights')}
+            add(name, f'{name} <- {Path(earlier["bundle"]).parent.name}', earlier['bundle'], config.provenance,
+                {k: recorded[f'{key}_nfe{nfe}'] for k, key in RECORDED if same[k] and f'{key}_nfe{nfe}' in recorded})
+            earlier = config.provenance.get('init_from')
+    return sorted(points, key=lambda p: (p['series'], p['images_total']))
 
 
 def plot_teacher_progress(points, path, nfe):
-    """FD-CIFAR (and Inception FID where measured) of teachers against their total training images."""
+    """FD-CIFAR (and Inception FID where measured) of teachers against their total training images, a line per
+    teacher and measure."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for key, label in (('fd', 'FD-CIFAR'), ('fid', 'Inception FID')):
-        pts = [(p['images_total'], p[key]) for p in points if key in p]
-        if pts:
-            ax.plot(*zip(*pts), marker='o', ms=4, label=f'{label}, Heun {nfe} NFE')
+    for series in dict.fromkeys(p['series'] for p in points):
+        for key, label in (('fd', 'FD-CIFAR'), ('fid', 'FID')):
+            pts = [(p['images_total'], p[key]) for p in points if p['series'] == series and key in p]
+            if pts:
+                ax.plot(*zip(*pts), marker='o', ms=4, label=f'{series}: {label}')
     ax.set_xlabel('teacher training images (all runs)')
-    ax.set_ylabel('distance to the training images')
+    ax.set_ylabel(f'distance to the training images (Heun, {nfe} NFE)')
     ax.set_yscale('log')
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import click
 import torch
@@ -37,8 +38,9 @@ def configure(o):
     if o['data'] is None:
         raise click.UsageError('a teacher learns from images: give --data')
     # A warm restart's EMA starts from trained weights: no EMA ramp-up (it would follow the fresh optimiser's first steps).
+    warm = bool(o.get('init_from') or recorded_warm_start(o))
     cfg = TeacherConfig(lr=o['lr'], lr_rampup_images=o['lr_rampup'], batch=o['batch'], batch_gpu=o['batch_gpu'],
-                        ema_halflife_images=o['ema_halflife'], ema_rampup=None if o.get('init_from') else 0.05,
+                        ema_halflife_images=o['ema_halflife'], ema_rampup=None if warm else 0.05,
                         xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
     return cfg
 
@@ -49,6 +51,15 @@ def _flat(spec, prefix=''):
     for k, v in spec.items():
         flat.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
     return flat
+
+
+def recorded_warm_start(o):
+    """A resumed run's --init-from record, from the config.json its first start wrote (the bundle it named may have
+    changed since, e.g. continued in place): None for a fresh run or one that was no warm restart."""
+    config = o['run_dir'] / 'config.json'
+    if not o.get('resume') or not config.is_file():
+        return None
+    return json.loads(config.read_text()).get('init_from')
 
 
 def warm_start(path, spec, condition):
@@ -71,7 +82,8 @@ def warm_start(path, spec, condition):
     if config.condition != condition:
         raise click.ClickException(f'--init-from {path}: another condition ({config.condition} there, {condition} here)')
     before = int(config.provenance.get('images_total', config.provenance.get('images_seen', 0)))
-    record = {'bundle': str(path), 'weights_sha256': config.sha256.get('generator.safetensors'), 'images_total': before}
+    record = {'bundle': str(Path(path).resolve()), 'weights_sha256': config.sha256.get('generator.safetensors'),
+              'images_total': before}
     return bundle.generator.denoiser.state_dict(), record
 
 
@@ -115,10 +127,24 @@ def build(o, cfg, rt):
 
     torch.manual_seed(o['seed'])
     net = build_denoiser(spec)
-    init = None
+    init = recorded_warm_start(o)         # a resume: its checkpoint holds the weights, its first start the record
     if o.get('init_from'):
-        weights, init = warm_start(o['init_from'], spec, condition)
+        if Path(o['init_from']).resolve().is_relative_to(Path(o['run_dir']).resolve()):
+            raise click.ClickException(f'--init-from {o["init_from"]} is inside --out {o["run_dir"]}: this run\'s bundle '
+                                       'would replace it; give another --out')
+        weights, fresh = warm_start(o['init_from'], spec, condition)
+        if init is not None and init['weights_sha256'] != fresh['weights_sha256']:
+            raise click.ClickException(f'--init-from {o["init_from"]}: this run started from other weights '
+                                       f'({init["bundle"]}, sha256 {init["weights_sha256"][:12]}); resume without --init-from')
+        init = init or fresh
         net.load_state_dict(weights, strict=True)
+    elif init is not None and Path(init['bundle']).is_dir():     # resumed without --init-from: the same start, in case
+        try:                                                     # no checkpoint was written before it stopped
+            weights, fresh = warm_start(init['bundle'], spec, condition)
+        except click.ClickException:
+            fresh = None
+        if fresh is not None and fresh['weights_sha256'] == init['weights_sha256']:
+            net.load_state_dict(weights, strict=True)
     net = prepare(net, rt.device, o['channels_last'], o['compile_'])
     trainer = TeacherTrainer(cfg, net, batches, device=rt.device, rank=rt.rank, world=rt.world,
                              autocast_dtype=precision_dtype(o['precision'], rt.device), ddp=rt.distributed)

@@ -88,6 +88,9 @@ def test_whole_graph_needs_cuda(class_bundle):
     from models.bundle import load_bundle
     with pytest.raises(ValueError, match='needs a CUDA device, not cpu'):
         compile_generator(load_bundle(class_bundle).generator, 'fp32', CompileOptions.parse('default+whole-graph'), 'cpu')
+    from serve.backends import BackendUnavailable, CompiledBackend
+    with pytest.raises(BackendUnavailable, match='whole-graph captures a CUDA graph; cpu has none'):
+        CompiledBackend(load_bundle(class_bundle), 'cpu', options=CompileOptions.parse('default+whole-graph'))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='whole-graph captures a CUDA graph: needs a GPU')

@@ -143,6 +143,37 @@ def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset,
     assert r.returncode == 2 and "expected NAME=PATH" in r.stderr
 
 
+def test_teacher_progress_follows_a_chain_once_and_only_through_matching_records(tmp_path):
+    """A -> B -> A (a loop written by hand) ends; a record made with another classifier is left out; a bundle that is
+    not the recorded one (other weights) ends the chain."""
+    from models.architecture import build_denoiser
+    from models.bundle import load_bundle, save_bundle
+    from models.generator import OneStepGenerator
+    from tests.conftest import tiny_ddpmpp
+    from train.evaluate import record_in_bundle, teacher_progress
+
+    def make(name, seed, total, init=None):
+        torch.manual_seed(seed)
+        save_bundle(tmp_path / name, OneStepGenerator(build_denoiser(tiny_ddpmpp())), name=name, architecture=tiny_ddpmpp(),
+                    condition={'kind': 'class', 'labels': [f'c{i}' for i in range(10)]},
+                    provenance={'method': 'edm-teacher', 'images_total': total, 'init_from': init})
+        return load_bundle(tmp_path / name).config.sha256['generator.safetensors']
+    link = lambda name, sha: {'bundle': str(tmp_path / name), 'weights_sha256': sha}   # noqa: E731
+    a = make('a', 0, 10)
+    b = make('b', 1, 20, link('a', a))
+    make('a', 0, 10, link('b', b))                                  # the loop: a says it came from b
+    record_in_bundle(tmp_path / 'a', {'fd_cifar_nfe35': 3.0, 'classifier_sha256': 'k1'})
+    record_in_bundle(tmp_path / 'b', {'fd_cifar_nfe35': 2.0, 'classifier_sha256': 'k1'})
+    make('c', 3, 30, link('b', b))
+    c = {'c': (tmp_path / 'c', load_bundle(tmp_path / 'c'))}
+    rows = {'c (Heun, 35 NFE)': {'fd': 1.0}}
+    points = teacher_progress(c, rows, 35, {'classifier_sha256': 'k1'})
+    assert [(p['images_total'], p['fd']) for p in points] == [(10, 3.0), (20, 2.0), (30, 1.0)]
+    assert [(p['images_total'], p['fd']) for p in teacher_progress(c, rows, 35, {'classifier_sha256': 'k2'})] == [(30, 1.0)]
+    make('b', 2, 20, link('a', a))                                  # b replaced by other weights: not c's start any more
+    assert [p['images_total'] for p in teacher_progress(c, rows, 35, {'classifier_sha256': 'k1'})] == [30]
+
+
 @pytest.mark.parametrize('args,fragment', [
     (['--teacher-steps', '0'], 'Heun step counts >= 1'),
     (['--student', 'a={b}', '--student', 'a={b}'], "'a' is given twice"),

@@ -71,6 +71,17 @@ def test_a_teacher_continues_from_its_bundle(cifar_subset, tmp_path):
     provenance = load_bundle(tmp_path / 'second' / 'bundle').config.provenance
     assert (provenance['images_seen'], provenance['images_total'], provenance['init_from']['images_total']) == (16, 48, 32)
     assert json.loads((tmp_path / 'second' / 'config.json').read_text())['teacher']['ema_rampup'] is None
+    assert provenance['init_from']['bundle'] == str((tmp_path / 'first' / 'bundle').resolve())
+
+    # Resumed without --init-from, the run is still the warm restart its first start was.
+    r = sida('train', 'teacher', '--out', tmp_path / 'second', '--images', '32', '--resume', 'auto', *common)
+    assert r.returncode == 0, r.stderr
+    resumed = load_bundle(tmp_path / 'second' / 'bundle').config.provenance
+    assert (resumed['images_seen'], resumed['images_total'], resumed['init_from']) == (32, 64, provenance['init_from'])
+    assert json.loads((tmp_path / 'second' / 'config.json').read_text())['teacher']['ema_rampup'] is None
+    r = sida('train', 'teacher', '--out', tmp_path / 'first', '--images', '16', '--init-from', tmp_path / 'first' / 'bundle',
+             *common)
+    assert r.returncode == 1 and 'is inside --out' in r.stderr
 
     wider = ['--model-channels', '32', *TINY[2:]]
     r = sida('train', 'teacher', '--out', tmp_path / 'third', '--images', '16', '--init-from', tmp_path / 'first' / 'bundle',
