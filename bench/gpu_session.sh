@@ -34,8 +34,8 @@
 #                                                 each row with the parity gate) for ddpmpp-cifar10 and the zoo model, a
 #                                                 profile of the best, cold/warm start with the persisted compile cache;
 #                                                 all in OUT/speed.tgz (env: VARIANTS, ZOO_VARIANTS, PREWARM_S, BUDGET_S,
-#                                                 AUTOTUNE_EXPORTS; STARTS=0 skips the start rows, EAGER=torch-fp32 the
-#                                                 eager row, TABLE_S its time, PROFILE=V1,.. the profiled variants,
+#                                                 AUTOTUNE_EXPORTS; STARTS=0 skips the start rows, EAGER the eager
+#                                                 row (torch-fp32: the 3x target's baseline), TABLE_S its time, PROFILE=V1,.. the profiled variants,
 #                                                 OUTPUT_CODE=V1,.. logs those variants' generated kernels;
 #                                                 PREWARM_RESERVE, TABLE_RESERVE, PROFILE_RESERVE: seconds each step
 #                                                 leaves to the later ones, for a BUDGET_S other than 560)
@@ -401,8 +401,10 @@ speed|autotune)
     mkdir -p $RES $W/logs $W/profile $W/bundles
     unset TORCHINDUCTOR_CACHE_DIR; export SIDA_CACHE_DIR=$W/cache       # shared by the side-by-side compiles and the tables
     # freezing was slower at every batch on the H100 (2026-12-06-speed): left out unless asked for
-    VARIANTS=${VARIANTS:-reduce-overhead,reduce-overhead+channels-last}
-    ZOO_VARIANTS=${ZOO_VARIANTS:-reduce-overhead,reduce-overhead+channels-last}
+    # the default against the candidates still unmeasured (2026-12-07): the concat's result channels-last, and the
+    # whole generator in one CUDA graph captured by sida (mode default) instead of reduce-overhead's graph trees
+    VARIANTS=${VARIANTS:-reduce-overhead+channels-last+fused-affines,reduce-overhead+channels-last+fused-affines+channels-last-cat,default+channels-last+fused-affines+channels-last-cat+whole-graph}
+    ZOO_VARIANTS=${ZOO_VARIANTS:-reduce-overhead+channels-last+fused-affines}
     pack() { cp $W/timings.txt "$OUT/" 2>/dev/null; tar czf "$OUT/$STAGE.tgz" -C $W results logs profile timings.txt 2>/dev/null; }
     note() { echo "[$SECONDS s] $*" | tee -a $W/timings.txt; }
     cap() {   # LIMIT [RESERVE]: LIMIT seconds, or what is left of BUDGET_S once RESERVE is kept for later steps
@@ -464,7 +466,7 @@ speed|autotune)
         timed "table-$1" "$4" "${SIDA[@]}" bench generate --bundle $W/bundles/$1 --backends "$2" --compile-variants "$3" \
             --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name "speed-$1"
     }
-    table ddpmpp ${EAGER:-torch-bf16},compile-bf16 "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" ${TABLE_RESERVE:-100})"
+    table ddpmpp ${EAGER:-torch-fp32},compile-bf16 "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" ${TABLE_RESERVE:-100})"
     pack
 
     BEST=$(python3 - "$RES" <<'EOF'
