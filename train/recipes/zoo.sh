@@ -15,7 +15,8 @@
 # 8m; 0 = none): whichever comes first ends a job with a checkpoint and a bundle. The defaults are what
 # the shipped zoo used (see models/zoo/README.md).
 # CONTINUE_FROM=PREVIOUS_OUT: the teachers continue that run's teacher bundles (`--init-from`: a warm restart that
-# counts their images on), so each GPU run improves them; evaluate then plots them against their total images.
+# counts their images on), so each GPU run improves them, and its classifier is reused; evaluate then plots the
+# teachers against their total images.
 set -euo pipefail
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT     # a failed stage never leaves training jobs behind
 
@@ -38,7 +39,14 @@ mkdir -p "$OUT"
 
 captions() { $SIDA train captions --data "$DATA" --data-prefix train --out "$CAPTIONS"; }
 
-classifier() { $SIDA train classifier --data "$DATA" --out "$OUT/classifier" --epochs "${CLASSIFIER_EPOCHS:-18}" --width 32; }
+classifier() {
+    # A continued zoo keeps its feature network: FD-CIFAR numbers from different classifiers are not comparable
+    # (the teacher-progress plot leaves such records out).
+    if [ -n "${CONTINUE_FROM:-}" ] && [ -f "$CONTINUE_FROM/classifier/classifier.pt" ]; then
+        mkdir -p "$OUT/classifier" && cp "$CONTINUE_FROM/classifier/classifier.pt" "$OUT/classifier/" && return
+    fi
+    $SIDA train classifier --data "$DATA" --out "$OUT/classifier" --epochs "${CLASSIFIER_EPOCHS:-18}" --width 32
+}
 
 teachers() {
     local from_class=() from_text=()
