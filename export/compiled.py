@@ -32,6 +32,9 @@ SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-n
             'channels-last-cat': 'channels_last_cat', 'whole-graph': 'whole_graph'}
 
 
+GRAPH_MODES = ('reduce-overhead', 'max-autotune')      # the modes that capture CUDA graphs themselves
+
+
 @dataclasses.dataclass(frozen=True)
 class CompileOptions:
     """What changes the compiled code besides model, precision and shapes; written MODE[+switch...], the switches
@@ -52,9 +55,15 @@ class CompileOptions:
     def __post_init__(self):
         if self.mode not in COMPILE_MODES:
             raise ValueError(f'compile mode must be one of {", ".join(COMPILE_MODES)}, got {self.mode!r}')
-        if self.whole_graph and self.mode in ('reduce-overhead', 'max-autotune'):
+        if self.whole_graph and self.mode in GRAPH_MODES:
             raise ValueError(f'{self.mode}+whole-graph: whole-graph captures its own CUDA graph; use it with default or '
                              'max-autotune-no-cudagraphs')
+
+    def adapted(self, mode, device):
+        """These switches under `mode` on `device` (an export's options, served with --compile-mode): whole-graph is
+        dropped where it cannot be, beside a mode's own CUDA graphs or off CUDA."""
+        whole = self.whole_graph and mode not in GRAPH_MODES and torch.device(device).type == 'cuda'
+        return dataclasses.replace(self, mode=mode, whole_graph=whole)
 
     @classmethod
     def parse(cls, text):

@@ -5,7 +5,6 @@ returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the ho
 seed gives the same image on every backend (up to the runtime's precision).
 """
 
-import dataclasses
 import logging
 import threading
 import time
@@ -114,19 +113,17 @@ class CompiledBackend(TorchBackend):
         entry, reason = exported_entry(bundle.path, self.config, precision)
         if options is None and entry is not None:   # --compile-mode changes the mode only: the export's switches stay
             exported = CompileOptions.parse(entry['options']['spec'])
-            mode = mode or exported.mode
-            # ...but whole-graph only where it can be: not beside a mode's own CUDA graphs, not off CUDA
-            whole = exported.whole_graph and mode not in ('reduce-overhead', 'max-autotune') and torch.device(device).type == 'cuda'
-            options = dataclasses.replace(exported, mode=mode, whole_graph=whole)
-        if options is not None and options.whole_graph and torch.device(device).type != 'cuda':
-            raise BackendUnavailable(f'{options}: whole-graph captures a CUDA graph; {device} has none')
+            options = exported.adapted(mode or exported.mode, device)
         self.options = options or default_options(device, mode)
         self.mode = self.options.mode
         if torch.device(device).type == 'cuda' and self.options.cuda_graphs():
             self.warmup_calls = WARMUP_CALLS        # else the first request pays the CUDA graph recording (~30 ms)
         self.cache = CompileCache(bundle.path, cache_key(self.config, device, precision, self.options), self.buckets, entry, reason,
                                   log=log or logging.getLogger('sida.serve').info)
-        self.generator = compile_generator(bundle.generator, precision, self.options, device)
+        try:
+            self.generator = compile_generator(bundle.generator, precision, self.options, device)
+        except ValueError as e:          # options this device cannot run (whole-graph off CUDA)
+            raise BackendUnavailable(str(e)) from None
         self.usable = self.buckets          # the buckets batches run in: the warm ones once a staged warm-up began
         make_room_for_graphs(len(self.buckets))
 

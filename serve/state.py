@@ -86,7 +86,8 @@ def lifespan_for(state: AppState, models=None, devices=None):
                 else:               # logs 'warm' once every bucket of every replica is
                     later.append(asyncio.create_task(warm_the_rest(m, staged)))
                 state.models[m.id] = m
-            later.append(asyncio.create_task(keep_replicas_healthy(state)))
+            if any(len(m.replicas) > 1 for m in loaded):
+                later.append(asyncio.create_task(keep_replicas_healthy(state)))
             state.ready = True
             log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(),
                                  'models': [m.info() for m in loaded], 'startup': [startup_report(m) for m in loaded]}))

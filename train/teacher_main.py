@@ -127,23 +127,23 @@ def build(o, cfg, rt):
 
     torch.manual_seed(o['seed'])
     net = build_denoiser(spec)
-    init = recorded_warm_start(o)         # a resume: its checkpoint holds the weights, its first start the record
-    if o.get('init_from'):
-        if Path(o['init_from']).resolve().is_relative_to(Path(o['run_dir']).resolve()):
-            raise click.ClickException(f'--init-from {o["init_from"]} is inside --out {o["run_dir"]}: this run\'s bundle '
-                                       'would replace it; give another --out')
-        weights, fresh = warm_start(o['init_from'], spec, condition)
+    # A warm restart starts from a bundle's weights: --init-from, or on a resume the one its first start recorded (the
+    # checkpoint then holds the weights; they are loaded too for a run stopped before its first checkpoint).
+    init = recorded_warm_start(o)
+    given = o.get('init_from')
+    source = given or (init['bundle'] if init and Path(init['bundle']).is_dir() else None)
+    if given and Path(given).resolve().is_relative_to(Path(o['run_dir']).resolve()):
+        raise click.ClickException(f'--init-from {given} is inside --out {o["run_dir"]}: this run\'s bundle would replace '
+                                   'it; give another --out')
+    if source:
+        weights, fresh = warm_start(source, spec, condition)
         if init is not None and init['weights_sha256'] != fresh['weights_sha256']:
-            raise click.ClickException(f'--init-from {o["init_from"]}: this run started from other weights '
-                                       f'({init["bundle"]}, sha256 {init["weights_sha256"][:12]}); resume without --init-from')
+            if given:
+                raise click.ClickException(f'--init-from {given}: this run started from other weights ({init["bundle"]}, '
+                                           f'sha256 {init["weights_sha256"][:12]}); resume without --init-from')
+            weights = None                # the recorded start was replaced since: the checkpoint holds the weights
         init = init or fresh
-        net.load_state_dict(weights, strict=True)
-    elif init is not None and Path(init['bundle']).is_dir():     # resumed without --init-from: the same start, in case
-        try:                                                     # no checkpoint was written before it stopped
-            weights, fresh = warm_start(init['bundle'], spec, condition)
-        except click.ClickException:
-            fresh = None
-        if fresh is not None and fresh['weights_sha256'] == init['weights_sha256']:
+        if weights is not None:
             net.load_state_dict(weights, strict=True)
     net = prepare(net, rt.device, o['channels_last'], o['compile_'])
     trainer = TeacherTrainer(cfg, net, batches, device=rt.device, rank=rt.rank, world=rt.world,

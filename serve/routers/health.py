@@ -26,4 +26,3 @@ async def readyz(state: State):
               for m in state.models.values()}
     ready = state.ready and all(v['warm'] and v['healthy'] for v in models.values())
     return JSONResponse({'ready': ready, 'models': models}, status_code=200 if ready else 503)
-

@@ -89,7 +89,7 @@ def test_whole_graph_needs_cuda(class_bundle):
     with pytest.raises(ValueError, match='needs a CUDA device, not cpu'):
         compile_generator(load_bundle(class_bundle).generator, 'fp32', CompileOptions.parse('default+whole-graph'), 'cpu')
     from serve.backends import BackendUnavailable, CompiledBackend
-    with pytest.raises(BackendUnavailable, match='whole-graph captures a CUDA graph; cpu has none'):
+    with pytest.raises(BackendUnavailable, match='whole-graph captures a CUDA graph: it needs a CUDA device, not cpu'):
         CompiledBackend(load_bundle(class_bundle), 'cpu', options=CompileOptions.parse('default+whole-graph'))
 
 
