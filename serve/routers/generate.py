@@ -24,12 +24,14 @@ async def generate(body: GenerateRequest, state: State, request: Request):
                'Server-Timing': f'queue;dur={timings["queue_ms"]:.1f}, generate;dur={timings["generate_ms"]:.1f}, '
                                 f'total;dur={timings["total_ms"]:.1f}'}
     if body.response == 'binary' and body.format == 'npy':     # the pixels as they are: no per-image files
-        return Response(await in_pool(npy_bytes, images), media_type=MEDIA_TYPES['npy'], headers=headers)
+        pixels = await in_pool(npy_bytes, images, nbytes=images.nbytes)
+        return Response(pixels, media_type=MEDIA_TYPES['npy'], headers=headers)
     blobs = await encoded(model, images, seeds, meta, body.format)
     if body.response == 'binary':
         if len(blobs) == 1:
             return Response(blobs[0], media_type=MEDIA_TYPES[body.format], headers=headers)
         names = [f'seed{s}.{body.format}' for s in seeds]
-        return Response(await in_pool(zip_images, list(zip(names, blobs))), media_type='application/zip', headers=headers)
+        archive = await in_pool(zip_images, list(zip(names, blobs)), nbytes=sum(map(len, blobs)))
+        return Response(archive, media_type='application/zip', headers=headers)
     return {'model': model.id, 'backend': model.backend.name, 'request_id': request.state.request_id, 'timings': timings,
             'images': [{'seed': s, 'b64': b64(b), 'format': body.format, **m} for s, b, m in zip(seeds, blobs, meta)]}

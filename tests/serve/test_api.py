@@ -101,6 +101,22 @@ def test_host_work_never_blocks_the_event_loop(class_bundle_dir, monkeypatch, mo
         assert generating.result(timeout=60).status_code == 200
 
 
+def test_a_lone_thumbnail_is_encoded_on_the_loop_and_more_in_the_pool(class_bundle_dir, monkeypatch):
+    """One 32x32 image (3 KB) costs less to encode than a trip through the pool, so it stays on the loop; four go to
+    the pool (the structural test above holds them there). With the pool refusing work, only the lone image gets out."""
+    from serve import generation
+
+    class NoPool(concurrent.futures.Executor):
+        def submit(self, fn, *args, **kwargs):
+            raise RuntimeError('the encode pool was used')
+    with in_process(class_bundle_dir) as api:
+        monkeypatch.setattr(generation, 'ENCODE_POOL', NoPool())
+        for fmt, response in [('png', 'b64'), ('png', 'binary'), ('npy', 'binary')]:
+            assert api.post('/v1/generate', json={'seed': 1, 'format': fmt, 'response': response}).status_code == 200
+            with pytest.raises(RuntimeError, match='encode pool'):      # the test client re-raises the server's error
+                api.post('/v1/generate', json={'n': 4, 'seed': 1, 'format': fmt, 'response': response})
+
+
 def test_openai_images_endpoint(api):
     r = api.post('/v1/images/generations', json={'prompt': 'ship', 'n': 2, 'size': '32x32', 'response_format': 'b64_json'})
     assert r.status_code == 200
