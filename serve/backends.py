@@ -1,7 +1,8 @@
 """Backends: one way to turn (noise, condition) into images, for each runtime.
 
 Every backend takes the contract's inputs as CPU tensors ({'noise', 'class_labels' | 'text_embeds'}) and
-returns uint8 images [N,H,W,3] as a numpy array. Noise is always drawn by the host from the seeds, so a
+returns uint8 images [N,H,W,3] as a numpy array; the torch backends on a GPU can also just queue a batch (`launch`)
+and hand its images over later, which lets the server prepare the next batch meanwhile (serve/batcher.py). Noise is always drawn by the host from the seeds, so a
 seed gives the same image on every backend (up to the runtime's precision).
 """
 
@@ -22,8 +23,43 @@ class BackendUnavailable(RuntimeError):
     """This backend cannot run here (missing library, missing export, stale export); the message says why."""
 
 
+def to_device(inputs, device):
+    """CPU inputs onto `device`. To a GPU through pinned memory and without waiting: a pageable copy would first wait
+    for everything already queued on the GPU, so the host could not prepare the next batch while this one runs."""
+    if torch.device(device).type != 'cuda':
+        return {k: v.to(device) for k, v in inputs.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in inputs.items()}
+
+
+class Launched:
+    """A batch queued on its device. Each chunk's images are copied into pinned host memory right behind it on the same
+    stream, so the next chunk or batch may be queued at once: a graph replay cannot overwrite them before their copy
+    ran. result() waits for the copies only, on any thread."""
+
+    def __init__(self, device):
+        self.device, self.parts, self.event = device, [], None
+
+    def copy_back(self, images):
+        """Queue the copy of device uint8 images [m, H, W, 3], the batch's next chunk; returns self."""
+        if torch.device(self.device).type != 'cuda':
+            self.parts.append(images.cpu())
+            return self
+        host = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
+        host.copy_(images, non_blocking=True)
+        self.parts.append(host)
+        self.event = torch.cuda.Event()             # behind every copy queued so far: one stream
+        self.event.record(torch.cuda.current_stream(self.device))
+        return self
+
+    def result(self):
+        if self.event is not None:
+            self.event.synchronize()
+        return self.parts[0].numpy() if len(self.parts) == 1 else np.concatenate([p.numpy() for p in self.parts])
+
+
 class Backend:
     name = 'base'
+    pipelined = False          # launch() queues a batch and returns before it is done (the torch backends on CUDA)
 
     def __init__(self, bundle):
         self.bundle = bundle
@@ -35,6 +71,10 @@ class Backend:
 
     def generate(self, inputs):
         raise NotImplementedError
+
+    def launch(self, inputs):
+        """Queue a batch; Launched.result() gives its images. Here: generated at once (runtimes that do not queue)."""
+        return Launched('cpu').copy_back(torch.from_numpy(self.generate(inputs)))
 
     def warmup(self, batch_sizes=(1,)):
         started = time.perf_counter()
@@ -69,13 +109,16 @@ class TorchBackend(Backend):
         self.generator = bundle.generator.to(self.device).eval()
         self.generator.return_float = False
 
-    @torch.inference_mode()
+        self.pipelined = torch.device(self.device).type == 'cuda'
+
     def generate(self, inputs):
-        feeds = {k: v.to(self.device) for k, v in inputs.items()}
-        if self.precision == 'bf16':
-            with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16):
-                return self.generator(**feeds).cpu().numpy()
-        return self.generator(**feeds).cpu().numpy()
+        return self.launch(inputs).result()
+
+    @torch.inference_mode()
+    def launch(self, inputs):
+        feeds = to_device(inputs, self.device)
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == 'bf16'):
+            return Launched(self.device).copy_back(self.generator(**feeds))
 
 
 _GRAPHS = 0
@@ -110,6 +153,7 @@ class CompiledBackend(TorchBackend):
         precision = precision or ('bf16' if torch.device(device).type == 'cuda' else 'fp32')
         Backend.__init__(self, bundle)
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
+        self.pipelined = torch.device(device).type == 'cuda'
         entry, reason = exported_entry(bundle.path, self.config, precision)
         if options is None and entry is not None:   # --compile-mode changes the mode only: the export's switches stay
             exported = CompileOptions.parse(entry['options']['spec'])
@@ -168,17 +212,16 @@ class CompiledBackend(TorchBackend):
         return {**super().describe(), 'compile_options': str(self.options), 'compile_cache': self.cache.report}
 
     @torch.inference_mode()
-    def generate(self, inputs):
+    def launch(self, inputs):
         n, usable = len(inputs['noise']), self.usable
-        out = []
+        launched = Launched(self.device)
         for start in range(0, n, usable[-1]):
             chunk = {k: v[start:start + usable[-1]] for k, v in inputs.items()}
             m = len(chunk['noise'])
             bucket = next(b for b in usable if b >= m)
             padded = {k: torch.cat([v, v[-1:].expand(bucket - m, *v.shape[1:])]) if bucket > m else v for k, v in chunk.items()}
-            images = self.generator(**{k: v.to(self.device) for k, v in padded.items()})[0]    # (images, images_float)
-            out.append(images[:m].cpu().numpy())
-        return np.concatenate(out)
+            launched.copy_back(self.generator(**to_device(padded, self.device))[0][:m])    # (images, images_float)
+        return launched
 
 
 def verified_export(bundle, kind, precision):

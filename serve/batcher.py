@@ -6,6 +6,11 @@ previous batch ran; `max_delay_ms` > 0 also waits that long for company), runs t
 thread (the event loop keeps serving; one thread also keeps torch.compile's CUDA graphs, which are recorded per
 thread, from being captured again), and hands each request its slice. A request whose client went away is skipped.
 
+On a GPU the backend only queues a batch (`Backend.launch`) and another thread waits for its images, so the host
+work of the next batch (joining the requests' inputs, padding, copies) overlaps this one on the GPU. At most
+`depth` batches are queued at once, and while one is, the next is launched only when full: a partial batch formed
+now would merely wait behind it, where one formed when the GPU frees up holds everything that arrived meanwhile.
+
 Admission is by deadline: the worker measures its drain rate (images/s, an EWMA over batches), so a new request's
 wait is estimated as (images ahead of it + its own) / rate; work that cannot finish before its deadline is refused
 at once (the API answers 429 with a Retry-After from the estimate), and work whose deadline passes while queued is
@@ -80,18 +85,25 @@ class BatchStats:
 
 
 class MicroBatcher:
-    def __init__(self, backend, max_batch=32, max_delay_ms=0.0, max_queue_images=256, on_batch=None):
+    def __init__(self, backend, max_batch=32, max_delay_ms=0.0, max_queue_images=256, on_batch=None, depth=2):
         self.backend, self.max_batch, self.max_delay = backend, max_batch, max_delay_ms / 1000
         self.max_queue_images = max_queue_images
         self.queue = asyncio.Queue()
         self.queued_images = 0
-        self.running_images = 0              # in the backend call now
+        self.running_images = 0              # launched, not yet delivered
         self.drain = DrainRate()
         self.stats = BatchStats()
         self.on_batch = on_batch            # callback(batch_size, seconds) for metrics
         self.healthy = True
+        self.depth = depth if getattr(backend, 'pipelined', False) else 1     # batches on the device at once
         self._worker = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='sida-backend')
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='sida-results')
+        self._in_flight = set()              # tasks delivering launched batches
+        self._idle = asyncio.Event()         # nothing launched is undelivered
+        self._idle.set()
+        self._slots = asyncio.Semaphore(self.depth)
+        self._last_done = 0.0                # when the previous batch's images were back (its successor's busy time starts)
 
     def start(self):
         if self._worker is None:
@@ -105,6 +117,8 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        if self._in_flight:                        # launched batches finish and are delivered (a hung GPU: not forever)
+            await asyncio.wait(self._in_flight, timeout=30)
         while not self.queue.empty():              # nobody will run these now: answer them
             job = self.queue.get_nowait()
             self.queued_images -= job.size
@@ -119,9 +133,13 @@ class MicroBatcher:
             pass
         return self.healthy
 
-    def _generate(self, parts):
-        """On the backend thread: the requests' inputs joined into one batch (host work kept off the event loop)."""
-        return self.backend.generate({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+    def _launch(self, parts):
+        """On the backend thread: the requests' inputs joined into one batch (host work kept off the event loop) and
+        queued on the device; the images come from the returned Launched."""
+        joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        if self.depth == 1:                 # runtimes that do not queue: the whole call here, as it always was
+            return _Done(self.backend.generate(joined))
+        return self.backend.launch(joined)
 
     async def on_backend_thread(self, fn, *args):
         """Run fn on the thread every batch runs on (warm-up: torch.compile records CUDA graphs per thread)."""
@@ -175,16 +193,28 @@ class MicroBatcher:
                 self.stats.failures += 1
 
     async def _next_job(self, deadline):
-        """The next queued job: at once if one is waiting, else wait until `deadline`; None when none came."""
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        timeout = deadline - time.perf_counter()
-        if timeout <= 0:
-            return None
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+        """The next queued job: at once if one is waiting, else wait until `deadline`, and while a batch is still on
+        the device until it is back too (the batch being formed could only wait behind it); None when none came."""
+        while True:
+            if not self.queue.empty():
+                return self.queue.get_nowait()
+            if self._idle.is_set():
+                timeout = deadline - time.perf_counter()
+                if timeout <= 0:
+                    return None
+                try:
+                    return await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    return None
+            job, idle = asyncio.ensure_future(self.queue.get()), asyncio.ensure_future(self._idle.wait())
+            try:
+                await asyncio.wait({job, idle}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                idle.cancel()
+                if not job.done():
+                    job.cancel()            # a cancelled get takes nothing off the queue
+            if job.done() and not job.cancelled():
+                return job.result()
 
     async def _collect_and_execute(self):
         """Take the first job, then everything already queued (and, with max_delay, what arrives within it) until
@@ -225,22 +255,52 @@ class MicroBatcher:
             live.append(job)
         if not live:
             return
-        started = time.perf_counter()
-        total = sum(j.size for j in live)
-        self.running_images = total
         try:
-            images = await self.on_backend_thread(self._generate, [j.inputs for j in live])
+            await self._slots.acquire()             # at most `depth` batches on the device
+        except asyncio.CancelledError:
+            _fail(live, BackendFailed('the server is shutting down'))
+            raise
+        total = sum(j.size for j in live)
+        self.running_images += total
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            launched = await self.on_backend_thread(self._launch, [j.inputs for j in live])
+        except asyncio.CancelledError:
+            self._delivered(total)
+            _fail(live, BackendFailed('the server is shutting down'))
+            raise
+        except Exception as e:
+            launched = _Failed(e)
+        if self.depth == 1:                         # nothing overlaps: the next batch forms once this one is back
+            await self._deliver(launched, live, total, started)
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(launched, live, total, started))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _deliver(self, launched, live, total, started):
+        """Wait for a launched batch's images (on the results thread when it was queued on a device) and hand each
+        request its slice."""
+        try:
+            if self.depth == 1:
+                images = launched.result()           # done already, or raises the backend's error
+            else:
+                images = await asyncio.get_running_loop().run_in_executor(self._waiter, launched.result)
+        except asyncio.CancelledError:
+            _fail(live, BackendFailed('the server is shutting down'))
+            raise
         except Exception as e:   # a backend failure fails these requests (only these) and marks the model unhealthy
-            self.running_images = 0
             self.healthy = False
             self.stats.failures += 1
-            for job in live:
-                if not job.future.done():
-                    job.future.set_exception(BackendFailed(f'{type(e).__name__}: {e}'))
+            _fail(live, BackendFailed(f'{type(e).__name__}: {e}'))
             return
-        self.running_images = 0
+        finally:
+            self._delivered(total)
+        done = time.perf_counter()
+        run_s = done - max(started, self._last_done)    # its own time on the device, not its wait behind the last one
+        self._last_done = done
         self.healthy = True
-        run_s = time.perf_counter() - started
         self.drain.update(total, run_s)
         self.stats.batches += 1
         self.stats.images += total
@@ -253,5 +313,37 @@ class MicroBatcher:
         start = 0
         for job in live:
             if not job.future.done():
-                job.future.set_result((images[start:start + job.size], started - job.enqueued, run_s))
+                job.future.set_result((images[start:start + job.size], started - job.enqueued, done - started))
             start += job.size
+
+    def _delivered(self, total):
+        self.running_images -= total
+        self._slots.release()
+        if self.running_images == 0:
+            self._idle.set()
+
+
+def _fail(jobs, error):
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)
+
+
+class _Done:
+    """A batch generated in full on the backend thread (no queueing runtime)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def result(self):
+        return self.images
+
+
+class _Failed:
+    """A batch whose launch failed: its requests get the error when it is delivered."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def result(self):
+        raise self.error

@@ -106,7 +106,8 @@ class ServedModel:
             report = ((lambda n, s, name=backend.name, label=label: on_batch(self.id, name, label, n, s))
                       if on_batch else None)
             self.replicas.append(Replica(label, backend, MicroBatcher(backend, settings.max_batch, settings.max_delay_ms,
-                                                                        settings.max_queue_images, on_batch=report)))
+                                                                        settings.max_queue_images, on_batch=report,
+                                                                        depth=settings.pipeline_depth)))
         self.prompts = None
         if self.config.condition['kind'] == 'text':
             from models.text_encoder import bundle_text_encoder

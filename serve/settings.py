@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, description='Images per backend call.')
     max_delay_ms: float = Field(0.0, ge=0, description='How long the first request waits for company; 0: no waiting, '
                                 'a busy server batches what queued while the previous batch ran.')
+    pipeline_depth: int = Field(2, ge=1, le=4, description='Batches queued on a GPU at once (torch and compile '
+                                'backends): the host prepares the next batch while one runs. 1: one at a time.')
     max_queue_images: int = Field(256, ge=1, description='Images waiting before new requests get 429.')
     request_timeout_s: float = Field(60.0, gt=0, description='Backstop for a batch that never comes back (a hung '
                                      'backend): 504 after this long. Deadlines decide everything else, so it may not be '

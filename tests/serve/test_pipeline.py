@@ -1,0 +1,142 @@
+"""The batcher's pipelining (a GPU backend queues a batch and returns; the next is prepared while it runs), driven by a
+real torch backend whose queued batches finish when the test says so: which batches are launched while others are
+still on the device, and that every request still gets its own images."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import load_bundle
+from models.seeds import noise_for_seeds
+from serve.backends import CompiledBackend, TorchBackend
+from serve.batcher import BackendFailed, MicroBatcher
+from tests.bench.conftest import make_bundle
+
+
+class Held:
+    """A launched batch whose images are computed at launch but handed over only once released."""
+
+    def __init__(self, images, error=None):
+        self.images, self.error, self.released = images, error, threading.Event()
+
+    def result(self):
+        assert self.released.wait(60), 'never released'
+        if self.error:
+            raise self.error
+        return self.images
+
+
+class QueueingBackend:
+    """The real CPU torch backend, seen by the batcher as one that queues batches on a device (a GPU's behaviour)."""
+
+    pipelined = True
+
+    def __init__(self, backend):
+        self.backend, self.launched, self.fail_next, self.hold = backend, [], False, True
+
+    def launch(self, inputs):
+        error, self.fail_next = (RuntimeError('CUDA error: an illegal memory access (injected)') if self.fail_next else None), False
+        held = Held(self.backend.generate(inputs), error)
+        if not self.hold:
+            held.released.set()
+        self.launched.append((len(inputs['noise']), held))
+        return held
+
+
+@pytest.fixture(scope='module')
+def torch_backend(tmp_path_factory):
+    return TorchBackend(load_bundle(make_bundle(tmp_path_factory.mktemp('pipeline') / 'tiny')))
+
+
+def inputs_for(seeds):
+    return {'noise': noise_for_seeds(seeds, (3, 16, 16)), 'class_labels': torch.tensor([s % 10 for s in seeds])}
+
+
+async def settle(condition=lambda: False, seconds=0.3):
+    """Let the batcher run: until `condition` holds, or for `seconds` when it never does."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_full_batches_overlap_partial_ones_wait_and_every_request_gets_its_images(torch_backend):
+    queueing = QueueingBackend(torch_backend)
+
+    async def scenario():
+        batcher = MicroBatcher(queueing, max_batch=4, max_queue_images=64, depth=2)
+        batcher.start()
+        submit = lambda seeds: asyncio.ensure_future(batcher.submit(inputs_for(seeds)))   # noqa: E731
+        a = submit(range(0, 4))
+        await settle(lambda: len(queueing.launched) == 1)
+        assert [n for n, _ in queueing.launched] == [4]
+        c = submit(range(10, 12))                      # a partial batch, with one on the device: it waits for more
+        await settle()
+        assert len(queueing.launched) == 1 and batcher.running_images == 4 and batcher.queued_images == 2
+        d = submit(range(20, 22))                      # now full: launched while the first is still out
+        await settle(lambda: len(queueing.launched) == 2)
+        assert [n for n, _ in queueing.launched] == [4, 4] and not a.done()
+        e = submit(range(30, 34))                      # full, but two batches are out (depth 2): it waits
+        await settle()
+        assert len(queueing.launched) == 2 and batcher.running_images == 8
+        queueing.launched[0][1].released.set()
+        await settle(lambda: len(queueing.launched) == 3)
+        assert a.done() and not c.done() and [n for n, _ in queueing.launched] == [4, 4, 4]
+        queueing.hold = False
+        for _, held in queueing.launched:
+            held.released.set()
+        f = submit(range(40, 41))                      # nothing out any more: a lone image goes at once
+        results = await asyncio.wait_for(asyncio.gather(a, c, d, e, f), 60)
+        assert [n for n, _ in queueing.launched] == [4, 4, 4, 1]
+        assert batcher.running_images == 0 and batcher._idle.is_set() and batcher.stats.batches == 4
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    for (images, _, _), seeds in zip(results, [range(0, 4), range(10, 12), range(20, 22), range(30, 34), range(40, 41)]):
+        np.testing.assert_array_equal(images, torch_backend.generate(inputs_for(seeds)))
+
+
+def test_a_batch_that_fails_on_the_device_fails_only_its_requests(torch_backend):
+    queueing = QueueingBackend(torch_backend)
+
+    async def scenario():
+        batcher = MicroBatcher(queueing, max_batch=2, max_queue_images=64, depth=2)
+        batcher.start()
+        queueing.fail_next = True
+        first = asyncio.ensure_future(batcher.submit(inputs_for([0, 1])))
+        await settle(lambda: len(queueing.launched) == 1)
+        second = asyncio.ensure_future(batcher.submit(inputs_for([2, 3])))
+        await settle(lambda: len(queueing.launched) == 2)
+        for _, held in queueing.launched:
+            held.released.set()
+        with pytest.raises(BackendFailed, match='illegal memory access'):
+            await asyncio.wait_for(first, 60)
+        images, _, _ = await asyncio.wait_for(second, 60)
+        assert batcher.healthy and batcher.stats.failures == 1 and batcher.running_images == 0
+        await batcher.stop()
+        return images
+
+    np.testing.assert_array_equal(asyncio.run(scenario()), torch_backend.generate(inputs_for([2, 3])))
+
+
+def test_a_backend_that_does_not_queue_runs_one_batch_at_a_time(torch_backend):
+    """The CPU torch backend generates in full on its thread: depth 1 whatever is asked, so nothing changes there."""
+    assert not torch_backend.pipelined and MicroBatcher(torch_backend, depth=2).depth == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU: pinned-memory copies and CUDA graphs')
+@pytest.mark.parametrize('mode', ['reduce-overhead', 'default'])
+def test_batches_queued_back_to_back_on_the_gpu_keep_their_images(tmp_path, mode):
+    """Two batches of one bucket queued before either is read: the second graph replay must not overwrite the first's
+    images (they are copied out behind it on the same stream), and both equal what one call at a time gives."""
+    bundle = load_bundle(make_bundle(tmp_path / 'tiny'))
+    backend = CompiledBackend(bundle, device='cuda', buckets=(4,), mode=mode)
+    backend.warmup()
+    one, two = inputs_for(range(0, 4)), inputs_for(range(4, 8))
+    first, second = backend.launch(one), backend.launch(two)
+    np.testing.assert_array_equal(second.result(), backend.generate(two))
+    np.testing.assert_array_equal(first.result(), backend.generate(one))
