@@ -2,8 +2,9 @@
 
 Every backend takes the contract's inputs as CPU tensors ({'noise', 'class_labels' | 'text_embeds'}) and
 returns uint8 images [N,H,W,3] as a numpy array; the torch backends on a GPU can also just queue a batch (`launch`)
-and hand its images over later, which lets the server prepare the next batch meanwhile (serve/batcher.py). Noise is always drawn by the host from the seeds, so a
-seed gives the same image on every backend (up to the runtime's precision).
+and hand its images over later, which lets the server prepare the next batch meanwhile (serve/batcher.py). Noise is
+always drawn by the host from the seeds, so a seed gives the same image on every backend (up to the runtime's
+precision).
 """
 
 import logging
@@ -52,9 +53,12 @@ class Launched:
         return self
 
     def result(self):
-        if self.event is not None:
-            self.event.synchronize()
-        return self.parts[0].numpy() if len(self.parts) == 1 else np.concatenate([p.numpy() for p in self.parts])
+        """The images as a numpy array of their own: the pinned blocks go back to torch's cache at once (page-locked
+        memory held by callers, e.g. `sida generate` keeping every batch, would never be given back)."""
+        if self.event is None:
+            return self.parts[0].numpy() if len(self.parts) == 1 else np.concatenate([p.numpy() for p in self.parts])
+        self.event.synchronize()
+        return np.concatenate([p.numpy() for p in self.parts])     # a copy even of one part
 
 
 class Backend:

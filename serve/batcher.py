@@ -95,15 +95,21 @@ class MicroBatcher:
         self.stats = BatchStats()
         self.on_batch = on_batch            # callback(batch_size, seconds) for metrics
         self.healthy = True
-        self.depth = depth if getattr(backend, 'pipelined', False) else 1     # batches on the device at once
+        self.max_depth = depth
         self._worker = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='sida-backend')
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='sida-results')
         self._in_flight = set()              # tasks delivering launched batches
         self._idle = asyncio.Event()         # nothing launched is undelivered
         self._idle.set()
-        self._slots = asyncio.Semaphore(self.depth)
+        self._slots = asyncio.Semaphore(depth)
+        self._carried = None                 # a job taken from the queue that starts the next batch
         self._last_done = 0.0                # when the previous batch's images were back (its successor's busy time starts)
+
+    @property
+    def depth(self):
+        """Batches on the device at once: 1 unless the backend queues them (read per batch: tests swap backends)."""
+        return self.max_depth if getattr(self.backend, 'pipelined', False) else 1
 
     def start(self):
         if self._worker is None:
@@ -119,6 +125,9 @@ class MicroBatcher:
             self._worker = None
         if self._in_flight:                        # launched batches finish and are delivered (a hung GPU: not forever)
             await asyncio.wait(self._in_flight, timeout=30)
+        if self._carried is not None:
+            self.queue.put_nowait(self._carried)   # answered below with the rest
+            self._carried = None
         while not self.queue.empty():              # nobody will run these now: answer them
             job = self.queue.get_nowait()
             self.queued_images -= job.size
@@ -133,13 +142,11 @@ class MicroBatcher:
             pass
         return self.healthy
 
-    def _launch(self, parts):
+    def _launch(self, parts, queue):
         """On the backend thread: the requests' inputs joined into one batch (host work kept off the event loop) and
-        queued on the device; the images come from the returned Launched."""
+        queued on the device (else generated here, as it always was); the images come from the returned object."""
         joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        if self.depth == 1:                 # runtimes that do not queue: the whole call here, as it always was
-            return _Done(self.backend.generate(joined))
-        return self.backend.launch(joined)
+        return self.backend.launch(joined) if queue else _Done(self.backend.generate(joined))
 
     async def on_backend_thread(self, fn, *args):
         """Run fn on the thread every batch runs on (warm-up: torch.compile records CUDA graphs per thread)."""
@@ -218,8 +225,9 @@ class MicroBatcher:
 
     async def _collect_and_execute(self):
         """Take the first job, then everything already queued (and, with max_delay, what arrives within it) until
-        max_batch images; a job that would overflow the batch starts the next one (order is kept)."""
-        jobs = [await self.queue.get()]
+        max_batch images; a job that would overflow the batch is kept to start the next one (order is kept)."""
+        jobs = [self._carried or await self.queue.get()]
+        self._carried = None
         count = jobs[0].size
         deadline = time.perf_counter() + self.max_delay
         try:
@@ -228,24 +236,25 @@ class MicroBatcher:
                 if job is None:
                     break
                 if count + job.size > self.max_batch:
-                    await self._execute(jobs)
-                    jobs, count = [job], job.size
-                    deadline = time.perf_counter() + self.max_delay
-                else:
-                    jobs.append(job)
-                    count += job.size
+                    self._carried = job
+                    break
+                jobs.append(job)
+                count += job.size
         except asyncio.CancelledError:           # stopping: answer what was collected
-            for job in jobs:
-                self.queued_images -= job.size
-                if not job.future.done():
-                    job.future.set_exception(BackendFailed('the server is shutting down'))
+            self.queued_images -= sum(job.size for job in jobs)
+            _fail(jobs, BackendFailed('the server is shutting down'))
             raise
         await self._execute(jobs)
 
     async def _execute(self, jobs):
+        self.queued_images -= sum(job.size for job in jobs)
+        try:
+            await self._slots.acquire()             # at most `depth` batches on the device
+        except asyncio.CancelledError:
+            _fail(jobs, BackendFailed('the server is shutting down'))
+            raise
         live, now = [], time.perf_counter()
         for job in jobs:
-            self.queued_images -= job.size
             if job.future.done():                   # the client went away: don't spend the GPU on it
                 continue
             if job.deadline < now:                  # too late to be of use: its client has been told so
@@ -254,51 +263,49 @@ class MicroBatcher:
                 continue
             live.append(job)
         if not live:
+            self._slots.release()
             return
-        try:
-            await self._slots.acquire()             # at most `depth` batches on the device
-        except asyncio.CancelledError:
-            _fail(live, BackendFailed('the server is shutting down'))
-            raise
-        total = sum(j.size for j in live)
+        total, queued = sum(j.size for j in live), self.depth > 1
         self.running_images += total
         self._idle.clear()
         started = time.perf_counter()
         try:
-            launched = await self.on_backend_thread(self._launch, [j.inputs for j in live])
+            launched = await self.on_backend_thread(self._launch, [j.inputs for j in live], queued)
         except asyncio.CancelledError:
             self._delivered(total)
             _fail(live, BackendFailed('the server is shutting down'))
             raise
         except Exception as e:
             launched = _Failed(e)
-        if self.depth == 1:                         # nothing overlaps: the next batch forms once this one is back
-            await self._deliver(launched, live, total, started)
+        if not queued:                              # nothing overlaps: the next batch forms once this one is back
+            await self._deliver(launched, live, total, started, queued)
             return
-        task = asyncio.get_running_loop().create_task(self._deliver(launched, live, total, started))
+        task = asyncio.get_running_loop().create_task(self._deliver(launched, live, total, started, queued))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _deliver(self, launched, live, total, started):
-        """Wait for a launched batch's images (on the results thread when it was queued on a device) and hand each
-        request its slice."""
+    async def _deliver(self, launched, live, total, started, queued):
+        """Wait for a batch's images (on the results thread when it was queued on a device) and hand each request its
+        slice."""
         try:
-            if self.depth == 1:
-                images = launched.result()           # done already, or raises the backend's error
+            if queued:
+                images, done = await asyncio.get_running_loop().run_in_executor(self._waiter, _finished, launched)
             else:
-                images = await asyncio.get_running_loop().run_in_executor(self._waiter, launched.result)
+                images, done = _finished(launched)       # there already, or raises the backend's error
         except asyncio.CancelledError:
             _fail(live, BackendFailed('the server is shutting down'))
             raise
         except Exception as e:   # a backend failure fails these requests (only these) and marks the model unhealthy
+            self._last_done = time.perf_counter()
             self.healthy = False
             self.stats.failures += 1
             _fail(live, BackendFailed(f'{type(e).__name__}: {e}'))
             return
         finally:
             self._delivered(total)
-        done = time.perf_counter()
-        run_s = done - max(started, self._last_done)    # its own time on the device, not its wait behind the last one
+        # Its own time on the device, not its wait behind the one before; `done` is stamped where the images arrived
+        # (the results thread), not when the busy event loop got round to this task.
+        run_s = done - max(started, self._last_done)
         self._last_done = done
         self.healthy = True
         self.drain.update(total, run_s)
@@ -321,6 +328,12 @@ class MicroBatcher:
         self._slots.release()
         if self.running_images == 0:
             self._idle.set()
+
+
+def _finished(launched):
+    """A launched batch's images and the moment they were there."""
+    images = launched.result()
+    return images, time.perf_counter()
 
 
 def _fail(jobs, error):

@@ -15,6 +15,8 @@ from tests.serve.conftest import in_process
 class Slowed:
     """A real backend behind a known per-image delay; counts its calls; can fail the next call like a CUDA OOM."""
 
+    pipelined = False          # every batch through generate() here, also where the real backend would queue on a GPU
+
     def __init__(self, backend, seconds_per_image):
         self.backend, self.seconds_per_image = backend, seconds_per_image
         self.calls, self.fail_next, self.lock = 0, False, threading.Lock()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from export.compiled import CompileOptions
 from models.bundle import load_bundle
 from models.seeds import noise_for_seeds
 from serve.backends import CompiledBackend, TorchBackend
@@ -55,12 +56,18 @@ def inputs_for(seeds):
     return {'noise': noise_for_seeds(seeds, (3, 16, 16)), 'class_labels': torch.tensor([s % 10 for s in seeds])}
 
 
-async def settle(condition=lambda: False, seconds=0.3):
-    """Let the batcher run: until `condition` holds, or for `seconds` when it never does."""
+async def until(condition, seconds=60):
+    """Let the batcher run until `condition` holds (a launch runs the real model: slow on a loaded CI machine)."""
     for _ in range(int(seconds / 0.01)):
         if condition():
             return
         await asyncio.sleep(0.01)
+    raise AssertionError('timed out')
+
+
+async def meanwhile(seconds=0.3):
+    """Give the batcher time to do what it must not (a launch it should hold back)."""
+    await asyncio.sleep(seconds)
 
 
 def test_full_batches_overlap_partial_ones_wait_and_every_request_gets_its_images(torch_backend):
@@ -71,19 +78,19 @@ def test_full_batches_overlap_partial_ones_wait_and_every_request_gets_its_image
         batcher.start()
         submit = lambda seeds: asyncio.ensure_future(batcher.submit(inputs_for(seeds)))   # noqa: E731
         a = submit(range(0, 4))
-        await settle(lambda: len(queueing.launched) == 1)
+        await until(lambda: len(queueing.launched) == 1)
         assert [n for n, _ in queueing.launched] == [4]
         c = submit(range(10, 12))                      # a partial batch, with one on the device: it waits for more
-        await settle()
+        await meanwhile()
         assert len(queueing.launched) == 1 and batcher.running_images == 4 and batcher.queued_images == 2
         d = submit(range(20, 22))                      # now full: launched while the first is still out
-        await settle(lambda: len(queueing.launched) == 2)
+        await until(lambda: len(queueing.launched) == 2)
         assert [n for n, _ in queueing.launched] == [4, 4] and not a.done()
         e = submit(range(30, 34))                      # full, but two batches are out (depth 2): it waits
-        await settle()
+        await meanwhile()
         assert len(queueing.launched) == 2 and batcher.running_images == 8
         queueing.launched[0][1].released.set()
-        await settle(lambda: len(queueing.launched) == 3)
+        await until(lambda: len(queueing.launched) == 3)
         assert a.done() and not c.done() and [n for n, _ in queueing.launched] == [4, 4, 4]
         queueing.hold = False
         for _, held in queueing.launched:
@@ -108,9 +115,9 @@ def test_a_batch_that_fails_on_the_device_fails_only_its_requests(torch_backend)
         batcher.start()
         queueing.fail_next = True
         first = asyncio.ensure_future(batcher.submit(inputs_for([0, 1])))
-        await settle(lambda: len(queueing.launched) == 1)
+        await until(lambda: len(queueing.launched) == 1)
         second = asyncio.ensure_future(batcher.submit(inputs_for([2, 3])))
-        await settle(lambda: len(queueing.launched) == 2)
+        await until(lambda: len(queueing.launched) == 2)
         for _, held in queueing.launched:
             held.released.set()
         with pytest.raises(BackendFailed, match='illegal memory access'):
@@ -123,18 +130,44 @@ def test_a_batch_that_fails_on_the_device_fails_only_its_requests(torch_backend)
     np.testing.assert_array_equal(asyncio.run(scenario()), torch_backend.generate(inputs_for([2, 3])))
 
 
+def test_stopping_with_batches_out_answers_every_request(torch_backend):
+    """Two batches out, a third waiting for a slot and a fourth job kept to start the batch after it: stopping delivers
+    the two and fails the others with a reason; nothing is left hanging."""
+    queueing = QueueingBackend(torch_backend)
+
+    async def scenario():
+        batcher = MicroBatcher(queueing, max_batch=4, max_queue_images=64, depth=2)
+        batcher.start()
+        submit = lambda seeds: asyncio.ensure_future(batcher.submit(inputs_for(seeds)))   # noqa: E731
+        out = [submit(range(0, 4)), submit(range(4, 8))]
+        await until(lambda: len(queueing.launched) == 2)
+        waiting = [submit(range(8, 11)), submit(range(11, 14))]     # 3 + 3 > 4: the second starts the next batch
+        await meanwhile()
+        assert batcher._carried is not None and len(queueing.launched) == 2
+        asyncio.get_running_loop().call_later(0.2, lambda: [held.released.set() for _, held in queueing.launched])
+        await batcher.stop()
+        results = await asyncio.wait_for(asyncio.gather(*out, *waiting, return_exceptions=True), 60)
+        assert batcher.queued_images == 0 and batcher.running_images == 0
+        return results
+
+    first, second, third, fourth = asyncio.run(scenario())
+    assert first[0].shape == second[0].shape == (4, 16, 16, 3)
+    for error in (third, fourth):
+        assert isinstance(error, BackendFailed) and 'shutting down' in str(error)
+
+
 def test_a_backend_that_does_not_queue_runs_one_batch_at_a_time(torch_backend):
     """The CPU torch backend generates in full on its thread: depth 1 whatever is asked, so nothing changes there."""
     assert not torch_backend.pipelined and MicroBatcher(torch_backend, depth=2).depth == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU: pinned-memory copies and CUDA graphs')
-@pytest.mark.parametrize('mode', ['reduce-overhead', 'default'])
-def test_batches_queued_back_to_back_on_the_gpu_keep_their_images(tmp_path, mode):
+@pytest.mark.parametrize('spec', ['reduce-overhead+channels-last', 'default+whole-graph'])
+def test_batches_queued_back_to_back_on_the_gpu_keep_their_images(tmp_path, spec):
     """Two batches of one bucket queued before either is read: the second graph replay must not overwrite the first's
     images (they are copied out behind it on the same stream), and both equal what one call at a time gives."""
     bundle = load_bundle(make_bundle(tmp_path / 'tiny'))
-    backend = CompiledBackend(bundle, device='cuda', buckets=(4,), mode=mode)
+    backend = CompiledBackend(bundle, device='cuda', buckets=(4,), options=CompileOptions.parse(spec))
     backend.warmup()
     one, two = inputs_for(range(0, 4)), inputs_for(range(4, 8))
     first, second = backend.launch(one), backend.launch(two)
