@@ -21,7 +21,7 @@
 #           --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 -d .whl fastapi starlette pydantic pydantic-core \
 #           pydantic-settings python-dotenv annotated-types typing-inspection typing-extensions uvicorn httptools \
 #           opentelemetry-api py-spy==0.4.3 aiohttp yarl multidict frozenlist propcache aiosignal aiohappyeyeballs attrs
-#   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers)
+#   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers; the default compile)
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
 #                                                 its defaults (MODE=... pins a mode; MODELS=ddpmpp: one model), then
 #                                                 each generator alone at the server's buckets
@@ -308,7 +308,7 @@ serve-short)
     WHEELS=${3:?wheels dir}
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
     RES=$OUT/results
-    OPTS=(--backend compile --compile-mode reduce-overhead --max-batch 128 --max-queue-images 4096)
+    OPTS=(--backend compile --max-batch 128 --max-queue-images 4096)     # the default compile (whole-graph)
     if server_up zoo-1proc models/zoo/cifar10-cond 130 "${OPTS[@]}"; then
         load http-zoo-1proc-n1 --concurrency 1 --n 1 --duration 4 --warmup-requests 20
         load http-zoo-1proc-n16-npy --concurrency 32,64 --n 16 --format npy --response binary --duration 4
@@ -401,10 +401,9 @@ speed|autotune)
     mkdir -p $RES $W/logs $W/profile $W/bundles
     unset TORCHINDUCTOR_CACHE_DIR; export SIDA_CACHE_DIR=$W/cache       # shared by the side-by-side compiles and the tables
     # freezing was slower at every batch on the H100 (2026-12-06-speed): left out unless asked for
-    # the default against the candidates still unmeasured (2026-12-07): the concat's result channels-last, and the
-    # whole generator in one CUDA graph captured by sida (mode default) instead of reduce-overhead's graph trees
-    VARIANTS=${VARIANTS:-reduce-overhead+channels-last+fused-affines,reduce-overhead+channels-last+fused-affines+channels-last-cat,default+channels-last+fused-affines+channels-last-cat+whole-graph}
-    ZOO_VARIANTS=${ZOO_VARIANTS:-reduce-overhead+channels-last+fused-affines}
+    # the default (whole-graph, H100 2026-12-07: the best at batch 1, 64 and 256) beside the best reduce-overhead variant
+    VARIANTS=${VARIANTS:-default+channels-last+fused-affines+channels-last-cat+whole-graph,reduce-overhead+channels-last+fused-affines+channels-last-cat}
+    ZOO_VARIANTS=${ZOO_VARIANTS:-default+channels-last+fused-affines+channels-last-cat+whole-graph}
     pack() { cp $W/timings.txt "$OUT/" 2>/dev/null; tar czf "$OUT/$STAGE.tgz" -C $W results logs profile timings.txt 2>/dev/null; }
     note() { echo "[$SECONDS s] $*" | tee -a $W/timings.txt; }
     cap() {   # LIMIT [RESERVE]: LIMIT seconds, or what is left of BUDGET_S once RESERVE is kept for later steps

@@ -109,12 +109,16 @@ def batch_buckets(max_batch):
 
 
 def default_options(device, mode=None):
-    """reduce-overhead + channels-last + fused-affines on CUDA: the fastest measured without tuning (ddpmpp-cifar10:
-    channels-last batch 1 1.71 ms against 1.90 without, H100; fused-affines 1.54 ms against 1.65, H200; both
-    2026-12-06; max-autotune's 2026-12-02 H200 figures were no better and cost minutes of tuning per start);
-    default + fused-affines on CPU. `mode` (--compile-mode) replaces the mode only."""
-    cuda = torch.device(device).type == 'cuda'
-    return CompileOptions(mode or ('reduce-overhead' if cuda else 'default'), channels_last=cuda, fused_affines=True)
+    """On CUDA: mode default + channels-last + fused-affines + channels-last-cat + whole-graph, the fastest measured
+    without tuning at every batch (ddpmpp-cifar10 bf16, H100, 2026-12-07, same run: batch 1 1.38 ms against 1.58 for
+    reduce-overhead + channels-last + fused-affines, batch 256 8,918 img/s against 8,357; all through the parity
+    gate; bench/results/nvidia-h100-80gb-hbm3/2026-12-07-speed-whole-graph/). max-autotune's 2026-12-02 H200 figures
+    were no better and cost minutes of tuning per start. On CPU: default + fused-affines. `mode` (--compile-mode)
+    replaces the mode only; a mode with CUDA graphs of its own drops whole-graph."""
+    if torch.device(device).type != 'cuda':
+        return CompileOptions(mode or 'default', fused_affines=True)
+    best = CompileOptions('default', channels_last=True, fused_affines=True, channels_last_cat=True, whole_graph=True)
+    return best.adapted(mode or best.mode, device)
 
 
 def compile_generator(generator, precision='bf16', options=None, device='cuda'):
@@ -123,12 +127,16 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
     The compiled generator returns (images, images_float): the parity gate needs the floats, and one graph for
     export, serve and bench keeps their cache entries interchangeable (the float output costs a few KB per image)."""
     options = options or default_options(device)
-    if options.whole_graph and torch.device(device).type != 'cuda':
-        raise ValueError(f'whole-graph captures a CUDA graph: it needs a CUDA device, not {device}')
+    _check_whole_graph(options, device)
     generator = prepare_generator(generator, precision, options, device)
     generator.return_float = True
     compiled = torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
     return WholeGraph(compiled) if options.whole_graph else compiled
+
+
+def _check_whole_graph(options, device):
+    if options.whole_graph and torch.device(device).type != 'cuda':
+        raise ValueError(f'whole-graph captures a CUDA graph: it needs a CUDA device, not {device}')
 
 
 class WholeGraph:
@@ -146,25 +154,35 @@ class WholeGraph:
         self.compiled, self.graphs, self.pool = compiled, {}, None
 
     @torch.inference_mode()
-    def __call__(self, **inputs):
-        key = tuple((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in sorted(inputs.items()))
-        device = next(iter(inputs.values())).device
+    def __call__(self, *args, **kwargs):
+        """Tensors, positional or by name (the generator takes names, a denoiser (x, sigma, **condition)); anything
+        else (None, a number) is part of the shape key and passed as it is."""
+        inputs = {**dict(enumerate(args)), **kwargs}
+        tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        key = tuple(sorted(((str(k), (tuple(v.shape), v.dtype, str(v.device)) if k in tensors else repr(v))
+                            for k, v in inputs.items())))
+        device = next(iter(tensors.values())).device
         with torch.cuda.device(device):
             if key not in self.graphs:
-                self.graphs[key] = self._capture(inputs, device)
+                self.graphs[key] = self._capture(inputs, tensors, device)
             static, graph, outputs = self.graphs[key]
-            for k, v in inputs.items():
+            for k, v in tensors.items():
                 static[k].copy_(v, non_blocking=True)
             graph.replay()
         return outputs
 
-    def _capture(self, inputs, device):
-        static = {k: v.clone() for k, v in inputs.items()}
+    def _call(self, inputs):
+        """The compiled module on `inputs` ({position or name: value}), as it was called."""
+        positional = [inputs[i] for i in range(sum(isinstance(k, int) for k in inputs))]
+        return self.compiled(*positional, **{k: v for k, v in inputs.items() if not isinstance(k, int)})
+
+    def _capture(self, inputs, tensors, device):
+        static = {**inputs, **{k: v.clone() for k, v in tensors.items()}}
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
-                self.compiled(**static)
+                self._call(static)
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
         if self.pool is None:
@@ -175,7 +193,7 @@ class WholeGraph:
         with torch.cuda.stream(capture):
             graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
             try:
-                outputs = self.compiled(**static)
+                outputs = self._call(static)
             finally:
                 graph.capture_end()
         torch.cuda.current_stream(device).wait_stream(capture)
@@ -221,8 +239,10 @@ def compile_denoiser(denoiser, precision='bf16', options=None, device='cuda'):
     """A teacher's denoiser D(x, sigma, ...) compiled like the generator (same preparation and options): one graph per
     batch size, sigma a tensor input, so a sampler's every step replays it (bench teacher-vs-student)."""
     options = options or default_options(device)
+    _check_whole_graph(options, device)
     denoiser = prepare_denoiser(denoiser.to(device).eval(), precision, options)
-    return torch.compile(denoiser, options=options.inductor_options(), fullgraph=True, dynamic=False)
+    compiled = torch.compile(denoiser, options=options.inductor_options(), fullgraph=True, dynamic=False)
+    return WholeGraph(compiled) if options.whole_graph else compiled
 
 
 WARMUP_CALLS = 2       # CUDA graphs (reduce-overhead) record on the second call: the first request then replays them

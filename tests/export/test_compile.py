@@ -68,10 +68,12 @@ def test_compile_options_read_and_write_one_spelling():
     assert str(options) == 'max-autotune+freezing+channels-last' and str(CompileOptions.parse('default')) == 'default'
     assert options.inductor_options()['freezing'] and options.inductor_options()['force_layout_optimization']
     assert options.cuda_graphs() and not CompileOptions('max-autotune-no-cudagraphs').cuda_graphs()
-    # --compile-mode replaces the default's mode, not its switches
-    assert str(default_options('cuda')) == 'reduce-overhead+channels-last+fused-affines'
+    # --compile-mode replaces the default's mode, not its switches; a mode with its own CUDA graphs drops whole-graph
+    assert str(default_options('cuda')) == 'default+channels-last+fused-affines+channels-last-cat+whole-graph'
     assert str(default_options('cpu')) == 'default+fused-affines'
-    assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last+fused-affines'
+    assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last+fused-affines+channels-last-cat'
+    assert str(default_options('cuda', 'reduce-overhead')) == 'reduce-overhead+channels-last+fused-affines+channels-last-cat'
+    assert default_options('cuda', 'max-autotune-no-cudagraphs').whole_graph
     every = CompileOptions.parse('default+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm')
     assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat+channels-last-cat'
     assert every.inductor_options() == {'combo_kernels': True, 'force_pointwise_cat': True}  # the other two: the model
@@ -84,10 +86,12 @@ def test_compile_options_read_and_write_one_spelling():
 
 
 def test_whole_graph_needs_cuda(class_bundle):
-    from export.compiled import compile_generator
+    from export.compiled import compile_denoiser, compile_generator
     from models.bundle import load_bundle
     with pytest.raises(ValueError, match='needs a CUDA device, not cpu'):
         compile_generator(load_bundle(class_bundle).generator, 'fp32', CompileOptions.parse('default+whole-graph'), 'cpu')
+    with pytest.raises(ValueError, match='needs a CUDA device, not cpu'):
+        compile_denoiser(load_bundle(class_bundle).generator.denoiser, 'fp32', CompileOptions.parse('default+whole-graph'), 'cpu')
     from serve.backends import BackendUnavailable, CompiledBackend
     with pytest.raises(BackendUnavailable, match='whole-graph captures a CUDA graph: it needs a CUDA device, not cpu'):
         CompiledBackend(load_bundle(class_bundle), 'cpu', options=CompileOptions.parse('default+whole-graph'))
@@ -111,6 +115,25 @@ def test_whole_graph_replays_what_the_compiled_generator_computes(class_bundle):
                 inputs['noise'] = torch.randn(inputs['noise'].shape, generator=torch.Generator().manual_seed(seed)).cuda()
                 torch.testing.assert_close(whole(**inputs)[1].clone(), plain(**inputs)[1], atol=1e-2, rtol=1e-2)
     assert len(whole.graphs) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='whole-graph captures a CUDA graph: needs a GPU')
+def test_whole_graph_denoiser_takes_a_samplers_positional_call(class_bundle):
+    """A teacher's denoiser as a sampler calls it, D(x, sigma, class_labels=...): one graph for every step's sigma
+    (a tensor input), each replay the compiled denoiser's own answer (the teacher-vs-student bench compiles it so)."""
+    from export.compiled import WholeGraph, compile_denoiser
+    from models.bundle import load_bundle
+    denoiser = lambda: load_bundle(class_bundle).generator.denoiser        # noqa: E731
+    plain = compile_denoiser(denoiser(), 'bf16', CompileOptions.parse('default'), 'cuda')
+    whole = compile_denoiser(denoiser(), 'bf16', CompileOptions.parse('default+whole-graph'), 'cuda')
+    assert isinstance(whole, WholeGraph)
+    x, labels = torch.randn(4, 3, 32, 32, device='cuda'), torch.arange(4, device='cuda')
+    with torch.inference_mode():
+        for sigma in (80.0, 2.5, 0.1):
+            s = torch.full((4,), sigma, device='cuda')
+            torch.testing.assert_close(whole(x * sigma, s, class_labels=labels).clone(), plain(x * sigma, s, class_labels=labels),
+                                       atol=2e-2, rtol=2e-2)
+    assert len(whole.graphs) == 1
 
 
 def _cache(tmp_path, monkeypatch, buckets=(1, 8, 64)):
