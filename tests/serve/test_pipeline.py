@@ -4,6 +4,7 @@ still on the device, and that every request still gets its own images."""
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +155,44 @@ def test_stopping_with_batches_out_answers_every_request(torch_backend):
     assert first[0].shape == second[0].shape == (4, 16, 16, 3)
     for error in (third, fourth):
         assert isinstance(error, BackendFailed) and 'shutting down' in str(error)
+
+
+def test_the_drain_rate_is_the_devices_even_when_the_loop_is_late(torch_backend):
+    """A device that takes 50 ms a batch, one batch after another, and an event loop that is mostly busy elsewhere, so
+    deliveries resume back to back: the measured rate (which admission and replica choice rely on) stays within what
+    the device can do (4 images / 50 ms) and near what was achieved, not the thousands a batch timed from the loop's
+    late wake-ups would give."""
+    queueing, device_s = QueueingBackend(torch_backend), 0.05
+    queueing.hold = True
+
+    def device():                       # a serial GPU: each launched batch done 50 ms after the one before
+        done = 0
+        while done < 8:
+            if len(queueing.launched) > done:
+                time.sleep(device_s)
+                queueing.launched[done][1].released.set()
+                done += 1
+            else:
+                time.sleep(0.001)
+
+    async def scenario():
+        batcher = MicroBatcher(queueing, max_batch=4, max_queue_images=64, depth=2)
+        batcher.start()
+        worker = threading.Thread(target=device, daemon=True)
+        worker.start()
+        started = time.perf_counter()
+        requests = [asyncio.ensure_future(batcher.submit(inputs_for(range(4 * i, 4 * i + 4)))) for i in range(8)]
+        while not all(r.done() for r in requests):
+            time.sleep(0.12)            # the loop busy elsewhere (blocking on purpose)
+            await asyncio.sleep(0.01)
+        achieved = 32 / (time.perf_counter() - started)
+        await asyncio.gather(*requests)
+        await batcher.stop()
+        worker.join(10)
+        return batcher.drain.images_per_s, achieved
+
+    rate, achieved = asyncio.run(scenario())
+    assert 0.5 * achieved < rate < 1.25 * 4 / device_s, (rate, achieved)
 
 
 def test_a_backend_that_does_not_queue_runs_one_batch_at_a_time(torch_backend):
