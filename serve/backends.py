@@ -63,7 +63,7 @@ class Launched:
 
 class Backend:
     name = 'base'
-    pipelined = False          # launch() queues a batch and returns before it is done (the torch backends on CUDA)
+    pipelined = False          # has launch(): queues a batch and returns before it is done (the torch backends on CUDA)
 
     def __init__(self, bundle):
         self.bundle = bundle
@@ -75,10 +75,6 @@ class Backend:
 
     def generate(self, inputs):
         raise NotImplementedError
-
-    def launch(self, inputs):
-        """Queue a batch; Launched.result() gives its images. Here: generated at once (runtimes that do not queue)."""
-        return Launched('cpu').copy_back(torch.from_numpy(self.generate(inputs)))
 
     def warmup(self, batch_sizes=(1,)):
         started = time.perf_counter()
@@ -113,7 +109,9 @@ class TorchBackend(Backend):
         self.generator = bundle.generator.to(self.device).eval()
         self.generator.return_float = False
 
-        self.pipelined = torch.device(self.device).type == 'cuda'
+    @property
+    def pipelined(self):
+        return torch.device(self.device).type == 'cuda'
 
     def generate(self, inputs):
         return self.launch(inputs).result()
@@ -157,7 +155,6 @@ class CompiledBackend(TorchBackend):
         precision = precision or ('bf16' if torch.device(device).type == 'cuda' else 'fp32')
         Backend.__init__(self, bundle)
         self.device, self.precision, self.buckets = device, precision, tuple(sorted(buckets))
-        self.pipelined = torch.device(device).type == 'cuda'
         entry, reason = exported_entry(bundle.path, self.config, precision)
         if options is None and entry is not None:   # --compile-mode changes the mode only: the export's switches stay
             exported = CompileOptions.parse(entry['options']['spec'])

@@ -6,7 +6,7 @@ previous batch ran; `max_delay_ms` > 0 also waits that long for company), runs t
 thread (the event loop keeps serving; one thread also keeps torch.compile's CUDA graphs, which are recorded per
 thread, from being captured again), and hands each request its slice. A request whose client went away is skipped.
 
-On a GPU the backend only queues a batch (`Backend.launch`) and another thread waits for its images, so the host
+On a GPU the backend only queues a batch (`TorchBackend.launch`) and another thread waits for its images, so the host
 work of the next batch (joining the requests' inputs, padding, copies) overlaps this one on the GPU. At most
 `depth` batches are queued at once, and while one is, the next is launched only when full: a partial batch formed
 now would merely wait behind it, where one formed when the GPU frees up holds everything that arrived meanwhile.
