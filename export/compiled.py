@@ -29,7 +29,8 @@ from sida.cli_options import COMPILE_MODES
 DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
-            'channels-last-cat': 'channels_last_cat', 'whole-graph': 'whole_graph'}
+            'channels-last-cat': 'channels_last_cat', 'coordinate-descent': 'coordinate_descent',
+            'cudnn-benchmark': 'cudnn_benchmark', 'whole-graph': 'whole_graph'}
 
 
 GRAPH_MODES = ('reduce-overhead', 'max-autotune')      # the modes that capture CUDA graphs themselves
@@ -50,6 +51,10 @@ class CompileOptions:
     pointwise_cat: bool = False     # the decoder's skip concatenations computed inside their consumers, not copied
                                     # into a buffer whose layout inductor fixes before it knows its inputs' (NCHW)
     channels_last_cat: bool = False  # those concatenations laid out channels-last (models.layers.concat_channels)
+    coordinate_descent: bool = False  # inductor tunes each Triton kernel's block sizes by timing neighbours at compile
+                                      # time: for the memory-bound GroupNorm/SiLU/add kernels, half of batch 256's time
+    cudnn_benchmark: bool = False   # cuDNN times its convolution algorithms per shape before whole-graph captures them
+                                    # (instead of its heuristics' pick; convolutions are the other half at batch 256)
     whole_graph: bool = False       # one CUDA graph per bucket around the whole generator, captured by sida (WholeGraph)
 
     def __post_init__(self):
@@ -58,12 +63,14 @@ class CompileOptions:
         if self.whole_graph and self.mode in GRAPH_MODES:
             raise ValueError(f'{self.mode}+whole-graph: whole-graph captures its own CUDA graph; use it with default or '
                              'max-autotune-no-cudagraphs')
+        if self.cudnn_benchmark and not self.whole_graph:
+            raise ValueError('cudnn-benchmark times the algorithms that whole-graph captures: use it with whole-graph')
 
     def adapted(self, mode, device):
         """These switches under `mode` on `device` (an export's options, served with --compile-mode): whole-graph is
         dropped where it cannot be, beside a mode's own CUDA graphs or off CUDA."""
         whole = self.whole_graph and mode not in GRAPH_MODES and torch.device(device).type == 'cuda'
-        return dataclasses.replace(self, mode=mode, whole_graph=whole)
+        return dataclasses.replace(self, mode=mode, whole_graph=whole, cudnn_benchmark=self.cudnn_benchmark and whole)
 
     @classmethod
     def parse(cls, text):
@@ -92,6 +99,8 @@ class CompileOptions:
             options['combo_kernels'] = True
         if self.pointwise_cat:
             options['force_pointwise_cat'] = True
+        if self.coordinate_descent:
+            options['coordinate_descent_tuning'] = True
         return options
 
     def cuda_graphs(self):
@@ -131,7 +140,7 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
     generator = prepare_generator(generator, precision, options, device)
     generator.return_float = True
     compiled = torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
-    return WholeGraph(compiled) if options.whole_graph else compiled
+    return WholeGraph(compiled, options.cudnn_benchmark) if options.whole_graph else compiled
 
 
 def _check_whole_graph(options, device):
@@ -150,8 +159,9 @@ class WholeGraph:
 
     WARMUP = 3          # compiled calls on a side stream before capture (compile, autotune, lazy inits)
 
-    def __init__(self, compiled):
+    def __init__(self, compiled, cudnn_benchmark=False):
         self.compiled, self.graphs, self.pool = compiled, {}, None
+        self.cudnn_benchmark = cudnn_benchmark      # during warm-up and capture only: the flag is process-wide
 
     @torch.inference_mode()
     def __call__(self, *args, **kwargs):
@@ -180,22 +190,27 @@ class WholeGraph:
         static = {**inputs, **{k: v.clone() for k, v in tensors.items()}}
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP):
-                self._call(static)
-        torch.cuda.current_stream(device).wait_stream(side)
-        torch.cuda.synchronize(device)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        # capture_begin/end, not torch.cuda.graph(): that one empties every GPU's allocator cache (other replicas')
-        # and captures on a process-wide stream made on whichever device was current first.
-        graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
-        with torch.cuda.stream(capture):
-            graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
-            try:
-                outputs = self._call(static)
-            finally:
-                graph.capture_end()
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark or self.cudnn_benchmark
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):      # with cudnn-benchmark, the first call times the algorithms
+                    self._call(static)
+            torch.cuda.current_stream(device).wait_stream(side)
+            torch.cuda.synchronize(device)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            # capture_begin/end, not torch.cuda.graph(): that one empties every GPU's allocator cache (other
+            # replicas') and captures on a process-wide stream made on whichever device was current first.
+            graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
+            with torch.cuda.stream(capture):
+                graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
+                try:
+                    outputs = self._call(static)
+                finally:
+                    graph.capture_end()
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         torch.cuda.current_stream(device).wait_stream(capture)
         return static, graph, outputs
 
@@ -242,7 +257,7 @@ def compile_denoiser(denoiser, precision='bf16', options=None, device='cuda'):
     _check_whole_graph(options, device)
     denoiser = prepare_denoiser(denoiser.to(device).eval(), precision, options)
     compiled = torch.compile(denoiser, options=options.inductor_options(), fullgraph=True, dynamic=False)
-    return WholeGraph(compiled) if options.whole_graph else compiled
+    return WholeGraph(compiled, options.cudnn_benchmark) if options.whole_graph else compiled
 
 
 WARMUP_CALLS = 2       # CUDA graphs (reduce-overhead) record on the second call: the first request then replays them

@@ -77,7 +77,12 @@ def test_compile_options_read_and_write_one_spelling():
     every = CompileOptions.parse('default+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm')
     assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat+channels-last-cat'
     assert every.inductor_options() == {'combo_kernels': True, 'force_pointwise_cat': True}  # the other two: the model
+    tuned = CompileOptions.parse('default+whole-graph+cudnn-benchmark+coordinate-descent')
+    assert str(tuned) == 'default+coordinate-descent+cudnn-benchmark+whole-graph'
+    assert tuned.inductor_options() == {'coordinate_descent_tuning': True}   # cudnn-benchmark: WholeGraph's capture
+    assert str(tuned.adapted('reduce-overhead', 'cuda')) == 'reduce-overhead+coordinate-descent'
     for bad, words in (('fast', 'compile mode must be one of'), ('default+fp8', "unknown switch 'fp8'"),
+                       ('default+cudnn-benchmark', 'use it with whole-graph'),
                        ('reduce-overhead+whole-graph', 'captures its own CUDA graph')):
         with pytest.raises(ValueError, match=words):
             CompileOptions.parse(bad)
@@ -106,8 +111,10 @@ def test_whole_graph_replays_what_the_compiled_generator_computes(class_bundle):
     from models.bundle import load_bundle
     config = load_bundle(class_bundle).config
     plain = compile_generator(load_bundle(class_bundle).generator, 'bf16', CompileOptions.parse('default'), 'cuda')
-    whole = compile_generator(load_bundle(class_bundle).generator, 'bf16', CompileOptions.parse('default+whole-graph'), 'cuda')
-    assert isinstance(whole, WholeGraph)
+    whole = compile_generator(load_bundle(class_bundle).generator, 'bf16',
+                              CompileOptions.parse('default+cudnn-benchmark+whole-graph'), 'cuda')
+    assert isinstance(whole, WholeGraph) and whole.cudnn_benchmark
+    benchmark = torch.backends.cudnn.benchmark
     with torch.inference_mode():
         for batch in (1, 4, 1):
             for seed in (0, 1):
@@ -115,6 +122,7 @@ def test_whole_graph_replays_what_the_compiled_generator_computes(class_bundle):
                 inputs['noise'] = torch.randn(inputs['noise'].shape, generator=torch.Generator().manual_seed(seed)).cuda()
                 torch.testing.assert_close(whole(**inputs)[1].clone(), plain(**inputs)[1], atol=1e-2, rtol=1e-2)
     assert len(whole.graphs) == 2
+    assert torch.backends.cudnn.benchmark == benchmark      # timed during capture only: the flag is process-wide
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='whole-graph captures a CUDA graph: needs a GPU')
