@@ -22,6 +22,8 @@
 #           pydantic-settings python-dotenv annotated-types typing-inspection typing-extensions uvicorn httptools \
 #           opentelemetry-api py-spy==0.4.3 aiohttp yarl multidict frozenlist propcache aiosignal aiohappyeyeballs attrs
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers; the default compile)
+#   bench/gpu_session.sh serve-open OUT WHEELS  the open-loop targets: each model on one process, its saturation (closed loop,
+#                                                 n=16 npy), then Poisson load at 50/80/130% of it; the zoo model on 4 workers
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
 #                                                 its defaults (MODE=... pins a mode; MODELS=ddpmpp: one model), then
 #                                                 each generator alone at the server's buckets
@@ -107,13 +109,14 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
     kill -INT $pid; wait $pid
 }
 
-all_warm() {   # NAME SERVER_LOG START LIMIT_S: a compile server is ready after its first bucket; wait for the others
-    until grep -qE '"event": "warm(_failed)?"' "$2"; do
+all_warm() {   # NAME SERVER_LOG START LIMIT_S [WORKERS]: a compile server is ready after its first bucket; wait for the
+               # others (every worker's: /readyz answers once the first worker is ready, 2026-12-07)
+    until [ "$(grep -cE '"event": "warm(_failed)?"' "$2")" -ge "${5:-1}" ]; do
         [ $((SECONDS - $3)) -ge "$4" ] && { echo "$1: buckets not all warm after $((SECONDS - $3)) s" | tee -a "$OUT/ready.txt"; return; }
         sleep 0.5
     done
     if grep -q '"event": "warm_failed"' "$2"; then echo "$1: warm-up of a bucket FAILED after $((SECONDS - $3)) s (log)"
-    else echo "$1: every bucket warm after $((SECONDS - $3)) s"; fi | tee -a "$OUT/ready.txt"
+    else echo "$1: every bucket${5:+ of $5 worker(s)} warm after $((SECONDS - $3)) s"; fi | tee -a "$OUT/ready.txt"
 }
 
 ready_timings() {   # SERVER_LOG...: each server's ready and warm lines (seconds since its process started, load, warm-up
@@ -139,7 +142,8 @@ server_up() {   # NAME BUNDLE LIMIT_S [sida serve options...]: sets SERVER_PID; 
         sleep 0.5
     done
     echo "$name: ready after $((SECONDS - start)) s" | tee -a "$OUT/ready.txt"
-    [[ " $* " = *" --backend compile"* ]] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120))
+    local workers=1; [[ " $* " =~ " --workers "([0-9]+) ]] && workers=${BASH_REMATCH[1]}
+    [[ " $* " = *" --backend compile"* ]] && all_warm "$name" "$OUT/server-$name.log" $start $((limit + 120)) $workers
     return 0
 }
 load() {        # NAME [sida bench http options...]; CLIENT_PROCS client processes (4)
@@ -317,6 +321,46 @@ serve-short)
         load http-zoo-4workers-n16-npy --concurrency 64,128 --n 16 --format npy --response binary --duration 4
         load http-zoo-4workers-open --rate 700,1000 --n 16 --format npy --response binary --duration 4 --deadline-ms 1000
         server_down zoo-4workers; fi
+    echo "stage took $SECONDS s"
+    ;;
+serve-open)
+    # [serve-gpu]'s open-loop targets on one process per model (the default compile; pipelined batches; start-up
+    # objects frozen out of the garbage collector): saturation from a closed loop at n=16, then Poisson arrivals at
+    # 50%, 80% and 130% of it (npy, deadline 1 s); then the zoo model on four workers (loading side by side on the warm
+    # cache) under the same open loop; the zoo generator alone last (the ratio for its efficiency).
+    WHEELS=${3:?wheels dir}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    RES=$OUT/results
+    python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
+    declare -A BUNDLE=([zoo]=models/zoo/cifar10-cond [ddpmpp]=build/bench-bundles/ddpmpp-cifar10)
+    OPTS=(--backend compile --max-batch 128 --max-queue-images 4096)
+    NPY=(--n 16 --format npy --response binary)
+    rates() {   # NAME: 50%, 80% and 130% of the requests/s that closed-loop run NAME reached (its best level)
+        python3 - "$RES" "$1" <<'EOF2'
+import glob, json, sys
+rows = [r for f in glob.glob(f'{sys.argv[1]}/*/*-{sys.argv[2]}.json') for r in json.load(open(f))['results']]
+best = max(r['images_per_s'] for r in rows) / 16
+print(','.join(str(round(best * share)) for share in (0.5, 0.8, 1.3)))
+EOF2
+    }
+    for m in ${MODELS:-zoo ddpmpp}; do
+        if server_up $m-1proc ${BUNDLE[$m]} 150 "${OPTS[@]}"; then
+            load http-$m-1proc-n1 --concurrency 1 --n 1 --format npy --response binary --duration 4 --warmup-requests 20
+            load http-$m-1proc-n16 --concurrency 16,32 "${NPY[@]}" --duration 5
+            R=$(rates http-$m-1proc-n16); echo "$m open-loop rates: $R req/s" | tee -a "$OUT/ready.txt"
+            load http-$m-1proc-open --rate "$R" "${NPY[@]}" --duration 5 --deadline-ms 1000
+            server_down $m-1proc; fi
+    done
+    if SIDA_HTTP_PARSER=httptools server_up zoo-4workers models/zoo/cifar10-cond 90 "${OPTS[@]}" --workers 4; then
+        ready_timings "$OUT/server-zoo-4workers.log"
+        load http-zoo-4workers-n16 --concurrency 64,128 "${NPY[@]}" --duration 5
+        R=$(rates http-zoo-4workers-n16); echo "zoo 4 workers open-loop rates: $R req/s" | tee -a "$OUT/ready.txt"
+        load http-zoo-4workers-open --rate "$R" "${NPY[@]}" --duration 5 --deadline-ms 1000
+        server_down zoo-4workers; fi
+    left=$((575 - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond \
+        --backends compile-bf16 --batch 1,64,128 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES \
+        --name generate-zoo-serve-buckets 2>&1 | grep -v 'config/s'
     echo "stage took $SECONDS s"
     ;;
 startup)

@@ -1,6 +1,7 @@
 """What the app holds while it runs (typed), and the lifespan that loads and warms the models into it."""
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -89,6 +90,7 @@ def lifespan_for(state: AppState, models=None, devices=None):
             if any(len(m.replicas) > 1 for m in loaded):
                 later.append(asyncio.create_task(keep_replicas_healthy(state)))
             state.ready = True
+            freeze_startup_objects()
             log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(),
                                  'models': [m.info() for m in loaded], 'startup': [startup_report(m) for m in loaded]}))
             yield
@@ -124,9 +126,19 @@ async def warm_the_rest(model, staged):
                                   'error': replica.warm_error,
                                   'serving_on': {r.device: list(getattr(r.backend, 'usable', [])) for r in model.serving}}))
     failed = {r.device: r.warm_error for r in model.replicas if r.warm_error}
+    freeze_startup_objects()        # the later buckets' graphs too
     log.info(json.dumps({'event': 'warm', 'process_seconds': process_seconds(), 'after_ready_seconds':
                          round(time.perf_counter() - started, 3), 'startup': [startup_report(model)],
                          **({'failed': failed} if failed else {})}))
+
+
+def freeze_startup_objects():
+    """Take what start-up made (modules, compiled graphs, the models' Python objects: 400,000-750,000 objects with a
+    compiled model) out of the garbage collector's scans. A full collection visits every tracked object, and ran for
+    0.43-0.5 s with the whole server stalled (H100, 2026-12-07: every request in flight waited that long, twice in 8 s
+    of load; 0.2-0.67 s on a 2-core CPU); frozen, they are never visited again. O(1), so not on the start's clock; no
+    collection first: start-up leaves little garbage (5,000 objects, no RSS change, measured on CPU)."""
+    gc.freeze()
 
 
 async def keep_replicas_healthy(state, every_s=5.0):

@@ -182,6 +182,16 @@ def test_a_second_process_warming_the_same_compile_waits_for_the_first(tmp_path,
         order.append('first done')
     waiter.join(10)
     assert order == ['first done', 'second in'] and second.cold_buckets() == []
+    # every bucket warm: a third process loads at once, beside one that still holds the lock
+    import fcntl
+    third, logs = _cache(tmp_path, monkeypatch)
+    with open(next(third.warm_dir.glob('*.lock')), 'w') as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        loader = threading.Thread(target=lambda: third.warming().__enter__())
+        loader.start()
+        loader.join(5)
+        fcntl.flock(held, fcntl.LOCK_UN)        # (a waiting loader, the old way, gets in now and the test fails)
+        assert not loader.is_alive() and not any('another process is warming' in line for line in logs)
 
 
 def test_a_failed_helper_is_reported_and_its_bucket_compiled_here(tmp_path, monkeypatch):

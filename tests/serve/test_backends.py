@@ -159,10 +159,14 @@ def test_a_staged_warm_up_serves_from_the_first_bucket_and_uses_each_bucket_once
 
 def test_the_server_is_ready_after_the_first_bucket_and_logs_when_every_bucket_is_warm(class_bundle_dir, tmp_path,
                                                                                          monkeypatch, caplog):
+    import gc
     import json
     import time
     _eager_compile(monkeypatch, tmp_path)
+    gc.unfreeze()
     with caplog.at_level('INFO', logger='sida.serve'), in_process(class_bundle_dir, backend='compile') as c:
+        frozen = gc.get_freeze_count()          # start-up's objects are out of the collector's scans (no stalls)
+        assert frozen > 10_000
         events = lambda: [json.loads(r.message) for r in caplog.records if r.message.startswith('{"event"')]  # noqa: E731
         ready = next(e for e in events() if e['event'] == 'ready')
         assert set(ready['startup'][0]['warmup_batches']) == {'1'}                   # JSON keys
@@ -173,4 +177,5 @@ def test_the_server_is_ready_after_the_first_bucket_and_logs_when_every_bucket_i
         warm = next(e for e in events() if e['event'] == 'warm')
         assert set(warm['startup'][0]['warmup_batches']) == {'1', '8', '32'}          # max batch 32
         assert warm['after_ready_seconds'] > 0 and warm['process_seconds'] >= ready['process_seconds']
+        assert gc.get_freeze_count() > frozen   # and the later buckets' graphs
     assert (tmp_path / 'machine' / 'compile' / 'sida-warm').is_dir()
