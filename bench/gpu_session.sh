@@ -24,6 +24,8 @@
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers; the default compile)
 #   bench/gpu_session.sh serve-open OUT WHEELS  the open-loop targets: each model on one process, its saturation (closed loop,
 #                                                 n=16 npy), then Poisson load at 50/80/130% of it; the zoo model on 4 workers
+#   bench/gpu_session.sh serve-sd OUT WHEELS SD_WHEELS  preset:sd15-512 served (compile, buckets 1, 8, 16): n=1, n=4 with JPEG
+#                                                 and PNG responses, and the generator alone (SD_WHEELS: build/sd-whl)
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
 #                                                 its defaults (MODE=... pins a mode; MODELS=ddpmpp: one model), then
 #                                                 each generator alone at the server's buckets
@@ -361,6 +363,27 @@ EOF2
     left=$((575 - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond \
         --backends compile-bf16 --batch 1,64,128 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES \
         --name generate-zoo-serve-buckets 2>&1 | grep -v 'config/s'
+    echo "stage took $SECONDS s"
+    ;;
+serve-sd)
+    # [serve-gpu] at SD-1.5 shapes: preset:sd15-512 (random weights; 512x512 images through the VAE decoder) on the
+    # compile backend, --max-batch 16 (buckets 1, 8, 16): n=1 latency, closed loop at n=4 with JPEG and with PNG
+    # responses, then the generator alone at the same buckets (the efficiency's reference). SD_WHEELS: diffusers
+    # (absent on the GPU machine; made as for the sd stage).
+    WHEELS=${3:?wheels dir}; SD_WHEELS=${4:?diffusers wheels dir}
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl "$SD_WHEELS"/*.whl \
+        && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+    RES=$OUT/results
+    B=$(python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:sd15-512"))' | tail -n 1)
+    if server_up sd15 "$B" ${READY_S:-400} --backend compile --max-batch 16 --max-queue-images 256; then
+        load http-sd15-n1-jpeg --concurrency 1 --n 1 --format jpeg --response binary --duration 5 --warmup-requests 5
+        load http-sd15-n4-jpeg --concurrency 4,8 --n 4 --format jpeg --response binary --duration 6
+        load http-sd15-n4-png --concurrency 4,8 --n 4 --format png --response binary --duration 6
+        server_down sd15; fi
+    left=$((575 - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle "$B" \
+        --backends compile-bf16 --batch 1,8,16 --runs 10 --max-seconds 3 --warmup 3 --out $RES \
+        --name generate-sd15-serve-buckets 2>&1 | grep -v 'config/s'
     echo "stage took $SECONDS s"
     ;;
 startup)
