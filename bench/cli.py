@@ -89,12 +89,13 @@ def bench():
 @click.option('--io', type=click.Choice(['device', 'host']), default='device',
               help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
 @click.option('--compile-mode', default=None,
-              show_default='default (+channels-last+fused-affines+channels-last-cat+whole-graph) on CUDA, default on CPU',
+              show_default='default (+channels-last+fused-affines+channels-last-cat+whole-graph) on CUDA, '
+                           'default (+fused-affines) on CPU',
               help='torch.compile mode.')
 @click.option('--compile-variants', default=None, callback=compile_variants,
               help='Measure every compile backend once per variant, MODE[+switch...] (switches: '
                    'freezing, channels-last, grouped-norm, fused-affines, combo-kernels, pointwise-cat, channels-last-cat, '
-                   'coordinate-descent, whole-graph; docs/export.md), comma-separated, e.g. '
+                   'fused-norm, coordinate-descent, cudnn-benchmark, whole-graph; docs/export.md), comma-separated, e.g. '
                    'reduce-overhead,reduce-overhead+channels-last+fused-affines (each row also carries the parity gate).')
 @click.option('--profile', 'profile_dir', default=None, type=click.Path(file_okay=False),
               help='Also profile each configuration (torch.profiler): key_averages table and gzipped Chrome trace go here.')

@@ -113,7 +113,7 @@ serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]
 
 all_warm() {   # NAME SERVER_LOG START LIMIT_S [WORKERS]: a compile server is ready after its first bucket; wait for the
                # others (every worker's: /readyz answers once the first worker is ready, 2026-12-07)
-    until [ "$(grep -cE '"event": "warm(_failed)?"' "$2")" -ge "${5:-1}" ]; do
+    until [ "$(grep -c '"event": "warm"' "$2")" -ge "${5:-1}" ]; do      # each worker's last line (after any warm_failed)
         [ $((SECONDS - $3)) -ge "$4" ] && { echo "$1: buckets not all warm after $((SECONDS - $3)) s" | tee -a "$OUT/ready.txt"; return; }
         sleep 0.5
     done
@@ -351,14 +351,14 @@ EOF2
             load http-$m-1proc-n1 --concurrency 1 --n 1 --format npy --response binary --duration 4 --warmup-requests 20
             load http-$m-1proc-n16 --concurrency 16,32 "${NPY[@]}" --duration 5
             R=$(rates http-$m-1proc-n16); echo "$m open-loop rates: $R req/s" | tee -a "$OUT/ready.txt"
-            load http-$m-1proc-open --rate "$R" "${NPY[@]}" --duration 5 --deadline-ms 1000
+            [ -n "$R" ] && load http-$m-1proc-open --rate "$R" "${NPY[@]}" --duration 5 --deadline-ms 1000
             server_down $m-1proc; fi
     done
     if SIDA_HTTP_PARSER=httptools server_up zoo-4workers models/zoo/cifar10-cond 90 "${OPTS[@]}" --workers 4; then
         ready_timings "$OUT/server-zoo-4workers.log"
         load http-zoo-4workers-n16 --concurrency 64,128 "${NPY[@]}" --duration 5
         R=$(rates http-zoo-4workers-n16); echo "zoo 4 workers open-loop rates: $R req/s" | tee -a "$OUT/ready.txt"
-        load http-zoo-4workers-open --rate "$R" "${NPY[@]}" --duration 5 --deadline-ms 1000
+        [ -n "$R" ] && load http-zoo-4workers-open --rate "$R" "${NPY[@]}" --duration 5 --deadline-ms 1000
         server_down zoo-4workers; fi
     left=$((575 - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond \
         --backends compile-bf16 --batch 1,64,128 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES \

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -29,7 +30,7 @@ from sida.cli_options import COMPILE_MODES
 DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
-            'channels-last-cat': 'channels_last_cat', 'coordinate-descent': 'coordinate_descent',
+            'channels-last-cat': 'channels_last_cat', 'fused-norm': 'fused_norm', 'coordinate-descent': 'coordinate_descent',
             'cudnn-benchmark': 'cudnn_benchmark', 'whole-graph': 'whole_graph'}
 
 
@@ -51,8 +52,11 @@ class CompileOptions:
     pointwise_cat: bool = False     # the decoder's skip concatenations computed inside their consumers, not copied
                                     # into a buffer whose layout inductor fixes before it knows its inputs' (NCHW)
     channels_last_cat: bool = False  # those concatenations laid out channels-last (models.layers.concat_channels)
-    coordinate_descent: bool = False  # inductor tunes each Triton kernel's block sizes by timing neighbours at compile
-                                      # time: for the memory-bound GroupNorm/SiLU/add kernels, half of batch 256's time
+    fused_norm: bool = False        # GroupNorm + SiLU as one Triton kernel, one HBM read (models/fused_norm.py; CUDA,
+                                    # where the batch fills the GPU)
+    coordinate_descent: bool = False  # inductor tunes each Triton kernel's block sizes by timing neighbours at its
+                                      # first launch: for the memory-bound GroupNorm/SiLU/add kernels (half of batch
+                                      # 256's time); tuned while other processes share the GPU, the picks are noisier
     cudnn_benchmark: bool = False   # cuDNN times its convolution algorithms per shape before whole-graph captures them
                                     # (instead of its heuristics' pick; convolutions are the other half at batch 256)
     whole_graph: bool = False       # one CUDA graph per bucket around the whole generator, captured by sida (WholeGraph)
@@ -68,9 +72,11 @@ class CompileOptions:
 
     def adapted(self, mode, device):
         """These switches under `mode` on `device` (an export's options, served with --compile-mode): whole-graph is
-        dropped where it cannot be, beside a mode's own CUDA graphs or off CUDA."""
-        whole = self.whole_graph and mode not in GRAPH_MODES and torch.device(device).type == 'cuda'
-        return dataclasses.replace(self, mode=mode, whole_graph=whole, cudnn_benchmark=self.cudnn_benchmark and whole)
+        dropped where it cannot be, beside a mode's own CUDA graphs or off CUDA, and fused-norm off CUDA."""
+        cuda = torch.device(device).type == 'cuda'
+        whole = self.whole_graph and mode not in GRAPH_MODES and cuda
+        return dataclasses.replace(self, mode=mode, whole_graph=whole, cudnn_benchmark=self.cudnn_benchmark and whole,
+                                   fused_norm=self.fused_norm and cuda)
 
     @classmethod
     def parse(cls, text):
@@ -136,16 +142,18 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
     The compiled generator returns (images, images_float): the parity gate needs the floats, and one graph for
     export, serve and bench keeps their cache entries interchangeable (the float output costs a few KB per image)."""
     options = options or default_options(device)
-    _check_whole_graph(options, device)
+    _check_device_switches(options, device)
     generator = prepare_generator(generator, precision, options, device)
     generator.return_float = True
     compiled = torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
     return WholeGraph(compiled, options.cudnn_benchmark) if options.whole_graph else compiled
 
 
-def _check_whole_graph(options, device):
+def _check_device_switches(options, device):
     if options.whole_graph and torch.device(device).type != 'cuda':
         raise ValueError(f'whole-graph captures a CUDA graph: it needs a CUDA device, not {device}')
+    if options.fused_norm and torch.device(device).type != 'cuda':
+        raise ValueError(f'fused-norm runs a Triton GPU kernel: it needs a CUDA device, not {device}')
 
 
 class WholeGraph:
@@ -187,32 +195,75 @@ class WholeGraph:
         return self.compiled(*positional, **{k: v for k, v in inputs.items() if not isinstance(k, int)})
 
     def _capture(self, inputs, tensors, device):
+        if not self.cudnn_benchmark:
+            return self._capture_here(inputs, tensors, device)
+        # cuDNN keeps its algorithm choices per thread, however they were made: on a thread that ran these
+        # convolutions untimed before (another variant in `sida bench generate`) the flag alone would change
+        # nothing. A fresh thread times every one of them.
+        done = {}
+
+        def capture():
+            try:
+                with torch.inference_mode(), torch.cuda.device(device), cudnn_benchmarking():
+                    done['graph'] = self._capture_here(inputs, tensors, device)
+            except BaseException as e:      # raised again on the caller's thread
+                done['error'] = e
+        thread = threading.Thread(target=capture, name='sida-cudnn-capture')
+        thread.start()
+        thread.join()
+        if 'error' in done:
+            raise done['error']
+        torch.cuda.synchronize(device)      # the caller's stream, whichever it is, after the capture's
+        return done['graph']
+
+    def _capture_here(self, inputs, tensors, device):
         static = {**inputs, **{k: v.clone() for k, v in tensors.items()}}
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        benchmark = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = benchmark or self.cudnn_benchmark
-        try:
-            with torch.cuda.stream(side):
-                for _ in range(self.WARMUP):      # with cudnn-benchmark, the first call times the algorithms
-                    self._call(static)
-            torch.cuda.current_stream(device).wait_stream(side)
-            torch.cuda.synchronize(device)
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            # capture_begin/end, not torch.cuda.graph(): that one empties every GPU's allocator cache (other
-            # replicas') and captures on a process-wide stream made on whichever device was current first.
-            graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
-            with torch.cuda.stream(capture):
-                graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
-                try:
-                    outputs = self._call(static)
-                finally:
-                    graph.capture_end()
-        finally:
-            torch.backends.cudnn.benchmark = benchmark
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                self._call(static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        # capture_begin/end, not torch.cuda.graph(): that one empties every GPU's allocator cache (other replicas')
+        # and captures on a process-wide stream made on whichever device was current first.
+        graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
+        with torch.cuda.stream(capture):
+            graph.capture_begin(pool=self.pool, capture_error_mode='thread_local')
+            try:
+                outputs = self._call(static)
+            finally:
+                graph.capture_end()
         torch.cuda.current_stream(device).wait_stream(capture)
         return static, graph, outputs
+
+
+_BENCHMARKING = {'lock': threading.Lock(), 'count': 0, 'saved': None}
+
+
+@contextlib.contextmanager
+def cudnn_benchmarking():
+    """cuDNN times its convolution algorithms while any cudnn-benchmark capture runs. The flag is process-wide, so
+    overlapping captures (models warming on their own threads) are counted and the last one out restores it; and
+    cuDNN does not empty the allocator's cache after each timing meanwhile (it would, on every GPU)."""
+    keep_cache = getattr(torch._C, '_cudnn_set_conv_benchmark_empty_cache', lambda on: None)
+    state = _BENCHMARKING
+    with state['lock']:
+        if state['count'] == 0:
+            state['saved'] = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = True
+            keep_cache(False)
+        state['count'] += 1
+    try:
+        yield
+    finally:
+        with state['lock']:
+            state['count'] -= 1
+            if state['count'] == 0:
+                torch.backends.cudnn.benchmark = state['saved']
+                keep_cache(True)
 
 
 def prepare_generator(generator, precision, options, device):
@@ -241,12 +292,18 @@ def prepare_denoiser(denoiser, precision, options):
     for module in list(denoiser.modules()):
         if isinstance(module, GroupNorm):
             module.grouped_view_when_compiled = options.grouped_norm
+            module.fused_silu_when_compiled = options.fused_norm
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
             fuse_affines(module)        # after the cast: the fused weights are copies
         if hasattr(module, 'channels_last_cat'):
             module.channels_last_cat = options.channels_last_cat
     if options.channels_last_cat:
         from torch._inductor import inductor_prims  # noqa: F401  (registers the op concat_channels traces)
+    if options.fused_norm:
+        try:
+            import models.fused_norm  # noqa: F401  (registers sida::group_norm_silu)
+        except ImportError as e:
+            raise ExportError(f'fused-norm needs Triton (it comes with CUDA builds of torch): {e}') from None
     return denoiser
 
 
@@ -254,7 +311,7 @@ def compile_denoiser(denoiser, precision='bf16', options=None, device='cuda'):
     """A teacher's denoiser D(x, sigma, ...) compiled like the generator (same preparation and options): one graph per
     batch size, sigma a tensor input, so a sampler's every step replays it (bench teacher-vs-student)."""
     options = options or default_options(device)
-    _check_whole_graph(options, device)
+    _check_device_switches(options, device)
     denoiser = prepare_denoiser(denoiser.to(device).eval(), precision, options)
     compiled = torch.compile(denoiser, options=options.inductor_options(), fullgraph=True, dynamic=False)
     return WholeGraph(compiled, options.cudnn_benchmark) if options.whole_graph else compiled
@@ -304,10 +361,10 @@ class SideBySide:
         try:
             for b in self.buckets:      # the largest cold buckets: the slowest to compile
                 with open(os.path.join(self.logs.name, f'{b}.log'), 'w') as out:
+                    compile_only = dataclasses.replace(options, whole_graph=False, cudnn_benchmark=False)  # no capture
                     self.helpers[b] = subprocess.Popen(
                         [sys.executable, *SAFE_PATH, '-m', 'export.compiled', os.path.abspath(bundle_dir), precision,
-                         str(dataclasses.replace(options, whole_graph=False)), device, str(b)],   # same code, no capture
-                        stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
+                         str(compile_only), device, str(b)], stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
         except BaseException:
             self.kill()
             raise
@@ -345,8 +402,8 @@ def _helper_env():
 
 
 class StagedWarmUp:
-    """A compile's buckets warmed in stages, under the cache's warming lock (one process at a time per compile, so the
-    workers of `sida serve --workers N` load what the first compiled): first() warms the smallest bucket in this
+    """A compile's buckets warmed in stages, under the cache's warming lock while any is cold (one process at a time
+    per compile, so the workers of `sida serve --workers N` load what the first compiled): first() warms the smallest bucket in this
     process while helpers compile the other cold ones (SideBySide); then `here` (what no helper took) warm in this
     process, wait() for the helpers, `from_helpers` load from the cache, and done() marks them warm. A server is ready
     after first() and warms the rest between batches; export, bench and `sida generate` run it all at once

@@ -103,6 +103,9 @@ class GroupNorm(torch.nn.Module):
     # Set per module by export's compile_generator (its grouped-norm switch, inference only): under torch.compile,
     # normalise through a grouped view of x itself instead of group_norm (see _norm_grouped_view).
     grouped_view_when_compiled = False
+    # Set by export's compile_generator (its fused-norm switch, CUDA inference only): under torch.compile, silu_of
+    # runs models.fused_norm's one-pass Triton kernel where the batch fills the GPU.
+    fused_silu_when_compiled = False
 
     def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
         super().__init__()
@@ -118,6 +121,22 @@ class GroupNorm(torch.nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 return self._norm(x)
         return self._norm(x)
+
+    def silu_of(self, x, pre=None, scale=None, shift=None):
+        """silu(norm(x + pre) * scale + shift), pre, scale and shift [N, C, 1, 1] or None: what UNetBlock does after
+        each of its norms, as one kernel when fused (models/fused_norm.py), else exactly as written out below."""
+        if self.fused_silu_when_compiled and torch.compiler.is_compiling():
+            from models.fused_norm import fused_pays
+            if fused_pays(x, self.num_groups):
+                weight, bias = self.weight.float(), self.bias.float()
+                if scale is not None:       # (norm * w + b) * scale + shift: a per-sample affine
+                    scale, shift = scale.flatten(1).float(), shift.flatten(1).float()
+                    weight, bias = weight * scale, bias * scale + shift
+                return torch.ops.sida.group_norm_silu(x, None if pre is None else pre.flatten(1), weight, bias,
+                                                      self.num_groups, self.eps)
+        if scale is not None:
+            return silu(torch.addcmul(shift, self(x if pre is None else x + pre), scale))
+        return silu(self(x if pre is None else x + pre))
 
     def _norm(self, x):
         if self.grouped_view_when_compiled and torch.compiler.is_compiling():
@@ -235,14 +254,14 @@ class UNetBlock(torch.nn.Module):
     def forward(self, x, emb, text=None, projected=None):
         """projected: this block's self.affine(emb), when the UNet computed every block's at once (FusedAffines)."""
         orig = x
-        x = self.conv0(silu(self.norm0(x)))
+        x = self.conv0(self.norm0.silu_of(x))
 
         params = (self.affine(emb) if projected is None else projected).unsqueeze(2).unsqueeze(3).to(x.dtype)
         if self.adaptive_scale:
             scale, shift = params.chunk(chunks=2, dim=1)
-            x = silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = self.norm1.silu_of(x, scale=scale + 1, shift=shift)
         else:
-            x = silu(self.norm1(x + params))
+            x = self.norm1.silu_of(x, pre=params)
 
         x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale

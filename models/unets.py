@@ -167,9 +167,9 @@ class SongUNet(torch.nn.Module):
             if 'aux_up' in name:
                 aux = block(aux)
             elif 'aux_norm' in name:
-                tmp = block(x)
+                tmp = block.silu_of(x)
             elif 'aux_conv' in name:
-                tmp = block(silu(tmp))
+                tmp = block(tmp)
                 aux = tmp if aux is None else tmp + aux
             else:
                 if x.shape[1] != block.in_channels:
@@ -279,5 +279,5 @@ class DhariwalUNet(torch.nn.Module):
             if x.shape[1] != block.in_channels:
                 x = concat_channels([x, skips.pop()], self.channels_last_cat)
             x = block(x, emb, None, projected.get(f'dec.{name}'))
-        x = self.out_conv(silu(self.out_norm(x)))
+        x = self.out_conv(self.out_norm.silu_of(x))
         return (x, bottleneck) if output == 'both' else x

@@ -90,7 +90,7 @@ def lifespan_for(state: AppState, models=None, devices=None):
             if any(len(m.replicas) > 1 for m in loaded):
                 later.append(asyncio.create_task(keep_replicas_healthy(state)))
             state.ready = True
-            freeze_startup_objects()
+            freeze_startup_objects(full_collection=True)
             log.info(json.dumps({'event': 'ready', 'process_seconds': process_seconds(),
                                  'models': [m.info() for m in loaded], 'startup': [startup_report(m) for m in loaded]}))
             yield
@@ -109,8 +109,9 @@ async def warm_the_rest(model, staged):
     """After ready: the first replica's other compile buckets (staged), then every other replica, each joining the
     model's serving replicas once warm. A bucket warms on its replica's backend thread between batches (a batch
     waits for at most one bucket's warm-up), the helpers' ones once they are done. Replicas warm one after another:
-    on one compile they share the cache's warming lock. A replica that fails is logged ('warm_failed'), kept out of
-    serving and shown in /readyz; the others go on. Logs 'warm' at the end, with the failures if any."""
+    on one compile they share the cache's warming lock while a bucket is cold. A replica that fails is logged
+    ('warm_failed'), kept out of serving and shown in /readyz; the others go on. Logs 'warm' at the end, with the
+    failures if any."""
     started = time.perf_counter()
     for i, replica in enumerate(model.replicas):
         try:
@@ -126,18 +127,20 @@ async def warm_the_rest(model, staged):
                                   'error': replica.warm_error,
                                   'serving_on': {r.device: list(getattr(r.backend, 'usable', [])) for r in model.serving}}))
     failed = {r.device: r.warm_error for r in model.replicas if r.warm_error}
-    freeze_startup_objects()        # the later buckets' graphs too
+    freeze_startup_objects(full_collection=False)       # the later buckets' graphs too, no pause while serving
     log.info(json.dumps({'event': 'warm', 'process_seconds': process_seconds(), 'after_ready_seconds':
                          round(time.perf_counter() - started, 3), 'startup': [startup_report(model)],
                          **({'failed': failed} if failed else {})}))
 
 
-def freeze_startup_objects():
+def freeze_startup_objects(full_collection):
     """Take what start-up made (modules, compiled graphs, the models' Python objects: 400,000-750,000 objects with a
     compiled model) out of the garbage collector's scans. A full collection visits every tracked object, and ran for
     0.43-0.5 s with the whole server stalled (H100, 2026-12-07: every request in flight waited that long, twice in 8 s
-    of load; 0.2-0.67 s on a 2-core CPU); frozen, they are never visited again. O(1), so not on the start's clock; no
-    collection first: start-up leaves little garbage (5,000 objects, no RSS change, measured on CPU)."""
+    of load; 0.2-0.67 s on a 2-core CPU); frozen, they are never visited again. Garbage is collected first, so that no
+    reference cycle is frozen for good (one through a failed warm-up's traceback could hold GPU memory): in full once,
+    before ready; only the young generations after the later buckets, while requests are being served."""
+    gc.collect(2 if full_collection else 1)
     gc.freeze()
 
 

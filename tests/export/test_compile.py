@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -114,7 +115,8 @@ def test_whole_graph_replays_what_the_compiled_generator_computes(class_bundle):
     whole = compile_generator(load_bundle(class_bundle).generator, 'bf16',
                               CompileOptions.parse('default+cudnn-benchmark+whole-graph'), 'cuda')
     assert isinstance(whole, WholeGraph) and whole.cudnn_benchmark
-    benchmark = torch.backends.cudnn.benchmark
+    benchmark, seen, call = torch.backends.cudnn.benchmark, [], whole._call
+    whole._call = lambda inputs: seen.append((torch.backends.cudnn.benchmark, threading.current_thread().name)) or call(inputs)
     with torch.inference_mode():
         for batch in (1, 4, 1):
             for seed in (0, 1):
@@ -123,6 +125,30 @@ def test_whole_graph_replays_what_the_compiled_generator_computes(class_bundle):
                 torch.testing.assert_close(whole(**inputs)[1].clone(), plain(**inputs)[1], atol=1e-2, rtol=1e-2)
     assert len(whole.graphs) == 2
     assert torch.backends.cudnn.benchmark == benchmark      # timed during capture only: the flag is process-wide
+    assert seen and all(seen_flag and name == 'sida-cudnn-capture' for seen_flag, name in seen)  # on, on a fresh thread
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='the fused kernel inside a compiled graph: needs a GPU')
+def test_a_compiled_generator_with_fused_norm_matches_the_plain_compile(class_bundle, monkeypatch):
+    """Every UNet norm + SiLU through the kernel (forced at any batch), under compile and whole-graph: the same images
+    as the plain compile, to bf16's tolerance, and the op really in the graph."""
+    import models.fused_norm
+    from export.compiled import CompileOptions, compile_generator
+    from export.parity import parity_inputs
+    from models.bundle import load_bundle
+    monkeypatch.setattr(models.fused_norm, '_min_programs', lambda device: 1)
+    calls = []
+    real = models.fused_norm.launch
+    monkeypatch.setattr(models.fused_norm, 'launch', lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = load_bundle(class_bundle).config
+    plain = compile_generator(load_bundle(class_bundle).generator, 'bf16', CompileOptions.parse('default+channels-last'),
+                              'cuda')
+    fused = compile_generator(load_bundle(class_bundle).generator, 'bf16',
+                              CompileOptions.parse('default+channels-last+fused-norm+whole-graph'), 'cuda')
+    inputs = {k: v.cuda() for k, v in parity_inputs(config, 16).items()}
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(**inputs)[1].clone(), plain(**inputs)[1], atol=3e-2, rtol=3e-2)
+    assert calls, 'the fused kernel was never traced into the graph'
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='whole-graph captures a CUDA graph: needs a GPU')
@@ -202,9 +228,29 @@ def test_a_failed_helper_is_reported_and_its_bucket_compiled_here(tmp_path, monk
     assert helpers.buckets == (64,) and 'buckets [64] compile side by side in 1 helper' in logs[0]
     helpers.wait()
     assert 'helper for bucket 64 failed (exit 1' in logs[1] and 'compiling it here' in logs[1], logs
+    # a helper only compiles: the capture's switches are not its business (they used to fail its options' check)
+    helpers = SideBySide(tmp_path / 'no-such-bundle', 'fp32', CompileOptions.parse('default+cudnn-benchmark+whole-graph'),
+                         [8, 64], 'cpu', logs.append)
+    helpers.wait()
     monkeypatch.setenv('SIDA_COMPILE_PROCESSES', 'many')
     with pytest.raises(ValueError, match='SIDA_COMPILE_PROCESSES must be a whole number'):
         SideBySide(tmp_path, 'fp32', CompileOptions(), [1, 8], 'cpu')
+
+
+def test_cudnn_benchmarking_overlapping_captures_leave_the_flag_as_it_was():
+    """The flag is process-wide: two captures on two threads, the first out early, keep it on until the last is out."""
+    from export.compiled import cudnn_benchmarking
+    before = torch.backends.cudnn.benchmark
+    first, second = cudnn_benchmarking(), cudnn_benchmarking()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert torch.backends.cudnn.benchmark is True
+    second.__exit__(None, None, None)
+    assert torch.backends.cudnn.benchmark == before
+    with pytest.raises(RuntimeError), cudnn_benchmarking():
+        raise RuntimeError('a failed warm-up')
+    assert torch.backends.cudnn.benchmark == before
 
 
 def test_compile_generator_sets_up_the_model_switches(class_bundle):

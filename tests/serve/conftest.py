@@ -1,3 +1,4 @@
+import gc
 import os
 import signal
 import socket
@@ -66,8 +67,11 @@ def in_process(*bundles, replicas=None, **settings):
     from serve.app import create_app
     from serve.settings import Settings
     settings = {'backend': 'torch', 'ui': False, **settings}
-    with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings), devices=replicas)) as client:
-        yield client
+    try:
+        with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings), devices=replicas)) as client:
+            yield client
+    finally:
+        gc.unfreeze()       # the app froze what existed at its start (serve/state.py); later tests' garbage is theirs
 
 
 @pytest.fixture(scope='session')
