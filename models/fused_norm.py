@@ -21,14 +21,15 @@ MAX_CHANNELS_PER_PROGRAM = 64       # 128 contiguous bytes of each bf16 pixel: w
 
 
 @triton.jit
-def _group_norm_silu_kernel(x_ptr, pre_ptr, w_ptr, b_ptr, y_ptr, HW, C, CPG, CH, stride_pre, stride_w, stride_b, eps,
-                            HAS_PRE: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, GROUPS: tl.constexpr,
-                            BLOCK_HW: tl.constexpr):
+def _group_norm_silu_kernel(x_ptr, pre_ptr, w_ptr, b_ptr, y_ptr, HW, CPG, CH, sx_n, sx_c, sx_hw, sy_n, sy_c, sy_hw,
+                            stride_pre, stride_w, stride_b, eps, HAS_PRE: tl.constexpr, SILU: tl.constexpr,
+                            BLOCK_C: tl.constexpr, GROUPS: tl.constexpr, BLOCK_HW: tl.constexpr):
     n = tl.program_id(0)
     lane = tl.arange(0, BLOCK_C)
     channels = tl.program_id(1) * CH + lane
     cmask = lane < CH
-    base = n.to(tl.int64) * HW * C
+    x_base = x_ptr + n.to(tl.int64) * sx_n + channels[None, :] * sx_c       # strides: any dense layout reads right,
+    y_base = y_ptr + n.to(tl.int64) * sy_n + channels[None, :] * sy_c       # channels-last reads whole sectors
     pre = tl.zeros([BLOCK_C], tl.float32)
     if HAS_PRE:
         pre = tl.load(pre_ptr + n * stride_pre + channels, mask=cmask, other=0.0).to(tl.float32)
@@ -39,7 +40,7 @@ def _group_norm_silu_kernel(x_ptr, pre_ptr, w_ptr, b_ptr, y_ptr, HW, C, CPG, CH,
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         mask = (hw < HW)[:, None] & cmask[None, :]
-        v = tl.load(x_ptr + base + hw[:, None] * C + channels[None, :], mask=mask, other=0.0,
+        v = tl.load(x_base + hw[:, None] * sx_hw, mask=mask, other=0.0,
                     eviction_policy='evict_last').to(tl.float32) + pre[None, :]
         seen = start * 1.0
         count = tl.minimum(HW - start, BLOCK_HW).to(tl.float32)
@@ -68,12 +69,11 @@ def _group_norm_silu_kernel(x_ptr, pre_ptr, w_ptr, b_ptr, y_ptr, HW, C, CPG, CH,
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW)
         mask = (hw < HW)[:, None] & cmask[None, :]
-        offsets = base + hw[:, None] * C + channels[None, :]
-        v = tl.load(x_ptr + offsets, mask=mask, other=0.0, eviction_policy='evict_first').to(tl.float32)
+        v = tl.load(x_base + hw[:, None] * sx_hw, mask=mask, other=0.0, eviction_policy='evict_first').to(tl.float32)
         y = v * scale[None, :] + shift[None, :]
         if SILU:
             y = y * tl.sigmoid(y)
-        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_base + hw[:, None] * sy_hw, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def plan(channels, num_groups):
@@ -100,18 +100,21 @@ def fused_pays(x, num_groups):
 
 def launch(kernel, x, pre, weight, bias, num_groups, eps, silu=True):
     """y = silu(group_norm(x + pre) * weight + bias) with `kernel` (the jitted one, or its wrap_triton for compile).
-    x: [N, C, H, W] channels-last; pre: [N, C] or None; weight, bias: [C] or [N, C] (a per-sample affine)."""
+    x: [N, C, H, W], channels-last for speed (any layout whose H and W flatten reads right); pre: [N, C] or None;
+    weight, bias: [C] or [N, C] (a per-sample affine). y has x's layout."""
     n, c, h, w = x.shape
-    if c % num_groups or not x.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError(f'fused GroupNorm needs channels-last input with channels divisible by groups, got '
-                         f'{tuple(x.shape)} strides {x.stride()}, {num_groups} groups')
+    if c % num_groups:
+        raise ValueError(f'GroupNorm: {c} channels do not split into {num_groups} groups')
+    if x.stride(2) != w * x.stride(3):      # pixels not one stride apart
+        x = x.contiguous(memory_format=torch.channels_last)
     groups, per_program = plan(c, num_groups)
     block_c = triton.next_power_of_2(per_program)
     block_hw = max(16, min(triton.next_power_of_2(h * w), 4096 // block_c))
-    y = torch.empty_like(x, memory_format=torch.channels_last)
+    y = torch.empty_like(x)
     stride = lambda t: t.stride(0) if t.dim() == 2 else 0      # noqa: E731  ([C]: the same row for every sample)
     kernel[(n, c // per_program)](
-        x, pre if pre is not None else x, weight, bias, y, h * w, c, c // num_groups, per_program,
+        x, pre if pre is not None else x, weight, bias, y, h * w, c // num_groups, per_program,
+        x.stride(0), x.stride(1), x.stride(3), y.stride(0), y.stride(1), y.stride(3),
         stride(pre) if pre is not None else 0, stride(weight), stride(bias), eps,
         HAS_PRE=pre is not None, SILU=silu, BLOCK_C=block_c, GROUPS=triton.next_power_of_2(groups), BLOCK_HW=block_hw,
         num_warps=8 if block_c * block_hw >= 4096 else 4)
