@@ -289,22 +289,28 @@ def prepare_denoiser(denoiser, precision, options):
         denoiser.compute_dtype = PRECISIONS[precision]
     if options.channels_last:
         denoiser.to(memory_format=torch.channels_last)
+    fused_norm = _fused_norm() if options.fused_norm else None
     for module in list(denoiser.modules()):
         if isinstance(module, GroupNorm):
             module.grouped_view_when_compiled = options.grouped_norm
-            module.fused_silu_when_compiled = options.fused_norm
+            module.fused_silu_min_batch = fused_norm and fused_norm.min_batch(
+                module.weight.shape[0], module.num_groups, module.weight.device)
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
             fuse_affines(module)        # after the cast: the fused weights are copies
         if hasattr(module, 'channels_last_cat'):
             module.channels_last_cat = options.channels_last_cat
     if options.channels_last_cat:
         from torch._inductor import inductor_prims  # noqa: F401  (registers the op concat_channels traces)
-    if options.fused_norm:
-        try:
-            import models.fused_norm  # noqa: F401  (registers sida::group_norm_silu)
-        except ImportError as e:
-            raise ExportError(f'fused-norm needs Triton (it comes with CUDA builds of torch): {e}') from None
     return denoiser
+
+
+def _fused_norm():
+    """models.fused_norm, imported (which registers sida::group_norm_silu), or why not."""
+    try:
+        import models.fused_norm
+    except ImportError as e:
+        raise ExportError(f'fused-norm needs Triton (it comes with CUDA builds of torch): {e}') from None
+    return models.fused_norm
 
 
 def compile_denoiser(denoiser, precision='bf16', options=None, device='cuda'):

@@ -8,7 +8,7 @@ slice once for the statistics (Welford, float32) and at once again, now from the
 per-(sample, channel) affine and SiLU, and write. HBM traffic: one read and one write, against two reads and a write.
 
 One program per (sample, block of groups) and no split of the pixels, so it pays only when there are enough of them
-to fill the GPU: `fused_pays` says when (large batches); below that, callers keep the plain path.
+to fill the GPU: `min_batch` says from which batch; below it, callers keep the plain path.
 """
 
 import functools
@@ -90,12 +90,11 @@ def _min_programs(device_index):
     return 2 * torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def fused_pays(x, num_groups):
-    """Enough programs (samples x blocks of groups) for two waves over the GPU's SMs: a batch-256 forward, not batch 1."""
-    if x.device.type != 'cuda' or x.dim() != 4:
-        return False
-    n, c = x.shape[:2]
-    return n * (c // plan(c, num_groups)[1]) >= _min_programs(x.device.index or 0)
+def min_batch(channels, num_groups, device):
+    """The smallest batch with enough programs (samples x blocks of groups) for two waves over the GPU's SMs: the
+    kernel pays at a batch-256 forward, not at batch 1. Worked out before tracing (plain numbers for dynamo)."""
+    device = torch.device(device)
+    return -(-_min_programs(device.index or 0) // (channels // plan(channels, num_groups)[1]))
 
 
 def launch(kernel, x, pre, weight, bias, num_groups, eps, silu=True):

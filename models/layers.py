@@ -104,8 +104,8 @@ class GroupNorm(torch.nn.Module):
     # normalise through a grouped view of x itself instead of group_norm (see _norm_grouped_view).
     grouped_view_when_compiled = False
     # Set by export's compile_generator (its fused-norm switch, CUDA inference only): under torch.compile, silu_of
-    # runs models.fused_norm's one-pass Triton kernel where the batch fills the GPU.
-    fused_silu_when_compiled = False
+    # runs models.fused_norm's one-pass Triton kernel from this batch size on (where it fills the GPU).
+    fused_silu_min_batch = None
 
     def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
         super().__init__()
@@ -125,15 +125,14 @@ class GroupNorm(torch.nn.Module):
     def silu_of(self, x, pre=None, scale=None, shift=None):
         """silu(norm(x + pre) * scale + shift), pre, scale and shift [N, C, 1, 1] or None: what UNetBlock does after
         each of its norms, as one kernel when fused (models/fused_norm.py), else exactly as written out below."""
-        if self.fused_silu_when_compiled and torch.compiler.is_compiling():
-            from models.fused_norm import fused_pays
-            if fused_pays(x, self.num_groups):
-                weight, bias = self.weight.float(), self.bias.float()
-                if scale is not None:       # (norm * w + b) * scale + shift: a per-sample affine
-                    scale, shift = scale.flatten(1).float(), shift.flatten(1).float()
-                    weight, bias = weight * scale, bias * scale + shift
-                return torch.ops.sida.group_norm_silu(x, None if pre is None else pre.flatten(1), weight, bias,
-                                                      self.num_groups, self.eps)
+        fused = self.fused_silu_min_batch
+        if fused is not None and x.dim() == 4 and x.shape[0] >= fused and torch.compiler.is_compiling():
+            weight, bias = self.weight.float(), self.bias.float()
+            if scale is not None:       # (norm * w + b) * scale + shift: a per-sample affine
+                scale, shift = scale.flatten(1).float(), shift.flatten(1).float()
+                weight, bias = weight * scale, bias * scale + shift
+            return torch.ops.sida.group_norm_silu(x, None if pre is None else pre.flatten(1), weight, bias,
+                                                  self.num_groups, self.eps)
         if scale is not None:
             return silu(torch.addcmul(shift, self(x if pre is None else x + pre), scale))
         return silu(self(x if pre is None else x + pre))

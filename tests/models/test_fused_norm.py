@@ -70,6 +70,23 @@ def test_plan_takes_whole_groups_up_to_64_channels():
     assert plan(96, 32) == (16, 48)         # groups of 3: the most that divide 32 and fit 64 channels
 
 
+def test_the_kernel_is_used_from_the_batch_that_fills_the_gpu(monkeypatch):
+    """Two waves of programs over the SMs (132 on an H100): DDPM++'s norms from batch 66 (4 programs a sample), and
+    prepare_denoiser gives every GroupNorm its own threshold."""
+    import models.fused_norm
+    from export.compiled import CompileOptions, prepare_denoiser
+    from models.architecture import build_denoiser
+    from models.layers import GroupNorm
+    monkeypatch.setattr(models.fused_norm, '_min_programs', lambda device: 264)
+    assert models.fused_norm.min_batch(256, 32, 'cuda') == 66 and models.fused_norm.min_batch(320, 32, 'cuda') == 33
+    denoiser = prepare_denoiser(build_denoiser(tiny_ddpmpp()), 'fp32', CompileOptions.parse('default+fused-norm'))
+    norms = [m for m in denoiser.modules() if isinstance(m, GroupNorm)]
+    assert norms and all(m.fused_silu_min_batch == models.fused_norm.min_batch(m.weight.shape[0], m.num_groups, 'cuda')
+                         for m in norms)
+    plain = prepare_denoiser(build_denoiser(tiny_ddpmpp()), 'fp32', CompileOptions.parse('default'))
+    assert all(m.fused_silu_min_batch is None for m in plain.modules() if isinstance(m, GroupNorm))
+
+
 def test_silu_of_without_fusion_is_the_blocks_old_arithmetic():
     """UNetBlock computes through GroupNorm.silu_of now; off the fused path it must be bit for bit what it was."""
     from torch.nn.functional import silu
