@@ -96,6 +96,7 @@ def lifespan_for(state: AppState, models=None, devices=None):
             yield
         finally:
             state.ready = False
+            gc.unfreeze()       # what the process holds is collected at its exit as usual (no "leaked" reports)
             for task in later:
                 task.cancel()
             await asyncio.gather(*later, return_exceptions=True)
