@@ -87,6 +87,13 @@ SIDA=(python3 -m sida.cli)
 mkdir -p "$OUT"
 ARCH=(--preset ddpmpp --model-channels 64 --channel-mult 1,2,2 --num-blocks 2 --attn 16 --dropout 0.05)
 
+with_wheels() {   # DIR...: the wheels in these folders installed under /tmp/site (the machine is bare), importable
+                  # with this checkout; --upgrade: a second stage in the same call reinstalls without warnings
+    local d wheels=(); for d in "$@"; do wheels+=("$d"/*.whl); done
+    python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site "${wheels[@]}" \
+        && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+}
+
 # One server at a time: seconds from launch to /readyz 200, then closed-loop load at n=1 and n=16 per request
 # (and open-loop Poisson load at RATES requests/s when RATES is set, e.g. RATES=50,200,800).
 serve_and_load() {   # NAME BUNDLE BACKEND READY_LIMIT_S [sida serve options...]; LEVELS, NS, DURATION, RATES shape the load
@@ -257,7 +264,7 @@ student)
     ;;
 serve)
     WHEELS=${3:?wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     RES=$OUT/results      # straight into OUT: a stage cut off by the time limit still brings back what it measured
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
@@ -267,7 +274,7 @@ serve)
     ;;
 serve-sweep)
     WHEELS=${3:?wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS"
     export PATH=/tmp/site/bin:$PATH
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     RES=$OUT/results
@@ -290,7 +297,7 @@ serve-sweep2)
     # After the hot-path changes and with buckets that follow --max-batch (1,8,64,128): ddpmpp on one process (cold
     # start, the sweep, then a warm restart), the generator alone in the same run, then three workers (httptools).
     WHEELS=${3:?wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS"
     export PATH=/tmp/site/bin:$PATH
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     RES=$OUT/results
@@ -312,7 +319,7 @@ serve-sweep2)
 serve-short)
     # The short version (about 4 minutes): the zoo model on one process, then on four workers, n=16 npy.
     WHEELS=${3:?wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS"
     RES=$OUT/results
     OPTS=(--backend compile --max-batch 128 --max-queue-images 4096)     # the default compile (whole-graph)
     if server_up zoo-1proc models/zoo/cifar10-cond 130 "${OPTS[@]}"; then
@@ -331,7 +338,7 @@ serve-open)
     # 50%, 80% and 130% of it (npy, deadline 1 s); then the zoo model on four workers (loading side by side on the warm
     # cache) under the same open loop; the zoo generator alone last (the ratio for its efficiency).
     WHEELS=${3:?wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     RES=$OUT/results
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
@@ -371,8 +378,7 @@ serve-sd)
     # responses, then the generator alone at the same buckets (the efficiency's reference). SD_WHEELS: diffusers
     # (absent on the GPU machine; made as for the sd stage).
     WHEELS=${3:?wheels dir}; SD_WHEELS=${4:?diffusers wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl "$SD_WHEELS"/*.whl \
-        && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS" "$SD_WHEELS"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     RES=$OUT/results
     B=$(python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:sd15-512"))' | tail -n 1)
@@ -391,7 +397,7 @@ startup)
     # --backend compile` with its defaults (MODE=... to pin a mode), latency and a short closed loop after each; then
     # each generator alone at the server's buckets (the HTTP targets compare against it).
     WHEELS=${3:?wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     for run in "bytecode written" "bytecode read"; do       # the floor of any start
         echo "import torch, CUDA up ($run):" | tee -a "$OUT/machine.txt"
@@ -421,7 +427,7 @@ startup-profile)
     # raw stacks) beside the ready line's own timings; then torch.profiler of the default compile at batch 1 and 256
     # beside eager fp32 (the "3x eager fp32" bar), every row through the parity gate.
     WHEELS=${3:?wheels dir}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+    with_wheels "$WHEELS"
     export PATH=/tmp/site/bin:$PATH SIDA_CACHE_DIR=/tmp/startup-profile-cache; RES=$OUT/results; B=build/bench-bundles/ddpmpp-cifar10
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'

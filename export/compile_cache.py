@@ -177,9 +177,9 @@ class CompileCache:
 
     @contextlib.contextmanager
     def warming(self):
-        """Held while this compile's buckets warm up: one process at a time per cache directory and compile, while
-        any of them is cold (the others then load its graphs). Once all are warm, workers load side by side (held
-        every time, four workers on a warm cache became ready one after another, at 21, 33, 44 and 57 s: H100,
+        """Held while this compile's buckets warm up, if any of them is cold: one process at a time per cache directory
+        and compile (the others then load its graphs). Once all are warm, workers load side by side; a lock taken
+        every time made four workers on a warm cache ready one after another, at 21, 33, 44 and 57 s (H100,
         2026-12-07)."""
         import fcntl
         if not self.cold_buckets():

@@ -365,9 +365,9 @@ class SideBySide:
         self.logs = tempfile.TemporaryDirectory(prefix='sida-compile-')
         self.helpers = {}
         try:
+            compile_only = dataclasses.replace(options, whole_graph=False, cudnn_benchmark=False)     # no capture
             for b in self.buckets:      # the largest cold buckets: the slowest to compile
                 with open(os.path.join(self.logs.name, f'{b}.log'), 'w') as out:
-                    compile_only = dataclasses.replace(options, whole_graph=False, cudnn_benchmark=False)  # no capture
                     self.helpers[b] = subprocess.Popen(
                         [sys.executable, *SAFE_PATH, '-m', 'export.compiled', os.path.abspath(bundle_dir), precision,
                          str(compile_only), device, str(b)], stdout=out, stderr=subprocess.STDOUT, env=_helper_env())
@@ -409,9 +409,9 @@ def _helper_env():
 
 class StagedWarmUp:
     """A compile's buckets warmed in stages, under the cache's warming lock while any is cold (one process at a time
-    per compile, so the workers of `sida serve --workers N` load what the first compiled): first() warms the smallest bucket in this
-    process while helpers compile the other cold ones (SideBySide); then `here` (what no helper took) warm in this
-    process, wait() for the helpers, `from_helpers` load from the cache, and done() marks them warm. A server is ready
+    per compile, so the workers of `sida serve --workers N` load what the first compiled): first() warms the smallest
+    bucket in this process while helpers compile the other cold ones (SideBySide); then `here` (what no helper took)
+    warm in this process, wait() for the helpers, `from_helpers` load from the cache, and done() marks them warm. A server is ready
     after first() and warms the rest between batches; export, bench and `sida generate` run it all at once
     (warm_side_by_side). stop() ends it early: helpers killed, lock released."""
 

@@ -18,6 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'       # Triton's interpreter (the CPU tests)
+INTERPRETED_TILE = {'BLOCK_HW': 32, 'num_warps': 4}
+
 # 64 contiguous bytes of each bf16 pixel (whole 32-byte sectors), and a slice small enough that the programs resident
 # at once (3 an SM at 74-80 registers a thread: ptxas for sm_90a) keep theirs in the L2 for the second pass: 64 KB at
 # 32x32, 25 MB for 396 programs against the H100's 50 MB (64 channels would have filled it)
@@ -33,10 +36,6 @@ def _tuned(kernel):
         return kernel
     return triton.autotune(configs=[triton.Config({'BLOCK_HW': hw}, num_warps=warps) for hw in (16, 32, 64, 128)
                                     for warps in (2, 4, 8)], key=['HW', 'CH', 'HAS_PRE'])(kernel)
-
-
-INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
-INTERPRETED_TILE = {'BLOCK_HW': 32, 'num_warps': 4}
 
 
 @_tuned

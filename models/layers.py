@@ -133,9 +133,8 @@ class GroupNorm(torch.nn.Module):
                 weight, bias = weight * scale, bias * scale + shift
             return torch.ops.sida.group_norm_silu(x, None if pre is None else pre.flatten(1), weight, bias,
                                                   self.num_groups, self.eps)
-        if scale is not None:
-            return silu(torch.addcmul(shift, self(x if pre is None else x + pre), scale))
-        return silu(self(x if pre is None else x + pre))
+        y = self(x if pre is None else x + pre)
+        return silu(y if scale is None else torch.addcmul(shift, y, scale))
 
     def _norm(self, x):
         if self.grouped_view_when_compiled and torch.compiler.is_compiling():

@@ -1,4 +1,3 @@
-import gc
 import os
 import signal
 import socket
@@ -67,11 +66,8 @@ def in_process(*bundles, replicas=None, **settings):
     from serve.app import create_app
     from serve.settings import Settings
     settings = {'backend': 'torch', 'ui': False, **settings}
-    try:
-        with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings), devices=replicas)) as client:
-            yield client
-    finally:
-        gc.unfreeze()       # the app froze what existed at its start (serve/state.py); later tests' garbage is theirs
+    with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings), devices=replicas)) as client:
+        yield client
 
 
 @pytest.fixture(scope='session')

@@ -178,4 +178,5 @@ def test_the_server_is_ready_after_the_first_bucket_and_logs_when_every_bucket_i
         assert set(warm['startup'][0]['warmup_batches']) == {'1', '8', '32'}          # max batch 32
         assert warm['after_ready_seconds'] > 0 and warm['process_seconds'] >= ready['process_seconds']
         assert gc.get_freeze_count() > frozen   # and the later buckets' graphs
+    assert gc.get_freeze_count() == 0           # unfrozen at shutdown: the process's exit collects them as usual
     assert (tmp_path / 'machine' / 'compile' / 'sida-warm').is_dir()
