@@ -62,7 +62,7 @@
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
-#                                                 both), compiled and eager, batch 64
+#                                                 both), compiled and eager, batch 64 (BACKENDS=compile: compiled only)
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px): the generator, then its UNet and
 #                                                 VAE decoder apart, at BATCHES (1,16); TRAIN=1 adds SiD-LSG training speed;
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
@@ -642,7 +642,7 @@ ratio)
     # ddpmpp-cifar10 (random weights: speed only) as both, eager bf16 and compiled (CUDA graphs), batch 64.
     RES=$OUT/results
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-    for backend in compile eager; do
+    for backend in ${BACKENDS:-compile eager}; do      # BACKENDS='compile': the compiled pair only
         timeout ${STAGE_S:-270} "${SIDA[@]}" bench teacher-vs-student --teacher preset:ddpmpp-cifar10 \
             --student preset:ddpmpp-cifar10 --backend $backend --batch 64 --nfe 35 --runs 5 --out $RES \
             --name teacher-vs-student-ddpmpp-$backend 2>&1 | tee "$OUT/ratio-$backend.log"
