@@ -24,6 +24,7 @@
 #   bench/gpu_session.sh serve-short OUT WHEELS   a 4-minute cut of serve-sweep2 (zoo: one process, then 4 workers; the default compile)
 #   bench/gpu_session.sh serve-open OUT WHEELS  the open-loop targets: each model on one process, its saturation (closed loop,
 #                                                 n=16 npy), then Poisson load at 50/80/130% of it; the zoo model on 4 workers
+#                                                 (END_S=575: the second its last step, the generator alone, must end by)
 #   bench/gpu_session.sh serve-sd OUT WHEELS SD_WHEELS  preset:sd15-512 served (compile, buckets 1, 8, 16): n=1, n=4 with JPEG
 #                                                 and PNG responses, and the generator alone (SD_WHEELS: build/sd-whl)
 #   bench/gpu_session.sh startup OUT WHEELS  cold (side-by-side compile) and warm start of `sida serve --backend compile` with
@@ -367,7 +368,7 @@ EOF2
         R=$(rates http-zoo-4workers-n16); echo "zoo 4 workers open-loop rates: $R req/s" | tee -a "$OUT/ready.txt"
         [ -n "$R" ] && load http-zoo-4workers-open --rate "$R" "${NPY[@]}" --duration 5 --deadline-ms 1000
         server_down zoo-4workers; fi
-    left=$((575 - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond \
+    left=$((${END_S:-575} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle models/zoo/cifar10-cond \
         --backends compile-bf16 --batch 1,64,128 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES \
         --name generate-zoo-serve-buckets 2>&1 | grep -v 'config/s'
     echo "stage took $SECONDS s"
@@ -387,7 +388,7 @@ serve-sd)
         load http-sd15-n4-jpeg --concurrency 4,8 --n 4 --format jpeg --response binary --duration 6
         load http-sd15-n4-png --concurrency 4,8 --n 4 --format png --response binary --duration 6
         server_down sd15; fi
-    left=$((575 - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle "$B" \
+    left=$((${END_S:-575} - SECONDS)); [ $left -gt 20 ] && timeout $left "${SIDA[@]}" bench generate --bundle "$B" \
         --backends compile-bf16 --batch 1,8,16 --runs 10 --max-seconds 3 --warmup 3 --out $RES \
         --name generate-sd15-serve-buckets 2>&1 | grep -v 'config/s'
     echo "stage took $SECONDS s"
