@@ -23,7 +23,7 @@ from export.manifest import record_export, runtime_versions
 from export.onnx_export import PRECISIONS, ExportError
 from export.parity import gate, run_parity
 from models.bundle import load_bundle
-from models.layers import GroupNorm, fuse_affines
+from models.layers import GroupNorm, UNetBlock, fuse_affines
 from sida.cli_options import COMPILE_MODES
 
 # What `sida export compile` compiles by default: every bucket of a server whose --max-batch is 32, 64, 128 or 256.
@@ -31,7 +31,8 @@ DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
             'channels-last-cat': 'channels_last_cat', 'fused-norm': 'fused_norm', 'coordinate-descent': 'coordinate_descent',
-            'cudnn-benchmark': 'cudnn_benchmark', 'whole-graph': 'whole_graph'}
+            'split-skip': 'split_skip', 'planar-qkv': 'planar_qkv', 'fast-math': 'fast_math', 'cudnn-benchmark': 'cudnn_benchmark',
+            'whole-graph': 'whole_graph'}
 
 
 GRAPH_MODES = ('reduce-overhead', 'max-autotune')      # the modes that capture CUDA graphs themselves
@@ -57,6 +58,15 @@ class CompileOptions:
     coordinate_descent: bool = False  # inductor tunes each Triton kernel's block sizes by timing neighbours at its
                                       # first launch: for the memory-bound GroupNorm/SiLU/add kernels (half of batch
                                       # 256's time); tuned while other processes share the GPU, the picks are noisier
+    split_skip: bool = False        # decoder blocks take (x, skip) apart: the norm reads both (the concat becomes
+                                    # pointwise, inside its kernels) and the 1x1 skip convolves each with its slice of
+                                    # the weight; no concat is written (H100 profile, batch 256: about 1 ms a forward
+                                    # of copies into concat buffers)
+    planar_qkv: bool = False        # the qkv projection's channels reordered ({q,k,v}, head, channel), so q, k and v
+                                    # reach the attention kernel as views: no copies (0.8 ms a forward at batch 256)
+    fast_math: bool = False         # inductor's use_fast_math: exp as the approximate flush-to-zero instruction in the
+                                    # Triton kernels (the SiLU of every GroupNorm + SiLU kernel; those ran at 1.7-1.9
+                                    # TB/s, partly bound by their arithmetic, H100 batch-256 profile)
     cudnn_benchmark: bool = False   # cuDNN times its convolution algorithms per shape before whole-graph captures them
                                     # (instead of its heuristics' pick; convolutions are the other half at batch 256)
     whole_graph: bool = False       # one CUDA graph per bucket around the whole generator, captured by sida (WholeGraph)
@@ -103,10 +113,15 @@ class CompileOptions:
             options['force_layout_optimization'] = True
         if self.combo_kernels:
             options['combo_kernels'] = True
-        if self.pointwise_cat:
+        if self.pointwise_cat or self.split_skip:
             options['force_pointwise_cat'] = True
         if self.coordinate_descent:
             options['coordinate_descent_tuning'] = True
+        if self.fast_math:
+            from torch._inductor import config
+            if not hasattr(config, 'use_fast_math'):
+                raise ValueError(f'fast-math: this torch ({torch.__version__}) has no inductor use_fast_math option')
+            options['use_fast_math'] = True
         return options
 
     def cuda_graphs(self):
@@ -281,7 +296,7 @@ def prepare_generator(generator, precision, options, device):
 
 def prepare_denoiser(denoiser, precision, options):
     """The UNet body cast to the precision (the preconditioning stays float32), channels-last weights, and the model
-    switches (GroupNorm's grouped view, FusedAffines, channels-last concats). In place; returns the denoiser."""
+    switches (GroupNorm's grouped view, FusedAffines, the decoder's concats, planar qkv). In place; returns the denoiser."""
     if precision not in PRECISIONS:
         raise ExportError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
     if precision != 'fp32':
@@ -299,6 +314,9 @@ def prepare_denoiser(denoiser, precision, options):
             fuse_affines(module)        # after the cast: the fused weights are copies
         if hasattr(module, 'channels_last_cat'):
             module.channels_last_cat = options.channels_last_cat
+            module.split_skip = options.split_skip
+        if options.planar_qkv and isinstance(module, UNetBlock) and module.num_heads:
+            module.plan_qkv()           # after the cast: the reordered weights are copies
     if options.channels_last_cat:
         from torch._inductor import inductor_prims  # noqa: F401  (registers the op concat_channels traces)
     return denoiser

@@ -86,6 +86,17 @@ class Conv2d(torch.nn.Module):
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         return x
 
+    def over_parts(self, parts):
+        """This convolution of the parts' channel concatenation, never concatenated: each part convolved with its slice
+        of the weight, summed (a convolution is linear in its input channels). For split-skip, where a decoder block's
+        input stays two tensors; no resampling."""
+        if self.up or self.down or self.weight is None:
+            raise ValueError('over_parts is for a plain convolution, without resampling')
+        w = self.weight.to(parts[0].dtype)
+        slices = w.split([p.shape[1] for p in parts], dim=1)
+        x = sum(torch.nn.functional.conv2d(p, s, padding=w.shape[-1] // 2) for p, s in zip(parts, slices))
+        return x if self.bias is None else x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+
     # A 2-tap filter always has padding 0 here, so the box shortcuts need none.
     def _up(self, x, f, padding):
         if self.box:
@@ -186,6 +197,15 @@ class FourierEmbedding(torch.nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+def attention_heads(q, k, v):
+    """Softmax attention over [batch, heads, length, channels] tensors, as `attention` computes it (float32 stays
+    float32; bf16/fp16 run the fused kernels), strides as they come: those kernels need only the channels dense."""
+    half = q.dtype in (torch.bfloat16, torch.float16)
+    if not half:
+        q, k, v = q.float(), k.float(), v.float()
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
 def attention(q, k, v, mask=None):
     """Softmax attention over [batch*heads, channels, length] tensors.
 
@@ -241,6 +261,9 @@ class UNetBlock(torch.nn.Module):
             self.qkv = Conv2d(out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init))
             self.proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
 
+        # The qkv projection reordered by plan_qkv (export's planar-qkv switch); None until then.
+        self.register_buffer('qkv_planar_weight', None, persistent=False)
+        self.register_buffer('qkv_planar_bias', None, persistent=False)
         self.text_dim = text_dim if self.num_heads else 0
         if self.text_dim:
             self.norm3 = GroupNorm(num_channels=out_channels, eps=eps)
@@ -250,8 +273,11 @@ class UNetBlock(torch.nn.Module):
             self.cross_proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
 
     def forward(self, x, emb, text=None, projected=None):
-        """projected: this block's self.affine(emb), when the UNet computed every block's at once (FusedAffines)."""
-        orig = x
+        """projected: this block's self.affine(emb), when the UNet computed every block's at once (FusedAffines).
+        x may be a tuple of tensors, the parts of a channel concatenation (a decoder block under split-skip): the norm
+        reads their concatenation (which the compiler fuses into its kernels) and the skip convolves them apart."""
+        parts = x if isinstance(x, tuple) else None
+        x = orig = torch.cat(parts, dim=1) if parts else x
         x = self.conv0(self.norm0.silu_of(x))
 
         params = (self.affine(emb) if projected is None else projected).unsqueeze(2).unsqueeze(3).to(x.dtype)
@@ -262,17 +288,36 @@ class UNetBlock(torch.nn.Module):
             x = self.norm1.silu_of(x, pre=params)
 
         x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
-        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
+        skip = orig if self.skip is None else self.skip.over_parts(parts) if parts else self.skip(orig)
+        x = (x + skip) * self.skip_scale
 
         if self.num_heads:
-            # EDM's channel layout of qkv is (head, channel, {q,k,v}); keep it for weight compatibility.
-            n, c, h, w = x.shape
-            q, k, v = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
-            x = (self.proj(attention(q, k, v).reshape(n, c, h, w)) + x) * self.skip_scale
+            x = (self.proj(self.self_attend(self.norm2(x))) + x) * self.skip_scale
 
         if self.text_dim and text is not None:
             x = (self.cross_attend(x, *text) + x) * self.skip_scale
         return x
+
+    def self_attend(self, y):
+        """Self-attention of the normalised y, before its output projection. EDM's qkv channels are ordered (head,
+        channel, {q,k,v}); with planar_qkv's reordered copy ({q,k,v}, head, channel) q, k and v are views of the
+        channels-last qkv output, handed to the fused kernels without the three copies the EDM order costs."""
+        n, c, h, w = y.shape
+        heads = self.num_heads
+        if self.qkv_planar_weight is None:
+            q, k, v = self.qkv(y).reshape(n * heads, c // heads, 3, h * w).unbind(2)
+            return attention(q, k, v).reshape(n, c, h, w)
+        qkv = torch.nn.functional.conv2d(y, self.qkv_planar_weight.to(y.dtype), self.qkv_planar_bias.to(y.dtype))
+        q, k, v = qkv.reshape(n, 3, heads, c // heads, h * w).transpose(-1, -2).unbind(1)     # [n, heads, hw, channels]
+        return attention_heads(q, k, v).to(y.dtype).transpose(-1, -2).reshape(n, c, h, w)
+
+    def plan_qkv(self):
+        """Keep a copy of the qkv projection with its output channels reordered for self_attend (inference only: the
+        copy goes stale if the weights change; not part of the state dict)."""
+        c, heads = self.out_channels, self.num_heads
+        order = torch.arange(3 * c, device=self.qkv.weight.device).reshape(heads, c // heads, 3).permute(2, 0, 1).flatten()
+        self.qkv_planar_weight = self.qkv.weight.detach()[order].clone()
+        self.qkv_planar_bias = self.qkv.bias.detach()[order].clone()
 
     def cross_attend(self, x, tokens, keep):
         n, c, h, w = x.shape

@@ -75,8 +75,11 @@ def test_compile_options_read_and_write_one_spelling():
     assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last+fused-affines+channels-last-cat'
     assert str(default_options('cuda', 'reduce-overhead')) == 'reduce-overhead+channels-last+fused-affines+channels-last-cat'
     assert default_options('cuda', 'max-autotune-no-cudagraphs').whole_graph
-    every = CompileOptions.parse('default+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm')
-    assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat+channels-last-cat'
+    every = CompileOptions.parse('default+planar-qkv+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm'
+                                 '+split-skip')
+    assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat+channels-last-cat+split-skip+planar-qkv'
+    assert CompileOptions.parse('default+split-skip').inductor_options()['force_pointwise_cat']     # the concat in kernels
+    assert CompileOptions.parse('default+fast-math').inductor_options()['use_fast_math']
     assert every.inductor_options() == {'combo_kernels': True, 'force_pointwise_cat': True}  # the other two: the model
     tuned = CompileOptions.parse('default+whole-graph+cudnn-benchmark+coordinate-descent')
     assert str(tuned) == 'default+coordinate-descent+cudnn-benchmark+whole-graph'
@@ -149,6 +152,23 @@ def test_a_compiled_generator_with_fused_norm_matches_the_plain_compile(class_bu
     with torch.inference_mode():
         torch.testing.assert_close(fused(**inputs)[1].clone(), plain(**inputs)[1], atol=3e-2, rtol=3e-2)
     assert calls, 'the fused kernel was never traced into the graph'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='the fused attention and pointwise concats of CUDA: needs a GPU')
+def test_a_compiled_generator_with_split_skip_and_planar_qkv_matches_the_plain_compile(class_bundle):
+    """The decoder's concats kept apart and q, k, v handed to the fused attention as views, under compile and
+    whole-graph: the same images as the plain compile, to bf16's tolerance."""
+    from export.compiled import CompileOptions, compile_generator
+    from export.parity import parity_inputs
+    from models.bundle import load_bundle
+    config = load_bundle(class_bundle).config
+    plain = compile_generator(load_bundle(class_bundle).generator, 'bf16', CompileOptions.parse('default+channels-last'),
+                              'cuda')
+    split = compile_generator(load_bundle(class_bundle).generator, 'bf16',
+                              CompileOptions.parse('default+channels-last+split-skip+planar-qkv+whole-graph'), 'cuda')
+    inputs = {k: v.cuda() for k, v in parity_inputs(config, 16).items()}
+    with torch.inference_mode():
+        torch.testing.assert_close(split(**inputs)[1].clone(), plain(**inputs)[1], atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='whole-graph captures a CUDA graph: needs a GPU')
@@ -255,16 +275,19 @@ def test_cudnn_benchmarking_overlapping_captures_leave_the_flag_as_it_was():
 
 def test_compile_generator_sets_up_the_model_switches(class_bundle):
     """grouped-norm turns GroupNorm's grouped view on, fused-affines gives the UNet one embedding projection,
-    channels-last-cat lays its concats out channels-last."""
+    channels-last-cat lays its concats out channels-last, split-skip keeps them apart, planar-qkv reorders qkv."""
     from export.compiled import compile_generator
     from models.bundle import load_bundle
-    from models.layers import GroupNorm
-    for spec, on in (('default', False), ('default+grouped-norm+fused-affines+channels-last-cat', True)):
+    from models.layers import GroupNorm, UNetBlock
+    for spec, on in (('default', False), ('default+grouped-norm+fused-affines+channels-last-cat+split-skip+planar-qkv', True)):
         generator = load_bundle(class_bundle).generator
         compile_generator(generator, 'fp32', CompileOptions.parse(spec), 'cpu')     # compiles lazily: nothing runs here
         norms = [m for m in generator.modules() if isinstance(m, GroupNorm)]
         assert norms and all(m.grouped_view_when_compiled is on for m in norms)
-        assert (generator.denoiser.model.fused_affines is not None) is on and generator.denoiser.model.channels_last_cat is on
+        unet = generator.denoiser.model
+        assert (unet.fused_affines is not None) is on and unet.channels_last_cat is on and unet.split_skip is on
+        attending = [m for m in generator.modules() if isinstance(m, UNetBlock) and m.num_heads]
+        assert attending and all((m.qkv_planar_weight is not None) is on for m in attending)
 
 
 def test_an_export_from_before_a_switch_existed_still_fits():

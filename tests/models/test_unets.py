@@ -239,3 +239,66 @@ def test_channels_last_concat_compiles_to_the_same_denoiser(make):
     # [N,C,H,W] activations, not the 3-channel image the denoiser returns
     features = [tuple(map(int, b)) for b in buffers if b[0] == str(len(x)) and b[2] == b[3] and int(b[2]) >= 4 and int(b[1]) > 4]
     assert features and not [b for b in features if b[5] > 1]            # the channel stride is 1 in every one of them
+
+
+@pytest.mark.parametrize('make', [tiny_ddpmpp, tiny_ncsnpp, tiny_adm])
+def test_split_skip_and_planar_qkv_give_the_same_denoiser_and_leave_the_state_dict_alone(make):
+    """split-skip (decoder blocks take (x, skip) apart, the skip convolved per part) and planar-qkv (the qkv projection
+    reordered so q, k, v are views) compute what the plain network does, in eager and compiled (inductor, CPU)."""
+    from models.layers import UNetBlock
+    spec = make()
+    net = perturb_(build_denoiser(spec)).eval().to(memory_format=torch.channels_last)
+    x, sigma, labels = _inputs(spec)
+    keys = list(net.state_dict())
+    attending = [b for b in net.model.modules() if isinstance(b, UNetBlock) and b.num_heads]
+    assert attending
+    with torch.no_grad():
+        expected = net(x, sigma, labels)
+        net.model.split_skip = True
+        for block in attending:
+            block.plan_qkv()
+        split = {}
+        for name, block in net.model.dec.items():       # the blocks that get (x, skip) see a tuple
+            if isinstance(block, UNetBlock):
+                block.register_forward_pre_hook(lambda m, args, name=name: split.__setitem__(name, isinstance(args[0], tuple)))
+        out = net(x, sigma, labels)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        assert any(split.values()) and not all(split.values())      # concat blocks split; up and same-width blocks not
+        assert list(net.state_dict()) == keys
+        torch._dynamo.reset()
+        compiled = torch.compile(net, options={'force_layout_optimization': True, 'force_pointwise_cat': True},
+                                 fullgraph=True)(x, sigma, labels)
+    torch.testing.assert_close(compiled, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_planar_qkv_hands_the_attention_views_of_one_projection():
+    """With planar-qkv the traced graph feeds scaled_dot_product_attention slices of the qkv convolution's output (no
+    contiguous copies in between); in EDM's order the inputs are made contiguous first."""
+    from export.compiled import CompileOptions, prepare_denoiser
+    spec = tiny_ddpmpp()
+    x, sigma, labels = _inputs(spec)
+
+    def copies_before_attention(spec_text):
+        net = prepare_denoiser(build_denoiser(spec).eval(), 'bf16', CompileOptions.parse(spec_text))
+        nodes = []
+
+        def capture(gm, example_inputs):
+            nodes.extend(gm.graph.nodes)
+            return gm.forward
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(net, backend=capture, fullgraph=True)(x.to(memory_format=torch.channels_last), sigma, labels)
+        sdpa = [n for n in nodes if 'scaled_dot_product_attention' in str(n.target)]
+        assert sdpa
+
+        def copied(node, depth=0):       # a contiguous/clone on the way back to the qkv convolution
+            if depth > 8 or not hasattr(node, 'target'):
+                return False
+            if any(op in str(node.target) for op in ('contiguous', 'clone', 'float')):
+                return True
+            if 'conv2d' in str(node.target):
+                return False
+            return any(copied(a, depth + 1) for a in node.args if hasattr(a, 'target'))
+        return [copied(a) for n in sdpa for a in n.args[:3]]
+    assert all(copies_before_attention('default+channels-last'))
+    assert not any(copies_before_attention('default+channels-last+planar-qkv'))
