@@ -302,3 +302,30 @@ def test_planar_qkv_hands_the_attention_views_of_one_projection():
         return [copied(a) for n in sdpa for a in n.args[:3]]
     assert all(copies_before_attention('default+channels-last'))
     assert not any(copies_before_attention('default+channels-last+planar-qkv'))
+
+
+def test_split_skip_writes_no_concat_buffer():
+    """Compiled (inductor, CPU lowering, no buffer reuse), each decoder block with a concatenated input allocates one
+    buffer of its width and resolution fewer with split-skip: the concat itself (the normalised input of its first
+    convolution is still written; each width here belongs to one such block)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from export.compiled import CompileOptions, prepare_denoiser
+    from models.layers import UNetBlock
+    spec = tiny_ddpmpp()
+    x, sigma, labels = _inputs(spec)
+
+    def concat_shaped_buffers(spec_text):
+        options = CompileOptions.parse(spec_text)
+        net = prepare_denoiser(perturb_(build_denoiser(spec)).eval(), 'fp32', options)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            _, code = run_and_get_code(torch.compile(net, options={**options.inductor_options(), 'allow_buffer_reuse': False},
+                                                     fullgraph=True),
+                                       x.to(memory_format=torch.channels_last), sigma, labels)
+        buffers = re.findall(r'empty_strided_cpu\(\((\d+), (\d+), (\d+), (\d+)\)', '\n'.join(code))
+        widths = {(b.in_channels, int(name.split('x')[0])) for name, b in net.model.dec.items()
+                  if isinstance(b, UNetBlock) and b.in_channels != b.out_channels}
+        return {w: sum(1 for b in buffers if (int(b[1]), int(b[2])) == w and int(b[0]) == len(x)) for w in widths}
+    base, split = (concat_shaped_buffers(f'default+channels-last+{switch}') for switch in ('channels-last-cat', 'split-skip'))
+    assert split == {width: n - 1 for width, n in base.items()}        # one buffer fewer per concat block: the concat
