@@ -181,7 +181,9 @@ def test_whole_graph_denoiser_takes_a_samplers_positional_call(class_bundle):
     plain = compile_denoiser(denoiser(), 'bf16', CompileOptions.parse('default'), 'cuda')
     whole = compile_denoiser(denoiser(), 'bf16', CompileOptions.parse('default+whole-graph'), 'cuda')
     assert isinstance(whole, WholeGraph)
-    x, labels = torch.randn(4, 3, 32, 32, device='cuda'), torch.arange(4, device='cuda')
+    classes = len(load_bundle(class_bundle).config.label_names)
+    x = torch.randn(4, 3, 32, 32, device='cuda')
+    labels = torch.nn.functional.one_hot(torch.arange(4, device='cuda') % classes, classes).float()   # as samplers pass them
     with torch.inference_mode():
         for sigma in (80.0, 2.5, 0.1):
             s = torch.full((4,), sigma, device='cuda')
