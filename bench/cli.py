@@ -95,7 +95,8 @@ def bench():
 @click.option('--compile-variants', default=None, callback=compile_variants,
               help='Measure every compile backend once per variant, MODE[+switch...] (switches: '
                    'freezing, channels-last, grouped-norm, fused-affines, combo-kernels, pointwise-cat, channels-last-cat, '
-                   'fused-norm, coordinate-descent, split-skip, planar-qkv, fast-math, cudnn-benchmark, whole-graph; docs/export.md), '
+                   'fused-norm, coordinate-descent, folded-norm, split-skip, planar-qkv, fast-math, cudnn-benchmark, '
+                   'whole-graph; docs/export.md), '
                    'comma-separated, e.g. '
                    'reduce-overhead,reduce-overhead+channels-last+fused-affines (each row also carries the parity gate).')
 @click.option('--profile', 'profile_dir', default=None, type=click.Path(file_okay=False),

@@ -31,11 +31,13 @@ DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
             'channels-last-cat': 'channels_last_cat', 'fused-norm': 'fused_norm', 'coordinate-descent': 'coordinate_descent',
-            'split-skip': 'split_skip', 'planar-qkv': 'planar_qkv', 'fast-math': 'fast_math', 'cudnn-benchmark': 'cudnn_benchmark',
+            'folded-norm': 'folded_norm', 'split-skip': 'split_skip', 'planar-qkv': 'planar_qkv', 'fast-math': 'fast_math',
+            'cudnn-benchmark': 'cudnn_benchmark',
             'whole-graph': 'whole_graph'}
 
 
 GRAPH_MODES = ('reduce-overhead', 'max-autotune')      # the modes that capture CUDA graphs themselves
+FOLDED_MIN_BATCH = 32       # folded-norm from this batch on (at batch 1 its extra kernel per norm costs more than it saves)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,10 @@ class CompileOptions:
     coordinate_descent: bool = False  # inductor tunes each Triton kernel's block sizes by timing neighbours at its
                                       # first launch: for the memory-bound GroupNorm/SiLU/add kernels (half of batch
                                       # 256's time); tuned while other processes share the GPU, the picks are noisier
+    folded_norm: bool = False       # GroupNorm from per-channel sums (coalesced NHWC reads), applied as one multiply-
+                                    # add per element with the block's embedding add or scale/shift folded in
+                                    # (models.layers.folded_affine); from batch FOLDED_MIN_BATCH on, where the GPU is
+                                    # full (its extra small kernel per norm would cost at batch 1)
     split_skip: bool = False        # decoder blocks take (x, skip) apart: the norm reads both (the concat becomes
                                     # pointwise, inside its kernels) and the 1x1 skip convolves each with its slice of
                                     # the weight; no concat is written (H100 profile, batch 256: about 1 ms a forward
@@ -310,6 +316,7 @@ def prepare_denoiser(denoiser, precision, options):
             module.grouped_view_when_compiled = options.grouped_norm
             module.fused_silu_min_batch = fused_norm and fused_norm.min_batch(
                 module.weight.shape[0], module.num_groups, module.weight.device)
+            module.folded_min_batch = FOLDED_MIN_BATCH if options.folded_norm else None
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
             fuse_affines(module)        # after the cast: the fused weights are copies
         if hasattr(module, 'channels_last_cat'):
@@ -317,8 +324,8 @@ def prepare_denoiser(denoiser, precision, options):
             module.split_skip = options.split_skip
         if options.planar_qkv and isinstance(module, UNetBlock) and module.num_heads:
             module.plan_qkv()           # after the cast: the reordered weights are copies
-    if options.channels_last_cat:
-        from torch._inductor import inductor_prims  # noqa: F401  (registers the op concat_channels traces)
+    if options.channels_last_cat or options.folded_norm:
+        from torch._inductor import inductor_prims  # noqa: F401  (registers the layout op they trace)
     return denoiser
 
 

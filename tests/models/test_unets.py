@@ -1,3 +1,4 @@
+import copy
 import re
 
 import pytest
@@ -329,3 +330,58 @@ def test_split_skip_writes_no_concat_buffer():
         return {w: sum(1 for b in buffers if (int(b[1]), int(b[2])) == w and int(b[0]) == len(x)) for w in widths}
     base, split = (concat_shaped_buffers(f'default+channels-last+{switch}') for switch in ('channels-last-cat', 'split-skip'))
     assert split == {width: n - 1 for width, n in base.items()}        # one buffer fewer per concat block: the concat
+
+
+@pytest.mark.parametrize('offset', [0.0, 20.0])
+def test_folded_affine_is_group_norm_with_the_blocks_add_and_scale(offset):
+    """x * a + b == group_norm(x + pre) * scale + shift, also for activations whose mean is far from zero (the
+    variance comes from E[x^2] - E[x]^2)."""
+    from models.layers import GroupNorm, folded_affine
+    torch.manual_seed(0)
+    norm = GroupNorm(64)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(3, 64, 8, 8).to(memory_format=torch.channels_last) + offset
+    pre, scale, shift = (torch.randn(3, 64, 1, 1) for _ in range(3))
+    group_norm = lambda t: torch.nn.functional.group_norm(t, norm.num_groups, norm.weight, norm.bias, norm.eps)  # noqa: E731
+    with torch.no_grad():
+        for kwargs, expected in (({}, group_norm(x)), ({'pre': pre}, group_norm(x + pre)),
+                                 ({'scale': scale, 'shift': shift}, group_norm(x) * scale + shift)):
+            a, b = folded_affine(x, norm, **kwargs)
+            assert a.shape == b.shape == (3, 64, 1, 1)
+            torch.testing.assert_close(x * a + b, expected, atol=1e-4 * (1 + offset), rtol=1e-4)
+
+
+def test_folded_norm_compiles_to_the_same_denoiser_with_its_affines_realised(monkeypatch):
+    """Every norm of a compiled DDPM++ through folded_affine (from batch 1 here): the eager denoiser's output, and each
+    norm's realised affines are [N, C] buffers of their own in the generated code (fewer without the layout op)."""
+    from torch._inductor.utils import run_and_get_code
+
+    import models.layers
+    from export.compiled import CompileOptions, prepare_denoiser
+    from models.layers import GroupNorm
+    spec = tiny_ddpmpp()
+    x, sigma, labels = _inputs(spec)
+    options = CompileOptions.parse('default+channels-last+folded-norm')
+    base = perturb_(build_denoiser(spec)).eval()
+    with torch.no_grad():
+        expected = base(x, sigma, labels)
+
+    def compiled():
+        net = prepare_denoiser(copy.deepcopy(base), 'fp32', options)
+        norms = [m for m in net.modules() if isinstance(m, GroupNorm)]
+        assert norms and all(m.folded_min_batch for m in norms)
+        for m in norms:
+            m.folded_min_batch = 1
+        torch._dynamo.reset()
+        with torch.no_grad():
+            out, code = run_and_get_code(torch.compile(net, options={**options.inductor_options(), 'allow_buffer_reuse': False},
+                                                       fullgraph=True), x.to(memory_format=torch.channels_last), sigma, labels)
+        affines = re.findall(r'empty_strided_cpu\(\((\d+), (\d+)\), \((\d+), 1\)', '\n'.join(code))
+        return out, sum(1 for n, c, _ in affines if int(n) == len(x)), len(norms)
+    out, realised, norms = compiled()
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(models.layers, '_realised', lambda t: t)
+    _, inlined, _ = compiled()
+    assert realised - inlined >= norms
