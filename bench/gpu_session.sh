@@ -40,7 +40,7 @@
 #                                                 profile of the best, cold/warm start with the persisted compile cache;
 #                                                 all in OUT/speed.tgz (env: VARIANTS, ZOO_VARIANTS, PREWARM_S, BUDGET_S,
 #                                                 AUTOTUNE_EXPORTS; STARTS=0 skips the start rows, EAGER the eager
-#                                                 row (torch-fp32: the 3x target's baseline), TABLE_S its time, PROFILE=V1,.. the profiled variants,
+#                                                 row (torch-fp32: the 3x target's baseline; none: no eager row), TABLE_S its time, PROFILE=V1,.. the profiled variants,
 #                                                 OUTPUT_CODE=V1,.. logs those variants' generated kernels;
 #                                                 PREWARM_RESERVE, TABLE_RESERVE, PROFILE_RESERVE: seconds each step
 #                                                 leaves to the later ones, for a BUDGET_S other than 560)
@@ -539,7 +539,8 @@ speed|autotune)
         timed "table-$1" "$4" "${SIDA[@]}" bench generate --bundle $W/bundles/$1 --backends "$2" --compile-variants "$3" \
             --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name "speed-$1"
     }
-    table ddpmpp ${EAGER:-torch-fp32},compile-bf16 "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" ${TABLE_RESERVE:-100})"
+    BACKENDS=compile-bf16; [ "${EAGER:-torch-fp32}" != none ] && BACKENDS=${EAGER:-torch-fp32},$BACKENDS   # EAGER=none: no eager row
+    table ddpmpp $BACKENDS "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" ${TABLE_RESERVE:-100})"
     pack
 
     BEST=$(python3 - "$RES" <<'EOF'

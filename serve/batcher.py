@@ -156,23 +156,29 @@ class MicroBatcher:
         """Seconds until `size` more images would be done: everything queued or running first, then them."""
         return self.drain.seconds_for(self.queued_images + self.running_images + size)
 
-    async def submit(self, inputs, deadline_s=None):
-        """inputs: dict of CPU tensors with a leading batch axis; deadline_s: seconds the caller can wait (None: no
-        deadline). Returns (images, queue_s, run_s)."""
-        size = len(inputs['noise'])
+    def admit(self, size, deadline_s=None):
+        """Whether `size` more images would be taken now, by the same rules submit applies: raises QueueFull or
+        DeadlineUnmeetable (a QueueFull), or ValueError for more than the queue can ever hold. Callers check first,
+        before they spend anything on a request that would be refused (its noise, its prompt's encoding)."""
         if size > self.max_queue_images:
             raise ValueError(f'{size} images can never fit this server\'s queue of {self.max_queue_images}')
         if self.queued_images + size > self.max_queue_images:     # the memory cap: admit the whole request or none of it
             self.stats.refused += 1
             raise QueueFull(retry_after=max(1, math.ceil(self.drain.seconds_for(self.queued_images + size - self.max_queue_images))))
-        now = time.perf_counter()
-        deadline = math.inf if deadline_s is None else now + deadline_s
         if deadline_s is not None:
             estimate = self.estimated_wait(size)
             if estimate > deadline_s:
                 # Retrying after x seconds, the queue is x * rate images shorter: it fits when x >= estimate - budget.
                 self.stats.refused += 1
                 raise DeadlineUnmeetable(estimate, deadline_s, max(1, math.ceil(estimate - deadline_s)))
+
+    async def submit(self, inputs, deadline_s=None):
+        """inputs: dict of CPU tensors with a leading batch axis; deadline_s: seconds the caller can wait (None: no
+        deadline). Returns (images, queue_s, run_s)."""
+        size = len(inputs['noise'])
+        self.admit(size, deadline_s)
+        now = time.perf_counter()
+        deadline = math.inf if deadline_s is None else now + deadline_s
         loop = asyncio.get_running_loop()
         jobs = [Job({k: v[i:i + self.max_batch] for k, v in inputs.items()}, loop.create_future(), now,
                     min(self.max_batch, size - i), deadline) for i in range(0, size, self.max_batch)]

@@ -4,6 +4,7 @@ micro-batcher, wait (or give up if the client leaves), and encode the images."""
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import math
 import os
 import time
@@ -56,7 +57,12 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         raise ApiError(400, 'invalid_request', f'n={n} is over this server\'s limit of {settings.max_n}', param='n')
     if prompt is not None and len(prompt) > settings.max_prompt_chars:
         raise ApiError(400, 'invalid_request', f'prompt longer than {settings.max_prompt_chars} characters', param='prompt')
+    replica = model.replica_for(n)         # the device that would finish it first
     try:
+        # Refused now if it would be refused at submit: an overloaded server spends nothing on it (no noise, no prompt
+        # encoding; H100, 2026-12-07: at 130% of saturation, 429s took the app 60-150 ms when refused after both).
+        with _refusals():
+            replica.batcher.admit(n, deadline_s)
         embedding = None
         if model.kind == 'text' and prompt and prompt.strip():
             embedding = await model.prompts.embed(prompt)          # batched with other requests' new prompts
@@ -68,29 +74,36 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         raise ApiError(e.status, e.code, str(e)) from None
     started = time.perf_counter()
     remaining_s = deadline_s - (started - arrived)           # prompt encoding has used some of it
-    replica = model.replica_for(n)         # the device that would finish it first
     queue = metrics.queue.labels(model.id, replica.device)    # kept current at both ends: an autoscaler reads it
     queue.set(replica.batcher.queued_images + n)              # this request's images included
     try:
-        images, queue_s, run_s = await asyncio.wait_for(wait_or_disconnect(request, replica.batcher.submit(inputs, remaining_s)),
-                                                        settings.request_timeout_s)
-    except DeadlineUnmeetable as e:
-        raise ApiError(429, 'deadline_unmeetable', f'the server is busy: {e}', {'Retry-After': str(e.retry_after)}) from None
+        with _refusals():
+            images, queue_s, run_s = await asyncio.wait_for(
+                wait_or_disconnect(request, replica.batcher.submit(inputs, remaining_s)), settings.request_timeout_s)
     except DeadlineExpired as e:
         raise ApiError(504, 'deadline_exceeded', f'{e}; nothing was generated') from None
-    except QueueFull as e:
-        raise ApiError(429, 'overloaded', 'the server is busy; try again shortly', {'Retry-After': str(e.retry_after)}) from None
     except asyncio.TimeoutError:
         raise ApiError(504, 'timeout', f'generation took longer than {settings.request_timeout_s}s') from None
     except BackendFailed as e:
         raise ApiError(503, 'backend_failed', f'the {model.backend.name} backend failed: {e}', {'Retry-After': '5'}) from None
-    except ValueError as e:      # more images than the queue can ever hold
-        raise ApiError(400, 'invalid_request', str(e)) from None
     finally:
         queue.set(replica.batcher.queued_images)
     total = time.perf_counter() - started
     metrics.latency.labels(model.id, model.backend.name).observe(total)
     return images, seeds, meta, {'queue_ms': 1000 * queue_s, 'generate_ms': 1000 * run_s, 'total_ms': 1000 * total}
+
+
+@contextlib.contextmanager
+def _refusals():
+    """The batcher's refusals as the API answers them (admit and submit raise the same ones)."""
+    try:
+        yield
+    except DeadlineUnmeetable as e:
+        raise ApiError(429, 'deadline_unmeetable', f'the server is busy: {e}', {'Retry-After': str(e.retry_after)}) from None
+    except QueueFull as e:
+        raise ApiError(429, 'overloaded', 'the server is busy; try again shortly', {'Retry-After': str(e.retry_after)}) from None
+    except ValueError as e:      # more images than the queue can ever hold
+        raise ApiError(400, 'invalid_request', str(e)) from None
 
 
 # Encoding runs here, never on the event loop: Pillow's zlib/libjpeg release the GIL, so requests encode in parallel
