@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 import sida
 from serve.errors import ERROR_RESPONSES, add_error_handlers, log
+from serve.load_shedding import ShedWhenLate
 from serve.metrics import Metrics
 from serve.middleware import BodyLimit, RequestContext
 from serve.rate_limit import RateLimiter
@@ -26,6 +27,7 @@ def create_app(settings: Settings, models=None, devices=None):
     app = FastAPI(title='sida', version=sida.__version__, lifespan=lifespan_for(state, models, devices), responses=ERROR_RESPONSES,
                   description='One-step image generation (SiD / SiDA distilled generators).')
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(ShedWhenLate, state=state)           # inside the request context (id, log line), before the body
     app.add_middleware(RequestContext, metrics=state.metrics)
     add_error_handlers(app, state.metrics)
     for router in ROUTERS:

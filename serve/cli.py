@@ -69,6 +69,9 @@ def setting(name):
 @click.option('--max-delay-ms', type=float, default=None, show_default=setting('max_delay_ms'),
               help='Batching window, milliseconds (0: batch what queued while the GPU was busy, never wait).')
 @click.option('--max-queue-images', type=int, default=None, show_default=setting('max_queue_images'), help='Queue bound before 429.')
+@click.option('--max-loop-lag-ms', type=click.FloatRange(0), default=None, show_default=setting('max_loop_lag_ms'),
+              help='Refuse generation requests (429) while the event loop runs this late: keeps an overloaded process '
+                   'fast for what it admits (0: never).')
 @click.option('--max-n', type=int, default=None, show_default=setting('max_n'), help='Images per request.')
 @click.option('--api-key', 'api_keys', multiple=True, help='Require this Bearer key (repeatable).')
 @click.option('--api-keys-file', default=None, type=click.Path(dir_okay=False), help='File with one API key per line.')
@@ -93,7 +96,8 @@ def setting(name):
               help='Serve every model on these devices, one replica each: cuda:0,cuda:1,... or all (every GPU). A '
                    'request goes to the replica that would finish it first; with --triton they are the Triton model\'s '
                    'instances. For small models give --workers too (e.g. --workers 8 --devices all: a process per GPU).')
-def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max_delay_ms, max_queue_images, max_n, api_keys,
+def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max_delay_ms, max_queue_images, max_loop_lag_ms, max_n,
+          api_keys,
           api_keys_file, allow_unauthenticated, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton,
           triton_http_port, triton_grpc_port, triton_metrics_port, workers, devices):
     """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs,
@@ -115,7 +119,7 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
         settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url,
                                  compile_mode=compile_mode, host=host,
                                  port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue_images=max_queue_images,
-                                 max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
+                                 max_loop_lag_ms=max_loop_lag_ms, max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
                                  allow_unauthenticated=allow_unauthenticated,
                                  rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None,
                                  ui=with_ui, workers=workers,

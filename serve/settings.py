@@ -33,6 +33,9 @@ class Settings(BaseSettings):
                                      'backend): 504 after this long. Deadlines decide everything else, so it may not be '
                                      'shorter than max_deadline_ms.')
     # Deadlines and the HTTP server's limits on slow or many clients (docs/serving.md, "Overload and slow clients").
+    max_loop_lag_ms: float = Field(40, ge=0, description='Generation requests get 429 before their body is read while the '
+                                   'event loop runs this many milliseconds late (an overloaded process: serve/load_shedding.py); '
+                                   '0: never.')
     deadline_ms: float = Field(10_000, gt=0, description='Default request deadline; a request may set its own with the '
                                'X-Request-Deadline-Ms header. Work that cannot finish in time gets 429 at once.')
     max_deadline_ms: float = Field(60_000, gt=0, description='Cap on a request\'s X-Request-Deadline-Ms.')

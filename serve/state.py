@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from serve.conditions import quoted
 from serve.errors import ApiError, log
+from serve.load_shedding import LoopLag
 from serve.metrics import Metrics
 from serve.rate_limit import RateLimiter
 from serve.served_model import ServedModel
@@ -24,6 +25,7 @@ class AppState:
     limiter: RateLimiter
     models: dict[str, ServedModel] = field(default_factory=dict)
     ready: bool = False
+    lag: LoopLag | None = None                       # how late the event loop runs (serve/load_shedding.py), once started
 
     def pick(self, model_id):
         """The model a request names (None: the first one)."""
@@ -74,6 +76,8 @@ def lifespan_for(state: AppState, models=None, devices=None):
         if not loaded:
             raise RuntimeError('no models to serve: give at least one bundle')
         later = []
+        state.lag = LoopLag()
+        state.lag.start()
         try:
             for m in loaded:
                 first, others = m.replicas[0], m.replicas[1:]
@@ -100,6 +104,7 @@ def lifespan_for(state: AppState, models=None, devices=None):
             for task in later:
                 task.cancel()
             await asyncio.gather(*later, return_exceptions=True)
+            await state.lag.stop()
             for m in loaded:
                 for replica in m.replicas:
                     await replica.batcher.stop()
