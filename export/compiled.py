@@ -37,7 +37,9 @@ SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-n
 
 
 GRAPH_MODES = ('reduce-overhead', 'max-autotune')      # the modes that capture CUDA graphs themselves
-FOLDED_MIN_BATCH = 32       # folded-norm from this batch on (at batch 1 its extra kernel per norm costs more than it saves)
+# folded-norm, split-skip and planar-qkv act from this batch on: at batch 1 split-skip + planar-qkv took 1.53 ms
+# against 1.41 without (H100, 2026-12-07), and folded-norm adds a small kernel per norm; from 64 on the three gained.
+LARGE_BATCH = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +64,7 @@ class CompileOptions:
                                       # 256's time); tuned while other processes share the GPU, the picks are noisier
     folded_norm: bool = False       # GroupNorm from per-channel sums (coalesced NHWC reads), applied as one multiply-
                                     # add per element with the block's embedding add or scale/shift folded in
-                                    # (models.layers.folded_affine); from batch FOLDED_MIN_BATCH on, where the GPU is
-                                    # full (its extra small kernel per norm would cost at batch 1)
+                                    # (models.layers.folded_affine); from LARGE_BATCH on, as the next two
     split_skip: bool = False        # decoder blocks take (x, skip) apart: the norm reads both (the concat becomes
                                     # pointwise, inside its kernels) and the 1x1 skip convolves each with its slice of
                                     # the weight; no concat is written (H100 profile, batch 256: about 1 ms a forward
@@ -316,14 +317,14 @@ def prepare_denoiser(denoiser, precision, options):
             module.grouped_view_when_compiled = options.grouped_norm
             module.fused_silu_min_batch = fused_norm and fused_norm.min_batch(
                 module.weight.shape[0], module.num_groups, module.weight.device)
-            module.folded_min_batch = FOLDED_MIN_BATCH if options.folded_norm else None
+            module.folded_min_batch = LARGE_BATCH if options.folded_norm else None
         if options.fused_affines and getattr(module, 'fused_affines', False) is None:
             fuse_affines(module)        # after the cast: the fused weights are copies
         if hasattr(module, 'channels_last_cat'):
             module.channels_last_cat = options.channels_last_cat
-            module.split_skip = options.split_skip
+            module.split_skip_from = LARGE_BATCH if options.split_skip else None
         if options.planar_qkv and isinstance(module, UNetBlock) and module.num_heads:
-            module.plan_qkv()           # after the cast: the reordered weights are copies
+            module.plan_qkv(LARGE_BATCH)    # after the cast: the reordered weights are copies
     if options.channels_last_cat or options.folded_norm:
         from torch._inductor import inductor_prims  # noqa: F401  (registers the layout op they trace)
     return denoiser

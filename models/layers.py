@@ -319,6 +319,7 @@ class UNetBlock(torch.nn.Module):
         # The qkv projection reordered by plan_qkv (export's planar-qkv switch); None until then.
         self.register_buffer('qkv_planar_weight', None, persistent=False)
         self.register_buffer('qkv_planar_bias', None, persistent=False)
+        self.qkv_planar_from = None
         self.text_dim = text_dim if self.num_heads else 0
         if self.text_dim:
             self.norm3 = GroupNorm(num_channels=out_channels, eps=eps)
@@ -359,16 +360,17 @@ class UNetBlock(torch.nn.Module):
         channels-last qkv output, handed to the fused kernels without the three copies the EDM order costs."""
         n, c, h, w = y.shape
         heads = self.num_heads
-        if self.qkv_planar_weight is None:
+        if self.qkv_planar_weight is None or n < self.qkv_planar_from:
             q, k, v = self.qkv(y).reshape(n * heads, c // heads, 3, h * w).unbind(2)
             return attention(q, k, v).reshape(n, c, h, w)
         qkv = torch.nn.functional.conv2d(y, self.qkv_planar_weight.to(y.dtype), self.qkv_planar_bias.to(y.dtype))
         q, k, v = qkv.reshape(n, 3, heads, c // heads, h * w).transpose(-1, -2).unbind(1)     # [n, heads, hw, channels]
         return attention_heads(q, k, v).to(y.dtype).transpose(-1, -2).reshape(n, c, h, w)
 
-    def plan_qkv(self):
-        """Keep a copy of the qkv projection with its output channels reordered for self_attend (inference only: the
-        copy goes stale if the weights change; not part of the state dict)."""
+    def plan_qkv(self, from_batch=1):
+        """Keep a copy of the qkv projection with its output channels reordered for self_attend, used from batch
+        `from_batch` on (inference only: the copy goes stale if the weights change; not part of the state dict)."""
+        self.qkv_planar_from = from_batch
         c, heads = self.out_channels, self.num_heads
         order = torch.arange(3 * c, device=self.qkv.weight.device).reshape(heads, c // heads, 3).permute(2, 0, 1).flatten()
         self.qkv_planar_weight = self.qkv.weight.detach()[order].clone()
@@ -384,6 +386,14 @@ class UNetBlock(torch.nn.Module):
         k, v = kv.reshape(n, -1, 2, heads, c // heads).permute(2, 0, 3, 4, 1).reshape(2, n * heads, c // heads, -1)
         mask = keep[:, None, :].repeat_interleave(heads, dim=0)                 # [n*heads, 1, L]
         return self.cross_proj(attention(q, k, v, mask).reshape(n, c, h, w))
+
+
+def join_skip(x, skip, split_from=None, channels_last=False):
+    """A decoder block's input from the block before and the encoder's skip: the tuple (x, skip) from batch
+    `split_from` on (export's split-skip switch: UNetBlock reads the parts apart), else their channel concatenation."""
+    if split_from is not None and x.shape[0] >= split_from:
+        return x, skip
+    return concat_channels([x, skip], channels_last)
 
 
 def concat_channels(tensors, channels_last=False):

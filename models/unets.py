@@ -12,7 +12,7 @@ import math
 import torch
 from torch.nn.functional import silu
 
-from models.layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock, concat_channels
+from models.layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock, join_skip
 
 OUTPUTS = ('denoised', 'bottleneck', 'both')
 
@@ -61,7 +61,7 @@ class SongUNet(torch.nn.Module):
         super().__init__()
         self.fused_affines = None       # models.layers.fuse_affines (compiled inference) sets it
         self.channels_last_cat = False  # export's channels-last-cat switch sets it (models.layers.concat_channels)
-        self.split_skip = False         # export's split-skip switch: decoder blocks take (x, skip), never concatenated
+        self.split_skip_from = None     # export's split-skip switch: from this batch on decoder blocks take (x, skip)
         self.label_dropout = label_dropout
         self.text_dim = text_dim
         emb_channels = model_channels * channel_mult_emb
@@ -174,7 +174,7 @@ class SongUNet(torch.nn.Module):
                 aux = tmp if aux is None else tmp + aux
             else:
                 if x.shape[1] != block.in_channels:
-                    x = (x, skips.pop()) if self.split_skip else concat_channels([x, skips.pop()], self.channels_last_cat)
+                    x = join_skip(x, skips.pop(), self.split_skip_from, self.channels_last_cat)
                 x = block(x, emb, text, projected.get(f'dec.{name}'))
         return (aux, bottleneck) if output == 'both' else aux
 
@@ -204,7 +204,7 @@ class DhariwalUNet(torch.nn.Module):
         super().__init__()
         self.fused_affines = None       # models.layers.fuse_affines (compiled inference) sets it
         self.channels_last_cat = False  # export's channels-last-cat switch sets it (models.layers.concat_channels)
-        self.split_skip = False         # export's split-skip switch: decoder blocks take (x, skip), never concatenated
+        self.split_skip_from = None     # export's split-skip switch: from this batch on decoder blocks take (x, skip)
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         init = dict(init_mode='kaiming_uniform', init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
@@ -279,7 +279,7 @@ class DhariwalUNet(torch.nn.Module):
         # Decoder.
         for name, block in self.dec.items():
             if x.shape[1] != block.in_channels:
-                x = (x, skips.pop()) if self.split_skip else concat_channels([x, skips.pop()], self.channels_last_cat)
+                x = join_skip(x, skips.pop(), self.split_skip_from, self.channels_last_cat)
             x = block(x, emb, None, projected.get(f'dec.{name}'))
         x = self.out_conv(self.out_norm.silu_of(x))
         return (x, bottleneck) if output == 'both' else x

@@ -162,7 +162,7 @@ def test_a_compiled_generator_with_the_profile_switches_matches_the_plain_compil
     from export.compiled import CompileOptions, compile_generator
     from export.parity import parity_inputs
     from models.bundle import load_bundle
-    monkeypatch.setattr(export.compiled, 'FOLDED_MIN_BATCH', 1)
+    monkeypatch.setattr(export.compiled, 'LARGE_BATCH', 1)
     config = load_bundle(class_bundle).config
     plain = compile_generator(load_bundle(class_bundle).generator, 'bf16', CompileOptions.parse('default+channels-last'),
                               'cuda')
@@ -289,9 +289,9 @@ def test_compile_generator_sets_up_the_model_switches(class_bundle):
         norms = [m for m in generator.modules() if isinstance(m, GroupNorm)]
         assert norms and all(m.grouped_view_when_compiled is on for m in norms)
         unet = generator.denoiser.model
-        assert (unet.fused_affines is not None) is on and unet.channels_last_cat is on and unet.split_skip is on
+        assert (unet.fused_affines is not None) is on and unet.channels_last_cat is on and (unet.split_skip_from == 32) is on
         attending = [m for m in generator.modules() if isinstance(m, UNetBlock) and m.num_heads]
-        assert attending and all((m.qkv_planar_weight is not None) is on for m in attending)
+        assert attending and all((m.qkv_planar_weight is not None and m.qkv_planar_from == 32) is on for m in attending)
 
 
 def test_an_export_from_before_a_switch_existed_still_fits():

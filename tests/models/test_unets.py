@@ -255,7 +255,7 @@ def test_split_skip_and_planar_qkv_give_the_same_denoiser_and_leave_the_state_di
     assert attending
     with torch.no_grad():
         expected = net(x, sigma, labels)
-        net.model.split_skip = True
+        net.model.split_skip_from = 1
         for block in attending:
             block.plan_qkv()
         split = {}
@@ -272,9 +272,11 @@ def test_split_skip_and_planar_qkv_give_the_same_denoiser_and_leave_the_state_di
     torch.testing.assert_close(compiled, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_planar_qkv_hands_the_attention_views_of_one_projection():
+def test_planar_qkv_hands_the_attention_views_of_one_projection(monkeypatch):
     """With planar-qkv the traced graph feeds scaled_dot_product_attention slices of the qkv convolution's output (no
-    contiguous copies in between); in EDM's order the inputs are made contiguous first."""
+    contiguous copies in between); in EDM's order, and below the batch planar-qkv starts at, the inputs are made
+    contiguous first."""
+    import export.compiled
     from export.compiled import CompileOptions, prepare_denoiser
     spec = tiny_ddpmpp()
     x, sigma, labels = _inputs(spec)
@@ -302,10 +304,12 @@ def test_planar_qkv_hands_the_attention_views_of_one_projection():
             return any(copied(a, depth + 1) for a in node.args if hasattr(a, 'target'))
         return [copied(a) for n in sdpa for a in n.args[:3]]
     assert all(copies_before_attention('default+channels-last'))
+    assert all(copies_before_attention('default+channels-last+planar-qkv'))       # batch 2: below LARGE_BATCH
+    monkeypatch.setattr(export.compiled, 'LARGE_BATCH', 1)
     assert not any(copies_before_attention('default+channels-last+planar-qkv'))
 
 
-def test_split_skip_writes_no_concat_buffer():
+def test_split_skip_writes_no_concat_buffer(monkeypatch):
     """Compiled (inductor, CPU lowering, no buffer reuse), each decoder block with a concatenated input allocates one
     buffer of its width and resolution fewer with split-skip: the concat itself (the normalised input of its first
     convolution is still written; each width here belongs to one such block)."""
@@ -328,6 +332,8 @@ def test_split_skip_writes_no_concat_buffer():
         widths = {(b.in_channels, int(name.split('x')[0])) for name, b in net.model.dec.items()
                   if isinstance(b, UNetBlock) and b.in_channels != b.out_channels}
         return {w: sum(1 for b in buffers if (int(b[1]), int(b[2])) == w and int(b[0]) == len(x)) for w in widths}
+    import export.compiled
+    monkeypatch.setattr(export.compiled, 'LARGE_BATCH', 1)         # split from batch 1 on (the inputs are 2 images)
     base, split = (concat_shaped_buffers(f'default+channels-last+{switch}') for switch in ('channels-last-cat', 'split-skip'))
     assert split == {width: n - 1 for width, n in base.items()}        # one buffer fewer per concat block: the concat
 
