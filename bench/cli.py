@@ -89,7 +89,8 @@ def bench():
 @click.option('--io', type=click.Choice(['device', 'host']), default='device',
               help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
 @click.option('--compile-mode', default=None,
-              show_default='default (+channels-last+fused-affines+channels-last-cat+whole-graph) on CUDA, '
+              show_default='default (+channels-last+fused-affines+channels-last-cat+folded-norm+split-skip+planar-qkv'
+                           '+whole-graph) on CUDA, '
                            'default (+fused-affines) on CPU',
               help='torch.compile mode.')
 @click.option('--compile-variants', default=None, callback=compile_variants,

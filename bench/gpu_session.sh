@@ -475,9 +475,9 @@ speed|autotune)
     mkdir -p $RES $W/logs $W/profile $W/bundles
     unset TORCHINDUCTOR_CACHE_DIR; export SIDA_CACHE_DIR=$W/cache       # shared by the side-by-side compiles and the tables
     # freezing was slower at every batch on the H100 (2026-12-06-speed): left out unless asked for
-    # the default (whole-graph, H100 2026-12-07: the best at batch 1, 64 and 256) beside the best reduce-overhead variant
-    VARIANTS=${VARIANTS:-default+channels-last+fused-affines+channels-last-cat+whole-graph,reduce-overhead+channels-last+fused-affines+channels-last-cat}
-    ZOO_VARIANTS=${ZOO_VARIANTS:-default+channels-last+fused-affines+channels-last-cat+whole-graph}
+    # the default (H100 2026-12-07: folded-norm + split-skip + planar-qkv, 44% MFU at batch 256) beside the one before it
+    VARIANTS=${VARIANTS:-default+channels-last+fused-affines+channels-last-cat+folded-norm+split-skip+planar-qkv+whole-graph,default+channels-last+fused-affines+channels-last-cat+whole-graph}
+    ZOO_VARIANTS=${ZOO_VARIANTS:-default+channels-last+fused-affines+channels-last-cat+folded-norm+split-skip+planar-qkv+whole-graph}
     pack() { cp $W/timings.txt "$OUT/" 2>/dev/null; tar czf "$OUT/$STAGE.tgz" -C $W results logs profile timings.txt 2>/dev/null; }
     note() { echo "[$SECONDS s] $*" | tee -a $W/timings.txt; }
     cap() {   # LIMIT [RESERVE]: LIMIT seconds, or what is left of BUDGET_S once RESERVE is kept for later steps

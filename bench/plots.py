@@ -63,9 +63,12 @@ def plot_generate(result, rows, path):
         ax.set_ylabel(ylabel)
         ax.grid(True, which='both', alpha=0.3)
         _plain_log(ax)
-    lat.legend(fontsize=7)
+    # Below both plots, one entry per line: compile variants' names are long and would cover the curves.
+    handles, labels = lat.get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', fontsize=7, ncol=1, frameon=False)
     fig.suptitle(_title(result, 'generation'), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 * len(labels) + 0.02, 1, 1))
+    fig.set_figheight(4.2 + 0.18 * len(labels))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

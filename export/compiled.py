@@ -146,15 +146,17 @@ def batch_buckets(max_batch):
 
 
 def default_options(device, mode=None):
-    """On CUDA: mode default + channels-last + fused-affines + channels-last-cat + whole-graph, the fastest measured
-    without tuning at every batch (ddpmpp-cifar10 bf16, H100, 2026-12-07, same run: batch 1 1.38 ms against 1.58 for
-    reduce-overhead + channels-last + fused-affines, batch 256 8,918 img/s against 8,357; all through the parity
-    gate; bench/results/nvidia-h100-80gb-hbm3/2026-12-07-speed-whole-graph/). max-autotune's 2026-12-02 H200 figures
-    were no better and cost minutes of tuning per start. On CPU: default + fused-affines. `mode` (--compile-mode)
-    replaces the mode only; a mode with CUDA graphs of its own drops whole-graph."""
+    """On CUDA: mode default + channels-last + fused-affines + channels-last-cat + folded-norm + split-skip + planar-qkv
+    + whole-graph, the fastest measured without tuning (ddpmpp-cifar10 bf16, H100, 2026-12-07, same run, through the
+    parity gate: batch 256 10,269 img/s, 44.0% of bf16 peak, against 8,887 without the last three switches; batch 64
+    9,026 against 8,170; below batch 32 the three are off, so batch 1 is the 1.41 ms graph it was;
+    bench/results/nvidia-h100-80gb-hbm3/2026-12-07-speed-folded-norm/). max-autotune's 2026-12-02 H200 figures were
+    no better and cost minutes of tuning per start. On CPU: default + fused-affines. `mode` (--compile-mode) replaces
+    the mode only; a mode with CUDA graphs of its own drops whole-graph."""
     if torch.device(device).type != 'cuda':
         return CompileOptions(mode or 'default', fused_affines=True)
-    best = CompileOptions('default', channels_last=True, fused_affines=True, channels_last_cat=True, whole_graph=True)
+    best = CompileOptions('default', channels_last=True, fused_affines=True, channels_last_cat=True, folded_norm=True,
+                          split_skip=True, planar_qkv=True, whole_graph=True)
     return best.adapted(mode or best.mode, device)
 
 

@@ -70,10 +70,13 @@ def test_compile_options_read_and_write_one_spelling():
     assert options.inductor_options()['freezing'] and options.inductor_options()['force_layout_optimization']
     assert options.cuda_graphs() and not CompileOptions('max-autotune-no-cudagraphs').cuda_graphs()
     # --compile-mode replaces the default's mode, not its switches; a mode with its own CUDA graphs drops whole-graph
-    assert str(default_options('cuda')) == 'default+channels-last+fused-affines+channels-last-cat+whole-graph'
+    assert str(default_options('cuda')) == ('default+channels-last+fused-affines+channels-last-cat+folded-norm+split-skip+planar-qkv'
+                                            '+whole-graph')
     assert str(default_options('cpu')) == 'default+fused-affines'
-    assert str(default_options('cuda', 'max-autotune')) == 'max-autotune+channels-last+fused-affines+channels-last-cat'
-    assert str(default_options('cuda', 'reduce-overhead')) == 'reduce-overhead+channels-last+fused-affines+channels-last-cat'
+    assert str(default_options('cuda', 'max-autotune')) == ('max-autotune+channels-last+fused-affines+channels-last-cat+folded-norm'
+                                                          '+split-skip+planar-qkv')
+    assert str(default_options('cuda', 'reduce-overhead')) == ('reduce-overhead+channels-last+fused-affines+channels-last-cat'
+                                                             '+folded-norm+split-skip+planar-qkv')
     assert default_options('cuda', 'max-autotune-no-cudagraphs').whole_graph
     every = CompileOptions.parse('default+planar-qkv+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm'
                                  '+split-skip')
