@@ -33,11 +33,11 @@ def component_flops(config, batch):
 def run_components(bundle, batches, precision, options, device, runs=20, warmup=3, max_seconds=10.0, peak=None,
                    log=print):
     """Rows per (component, batch): latency percentiles, images/s, FLOPs per image, MFU."""
-    from export.compiled import prepare_generator
+    from export.compiled import inductor_options_for, prepare_generator
     if bundle.generator.decoder is None:
         raise ValueError(f'{bundle.config.name} has no VAE decoder: --components is for latent generators')
     generator = prepare_generator(bundle.generator, precision, options, device)
-    compile_ = lambda m: torch.compile(m, options=options.inductor_options(), fullgraph=True, dynamic=False)  # noqa: E731
+    compile_ = lambda m: torch.compile(m, options=inductor_options_for(m, options), fullgraph=True, dynamic=False)  # noqa: E731
     parts = {'denoiser': compile_(_Denoise(generator)), 'decoder': compile_(generator.decoder)}
     cuda = torch.device(device).type == 'cuda'
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -169,7 +169,7 @@ def compile_generator(generator, precision='bf16', options=None, device='cuda'):
     _check_device_switches(options, device)
     generator = prepare_generator(generator, precision, options, device)
     generator.return_float = True
-    compiled = torch.compile(generator, options=options.inductor_options(), fullgraph=True, dynamic=False)
+    compiled = torch.compile(generator, options=inductor_options_for(generator, options), fullgraph=True, dynamic=False)
     return WholeGraph(compiled, options.cudnn_benchmark) if options.whole_graph else compiled
 
 
@@ -332,6 +332,15 @@ def prepare_denoiser(denoiser, precision, options):
     return denoiser
 
 
+def inductor_options_for(module, options):
+    """options.inductor_options() for compiling `module`: split-skip's pointwise concatenations only where split-skip
+    acts (a sida UNet inside; a diffusers SD UNet keeps inductor's own choice, as measured)."""
+    inductor = options.inductor_options()
+    if options.split_skip and not options.pointwise_cat and not any(hasattr(m, 'split_skip_from') for m in module.modules()):
+        inductor.pop('force_pointwise_cat', None)
+    return inductor
+
+
 def _fused_norm():
     """models.fused_norm, imported (which registers sida::group_norm_silu), or why not."""
     try:
@@ -347,7 +356,7 @@ def compile_denoiser(denoiser, precision='bf16', options=None, device='cuda'):
     options = options or default_options(device)
     _check_device_switches(options, device)
     denoiser = prepare_denoiser(denoiser.to(device).eval(), precision, options)
-    compiled = torch.compile(denoiser, options=options.inductor_options(), fullgraph=True, dynamic=False)
+    compiled = torch.compile(denoiser, options=inductor_options_for(denoiser, options), fullgraph=True, dynamic=False)
     return WholeGraph(compiled, options.cudnn_benchmark) if options.whole_graph else compiled
 
 

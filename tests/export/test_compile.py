@@ -297,6 +297,17 @@ def test_compile_generator_sets_up_the_model_switches(class_bundle):
         assert attending and all((m.qkv_planar_weight is not None and m.qkv_planar_from == 32) is on for m in attending)
 
 
+def test_split_skips_pointwise_concats_only_where_split_skip_acts(class_bundle):
+    """A sida UNet compiles with inductor's force_pointwise_cat under split-skip; a network without sida's UNet (a
+    diffusers SD UNet, here any other module) keeps inductor's own choice."""
+    from export.compiled import inductor_options_for
+    from models.bundle import load_bundle
+    options = CompileOptions.parse('default+split-skip')
+    assert inductor_options_for(load_bundle(class_bundle).generator, options)['force_pointwise_cat']
+    assert 'force_pointwise_cat' not in inductor_options_for(torch.nn.Conv2d(4, 4, 3), options)
+    assert inductor_options_for(torch.nn.Conv2d(4, 4, 3), CompileOptions.parse('default+pointwise-cat'))['force_pointwise_cat']
+
+
 def test_an_export_from_before_a_switch_existed_still_fits():
     """Options compare by spelling: an exported key whose options lack a later switch's field is the same compile."""
     from export.compile_cache import key_mismatch
