@@ -96,7 +96,8 @@ def bench():
 @click.option('--compile-variants', default=None, callback=compile_variants,
               help='Measure every compile backend once per variant, MODE[+switch...] (switches: '
                    'freezing, channels-last, grouped-norm, fused-affines, combo-kernels, pointwise-cat, channels-last-cat, '
-                   'fused-norm, coordinate-descent, folded-norm, split-skip, planar-qkv, fast-math, cudnn-benchmark, '
+                   'fused-norm, coordinate-descent, folded-norm, folded-torch-norm, split-skip, planar-qkv, fast-math, '
+                   'cudnn-benchmark, '
                    'whole-graph; docs/export.md), '
                    'comma-separated, e.g. '
                    'reduce-overhead,reduce-overhead+channels-last+fused-affines (each row also carries the parity gate).')

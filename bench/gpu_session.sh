@@ -65,7 +65,8 @@
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
 #                                                 both), compiled and eager, batch 64 (BACKENDS=compile: compiled only)
 #   bench/gpu_session.sh sd      OUT WHEELS  SD-1.5-shaped one-step generation (512 px): the generator, then its UNet and
-#                                                 VAE decoder apart, at BATCHES (1,16); TRAIN=1 adds SiD-LSG training speed;
+#                                                 VAE decoder apart, at BATCHES (1,16); SD_VARIANTS=V1,.. compile variants and
+#                                                 SD_BACKENDS (torch-bf16,compile-bf16) pick the rows; TRAIN=1 adds SiD-LSG training speed;
 #                                                 random weights; WHEELS holds diffusers (absent on the GPU machine), made here by
 #       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #           --platform manylinux_2_28_x86_64 -d carry/whl diffusers==0.42.1 importlib_metadata
@@ -656,8 +657,10 @@ sd)
     RES=/tmp/results
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     # The generator with the default compile, then its UNet and VAE decoder apart (--components), at batch 1 and 16
-    timeout ${STAGE_S:-540} "${SIDA[@]}" bench generate --bundle preset:sd15-512 --backends torch-bf16,compile-bf16 \
-        --batch ${BATCHES:-1,16} --components --runs 20 --max-seconds 8 --out $RES --name generate-sd15-512 2>&1 \
+    # SD_VARIANTS=V1,..: compile variants side by side (e.g. the default and the default+folded-torch-norm)
+    timeout ${STAGE_S:-540} "${SIDA[@]}" bench generate --bundle preset:sd15-512 --backends ${SD_BACKENDS:-torch-bf16,compile-bf16} \
+        ${SD_VARIANTS:+--compile-variants "$SD_VARIANTS"} --batch ${BATCHES:-1,16} --components --runs 20 --max-seconds 8 \
+        --out $RES --name generate-sd15-512 2>&1 \
         | grep -v 'config/s' | tee "$OUT/generate-sd15.log"
     [ "${TRAIN:-0}" = 1 ] && timeout 240 "${SIDA[@]}" bench train --network sd15-unet --variants lsg-bf16 --batch 8 --iters 5 \
         --warmup 2 --out $RES --name train-lsg-sd15

@@ -23,7 +23,7 @@ from export.manifest import record_export, runtime_versions
 from export.onnx_export import PRECISIONS, ExportError
 from export.parity import gate, run_parity
 from models.bundle import load_bundle
-from models.layers import GroupNorm, UNetBlock, fuse_affines
+from models.layers import GroupNorm, UNetBlock, fold_torch_group_norms, fuse_affines
 from sida.cli_options import COMPILE_MODES
 
 # What `sida export compile` compiles by default: every bucket of a server whose --max-batch is 32, 64, 128 or 256.
@@ -31,7 +31,8 @@ DEFAULT_BUCKETS = (1, 8, 32, 64, 128, 256)
 SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-norm': 'grouped_norm',
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
             'channels-last-cat': 'channels_last_cat', 'fused-norm': 'fused_norm', 'coordinate-descent': 'coordinate_descent',
-            'folded-norm': 'folded_norm', 'split-skip': 'split_skip', 'planar-qkv': 'planar_qkv', 'fast-math': 'fast_math',
+            'folded-norm': 'folded_norm', 'folded-torch-norm': 'folded_torch_norm', 'split-skip': 'split_skip',
+            'planar-qkv': 'planar_qkv', 'fast-math': 'fast_math',
             'cudnn-benchmark': 'cudnn_benchmark',
             'whole-graph': 'whole_graph'}
 
@@ -40,6 +41,9 @@ GRAPH_MODES = ('reduce-overhead', 'max-autotune')      # the modes that capture 
 # folded-norm, split-skip and planar-qkv act from this batch on: at batch 1 split-skip + planar-qkv took 1.53 ms
 # against 1.41 without (H100, 2026-12-07), and folded-norm adds a small kernel per norm; from 64 on the three gained.
 LARGE_BATCH = 32
+# folded-torch-norm from this many values a call (a 32x32x256 activation at batch 16; SD-1.5's UNet at batch 16, its
+# VAE decoder's norms above 64x64 at batch 1): smaller calls keep torch's kernels.
+FOLD_MIN_ELEMENTS = 2 ** 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,8 @@ class CompileOptions:
     folded_norm: bool = False       # GroupNorm from per-channel sums (coalesced NHWC reads), applied as one multiply-
                                     # add per element with the block's embedding add or scale/shift folded in
                                     # (models.layers.folded_affine); from LARGE_BATCH on, as the next two
+    folded_torch_norm: bool = False  # the same for torch.nn.GroupNorm (diffusers' SD UNet and VAE decoder), for calls
+                                     # of FOLD_MIN_ELEMENTS values or more (models.layers.FoldedTorchGroupNorm)
     split_skip: bool = False        # decoder blocks take (x, skip) apart: the norm reads both (the concat becomes
                                     # pointwise, inside its kernels) and the 1x1 skip convolves each with its slice of
                                     # the weight; no concat is written (H100 profile, batch 256: about 1 ms a forward
@@ -300,6 +306,8 @@ def prepare_generator(generator, precision, options, device):
             generator.decoder.to(PRECISIONS[precision])
         if options.channels_last:
             generator.decoder.to(memory_format=torch.channels_last)
+        if options.folded_torch_norm:
+            fold_torch_group_norms(generator.decoder, FOLD_MIN_ELEMENTS)
     return generator
 
 
@@ -327,7 +335,9 @@ def prepare_denoiser(denoiser, precision, options):
             module.split_skip_from = LARGE_BATCH if options.split_skip else None
         if options.planar_qkv and isinstance(module, UNetBlock) and module.num_heads:
             module.plan_qkv(LARGE_BATCH)    # after the cast: the reordered weights are copies
-    if options.channels_last_cat or options.folded_norm:
+    if options.folded_torch_norm:
+        fold_torch_group_norms(denoiser, FOLD_MIN_ELEMENTS)
+    if options.channels_last_cat or options.folded_norm or options.folded_torch_norm:
         from torch._inductor import inductor_prims  # noqa: F401  (registers the layout op they trace)
     return denoiser
 

@@ -189,8 +189,10 @@ def folded_affine(x, norm, pre=None, scale=None, shift=None):
     count = pixels * per_group
     mean = s1.view(n, groups, per_group).sum(-1, keepdim=True) / count
     var = (s2.view(n, groups, per_group).sum(-1, keepdim=True) / count - mean.square()).clamp_min(0)
-    a = torch.rsqrt(var + norm.eps) * norm.weight.float().view(groups, per_group)
-    b = (norm.bias.float().view(groups, per_group) - mean * a).reshape(n, c)
+    weight = norm.weight.float() if norm.weight is not None else torch.ones(c, device=x.device)    # affine=False
+    bias = norm.bias.float() if norm.bias is not None else torch.zeros(c, device=x.device)
+    a = torch.rsqrt(var + norm.eps) * weight.view(groups, per_group)
+    b = (bias.view(groups, per_group) - mean * a).reshape(n, c)
     a = a.reshape(n, c)
     if pre is not None:
         b = b + p * a
@@ -206,6 +208,37 @@ def _realised(t):
     if not torch.compiler.is_compiling():
         return t
     return torch.ops.prims.inductor_force_stride_order.default(t, list(t.stride()))
+
+
+class FoldedTorchGroupNorm(torch.nn.GroupNorm):
+    """A torch.nn.GroupNorm (those of diffusers' SD UNet and VAE) normalised through folded_affine under
+    torch.compile once a call has `min_elements` values or more; made by fold_torch_group_norms, which keeps the
+    module's parameters (and so its state-dict keys)."""
+
+    min_elements = 1
+
+    def forward(self, x):
+        if x.dim() in (3, 4) and x.numel() >= self.min_elements and torch.compiler.is_compiling():
+            image = x if x.dim() == 4 else x.unsqueeze(-1)      # [N, C, L] (an attention's tokens) as [N, C, L, 1]
+            a, b = folded_affine(image, self)
+            return torch.addcmul(b, image.float(), a).to(x.dtype).view(x.shape)
+        return super().forward(x)
+
+
+def fold_torch_group_norms(module, min_elements):
+    """Every torch.nn.GroupNorm inside `module` replaced by a FoldedTorchGroupNorm sharing its parameters (in place;
+    sida's own GroupNorm is not a torch.nn.GroupNorm and is switched by folded-norm instead). Returns how many."""
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.GroupNorm:
+                folded = FoldedTorchGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine,
+                                              device='meta')
+                folded.weight, folded.bias = child.weight, child.bias
+                folded.min_elements = min_elements
+                setattr(parent, name, folded)
+                count += 1
+    return count
 
 
 def _norm_grouped_view(x, num_groups, weight, bias, eps):

@@ -318,3 +318,20 @@ def test_an_export_from_before_a_switch_existed_still_fits():
     assert key_mismatch({**old, 'torch': '2.10'}, wanted) == ["torch: exported '2.10', here '2.11'"]
     other = {**old, 'options': {**old['options'], 'spec': 'reduce-overhead'}}
     assert [m.split(':')[0] for m in key_mismatch(other, wanted)] == ['options']
+
+
+def test_folded_torch_norm_folds_a_latent_generators_unet_and_decoder(tmp_path):
+    """folded-torch-norm reaches every torch.nn.GroupNorm of an SD-shaped generator (diffusers UNet and VAE decoder),
+    for calls of FOLD_MIN_ELEMENTS values or more; without the switch none is touched."""
+    pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
+    from bench import presets
+    from export.compiled import FOLD_MIN_ELEMENTS, prepare_generator
+    from models.bundle import load_bundle
+    from models.layers import FoldedTorchGroupNorm
+    path = presets.resolve_bundle('preset:tiny-sd', work_dir=tmp_path / 'presets', log=lambda m: None)
+    for spec, on in (('default', False), ('default+folded-torch-norm', True)):
+        generator = prepare_generator(load_bundle(path).generator, 'fp32', CompileOptions.parse(spec), 'cpu')
+        for part in (generator.denoiser, generator.decoder):
+            norms = [m for m in part.modules() if isinstance(m, torch.nn.GroupNorm)]
+            assert norms and all((type(m) is FoldedTorchGroupNorm) is on for m in norms)
+            assert all(m.min_elements == FOLD_MIN_ELEMENTS for m in norms if on)

@@ -391,3 +391,36 @@ def test_folded_norm_compiles_to_the_same_denoiser_with_its_affines_realised(mon
     monkeypatch.setattr(models.layers, '_realised', lambda t: t)
     _, inlined, _ = compiled()
     assert realised - inlined >= norms
+
+
+def test_folded_torch_norm_gives_the_same_vae_decoder_and_keeps_its_state_dict(monkeypatch):
+    """folded-torch-norm on a (tiny, random) diffusers VAE decoder: every torch.nn.GroupNorm becomes a folded one
+    sharing its parameters, the eager decoder is untouched, and compiled (inductor, CPU) it decodes what it did,
+    every norm traced through folded_affine."""
+    from diffusers import AutoencoderKL
+
+    import models.layers
+    from models.layers import FoldedTorchGroupNorm, fold_torch_group_norms
+    traced, real = [], models.layers.folded_affine
+    monkeypatch.setattr(models.layers, 'folded_affine', lambda x, norm, *a, **k: traced.append(norm) or real(x, norm, *a, **k))
+    from models.random_sd import CONFIGS
+    torch.manual_seed(0)
+    decoder = AutoencoderKL(**CONFIGS['tiny']['vae']).decoder.eval()
+    for m in decoder.modules():             # non-trivial affines, so a mixed-up weight or bias would show
+        if isinstance(m, torch.nn.GroupNorm):
+            torch.nn.init.normal_(m.weight, 1, 0.2)
+            torch.nn.init.normal_(m.bias, 0, 0.2)
+    latents = torch.randn(2, 4, 8, 8)
+    keys = list(decoder.state_dict())
+    with torch.no_grad():
+        expected = decoder(latents)
+        norms = sum(isinstance(m, torch.nn.GroupNorm) for m in decoder.modules())
+        assert fold_torch_group_norms(decoder, min_elements=1) == norms > 0
+        assert all(type(m) is FoldedTorchGroupNorm for m in decoder.modules() if isinstance(m, torch.nn.GroupNorm))
+        assert list(decoder.state_dict()) == keys
+        assert torch.equal(decoder(latents), expected)                     # eager: torch's group_norm
+        torch._dynamo.reset()
+        assert not traced
+        compiled = torch.compile(decoder, fullgraph=True)(latents)
+    torch.testing.assert_close(compiled, expected, atol=1e-4, rtol=1e-4)
+    assert len({id(m) for m in traced}) == norms
