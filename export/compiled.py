@@ -155,7 +155,8 @@ def default_options(device, mode=None):
     """On CUDA: mode default + channels-last + fused-affines + channels-last-cat + folded-norm + split-skip + planar-qkv
     + whole-graph, the fastest measured without tuning (ddpmpp-cifar10 bf16, H100, 2026-12-07, same run, through the
     parity gate: batch 256 10,269 img/s, 44.0% of bf16 peak, against 8,887 without the last three switches; batch 64
-    9,026 against 8,170; below batch 32 the three are off, so batch 1 is the 1.41 ms graph it was;
+    9,026 against 8,170; below batch 32 the three model switches are off, though split-skip's inductor option
+    (force_pointwise_cat) applies to every bucket, so batch 1 and 8 under this default are not measured yet;
     bench/results/nvidia-h100-80gb-hbm3/2026-12-07-speed-folded-norm/). max-autotune's 2026-12-02 H200 figures were
     no better and cost minutes of tuning per start. On CPU: default + fused-affines. `mode` (--compile-mode) replaces
     the mode only; a mode with CUDA graphs of its own drops whole-graph."""

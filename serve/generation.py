@@ -59,6 +59,7 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         raise ApiError(400, 'invalid_request', f'prompt longer than {settings.max_prompt_chars} characters', param='prompt')
     replica = model.replica_for(n)         # the device that would finish it first
     try:
+        model.check_request(n, seed, class_label, class_name, prompt, seed_b)      # a bad request: its 4xx, not a 429
         # Refused now if it would be refused at submit: an overloaded server spends nothing on it (no noise, no prompt
         # encoding; H100, 2026-12-07: at 130% of saturation, 429s took the app 60-150 ms when refused after both).
         with _refusals():

@@ -8,13 +8,16 @@ GIL, made half the images per second it made at saturation. The batcher's admiss
 judges the GPU's queue, not the loop's.
 
 So while the loop is more than `max_loop_lag_ms` behind with requests in hand (at least BUSY generation requests in
-the app: a loop slowed by the server's own work, a bucket compiling after start-up, is not overloaded by its
-clients), new generation requests (POSTs under /v1/) are refused with 429 before their body is read: no validation,
-no noise, no encoding, the least a refusal can cost. Health checks, metrics and pages are never shed.
+the app: one request on a loop slowed by the server's own work, a garbage collection, is not shed), new generation
+requests (POSTs under /v1/) are refused with 429 `loop_overloaded` before their body is read: no validation, no
+noise, no encoding, the least a refusal can cost. Health checks, metrics and pages are never shed. A busy server whose
+loop is also slowed by its own work (buckets still compiling after start-up hold the GIL) sheds too: its clients
+would wait for that loop all the same.
 """
 
 import asyncio
 import time
+import types
 
 from serve.errors import error_response
 
@@ -53,6 +56,7 @@ class LoopLag:
 
 
 BUSY = 8        # generation requests in the app, at least, before a late loop is taken for an overloaded one
+SHED = types.SimpleNamespace(path='(shed)')     # what a shed request's metric names as its route (a fixed label)
 
 
 class ShedWhenLate:
@@ -68,9 +72,10 @@ class ShedWhenLate:
             return await self.app(scope, receive, send)
         lag, limit = self.state.lag, self.state.settings.max_loop_lag_ms
         if limit and lag is not None and self.in_app >= BUSY and (behind := lag.ms()) > limit:
-            self.state.metrics.errors.labels('overloaded').inc()
-            refuse = error_response(429, 'overloaded', f'the server is overloaded (its event loop runs {behind:.0f} ms late, '
-                                    f'over its limit of {limit:g} ms); try again shortly', {'Retry-After': '1'})
+            self.state.metrics.errors.labels('loop_overloaded').inc()
+            scope['route'] = SHED                   # the request metric's route label: no route was matched
+            refuse = error_response(429, 'loop_overloaded', f'the server is overloaded (its event loop runs {behind:.0f} ms '
+                                    f'late, over its limit of {limit:g} ms); try again shortly', {'Retry-After': '1'})
             return await refuse(scope, receive, send)
         self.in_app += 1
         try:

@@ -141,19 +141,24 @@ class ServedModel:
     def kind(self):
         return self.config.condition['kind']
 
+    def check_request(self, n, seed=None, class_label=None, class_name=None, prompt=None, seed_b=None):
+        """What makes a request bad whatever the server's load (RequestError): the condition it gives, its seeds'
+        range, its class. Cheap: checked before admission, so a bad request gets its 4xx, not a 429 to retry.
+        Returns the fixed class (class models) or None."""
+        check_condition(self.kind, self.id, class_label is not None or class_name is not None, prompt)
+        for first, name in ((seed, 'seed'), (seed_b, 'seed_b')):
+            if first is not None and first + n - 1 > 2 ** 63 - 1:
+                raise RequestError(f'{name} + n - 1 exceeds the largest seed (2^63 - 1)')
+        return resolve_class(self.config, self.id, class_label, class_name) if self.kind == 'class' else None
+
     def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None, text_embedding=None, seed_b=None, mix=None):
         """Contract inputs for n images, plus what each image was: (inputs, seeds, per-image metadata).
         Text models take the prompt's embedding from `PromptEncoder.embed` (async); without it, it is encoded here.
         seed_b and mix: a seed walk, image i's noise slerped from seed + i's towards seed_b + i's."""
-        check_condition(self.kind, self.id, class_label is not None or class_name is not None, prompt)   # RequestError
+        fixed = self.check_request(n, seed, class_label, class_name, prompt, seed_b)        # RequestError
         first = seed if seed is not None else secrets.randbelow(2 ** 62)
         seeds = [first + i for i in range(n)]
-        if seeds[-1] > 2 ** 63 - 1:
-            raise RequestError('seed + n - 1 exceeds the largest seed (2^63 - 1)')
         seeds_b = [seed_b + i for i in range(n)] if seed_b is not None else []
-        if seeds_b and seeds_b[-1] > 2 ** 63 - 1:
-            raise RequestError('seed_b + n - 1 exceeds the largest seed (2^63 - 1)')
-        fixed = resolve_class(self.config, self.id, class_label, class_name) if self.kind == 'class' else None
         embedding = None
         if self.kind == 'text':
             embedding = text_embedding if text_embedding is not None else self.prompts.embed_now(prompt)

@@ -115,6 +115,17 @@ def test_a_tight_default_deadline_refuses_what_it_cannot_do(tiny_bundle_dir):
         assert r.status_code == 429 and r.headers['Retry-After'] == str(max(1, math.ceil(estimate - 0.25)))
 
 
+def test_a_bad_request_gets_its_own_error_even_when_the_server_would_refuse_the_work(slow_api):
+    """Admission comes after the checks that make a request bad whatever the load: a 1 ms deadline is refused (429)
+    for a good request and the bad ones still get their 4xx, not a 429 to retry forever."""
+    api, _, _ = slow_api
+    tight = {'X-Request-Deadline-Ms': '1'}
+    assert api.post('/v1/generate', json={'seed': 1}, headers=tight).status_code == 429
+    for bad in ({'seed': 2 ** 63 - 1, 'n': 2}, {'seed': 1, 'seed_b': 2 ** 63 - 1, 'n': 2, 'mix': 0.5}):
+        r = api.post('/v1/generate', json=bad, headers=tight)
+        assert 400 <= r.status_code < 500 and r.status_code != 429 and 'largest seed' in r.json()['error']['message'], bad
+
+
 def test_a_failing_batch_fails_only_its_requests_and_readiness_returns(class_bundle_dir):
     with in_process(class_bundle_dir, max_batch=2, max_delay_ms=200) as api:
         model = next(iter(api.app.state.sida.models.values()))

@@ -50,14 +50,21 @@ def test_a_late_loop_with_requests_in_hand_sheds_the_rest_and_still_answers_heal
     with in_process(class_bundle_dir, max_loop_lag_ms=40) as api:
         state = api.app.state.sida
         assert api.post('/v1/generate', json={'seed': 0}).status_code == 200
-        with loop_kept_late(api):
+        with loop_kept_late(api), ThreadPoolExecutor(1) as side:
             assert api.post('/v1/generate', json={'seed': 1}).status_code == 200     # late, nothing in hand: served
-            codes = sorted(r.status_code for r in burst(api, BUSY + 8))
-            assert api.get('/healthz').status_code == 200             # never shed
+            shedding = side.submit(burst, api, BUSY + 8)
+            while not shedding.done() and not state.metrics.registry.get_sample_value('sida_errors_total',
+                                                                                    {'code': 'loop_overloaded'}):
+                time.sleep(0.01)
+            during = [api.get('/healthz').status_code, api.post('/healthz').status_code]   # while shedding: not shed
+            codes = sorted(r.status_code for r in shedding.result())
+        assert during == [200, 405]
         assert codes.count(200) >= BUSY and 429 in codes and set(codes) <= {200, 429}
+        metrics = api.get('/metrics').text
+        assert f'sida_errors_total{{code="loop_overloaded"}} {codes.count(429):.1f}' in metrics
+        assert f'sida_requests_total{{route="(shed)",status="429"}} {codes.count(429):.1f}' in metrics
         wait_on_time(state.lag, 40)
-        assert api.post('/v1/generate', json={'seed': 99}).status_code == 200
-        assert f'sida_errors_total{{code="overloaded"}} {codes.count(429):.1f}' in api.get('/metrics').text
+        assert {r.status_code for r in burst(api, BUSY + 8)} == {200}           # on time again, requests in hand
 
 
 def test_a_refusal_says_why_and_when_to_retry(class_bundle_dir):
@@ -65,7 +72,7 @@ def test_a_refusal_says_why_and_when_to_retry(class_bundle_dir):
         refused = [r for r in burst(api, BUSY + 8) if r.status_code == 429]
     assert refused and refused[0].headers['Retry-After'] == '1'
     error = refused[0].json()['error']
-    assert error['code'] == 'overloaded' and 'event loop' in error['message'] and 'limit of 40 ms' in error['message']
+    assert error['code'] == 'loop_overloaded' and 'event loop' in error['message'] and 'limit of 40 ms' in error['message']
 
 
 def test_a_limit_of_zero_never_sheds(class_bundle_dir):
