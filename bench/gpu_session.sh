@@ -41,7 +41,8 @@
 #                                                 all in OUT/speed.tgz (env: VARIANTS, ZOO_VARIANTS, PREWARM_S, BUDGET_S,
 #                                                 AUTOTUNE_EXPORTS; STARTS=0 skips the start rows, EAGER the eager
 #                                                 row (torch-fp32: the 3x target's baseline; none: no eager row), TABLE_S its time, PROFILE=V1,.. the profiled variants,
-#                                                 OUTPUT_CODE=V1,.. logs those variants' generated kernels;
+#                                                 OUTPUT_CODE=V1,.. logs those variants' generated kernels; SPEED_BATCHES
+#                                                 the table's batches (1,64,256);
 #                                                 PREWARM_RESERVE, TABLE_RESERVE, PROFILE_RESERVE: seconds each step
 #                                                 leaves to the later ones, for a BUDGET_S other than 560)
 #   bench/gpu_session.sh autotune OUT    the one-time max-autotune `sida export compile` of both models, its compiled code in
@@ -526,9 +527,10 @@ speed|autotune)
         timed $m-cold-export-contended $PREWARM env SIDA_CACHE_DIR=$W/cold-$m "${SIDA[@]}" export compile \
             --bundle $W/bundles/$m-start --mode reduce-overhead --buckets 1,8,64 &
     done
-    for v in ${VARIANTS//,/ }; do prewarm ddpmpp "$v" 1,64,256 $PREWARM & done
+    SB=${SPEED_BATCHES:-1,64,256}      # the table's batches (1,8,64,256: also the serve bucket 8)
+    for v in ${VARIANTS//,/ }; do prewarm ddpmpp "$v" $SB $PREWARM & done
     [ "$ZOO_VARIANTS" = none ] && ZOO_VARIANTS=        # none: no zoo rows
-    for v in ${ZOO_VARIANTS//,/ }; do prewarm zoo "$v" 1,64,256 $PREWARM & done
+    for v in ${ZOO_VARIANTS//,/ }; do prewarm zoo "$v" $SB $PREWARM & done
     wait
     for f in $W/logs/prewarm-ddpmpp-*.log; do grep -q 'Output code' "$f" && gzip "$f"; done     # the kernels' source
     pack
@@ -538,7 +540,7 @@ speed|autotune)
     done
     table() {   # MODEL BACKENDS VARIANTS LIMIT
         timed "table-$1" "$4" "${SIDA[@]}" bench generate --bundle $W/bundles/$1 --backends "$2" --compile-variants "$3" \
-            --batch 1,64,256 --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name "speed-$1"
+            --batch $SB --runs 20 --max-seconds 1 --warmup 3 --warmup-seconds 0.3 --out $RES --name "speed-$1"
     }
     BACKENDS=compile-bf16; [ "${EAGER:-torch-fp32}" != none ] && BACKENDS=${EAGER:-torch-fp32},$BACKENDS   # EAGER=none: no eager row
     table ddpmpp $BACKENDS "$VARIANTS$TUNED" "$(cap "${TABLE_S:-170}" ${TABLE_RESERVE:-100})"
