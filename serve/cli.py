@@ -97,8 +97,7 @@ def setting(name):
                    'request goes to the replica that would finish it first; with --triton they are the Triton model\'s '
                    'instances. For small models give --workers too (e.g. --workers 8 --devices all: a process per GPU).')
 def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max_delay_ms, max_queue_images, max_loop_lag_ms, max_n,
-          api_keys,
-          api_keys_file, allow_unauthenticated, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton,
+          api_keys, api_keys_file, allow_unauthenticated, rate_limit_per_minute, config_file, no_warmup, with_ui, with_triton,
           triton_http_port, triton_grpc_port, triton_metrics_port, workers, devices):
     """Serve bundles over HTTP: /v1/generate, /v1/images/generations, /v1/models, /healthz, /readyz, /metrics, /docs,
     and the web demo at /ui."""
@@ -119,7 +118,8 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
         settings = load_settings(config_file, bundles=list(bundles) or None, backend=backend, triton_url=triton_url,
                                  compile_mode=compile_mode, host=host,
                                  port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue_images=max_queue_images,
-                                 max_loop_lag_ms=max_loop_lag_ms, max_n=max_n, api_keys=list(api_keys) or None, api_keys_file=api_keys_file,
+                                 max_loop_lag_ms=max_loop_lag_ms, max_n=max_n, api_keys=list(api_keys) or None,
+                                 api_keys_file=api_keys_file,
                                  allow_unauthenticated=allow_unauthenticated,
                                  rate_limit_per_minute=rate_limit_per_minute, warmup=False if no_warmup else None,
                                  ui=with_ui, workers=workers,
