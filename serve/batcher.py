@@ -51,14 +51,24 @@ class BackendFailed(Exception):
 
 
 class DrainRate:
-    """Images per second the backend drains, as an exponentially weighted moving average over batches."""
+    """Images per second the backend drains: exponentially weighted moving averages of the images and of the seconds
+    per batch, divided. Not an average of each batch's own rate: a batch's seconds come from time stamps taken by
+    threads that the OS (or the GIL) may run late, and one stamped late makes its own batch long and the next one
+    short; the seconds' average cancels that, where a rate from the short one (images / almost nothing) would pull
+    the average of rates far up (the admission would then take work it cannot finish in time)."""
 
     def __init__(self, weight=0.2):
         self.weight, self.images_per_s = weight, None
+        self.images = self.seconds = None
 
     def update(self, images, seconds):
-        rate = images / max(seconds, 1e-6)
-        self.images_per_s = rate if self.images_per_s is None else self.images_per_s + self.weight * (rate - self.images_per_s)
+        seconds = max(seconds, 0.0)
+        if self.images is None:
+            self.images, self.seconds = images, seconds
+        else:
+            self.images += self.weight * (images - self.images)
+            self.seconds += self.weight * (seconds - self.seconds)
+        self.images_per_s = self.images / max(self.seconds, 1e-6)
 
     def seconds_for(self, images):
         """Estimated seconds to drain `images`; 0 before the first measurement (nothing known: admit)."""
