@@ -81,6 +81,10 @@ def test_open_loop_rows_get_their_table_and_the_429_target_reads_the_worst_rate(
             {**row, 'offered_rps': 10.0, 'errors': {}}]
     checks = {t: (m, ok) for t, m, ok in targets([{'results': rows}])}
     assert checks['HTTP overload (open loop) answered with 429 within 50 ms p99'] == ('61.5 ms at 400 req/s', False)
+    later = [{**row, 'offered_rps': 500.0, 'time_to_429_p99_ms': 20.0, 'errors': {'429': 9}}]     # a later run folder
+    checks = {t: (m, ok) for t, m, ok in targets([{'date': '2026-12-06', 'results': rows}],
+                                                 [{'date': '2026-12-07', 'results': later}])}
+    assert checks['HTTP overload (open loop) answered with 429 within 50 ms p99'] == ('20.0 ms at 500 req/s (2026-12-07)', True)
     table = open_loop_table(rows)
     assert table[0].startswith('| offered req/s | sent req/s |') and len(table) == 5
     assert table[3].endswith('| 61.5 | – | 429: 90, ReadTimeout: 1 |')
