@@ -346,7 +346,7 @@ serve-open)
     RES=$OUT/results
     python3 -c 'from bench.presets import resolve_bundle; print(resolve_bundle("preset:ddpmpp-cifar10"))'
     declare -A BUNDLE=([zoo]=models/zoo/cifar10-cond [ddpmpp]=build/bench-bundles/ddpmpp-cifar10)
-    OPTS=(--backend compile --max-batch 128 --max-queue-images 4096)
+    OPTS=(--backend compile --max-batch 128 --max-queue-images 4096 ${LAG_MS:+--max-loop-lag-ms $LAG_MS})   # LAG_MS: shedding
     NPY=(--n 16 --format npy --response binary)
     rates() {   # NAME: 50%, 80% and 130% of the requests/s that closed-loop run NAME reached (its best level)
         python3 - "$RES" "$1" <<'EOF2'
