@@ -126,7 +126,7 @@ class CompileOptions:
             options['force_layout_optimization'] = True
         if self.combo_kernels:
             options['combo_kernels'] = True
-        if self.pointwise_cat or self.split_skip:
+        if self.pointwise_cat:
             options['force_pointwise_cat'] = True
         if self.coordinate_descent:
             options['coordinate_descent_tuning'] = True
@@ -344,11 +344,12 @@ def prepare_denoiser(denoiser, precision, options):
 
 
 def inductor_options_for(module, options):
-    """options.inductor_options() for compiling `module`: split-skip's pointwise concatenations only where split-skip
-    acts (a sida UNet inside; a diffusers SD UNet keeps inductor's own choice, as measured)."""
+    """options.inductor_options() for compiling `module`, with split-skip's pointwise concatenations (the decoder's
+    parts read inside the norm's kernels) where split-skip acts: a sida UNet inside; a diffusers SD UNet keeps
+    inductor's own choice, as measured."""
     inductor = options.inductor_options()
-    if options.split_skip and not options.pointwise_cat and not any(hasattr(m, 'split_skip_from') for m in module.modules()):
-        inductor.pop('force_pointwise_cat', None)
+    if options.split_skip and any(hasattr(m, 'split_skip_from') for m in module.modules()):
+        inductor['force_pointwise_cat'] = True
     return inductor
 
 

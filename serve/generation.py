@@ -59,7 +59,7 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         raise ApiError(400, 'invalid_request', f'prompt longer than {settings.max_prompt_chars} characters', param='prompt')
     replica = model.replica_for(n)         # the device that would finish it first
     try:
-        model.check_request(n, seed, class_label, class_name, prompt, seed_b)      # a bad request: its 4xx, not a 429
+        fixed_class = model.check_request(n, seed, class_label, class_name, prompt, seed_b)   # bad: its 4xx, not a 429
         # Refused now if it would be refused at submit: an overloaded server spends nothing on it (no noise, no prompt
         # encoding; H100, 2026-12-07: at 130% of saturation, 429s took the app 60-150 ms when refused after both).
         with _refusals():
@@ -70,7 +70,7 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         # Seeds -> noise stays on the event loop. In the pool it freed the loop but fought the batcher's thread for the
         # GIL: on an H100 (2026-12-06, ddpmpp, n=16) closed-loop c=32 fell from 6,161 to 3,968 img/s and the generate
         # step itself rose from 20 to 30 ms (bench/results/nvidia-h100-80gb-hbm3/2026-12-06-triton-mode/).
-        inputs, seeds, meta = model.build_inputs(n, seed, class_label, class_name, prompt, embedding, seed_b, mix)
+        inputs, seeds, meta = model.build_inputs(n, seed, fixed_class, prompt, embedding, seed_b, mix)
     except RequestError as e:
         raise ApiError(e.status, e.code, str(e)) from None
     started = time.perf_counter()

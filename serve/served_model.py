@@ -151,18 +151,18 @@ class ServedModel:
                 raise RequestError(f'{name} + n - 1 exceeds the largest seed (2^63 - 1)')
         return resolve_class(self.config, self.id, class_label, class_name) if self.kind == 'class' else None
 
-    def build_inputs(self, n, seed=None, class_label=None, class_name=None, prompt=None, text_embedding=None, seed_b=None, mix=None):
-        """Contract inputs for n images, plus what each image was: (inputs, seeds, per-image metadata).
-        Text models take the prompt's embedding from `PromptEncoder.embed` (async); without it, it is encoded here.
-        seed_b and mix: a seed walk, image i's noise slerped from seed + i's towards seed_b + i's."""
-        fixed = self.check_request(n, seed, class_label, class_name, prompt, seed_b)        # RequestError
+    def build_inputs(self, n, seed=None, fixed_class=None, prompt=None, text_embedding=None, seed_b=None, mix=None):
+        """Contract inputs for n images of a request check_request passed (fixed_class: what it returned), plus what
+        each image was: (inputs, seeds, per-image metadata). Text models take the prompt's embedding from
+        `PromptEncoder.embed` (async); without it, it is encoded here. seed_b and mix: a seed walk, image i's noise
+        slerped from seed + i's towards seed_b + i's."""
         first = seed if seed is not None else secrets.randbelow(2 ** 62)
         seeds = [first + i for i in range(n)]
         seeds_b = [seed_b + i for i in range(n)] if seed_b is not None else []
         embedding = None
         if self.kind == 'text':
             embedding = text_embedding if text_embedding is not None else self.prompts.embed_now(prompt)
-        inputs, names = seeded_inputs(self.config, seeds, fixed, embedding)
+        inputs, names = seeded_inputs(self.config, seeds, fixed_class, embedding)
         if seeds_b:
             c = self.config
             inputs['noise'] = slerp(inputs['noise'], noise_for_seeds(seeds_b, (c.channels, c.resolution, c.resolution)), mix)

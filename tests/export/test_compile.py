@@ -81,7 +81,6 @@ def test_compile_options_read_and_write_one_spelling():
     every = CompileOptions.parse('default+planar-qkv+channels-last-cat+pointwise-cat+combo-kernels+fused-affines+grouped-norm'
                                  '+split-skip')
     assert str(every) == 'default+grouped-norm+fused-affines+combo-kernels+pointwise-cat+channels-last-cat+split-skip+planar-qkv'
-    assert CompileOptions.parse('default+split-skip').inductor_options()['force_pointwise_cat']     # the concat in kernels
     assert CompileOptions.parse('default+fast-math').inductor_options()['use_fast_math']
     assert every.inductor_options() == {'combo_kernels': True, 'force_pointwise_cat': True}  # the other two: the model
     tuned = CompileOptions.parse('default+whole-graph+cudnn-benchmark+coordinate-descent')

@@ -315,7 +315,7 @@ def test_split_skip_writes_no_concat_buffer(monkeypatch):
     convolution is still written; each width here belongs to one such block)."""
     from torch._inductor.utils import run_and_get_code
 
-    from export.compiled import CompileOptions, prepare_denoiser
+    from export.compiled import CompileOptions, inductor_options_for, prepare_denoiser
     from models.layers import UNetBlock
     spec = tiny_ddpmpp()
     x, sigma, labels = _inputs(spec)
@@ -325,7 +325,7 @@ def test_split_skip_writes_no_concat_buffer(monkeypatch):
         net = prepare_denoiser(perturb_(build_denoiser(spec)).eval(), 'fp32', options)
         torch._dynamo.reset()
         with torch.no_grad():
-            _, code = run_and_get_code(torch.compile(net, options={**options.inductor_options(), 'allow_buffer_reuse': False},
+            _, code = run_and_get_code(torch.compile(net, options={**inductor_options_for(net, options), 'allow_buffer_reuse': False},
                                                      fullgraph=True),
                                        x.to(memory_format=torch.channels_last), sigma, labels)
         buffers = re.findall(r'empty_strided_cpu\(\((\d+), (\d+), (\d+), (\d+)\)', '\n'.join(code))
