@@ -61,6 +61,12 @@
 #                                                 Inception copy gzipped (`sida bench fid-weights`: inception-fp16.pt.gz or
 #                                                 inception-int8.pt.gz) and captions.tar.gz (`sida train captions`); sida.json
 #                                                 (with --record's metrics) and eval.json come back in OUT
+#   bench/gpu_session.sh quality-teacher OUT DATA  [quality]'s class chain, one warm machine, three calls: a stronger
+#                                                 FD-CIFAR classifier (CANDIDATES WIDTH:EPOCHS), then a teacher with CUDA
+#                                                 graphs (INIT_FROM=BUNDLE continues one); state in build/quality
+#   bench/gpu_session.sh quality-student OUT DATA  SiDA from that teacher (TEACHER=, CLASSIFIER= override the chain's)
+#   bench/gpu_session.sh quality-eval OUT DATA INCEPTION_GZ  FID (50k) and FD-CIFAR: test split, the teacher at 35 and
+#                                                 17 NFE, the student; --record into copies whose sida.json come back
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
@@ -627,6 +633,91 @@ fid)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
     echo "Inception copy: ${WEIGHTS##*/}" | tee -a "$OUT/machine.txt"
     CAPTIONS=$U/captions evaluate_zoo
+    ;;
+quality-teacher)
+    # [quality]'s class chain, one call per stage on one warm machine: this one (a stronger FD-CIFAR classifier, then
+    # a teacher), then quality-student, then quality-eval. The state stays in build/quality (ignored: kept between
+    # calls while the machine is held); what a later call needs also comes back in OUT (classifier.pt,
+    # teacher-bundle.tar), so a fresh machine can be handed it by carry. INIT_FROM=BUNDLE continues a teacher.
+    DATA=${3:?data}; Q=build/quality; mkdir -p $Q/logs; END=${END_S:-560}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
+    for spec in ${CANDIDATES:-32:40 48:30}; do        # WIDTH:EPOCHS, smallest first
+        name=w${spec/:/-e}
+        timeout 150 "${SIDA[@]}" train classifier --data $DATA --out $Q/clf-$name --width ${spec%:*} --epochs ${spec#*:} \
+            > $Q/logs/classifier-$name.log 2>&1
+        cp $Q/clf-$name/classifier.json $Q/logs/classifier-$name.json 2>/dev/null
+        tail -n 2 $Q/logs/classifier-$name.log
+    done
+    BEST=$(python3 - $Q ${MIN_ACCURACY:-0.90} <<'EOF2'
+import json, pathlib, sys
+runs = [(json.loads(p.read_text()), str(p.parent)) for p in pathlib.Path(sys.argv[1]).glob('clf-*/classifier.json')]
+good = [(info['parameters'], d) for info, d in runs if info['test_accuracy'] >= float(sys.argv[2])]
+print(min(good)[1] if good else '')
+EOF2
+)
+    echo "classifier kept: ${BEST:-none reached ${MIN_ACCURACY:-0.90}}" | tee -a $Q/logs/machine.txt
+    if [ -n "$BEST" ]; then mkdir -p $Q/classifier && cp $BEST/classifier.pt $BEST/classifier.json $Q/classifier/ \
+        && cp $BEST/classifier.pt "$OUT/classifier.pt"; fi
+    TEACHER=(train teacher "${ARCH[@]}" --cond class --data "$DATA" --data-prefix train --images 200M --batch 512 --lr 1e-3
+             --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k --sample-every 5M
+             --checkpoint-every 50M ${INIT_FROM:+--init-from $INIT_FROM})
+    # CUDA graphs (compiled in the first iterations; COMPILE= turns them off); if that run dies early, eager for the time left
+    timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${TEACHER[@]}" ${COMPILE---compile reduce-overhead} --out $Q/teacher-run \
+        --time-limit $((END - SECONDS - 75))s > $Q/logs/teacher.log 2>&1
+    echo "teacher (${COMPILE-compiled}): exit $? at $SECONDS s" | tee -a $Q/logs/machine.txt
+    if [ ! -f $Q/teacher-run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
+        rm -rf $Q/teacher-run
+        timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${TEACHER[@]}" --out $Q/teacher-run --time-limit $((END - SECONDS - 60))s \
+            > $Q/logs/teacher-eager.log 2>&1
+        echo "teacher (eager): exit $? at $SECONDS s" | tee -a $Q/logs/machine.txt
+    fi
+    cp $Q/teacher-run/log.jsonl $Q/logs/teacher-log.jsonl; cp $Q/teacher-run/config.json $Q/logs/teacher-config.json
+    cp $Q/teacher-run/samples/*.png $Q/logs/ 2>/dev/null
+    [ -d $Q/teacher-run/bundle ] && tar cf "$OUT/teacher-bundle.tar" -C $Q/teacher-run bundle
+    tar czf "$OUT/teacher-logs.tgz" -C $Q logs
+    ;;
+quality-student)
+    # SiDA from quality-teacher's teacher (or TEACHER=BUNDLE) in the FD-CIFAR space of its classifier (or
+    # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`) and CUDA graphs; eager if that run dies early.
+    DATA=${3:?data}; Q=build/quality; mkdir -p $Q/logs-student; END=${END_S:-560}
+    T=${TEACHER:-$Q/teacher-run/bundle}; C=${CLASSIFIER:-$Q/classifier/classifier.pt}
+    [ -f "$C" ] || C=models/zoo/fd-cifar-classifier/classifier.pt
+    echo "teacher $T, classifier $C" | tee $Q/logs-student/machine.txt
+    STUDENT=(train distill --method sida --teacher "$T" --data "$DATA" --data-prefix train --images 20M --batch 256 --lr 2e-5
+             --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k --sample-every 5M
+             --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k)
+    timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${STUDENT[@]}" ${COMPILE---compile reduce-overhead} --out $Q/student-run \
+        --time-limit $((END - SECONDS - 60))s > $Q/logs-student/student.log 2>&1
+    echo "student (${COMPILE-compiled}): exit $? at $SECONDS s" | tee -a $Q/logs-student/machine.txt
+    if [ ! -f $Q/student-run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
+        rm -rf $Q/student-run
+        timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${STUDENT[@]}" --out $Q/student-run --time-limit $((END - SECONDS - 50))s \
+            > $Q/logs-student/student-eager.log 2>&1
+        echo "student (eager): exit $? at $SECONDS s" | tee -a $Q/logs-student/machine.txt
+    fi
+    cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl; cp $Q/student-run/config.json $Q/logs-student/student-config.json
+    cp $Q/student-run/samples/*.png $Q/logs-student/ 2>/dev/null
+    [ -d $Q/student-run/bundle ] && tar cf "$OUT/student-bundle.tar" -C $Q/student-run bundle
+    tar czf "$OUT/student-logs.tgz" -C $Q logs-student
+    ;;
+quality-eval)
+    # FID (50k samples against the 50k training images, INCEPTION: a gzipped copy from `sida bench fid-weights`) and
+    # FD-CIFAR of the chain's teacher (35 and 17 NFE), its student and the test split, recorded into copies of both
+    # bundles (their sida.json come back). TEACHER, STUDENT, CLASSIFIER override the chain's paths.
+    DATA=${3:?data}; INC=${4:?inception copy, gzipped}; Q=build/quality; E=$Q/eval; mkdir -p $E/logs
+    T=${TEACHER:-$Q/teacher-run/bundle}; S=${STUDENT:-$Q/student-run/bundle}; C=${CLASSIFIER:-$Q/classifier/classifier.pt}
+    [ -f "$C" ] || C=models/zoo/fd-cifar-classifier/classifier.pt
+    gunzip -c "$INC" > /tmp/inception.pt
+    rm -rf $E/teacher $E/student && cp -r "$T" $E/teacher && cp -r "$S" $E/student
+    EVAL=(train evaluate --data "$DATA" --classifier "$C" --samples ${SAMPLES:-50k} --fid-weights /tmp/inception.pt
+          --stats-cache $Q/stats-cache --record)
+    echo "inception ${INC##*/}, classifier $C" | tee $E/logs/machine.txt
+    timeout $((${END_S:-560} - SECONDS - 130)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 \
+        --student sida=$E/student --curves sida=$Q/student-run --out $E/nfe35 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe35.log
+    timeout $((${END_S:-560} - SECONDS - 10)) "${SIDA[@]}" "${EVAL[@]}" --test-prefix '' --class-dependence-seeds 0 \
+        --teacher teacher=$E/teacher --teacher-steps 9 --out $E/nfe17 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe17.log
+    cp $E/teacher/sida.json "$OUT/teacher.sida.json"; cp $E/student/sida.json "$OUT/student.sida.json"
+    tar czf "$OUT/eval.tgz" -C $E $(cd $E && ls -d logs nfe35 nfe17 2>/dev/null)
     ;;
 ddp1)
     # [scale-train] on one GPU: SiD, DDPM++ CIFAR-10 (random teacher), batch 128, --compile reduce-overhead, first as
