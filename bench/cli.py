@@ -96,7 +96,7 @@ def bench():
 @click.option('--compile-variants', default=None, callback=compile_variants,
               help='Measure every compile backend once per variant, MODE[+switch...] (switches: '
                    'freezing, channels-last, grouped-norm, fused-affines, combo-kernels, pointwise-cat, channels-last-cat, '
-                   'fused-norm, coordinate-descent, folded-norm, folded-torch-norm, split-skip, planar-qkv, fast-math, '
+                   'fused-norm, coordinate-descent, folded-norm, folded-torch-norm, split-skip, planar-qkv, fused-qkv, fast-math, '
                    'cudnn-benchmark, '
                    'whole-graph; docs/export.md), '
                    'comma-separated, e.g. '

@@ -32,7 +32,7 @@ SWITCHES = {'freezing': 'freezing', 'channels-last': 'channels_last', 'grouped-n
             'fused-affines': 'fused_affines', 'combo-kernels': 'combo_kernels', 'pointwise-cat': 'pointwise_cat',
             'channels-last-cat': 'channels_last_cat', 'fused-norm': 'fused_norm', 'coordinate-descent': 'coordinate_descent',
             'folded-norm': 'folded_norm', 'folded-torch-norm': 'folded_torch_norm', 'split-skip': 'split_skip',
-            'planar-qkv': 'planar_qkv', 'fast-math': 'fast_math',
+            'planar-qkv': 'planar_qkv', 'fused-qkv': 'fused_qkv', 'fast-math': 'fast_math',
             'cudnn-benchmark': 'cudnn_benchmark',
             'whole-graph': 'whole_graph'}
 
@@ -77,6 +77,9 @@ class CompileOptions:
                                     # of copies into concat buffers)
     planar_qkv: bool = False        # the qkv projection's channels reordered ({q,k,v}, head, channel), so q, k and v
                                     # reach the attention kernel as views: no copies (0.8 ms a forward at batch 256)
+    fused_qkv: bool = False         # diffusers attention (SD's UNet and VAE decoder): q, k and v as one projection, k
+                                    # and v as one for cross-attention (their fuse_qkv_projections): one GEMM instead of
+                                    # three on the 4,096 tokens of SD-1.5's 64x64 blocks; sida UNets: nothing to do
     fast_math: bool = False         # inductor's use_fast_math: exp as the approximate flush-to-zero instruction in the
                                     # Triton kernels (the SiLU of every GroupNorm + SiLU kernel; those ran at 1.7-1.9
                                     # TB/s, partly bound by their arithmetic, H100 batch-256 profile)
@@ -309,6 +312,8 @@ def prepare_generator(generator, precision, options, device):
             generator.decoder.to(memory_format=torch.channels_last)
         if options.folded_torch_norm:
             fold_torch_group_norms(generator.decoder, FOLD_MIN_ELEMENTS)
+        if options.fused_qkv:
+            fuse_diffusers_qkv(generator.decoder)
     return generator
 
 
@@ -338,9 +343,21 @@ def prepare_denoiser(denoiser, precision, options):
             module.plan_qkv(LARGE_BATCH)    # after the cast: the reordered weights are copies
     if options.folded_torch_norm:
         fold_torch_group_norms(denoiser, FOLD_MIN_ELEMENTS)
+    if options.fused_qkv:
+        fuse_diffusers_qkv(denoiser)
     if options.channels_last_cat or options.folded_norm or options.folded_torch_norm:
         from torch._inductor import inductor_prims  # noqa: F401  (registers the layout op they trace)
     return denoiser
+
+
+def fuse_diffusers_qkv(module):
+    """Every diffusers model in `module` (SD's UNet, the VAE) with each attention's projections fused: q, k and v
+    as one linear layer, k and v for cross-attention (diffusers' fuse_qkv_projections, after any cast: the fused
+    weights are copies in the model's dtype; the separate ones stay, unused). Returns how many models."""
+    models = [m for m in module.modules() if callable(getattr(m, 'fuse_qkv_projections', None))]
+    for model in models:
+        model.fuse_qkv_projections()
+    return len(models)
 
 
 def inductor_options_for(module, options):

@@ -334,3 +334,44 @@ def test_folded_torch_norm_folds_a_latent_generators_unet_and_decoder(tmp_path):
             norms = [m for m in part.modules() if isinstance(m, torch.nn.GroupNorm)]
             assert norms and all((type(m) is FoldedTorchGroupNorm) is on for m in norms)
             assert all(m.min_elements == FOLD_MIN_ELEMENTS for m in norms if on)
+
+
+def test_fused_qkv_sends_an_sd_generators_attention_through_one_projection_with_the_same_images(tmp_path):
+    """fused-qkv: every diffusers attention of an SD-shaped generator (UNet self-attention and the VAE's: q, k, v;
+    cross-attention: k, v) runs one fused projection instead of separate ones, and the generator makes the same
+    images, eager and compiled (inductor, CPU); without the switch the separate projections run."""
+    pytest.importorskip('diffusers', reason='the [t2i] extra is not installed')
+    from diffusers.models.attention_processor import Attention
+
+    from bench import presets
+    from export.compiled import compile_generator, prepare_generator
+    from export.parity import parity_inputs
+    from models.bundle import load_bundle
+    path = presets.resolve_bundle('preset:tiny-sd', work_dir=tmp_path / 'presets', log=lambda m: None)
+    bundle = load_bundle(path)
+    inputs = parity_inputs(bundle.config, 2)
+
+    def run(spec):
+        generator = prepare_generator(load_bundle(path).generator, 'fp32', CompileOptions.parse(spec), 'cpu')
+        called = []
+        for m in generator.modules():
+            for name in ('to_q', 'to_k', 'to_v', 'to_qkv', 'to_kv'):
+                if isinstance(m, Attention) and hasattr(m, name):
+                    getattr(m, name).register_forward_hook(lambda *a, name=name: called.append(name))
+        with torch.no_grad():
+            generator.return_float = True
+            images = generator(**inputs)[1]
+        return images, called
+
+    expected, plain = run('default')
+    fused_images, fused = run('default+fused-qkv')
+    attentions = sum(isinstance(m, Attention) for m in bundle.generator.modules())
+    assert attentions >= 3 and 'to_qkv' not in plain and plain.count('to_q') >= attentions
+    assert 'to_k' not in fused and 'to_v' not in fused and fused.count('to_qkv') > 0 and fused.count('to_kv') > 0
+    assert fused.count('to_q') == fused.count('to_kv')             # cross-attention: its query alone, k and v fused
+    assert fused.count('to_qkv') + fused.count('to_kv') == plain.count('to_q')       # every attention call still runs
+    torch.testing.assert_close(fused_images, expected, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
+    compiled = compile_generator(load_bundle(path).generator, 'fp32', CompileOptions.parse('default+fused-qkv'), 'cpu')
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**inputs)[1], expected, atol=1e-4, rtol=1e-4)
