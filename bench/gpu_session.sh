@@ -714,10 +714,13 @@ quality-eval)
     echo "inception ${INC##*/}, classifier $C" | tee $E/logs/machine.txt
     timeout $((${END_S:-560} - SECONDS - 130)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 \
         --student sida=$E/student --curves sida=$Q/student-run --out $E/nfe35 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe35.log
+    cp $E/student/sida.json "$OUT/student.sida.json"; cp $E/teacher/sida.json "$OUT/teacher.sida.json"   # in OUT at once:
+                                                                                # a call cut short still brings these back
+    tar czf "$OUT/eval-nfe35.tgz" -C $E $(cd $E && ls -d logs nfe35 2>/dev/null)
     timeout $((${END_S:-560} - SECONDS - 10)) "${SIDA[@]}" "${EVAL[@]}" --test-prefix '' --class-dependence-seeds 0 \
         --teacher teacher=$E/teacher --teacher-steps 9 --out $E/nfe17 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe17.log
-    cp $E/teacher/sida.json "$OUT/teacher.sida.json"; cp $E/student/sida.json "$OUT/student.sida.json"
-    tar czf "$OUT/eval.tgz" -C $E $(cd $E && ls -d logs nfe35 nfe17 2>/dev/null)
+    cp $E/teacher/sida.json "$OUT/teacher.sida.json"
+    tar czf "$OUT/eval-nfe17.tgz" -C $E $(cd $E && ls -d logs nfe17 2>/dev/null)
     ;;
 ddp1)
     # [scale-train] on one GPU: SiD, DDPM++ CIFAR-10 (random teacher), batch 128, --compile reduce-overhead, first as
