@@ -67,6 +67,8 @@
 #   bench/gpu_session.sh quality-student OUT DATA  SiDA from that teacher (TEACHER=, CLASSIFIER= override the chain's)
 #   bench/gpu_session.sh quality-eval OUT DATA INCEPTION_GZ  FID (50k) and FD-CIFAR: test split, the teacher at 35 and
 #                                                 17 NFE, the student; --record into copies whose sida.json come back
+#   bench/gpu_session.sh quality-continue OUT DATA  TEACHER=BUNDLE CLASSIFIER=FILE: the teacher evaluated (FD-CIFAR,
+#                                                 class dependence), continued by a warm restart, evaluated again
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
@@ -721,6 +723,33 @@ quality-eval)
         --teacher teacher=$E/teacher --teacher-steps 9 --out $E/nfe17 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe17.log
     cp $E/teacher/sida.json "$OUT/teacher.sida.json"
     tar czf "$OUT/eval-nfe17.tgz" -C $E $(cd $E && ls -d logs nfe17 2>/dev/null)
+    ;;
+quality-continue)
+    # [quality]'s teacher chain in one call: TEACHER (a bundle) evaluated (FD-CIFAR, class accuracy and class
+    # dependence, SAMPLES images at 35 NFE, in CLASSIFIER's space, recorded into a copy), continued by a warm restart
+    # (--init-from that copy, CUDA graphs) for the time left, and the continued teacher evaluated the same way (its
+    # progress plot then holds both). The continued bundle (teacher1-bundle.tar) and both sida.json come back.
+    DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; C=${CLASSIFIER:?CLASSIFIER=file}; Q=build/quality/chain; END=${END_S:-560}
+    rm -rf $Q && mkdir -p $Q/logs && cp -r "$T" $Q/teacher0
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
+    EVAL=(train evaluate --data "$DATA" --classifier "$C" --samples ${SAMPLES:-10k} --no-fid --teacher-steps 18 --record --class-dependence-seeds ${DEP_SEEDS:-100}
+          --stats-cache build/quality/stats-cache)
+    timeout 150 "${SIDA[@]}" "${EVAL[@]}" --teacher teacher0=$Q/teacher0 --out $Q/eval0 2>&1 | grep -v 'it/s\]\|img/s\]' \
+        | tee $Q/logs/eval0.log
+    cp $Q/teacher0/sida.json "$OUT/teacher0.sida.json"
+    timeout $((END - SECONDS - 90)) "${SIDA[@]}" train teacher "${ARCH[@]}" --cond class --data "$DATA" --data-prefix train \
+        --images 200M --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 \
+        --log-every 100k --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 ${COMPILE---compile reduce-overhead} \
+        --out $Q/run --time-limit $((END - SECONDS - 160))s > $Q/logs/teacher1.log 2>&1
+    echo "continued teacher: exit $? at $SECONDS s" | tee -a $Q/logs/machine.txt
+    cp $Q/run/log.jsonl $Q/logs/teacher1-log.jsonl; cp $Q/run/config.json $Q/logs/teacher1-config.json
+    cp $Q/run/samples/*.png $Q/logs/ 2>/dev/null
+    [ -d $Q/run/bundle ] && tar cf "$OUT/teacher1-bundle.tar" -C $Q/run bundle
+    tar czf "$OUT/chain-logs.tgz" -C $Q logs eval0
+    timeout $((END - SECONDS - 5)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher1=$Q/run/bundle --out $Q/eval1 2>&1 \
+        | grep -v 'it/s\]\|img/s\]' | tee $Q/logs/eval1.log
+    cp $Q/run/bundle/sida.json "$OUT/teacher1.sida.json"
+    tar czf "$OUT/chain-logs.tgz" -C $Q logs eval0 $(cd $Q && ls -d eval1 2>/dev/null)
     ;;
 ddp1)
     # [scale-train] on one GPU: SiD, DDPM++ CIFAR-10 (random teacher), batch 128, --compile reduce-overhead, first as
