@@ -729,6 +729,7 @@ quality-continue)
     # dependence, SAMPLES images at 35 NFE, in CLASSIFIER's space, recorded into a copy), continued by a warm restart
     # (--init-from that copy, CUDA graphs) for the time left, and the continued teacher evaluated the same way (its
     # progress plot then holds both). The continued bundle (teacher1-bundle.tar) and both sida.json come back.
+    # FINAL_EVAL_S: seconds kept for the second evaluation (160; 60 skips it, for a short call).
     DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; C=${CLASSIFIER:?CLASSIFIER=file}; Q=build/quality/chain; END=${END_S:-560}
     rm -rf $Q && mkdir -p $Q/logs && cp -r "$T" $Q/teacher0
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
@@ -737,15 +738,17 @@ quality-continue)
     timeout 150 "${SIDA[@]}" "${EVAL[@]}" --teacher teacher0=$Q/teacher0 --out $Q/eval0 2>&1 | grep -v 'it/s\]\|img/s\]' \
         | tee $Q/logs/eval0.log
     cp $Q/teacher0/sida.json "$OUT/teacher0.sida.json"
-    timeout $((END - SECONDS - 90)) "${SIDA[@]}" train teacher "${ARCH[@]}" --cond class --data "$DATA" --data-prefix train \
-        --images 200M --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 \
-        --log-every 100k --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 ${COMPILE---compile reduce-overhead} \
-        --out $Q/run --time-limit $((END - SECONDS - 160))s > $Q/logs/teacher1.log 2>&1
+    F=${FINAL_EVAL_S:-160}
+    timeout $((END - SECONDS - (F > 90 ? F - 70 : 20))) "${SIDA[@]}" train teacher "${ARCH[@]}" --cond class --data "$DATA" \
+        --data-prefix train --images 200M --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last \
+        --tf32 --log-every 100k --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 ${COMPILE---compile reduce-overhead} \
+        --out $Q/run --time-limit $((END - SECONDS - F))s > $Q/logs/teacher1.log 2>&1
     echo "continued teacher: exit $? at $SECONDS s" | tee -a $Q/logs/machine.txt
     cp $Q/run/log.jsonl $Q/logs/teacher1-log.jsonl; cp $Q/run/config.json $Q/logs/teacher1-config.json
     cp $Q/run/samples/*.png $Q/logs/ 2>/dev/null
     [ -d $Q/run/bundle ] && tar cf "$OUT/teacher1-bundle.tar" -C $Q/run bundle
     tar czf "$OUT/chain-logs.tgz" -C $Q logs eval0
+    [ "$F" -gt 60 ] || exit 0          # FINAL_EVAL_S=60: no time for the second evaluation
     timeout $((END - SECONDS - 5)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher1=$Q/run/bundle --out $Q/eval1 2>&1 \
         | grep -v 'it/s\]\|img/s\]' | tee $Q/logs/eval1.log
     cp $Q/run/bundle/sida.json "$OUT/teacher1.sida.json"
