@@ -45,7 +45,7 @@ classifier() {
     if [ -n "${CONTINUE_FROM:-}" ] && [ -f "$CONTINUE_FROM/classifier/classifier.pt" ]; then
         mkdir -p "$OUT/classifier" && cp "$CONTINUE_FROM/classifier/classifier.pt" "$OUT/classifier/" && return
     fi
-    $SIDA train classifier --data "$DATA" --out "$OUT/classifier" --epochs "${CLASSIFIER_EPOCHS:-18}" --width 32
+    $SIDA train classifier --data "$DATA" --out "$OUT/classifier" --epochs "${CLASSIFIER_EPOCHS:-30}" --width 48
 }
 
 teachers() {
