@@ -152,7 +152,7 @@ def build(o, cfg, rt):
     resolved = {'command': 'teacher', 'teacher': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
                 'architecture': spec, 'condition': condition, 'data': str(o['data']), 'data_prefix': o['data_prefix'],
                 'data_size': len(dataset), 'world_size': rt.world, 'device': rt.device, 'precision': o['precision'],
-                'init_from': init}
+                'init_from': init, 'channels_last': o['channels_last'], 'compile': o['compile_']}
     before = init['images_total'] if init else 0
     n_params = sum(p.numel() for p in net.parameters())
     summary = f'training a {o["preset"]} teacher ({n_params / 1e6:.1f}M parameters) on {len(dataset):,} images into {o["run_dir"]}'

@@ -26,6 +26,8 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     config = load_bundle(teacher / 'bundle').config
     assert config.condition['labels'][:2] == ['airplane', 'automobile'] and config.provenance['method'] == 'edm-teacher'
     assert (teacher / 'samples' / '000000000064.png').exists() and (teacher / 'plots' / 'losses.png').exists()
+    resolved = json.loads((teacher / 'config.json').read_text())
+    assert resolved['compile'] is None and resolved['channels_last'] is False     # how it ran is on record
 
     student = tmp_path / 'student'
     r = sida('train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out', student,
