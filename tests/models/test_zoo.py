@@ -73,3 +73,22 @@ def test_text_model_follows_its_prompt():
         predicted = classifier(images.permute(0, 3, 1, 2).float() / 127.5 - 1).argmax(1)
     accuracy = (predicted == torch.arange(len(classes)).repeat_interleave(per_class)).float().mean().item()
     assert accuracy > 0.3, f'prompted class recognised in only {accuracy:.0%} of images'
+
+
+def test_zoo_teacher_is_a_real_denoiser_of_cifar10():
+    """The shipped teacher (what `sida train distill --teacher` and the FID table's teacher rows use) validates and
+    denoises real CIFAR-10 test images: at sigma 0.5 its squared error is under a tenth of the noise's (0.055 of it on
+    2026-12-07; the same network with random weights, through the same preconditioning, leaves 0.55)."""
+    from train.data import ImageDataset
+    path = ZOO / 'cifar10-cond-teacher'
+    validate_bundle(path)
+    bundle = load_bundle(path)
+    assert bundle.config.provenance['method'] == 'edm-teacher' and bundle.config.provenance['images_total'] > 10**6
+    data = ImageDataset(Path(__file__).resolve().parents[1] / 'data' / 'cifar10-mini' / 'cifar10-jpeg.tar.gz', prefix='test')
+    clean = data.load_all()[:32].float() / 127.5 - 1
+    labels = torch.nn.functional.one_hot(torch.as_tensor(data.labels[:32]), 10).float()
+    noisy = clean + 0.5 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        denoised = bundle.generator.denoiser(noisy, torch.full((32,), 0.5), class_labels=labels)
+    before, after = (noisy - clean).square().mean().item(), (denoised - clean).square().mean().item()
+    assert after < 0.1 * before, f'denoising error {after:.4f} against the noise\'s {before:.4f}'

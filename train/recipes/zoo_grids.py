@@ -1,6 +1,7 @@
-"""Sample grids for the zoo's model cards: one row per class (or prompt), one column per seed.
+"""Sample grids for the zoo's model cards: one row per class (or prompt), one column per seed. Teachers (provenance
+method edm-teacher) are sampled as the evaluation samples them: EDM Heun, 18 steps (35 network evaluations).
 
-    python train/recipes/zoo_grids.py models/zoo/cifar10-cond models/zoo/cifar10-text ...
+    python train/recipes/zoo_grids.py models/zoo/cifar10-cond models/zoo/cifar10-text models/zoo/cifar10-cond-teacher
 """
 
 import sys
@@ -9,11 +10,23 @@ from pathlib import Path
 import torch
 
 from models.bundle import load_bundle
+from models.generator import to_uint8_nhwc
+from models.heun_sampler import edm_sample
 from models.images import make_grid, save_png
 from models.seeds import noise_for_seeds
 from train.captions import DEMO_PROMPTS
 
 SEEDS = range(10)
+
+
+def draw(bundle, noise, cond):
+    """uint8 NHWC images: one step for a generator, the EDM Heun sampler (35 NFE) for a teacher."""
+    generator = bundle.generator
+    if bundle.config.provenance.get('method') != 'edm-teacher':
+        return generator(noise, **cond)
+    if 'class_labels' in cond:
+        cond = {'class_labels': generator.one_hot(cond['class_labels'])}
+    return to_uint8_nhwc(edm_sample(generator.denoiser, noise, num_steps=18, **cond).float().clamp(-1, 1))
 
 
 def grid(bundle_dir):
@@ -33,7 +46,7 @@ def grid(bundle_dir):
                 from models.text_encoder import bundle_text_encoder
                 enc = bundle_text_encoder(c).encode([row])
                 cond = {'text_embeds': enc.expand(len(SEEDS), -1, -1)}
-            images.append(bundle.generator(noise, **cond))
+            images.append(draw(bundle, noise, cond))
     out = Path(bundle_dir) / 'samples.png'
     save_png(out, make_grid(torch.cat(images).numpy(), columns=len(SEEDS)),
              {'model': c.name, 'seeds': list(SEEDS), 'rows': list(rows)})
