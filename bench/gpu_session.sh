@@ -85,6 +85,10 @@
 #       pip download --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 #           -d carry/srv fastapi uvicorn pydantic-settings prometheus-client httpx python-multipart
 #
+# The working tree with the zoo's weights (71 MB) is larger than one call's 64 MiB transfer: before a call, leave
+# behind what its stage does not read (`bench/device_tree.sh leave [PATH...]`; no PATH: all the zoo's weights), check
+# with `bench/device_tree.sh size CARRIED...`, and `bench/device_tree.sh restore` once the call has returned.
+#
 # Everything is written under OUT (logs, result JSON/PNG, bundles). The machine is bare: python3 with torch,
 # numpy 2 and no fastapi, so everything runs as `python3 -m sida.cli`.
 set -uo pipefail

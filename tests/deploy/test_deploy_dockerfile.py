@@ -105,9 +105,10 @@ def test_dockerignore_keeps_heavy_and_private_paths_out():
     patterns = dockerignore_patterns()
     for path in ['.venv/bin/python', 'runs/sida/checkpoints/x.safetensors', 'carry/cifar10-jpeg.tar.gz', 'build/demo-bundle/sida.json',
                  '.git/HEAD', 'serve/__pycache__/app.cpython-311.pyc', '.pytest_cache/v', '.ruff_cache/x', 'sida.egg-info/PKG-INFO',
-                 'tests/serve/test_api.py', '.env', 'notes.tmp']:
+                 'tests/serve/test_api.py', '.env', 'notes.tmp', 'models/zoo/cifar10-cond-teacher/generator.safetensors']:
         assert dockerignored(path, patterns), f'{path} would be sent to the Docker build'
-    for path in ['pyproject.toml', 'README.md', 'serve/app.py', 'models/zoo/cifar10/generator.safetensors', 'deploy/entrypoint.sh']:
+    for path in ['pyproject.toml', 'README.md', 'serve/app.py', 'models/zoo/cifar10-cond/generator.safetensors',
+                 'models/zoo/cifar10-text/sida.json', 'deploy/entrypoint.sh']:
         assert not dockerignored(path, patterns), f'{path} is needed in the image'
 
 
