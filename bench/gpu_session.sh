@@ -743,6 +743,8 @@ quality-continue)
         | tee $Q/logs/eval0.log
     cp $Q/teacher0/sida.json "$OUT/teacher0.sida.json"
     F=${FINAL_EVAL_S:-160}
+    if [ $((END - SECONDS - F)) -lt 60 ]; then          # under a minute left to train: the evaluation alone
+        tar czf "$OUT/chain-logs.tgz" -C $Q logs $(cd $Q && ls -d eval0 2>/dev/null); exit 0; fi
     timeout $((END - SECONDS - (F > 90 ? F - 70 : 20))) "${SIDA[@]}" train teacher "${ARCH[@]}" --cond class --data "$DATA" \
         --data-prefix train --images 200M --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last \
         --tf32 --log-every 100k --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 ${COMPILE---compile reduce-overhead} \
