@@ -208,6 +208,20 @@ evaluate_zoo() {
     fi
 }
 
+# The quality-* stages' condition: class (default), or COND=text with CAPTIONS (the folder `sida train captions`
+# writes, or its .tar.gz); sets Q (the chain's state: build/quality, build/quality-text), COND_ARGS (the teacher's),
+# TEXT_ARGS (captions and their embeddings, for every command) and TEST_ARGS (text models have no test-split floor).
+quality_condition() {
+    COND_ARGS=(--cond "${COND:-class}"); TEXT_ARGS=(); TEST_ARGS=(); Q=build/quality
+    if [ "${COND:-class}" = text ]; then
+        local c=${CAPTIONS:?COND=text needs CAPTIONS}
+        if [ -f "$c" ]; then mkdir -p /tmp/captions && tar xzf "$c" -C /tmp/captions \
+            && c=$(dirname "$(find /tmp/captions -name captions.json | head -n 1)"); fi
+        TEXT_ARGS=(--captions "$c/captions.json" --text-embeddings "$c/text-embeddings.safetensors")
+        TEST_ARGS=(--test-prefix ''); Q=build/quality-text
+    fi
+}
+
 case $STAGE in
 bench)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -645,9 +659,9 @@ quality-teacher)
     # a teacher), then quality-student, then quality-eval. The state stays in build/quality (ignored: kept between
     # calls while the machine is held); what a later call needs also comes back in OUT (classifier.pt,
     # teacher-bundle.tar), so a fresh machine can be handed it by carry. INIT_FROM=BUNDLE continues a teacher.
-    DATA=${3:?data}; Q=build/quality; mkdir -p $Q/logs; END=${END_S:-560}
+    DATA=${3:?data}; quality_condition; mkdir -p $Q/logs; END=${END_S:-560}
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
-    for spec in ${CANDIDATES:-32:40 48:30}; do        # WIDTH:EPOCHS, smallest first
+    for spec in ${CANDIDATES-32:40 48:30}; do         # WIDTH:EPOCHS, smallest first (CANDIDATES='': keep the zoo's)
         name=w${spec/:/-e}
         timeout 150 "${SIDA[@]}" train classifier --data $DATA --out $Q/clf-$name --width ${spec%:*} --epochs ${spec#*:} \
             > $Q/logs/classifier-$name.log 2>&1
@@ -664,7 +678,8 @@ EOF2
     echo "classifier kept: ${BEST:-none reached ${MIN_ACCURACY:-0.90}}" | tee -a $Q/logs/machine.txt
     if [ -n "$BEST" ]; then mkdir -p $Q/classifier && cp $BEST/classifier.pt $BEST/classifier.json $Q/classifier/ \
         && cp $BEST/classifier.pt "$OUT/classifier.pt"; fi
-    TEACHER=(train teacher "${ARCH[@]}" --cond class --data "$DATA" --data-prefix train --images 200M --batch 512 --lr 1e-3
+    TEACHER=(train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 200M
+             --batch 512 --lr 1e-3
              --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k --sample-every 5M
              --checkpoint-every 50M ${INIT_FROM:+--init-from $INIT_FROM})
     # CUDA graphs (compiled in the first iterations; COMPILE= turns them off); if that run dies early, eager for the time left
@@ -685,11 +700,12 @@ EOF2
 quality-student)
     # SiDA from quality-teacher's teacher (or TEACHER=BUNDLE) in the FD-CIFAR space of its classifier (or
     # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`) and CUDA graphs; eager if that run dies early.
-    DATA=${3:?data}; Q=build/quality; mkdir -p $Q/logs-student; END=${END_S:-560}
+    DATA=${3:?data}; quality_condition; mkdir -p $Q/logs-student; END=${END_S:-560}
     T=${TEACHER:-$Q/teacher-run/bundle}; C=${CLASSIFIER:-$Q/classifier/classifier.pt}
     [ -f "$C" ] || C=models/zoo/fd-cifar-classifier/classifier.pt
     echo "teacher $T, classifier $C" | tee $Q/logs-student/machine.txt
-    STUDENT=(train distill --method sida --teacher "$T" --data "$DATA" --data-prefix train --images 20M --batch 256 --lr 2e-5
+    STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
+             --batch 256 --lr 2e-5
              --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k --sample-every 5M
              --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k)
     timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${STUDENT[@]}" ${COMPILE---compile reduce-overhead} --out $Q/student-run \
@@ -710,12 +726,13 @@ quality-eval)
     # FID (50k samples against the 50k training images, INCEPTION: a gzipped copy from `sida bench fid-weights`) and
     # FD-CIFAR of the chain's teacher (35 and 17 NFE), its student and the test split, recorded into copies of both
     # bundles (their sida.json come back). TEACHER, STUDENT, CLASSIFIER override the chain's paths.
-    DATA=${3:?data}; INC=${4:?inception copy, gzipped}; Q=build/quality; E=$Q/eval; mkdir -p $E/logs
+    DATA=${3:?data}; INC=${4:?inception copy, gzipped}; quality_condition; E=$Q/eval; mkdir -p $E/logs
     T=${TEACHER:-$Q/teacher-run/bundle}; S=${STUDENT:-$Q/student-run/bundle}; C=${CLASSIFIER:-$Q/classifier/classifier.pt}
     [ -f "$C" ] || C=models/zoo/fd-cifar-classifier/classifier.pt
     gunzip -c "$INC" > /tmp/inception.pt
     rm -rf $E/teacher $E/student && cp -r "$T" $E/teacher && cp -r "$S" $E/student
-    EVAL=(train evaluate --data "$DATA" --classifier "$C" --samples ${SAMPLES:-50k} --fid-weights /tmp/inception.pt
+    EVAL=(train evaluate --data "$DATA" "${TEXT_ARGS[@]}" "${TEST_ARGS[@]}" --classifier "$C" --samples ${SAMPLES:-50k}
+          --fid-weights /tmp/inception.pt
           --stats-cache $Q/stats-cache --record)
     echo "inception ${INC##*/}, classifier $C" | tee $E/logs/machine.txt
     timeout $((${END_S:-560} - SECONDS - 130)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 \
@@ -734,10 +751,12 @@ quality-continue)
     # (--init-from that copy, CUDA graphs) for the time left, and the continued teacher evaluated the same way (its
     # progress plot then holds both). The continued bundle (teacher1-bundle.tar) and both sida.json come back.
     # FINAL_EVAL_S: seconds kept for the second evaluation (160; 60 skips it, for a short call).
-    DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; C=${CLASSIFIER:?CLASSIFIER=file}; Q=build/quality/chain; END=${END_S:-560}
+    DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; C=${CLASSIFIER:?CLASSIFIER=file}; quality_condition; Q=$Q/chain
+    END=${END_S:-560}
     rm -rf $Q && mkdir -p $Q/logs && cp -r "$T" $Q/teacher0
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
-    EVAL=(train evaluate --data "$DATA" --classifier "$C" --samples ${SAMPLES:-10k} --no-fid --teacher-steps 18 --record --class-dependence-seeds ${DEP_SEEDS:-100}
+    EVAL=(train evaluate --data "$DATA" "${TEXT_ARGS[@]}" "${TEST_ARGS[@]}" --classifier "$C" --samples ${SAMPLES:-10k} --no-fid
+          --teacher-steps 18 --record --class-dependence-seeds ${DEP_SEEDS:-100}
           --stats-cache build/quality/stats-cache)
     timeout 150 "${SIDA[@]}" "${EVAL[@]}" --teacher teacher0=$Q/teacher0 --out $Q/eval0 2>&1 | grep -v 'it/s\]\|img/s\]' \
         | tee $Q/logs/eval0.log
@@ -745,7 +764,7 @@ quality-continue)
     F=${FINAL_EVAL_S:-160}
     if [ $((END - SECONDS - F)) -lt 60 ]; then          # under a minute left to train: the evaluation alone
         tar czf "$OUT/chain-logs.tgz" -C $Q logs $(cd $Q && ls -d eval0 2>/dev/null); exit 0; fi
-    timeout $((END - SECONDS - (F > 90 ? F - 70 : 20))) "${SIDA[@]}" train teacher "${ARCH[@]}" --cond class --data "$DATA" \
+    timeout $((END - SECONDS - (F > 90 ? F - 70 : 20))) "${SIDA[@]}" train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" \
         --data-prefix train --images 200M --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last \
         --tf32 --log-every 100k --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 ${COMPILE---compile reduce-overhead} \
         --out $Q/run --time-limit $((END - SECONDS - F))s > $Q/logs/teacher1.log 2>&1

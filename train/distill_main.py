@@ -134,7 +134,9 @@ def make_metric(o, trainer, dataset, stream, condition, shape, rt):
     n = o['metric_samples']
     noise = noise_for_seeds(range(10**6, 10**6 + n), shape)
     g = torch.Generator().manual_seed(0)
-    labels = torch.as_tensor(dataset.labels)[torch.randint(len(dataset), (n,), generator=g)] if condition['kind'] == 'class' else None
+    index = torch.randint(len(dataset), (n,), generator=g)      # what the samples are asked for: random training examples'
+    labels = torch.as_tensor(dataset.labels)[index] if condition['kind'] == 'class' else None
+    captions = trainer.batches.text_table if condition['kind'] == 'text' else None        # ... labels, or captions
     name = features.kind
 
     def metric():
@@ -144,6 +146,8 @@ def make_metric(o, trainer, dataset, stream, condition, shape, rt):
                 cond = {}
                 if labels is not None:
                     cond['class_labels'] = torch.nn.functional.one_hot(labels[i:i + 500], len(condition['labels'])).float().to(rt.device)
+                if captions is not None:
+                    cond['text_embeds'] = captions.lookup(index[i:i + 500]).to(rt.device)
                 x = trainer.generate(trainer.G_ema, noise[i:i + 500].to(rt.device), cond)
                 images.append(to_uint8_nhwc(x).permute(0, 3, 1, 2).cpu())
         return reference.compare(torch.cat(images), name)

