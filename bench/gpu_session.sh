@@ -208,6 +208,16 @@ evaluate_zoo() {
     fi
 }
 
+smallest_accurate() {   # DIR PATTERN: the folder (DIR/PATTERN) of the smallest classifier, by parameters, whose test
+                        # accuracy is at least MIN_ACCURACY (0.90); nothing when none is
+    python3 - "$1" "$2" "${MIN_ACCURACY:-0.90}" <<'EOF2'
+import json, pathlib, sys
+runs = [(json.loads(p.read_text()), str(p.parent)) for p in pathlib.Path(sys.argv[1]).glob(sys.argv[2] + '/classifier.json')]
+good = [(info['parameters'], d) for info, d in runs if info['test_accuracy'] >= float(sys.argv[3])]
+print(min(good)[1] if good else '')
+EOF2
+}
+
 # The quality-* stages' condition: class (default), or COND=text with CAPTIONS (the folder `sida train captions`
 # writes, or its .tar.gz); sets Q (the chain's state: build/quality, build/quality-text), COND_ARGS (the teacher's),
 # TEXT_ARGS (captions and their embeddings, for every command) and TEST_ARGS (text models have no test-split floor).
@@ -628,13 +638,7 @@ classifier)
             > "$OUT/classifier-w${spec/:/-e}.log" 2>&1
         cp $W/w${spec/:/-e}/classifier.json "$OUT/classifier-w${spec/:/-e}.json" 2>/dev/null
     done
-    BEST=$(python3 - $W ${MIN_ACCURACY:-0.90} <<'EOF2'
-import json, pathlib, sys
-runs = [(json.loads(p.read_text()), str(p.parent)) for p in pathlib.Path(sys.argv[1]).glob('w*/classifier.json')]
-good = [(info['parameters'], d) for info, d in runs if info['test_accuracy'] >= float(sys.argv[2])]
-print(min(good)[1] if good else '')
-EOF2
-)
+    BEST=$(smallest_accurate $W 'w*')
     echo "kept: ${BEST:-none reached 90%}" | tee -a "$OUT/machine.txt"
     [ -n "$BEST" ] || exit 0
     mkdir -p "$OUT/classifier" && cp $BEST/classifier.pt $BEST/classifier.json "$OUT/classifier/"
@@ -668,13 +672,7 @@ quality-teacher)
         cp $Q/clf-$name/classifier.json $Q/logs/classifier-$name.json 2>/dev/null
         tail -n 2 $Q/logs/classifier-$name.log
     done
-    BEST=$(python3 - $Q ${MIN_ACCURACY:-0.90} <<'EOF2'
-import json, pathlib, sys
-runs = [(json.loads(p.read_text()), str(p.parent)) for p in pathlib.Path(sys.argv[1]).glob('clf-*/classifier.json')]
-good = [(info['parameters'], d) for info, d in runs if info['test_accuracy'] >= float(sys.argv[2])]
-print(min(good)[1] if good else '')
-EOF2
-)
+    BEST=$(smallest_accurate $Q 'clf-*')
     echo "classifier kept: ${BEST:-none reached ${MIN_ACCURACY:-0.90}}" | tee -a $Q/logs/machine.txt
     if [ -n "$BEST" ]; then mkdir -p $Q/classifier && cp $BEST/classifier.pt $BEST/classifier.json $Q/classifier/ \
         && cp $BEST/classifier.pt "$OUT/classifier.pt"; fi
