@@ -44,6 +44,18 @@ class BundleError(ValueError):
         super().__init__(f'{path}: {field}: {message}' if field else f'{path}: {message}')
 
 
+def is_teacher(config):
+    """A teacher bundle (`sida train teacher`) holds a denoiser for the many-step EDM sampler, not a one-step generator."""
+    return config.provenance.get('method') == 'edm-teacher'
+
+
+def require_one_step(config, path):
+    """Serving or sampling a teacher in one step gives blurred class means, not images: refuse it, saying what to do."""
+    if is_teacher(config):
+        raise BundleError(path, None, 'a teacher (a denoiser for the many-step EDM sampler), not a one-step generator: '
+                                      f'distil it first (sida train distill --teacher {path} ...)')
+
+
 @dataclasses.dataclass
 class BundleConfig:
     name: str

@@ -18,8 +18,11 @@ DEMO = Path.home() / '.cache' / 'sida' / 'demo-untrained-ddpmpp'
 
 
 def default_bundles(log):
-    """The bundled zoo; until it ships, a tiny untrained demo model built on first start (said out loud)."""
+    """The bundled zoo's one-step generators (not its teacher); until it ships, a tiny untrained demo model built on
+    first start (said out loud)."""
+    from models.bundle import is_teacher, read_config
     zoo = sorted(p for p in ZOO.glob('*') if (p / 'sida.json').is_file()) if ZOO.is_dir() else []
+    zoo = [p for p in zoo if not is_teacher(read_config(p))]
     if zoo:
         return [str(p) for p in zoo]
     if not (DEMO / 'sida.json').is_file():
@@ -186,11 +189,11 @@ def serve_workers(settings):
 
     import uvicorn
 
-    from models.bundle import BundleError, load_bundle
+    from models.bundle import BundleError, load_bundle, require_one_step
     from serve.worker import SETTINGS_ENV, SLOTS_ENV
     for bundle in settings.bundles:      # a bad bundle is one line here, not N tracebacks from the workers
         try:
-            load_bundle(bundle)
+            require_one_step(load_bundle(bundle).config, bundle)
         except (BundleError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from None
     os.environ[SETTINGS_ENV] = settings.model_dump_json()

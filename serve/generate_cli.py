@@ -38,7 +38,7 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
     import numpy as np
     from tqdm import tqdm
 
-    from models.bundle import BundleError, load_bundle
+    from models.bundle import BundleError, load_bundle, require_one_step
     from models.images import make_grid, save_png
     from models.seeds import parse_seeds
     from serve.backends import BackendUnavailable, make_backend
@@ -55,6 +55,7 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
     logging.basicConfig(level=logging.INFO, format='%(message)s')     # the compile backend says where its code came from
     try:
         bundle = load_bundle(bundle_dir)
+        require_one_step(bundle.config, bundle_dir)
     except BundleError as e:
         raise click.ClickException(str(e)) from None
     config = bundle.config

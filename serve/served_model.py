@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from models.bundle import CONFIG_FILE, load_bundle
+from models.bundle import CONFIG_FILE, load_bundle, require_one_step
 from models.seeds import noise_for_seeds, slerp
 from serve.backends import Backend, make_backend
 from serve.batcher import MicroBatcher
@@ -92,6 +92,7 @@ class ServedModel:
     def __init__(self, bundle_dir, settings, on_batch=None, devices=None):
         started = time.perf_counter()
         self.bundle = load_bundle(bundle_dir)
+        require_one_step(self.bundle.config, bundle_dir)
         self.created = int((Path(bundle_dir) / CONFIG_FILE).stat().st_mtime)
         self.config = self.bundle.config
         self.id = self.config.name

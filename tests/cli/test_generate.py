@@ -111,3 +111,17 @@ def test_same_seed_same_image_on_torch_and_onnxruntime(bundle, tmp_path):
         a, b = (Image.open(tmp_path / backend / name) for backend in ('torch', 'onnxruntime'))
         assert a.text == b.text == {'model': 'demo-untrained-ddpmpp', 'seed': name[4:10].lstrip('0'), 'class_name': 'dog'}
         assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+
+
+def test_a_teacher_is_refused_by_generate_and_serve_and_left_out_of_the_default_models(tmp_path):
+    """A teacher (the zoo's, a denoiser for the many-step sampler) drawn in one step gives blurred class means: generate
+    and serve refuse it with what to do instead, and `sida serve` without --bundle serves only the zoo's generators."""
+    from serve.cli import default_bundles
+    teacher = Path(__file__).resolve().parents[2] / 'models' / 'zoo' / 'cifar10-cond-teacher'
+    r = sida('generate', '--bundle', str(teacher), '--seeds', '0', '--grid', str(tmp_path / 'x.png'))
+    assert r.returncode == 1 and 'a teacher' in r.stderr and 'sida train distill --teacher' in r.stderr
+    assert not (tmp_path / 'x.png').exists()
+    r = sida('serve', '--bundle', str(teacher), '--port', '0', '--no-ui')
+    assert r.returncode != 0 and 'not a one-step generator' in r.stderr and 'Traceback' not in r.stderr
+    served = {Path(p).name for p in default_bundles(lambda m: None)}
+    assert 'cifar10-cond-teacher' not in served and {'cifar10-cond', 'cifar10-text'} <= served
