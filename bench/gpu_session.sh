@@ -218,6 +218,41 @@ print(min(good)[1] if good else '')
 EOF2
 }
 
+left() {   # MARGIN [CAP]: the seconds to END minus MARGIN (at most CAP), and at least 1: `timeout 0` and a
+           # --time-limit of 0 both mean "no limit", which a call that must end by END cannot have
+    local s=$((END - SECONDS - $1)); [ -n "${2:-}" ] && [ "$s" -gt "$2" ] && s=$2
+    echo $((s > 0 ? s : 1))
+}
+
+fresh_run() {   # RUN_DIR: a new run starts there; the last call's (bundle, log) moves to RUN_DIR.old, so nothing of it
+                # passes for this run's
+    rm -rf "$1.old"; [ -d "$1" ] && mv "$1" "$1.old"; true
+}
+
+train_with_fallback() {   # RUN_DIR LOG_PREFIX COMMAND...: COMMAND with CUDA graphs (COMPILE= turns them off) to 60 s
+                          # before END; if that leaves no bundle and 150 s remain, eager for the time left
+    local run=$1 logs=$2; shift 2
+    if [ $((END - SECONDS)) -lt 120 ]; then echo "no time left to train ($((END - SECONDS)) s)" | tee -a "$(dirname $logs)/machine.txt"; return; fi
+    timeout $(left 15) "${SIDA[@]}" "$@" ${COMPILE---compile reduce-overhead} --out $run --time-limit $(left 75)s \
+        > $logs.log 2>&1
+    local rc=$? mode=${COMPILE-compiled}
+    echo "$(basename $logs) (${mode:-eager}): exit $rc at $SECONDS s" | tee -a "$(dirname $logs)/machine.txt"
+    if [ ! -f $run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
+        rm -rf $run
+        timeout $(left 15) "${SIDA[@]}" "$@" --out $run --time-limit $(left 60)s > $logs-eager.log 2>&1
+        echo "$(basename $logs) (eager): exit $? at $SECONDS s" | tee -a "$(dirname $logs)/machine.txt"
+    fi
+}
+
+quality_classifier() {   # C: CLASSIFIER when given (it must exist), else the chain's, else the zoo's
+    if [ -n "${CLASSIFIER:-}" ]; then
+        C=$CLASSIFIER; [ -f "$C" ] || { echo "CLASSIFIER=$C: no such file" >&2; exit 2; }
+    else
+        C=$Q/classifier/classifier.pt; [ -f "$C" ] || C=models/zoo/fd-cifar-classifier/classifier.pt
+        [ -f "$C" ] || { echo "no classifier: $Q/classifier has none and the zoo's was left behind" >&2; exit 2; }
+    fi
+}
+
 # The quality-* stages' condition: class (default), or COND=text with CAPTIONS (the folder `sida train captions`
 # writes, or its .tar.gz); sets Q (the chain's state: build/quality, build/quality-text), COND_ARGS (the teacher's),
 # TEXT_ARGS (captions and their embeddings, for every command) and TEST_ARGS (text models have no test-split floor).
@@ -225,8 +260,9 @@ quality_condition() {
     COND_ARGS=(--cond "${COND:-class}"); TEXT_ARGS=(); TEST_ARGS=(); Q=build/quality
     if [ "${COND:-class}" = text ]; then
         local c=${CAPTIONS:?COND=text needs CAPTIONS}
-        if [ -f "$c" ]; then mkdir -p /tmp/captions && tar xzf "$c" -C /tmp/captions \
-            && c=$(dirname "$(find /tmp/captions -name captions.json | head -n 1)"); fi
+        if [ -f "$c" ]; then
+            mkdir -p /tmp/captions && tar xzf "$c" -C /tmp/captions || { echo "CAPTIONS=$c: cannot unpack" >&2; exit 2; }
+            c=$(dirname "$(find /tmp/captions -name captions.json | head -n 1)"); fi
         TEXT_ARGS=(--captions "$c/captions.json" --text-embeddings "$c/text-embeddings.safetensors")
         TEST_ARGS=(--test-prefix ''); Q=build/quality-text
     fi
@@ -633,7 +669,7 @@ print("numpy", numpy.__version__, "libpython", os.path.join(d, n), os.path.exist
 classifier)
     CARRY=${3:?carry dir}; DATA=$CARRY/cifar10-jpeg.tar.gz; W=/tmp/clf; mkdir -p $W && tar xzf $CARRY/captions.tar.gz -C $W
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-    for spec in ${CANDIDATES:-32:40 48:30 64:24}; do        # WIDTH:EPOCHS, smallest first
+    for spec in ${CANDIDATES-32:40 48:30 64:24}; do         # WIDTH:EPOCHS, smallest first
         timeout 150 "${SIDA[@]}" train classifier --data $DATA --out $W/w${spec/:/-e} --width ${spec%:*} --epochs ${spec#*:} \
             > "$OUT/classifier-w${spec/:/-e}.log" 2>&1
         cp $W/w${spec/:/-e}/classifier.json "$OUT/classifier-w${spec/:/-e}.json" 2>/dev/null
@@ -646,9 +682,9 @@ classifier)
     CAPTIONS=$W/captions evaluate_zoo
     ;;
 fid)
-    # The working tree (40 MB with the zoo), the data (20 MB) and an Inception copy must fit 64 MiB together: the fp16
-    # copy (40 MB gzipped) fits only without the zoo's text model and classifier, the int8 one (19 MB, a larger FID
-    # deviation: docs/training.md) without the text model.
+    # The working tree (71 MB with the zoo's weights: leave what this stage does not read behind with
+    # bench/device_tree.sh), the data (20 MB) and an Inception copy (fp16: 40 MB gzipped; int8: 19 MB, a larger FID
+    # deviation, docs/training.md) must fit 64 MiB together.
     CARRY=${3:?carry dir}; U=/tmp/unpacked; mkdir -p $U
     WEIGHTS=$(ls $CARRY/inception-*.pt.gz | head -n 1); gunzip -c "$WEIGHTS" > $U/inception.pt
     [ -f $CARRY/captions.tar.gz ] && tar xzf $CARRY/captions.tar.gz -C $U
@@ -660,36 +696,32 @@ fid)
     ;;
 quality-teacher)
     # [quality]'s class chain, one call per stage on one warm machine: this one (a stronger FD-CIFAR classifier, then
-    # a teacher), then quality-student, then quality-eval. The state stays in build/quality (ignored: kept between
+    # a teacher), then quality-student, then quality-eval. The state stays in $Q (build/quality; ignored: kept between
     # calls while the machine is held); what a later call needs also comes back in OUT (classifier.pt,
     # teacher-bundle.tar), so a fresh machine can be handed it by carry. INIT_FROM=BUNDLE continues a teacher.
-    DATA=${3:?data}; quality_condition; mkdir -p $Q/logs; END=${END_S:-560}
+    DATA=${3:?data}; quality_condition; END=${END_S:-560}
+    fresh_run $Q/teacher-run; mkdir -p $Q/logs
+    if [ -n "${INIT_FROM:-}" ] && [[ "$(realpath -m "$INIT_FROM")" == "$(realpath -m $Q/teacher-run.old)"* ]]; then
+        rm -rf $Q/init-from && cp -r "$(realpath -m "$INIT_FROM")" $Q/init-from && INIT_FROM=$Q/init-from; fi   # the last run's
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
-    for spec in ${CANDIDATES-32:40 48:30}; do         # WIDTH:EPOCHS, smallest first (CANDIDATES='': keep the zoo's)
-        name=w${spec/:/-e}
-        timeout 150 "${SIDA[@]}" train classifier --data $DATA --out $Q/clf-$name --width ${spec%:*} --epochs ${spec#*:} \
-            > $Q/logs/classifier-$name.log 2>&1
+    for spec in ${CANDIDATES-32:40 48:30}; do         # WIDTH:EPOCHS, smallest first (CANDIDATES='': none, keep the zoo's)
+        name=w${spec/:/-e}; rm -rf $Q/clf-$name
+        timeout $(left 250 150) "${SIDA[@]}" train classifier --data $DATA --out $Q/clf-$name --width ${spec%:*} \
+            --epochs ${spec#*:} > $Q/logs/classifier-$name.log 2>&1
         cp $Q/clf-$name/classifier.json $Q/logs/classifier-$name.json 2>/dev/null
         tail -n 2 $Q/logs/classifier-$name.log
     done
-    BEST=$(smallest_accurate $Q 'clf-*')
-    echo "classifier kept: ${BEST:-none reached ${MIN_ACCURACY:-0.90}}" | tee -a $Q/logs/machine.txt
-    if [ -n "$BEST" ]; then mkdir -p $Q/classifier && cp $BEST/classifier.pt $BEST/classifier.json $Q/classifier/ \
-        && cp $BEST/classifier.pt "$OUT/classifier.pt"; fi
-    TEACHER=(train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 200M
-             --batch 512 --lr 1e-3
-             --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k --sample-every 5M
-             --checkpoint-every 50M ${INIT_FROM:+--init-from $INIT_FROM})
-    # CUDA graphs (compiled in the first iterations; COMPILE= turns them off); if that run dies early, eager for the time left
-    timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${TEACHER[@]}" ${COMPILE---compile reduce-overhead} --out $Q/teacher-run \
-        --time-limit $((END - SECONDS - 75))s > $Q/logs/teacher.log 2>&1
-    echo "teacher (${COMPILE-compiled}): exit $? at $SECONDS s" | tee -a $Q/logs/machine.txt
-    if [ ! -f $Q/teacher-run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
-        rm -rf $Q/teacher-run
-        timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${TEACHER[@]}" --out $Q/teacher-run --time-limit $((END - SECONDS - 60))s \
-            > $Q/logs/teacher-eager.log 2>&1
-        echo "teacher (eager): exit $? at $SECONDS s" | tee -a $Q/logs/machine.txt
+    if [ -n "${CANDIDATES-x}" ]; then
+        BEST=$(smallest_accurate $Q 'clf-*')
+        echo "classifier kept: ${BEST:-none reached ${MIN_ACCURACY:-0.90}}" | tee -a $Q/logs/machine.txt
+        if [ -n "$BEST" ]; then mkdir -p $Q/classifier && cp $BEST/classifier.pt $BEST/classifier.json $Q/classifier/ \
+            && cp $BEST/classifier.pt "$OUT/classifier.pt"; fi
     fi
+    TEACHER=(train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 200M
+             --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k
+             --sample-every 5M --checkpoint-every 50M ${INIT_FROM:+--init-from $INIT_FROM})
+    # CUDA graphs (compiled in the first iterations; COMPILE= turns them off); if that run dies early, eager for the time left
+    train_with_fallback $Q/teacher-run $Q/logs/teacher "${TEACHER[@]}"
     cp $Q/teacher-run/log.jsonl $Q/logs/teacher-log.jsonl; cp $Q/teacher-run/config.json $Q/logs/teacher-config.json
     cp $Q/teacher-run/samples/*.png $Q/logs/ 2>/dev/null
     [ -d $Q/teacher-run/bundle ] && tar cf "$OUT/teacher-bundle.tar" -C $Q/teacher-run bundle
@@ -698,47 +730,39 @@ quality-teacher)
 quality-student)
     # SiDA from quality-teacher's teacher (or TEACHER=BUNDLE) in the FD-CIFAR space of its classifier (or
     # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`) and CUDA graphs; eager if that run dies early.
-    DATA=${3:?data}; quality_condition; mkdir -p $Q/logs-student; END=${END_S:-560}
-    T=${TEACHER:-$Q/teacher-run/bundle}; C=${CLASSIFIER:-$Q/classifier/classifier.pt}
-    [ -f "$C" ] || C=models/zoo/fd-cifar-classifier/classifier.pt
+    DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier
+    T=${TEACHER:-$Q/teacher-run/bundle}; fresh_run $Q/student-run; mkdir -p $Q/logs-student
     echo "teacher $T, classifier $C" | tee $Q/logs-student/machine.txt
     STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
-             --batch 256 --lr 2e-5
-             --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k --sample-every 5M
-             --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k)
-    timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${STUDENT[@]}" ${COMPILE---compile reduce-overhead} --out $Q/student-run \
-        --time-limit $((END - SECONDS - 60))s > $Q/logs-student/student.log 2>&1
-    echo "student (${COMPILE-compiled}): exit $? at $SECONDS s" | tee -a $Q/logs-student/machine.txt
-    if [ ! -f $Q/student-run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
-        rm -rf $Q/student-run
-        timeout $((END - SECONDS - 15)) "${SIDA[@]}" "${STUDENT[@]}" --out $Q/student-run --time-limit $((END - SECONDS - 50))s \
-            > $Q/logs-student/student-eager.log 2>&1
-        echo "student (eager): exit $? at $SECONDS s" | tee -a $Q/logs-student/machine.txt
-    fi
-    cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl; cp $Q/student-run/config.json $Q/logs-student/student-config.json
+             --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
+             --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k)
+    train_with_fallback $Q/student-run $Q/logs-student/student "${STUDENT[@]}"
+    cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl
+    cp $Q/student-run/config.json $Q/logs-student/student-config.json
     cp $Q/student-run/samples/*.png $Q/logs-student/ 2>/dev/null
     [ -d $Q/student-run/bundle ] && tar cf "$OUT/student-bundle.tar" -C $Q/student-run bundle
     tar czf "$OUT/student-logs.tgz" -C $Q logs-student
     ;;
 quality-eval)
     # FID (50k samples against the 50k training images, INCEPTION: a gzipped copy from `sida bench fid-weights`) and
-    # FD-CIFAR of the chain's teacher (35 and 17 NFE), its student and the test split, recorded into copies of both
-    # bundles (their sida.json come back). TEACHER, STUDENT, CLASSIFIER override the chain's paths.
-    DATA=${3:?data}; INC=${4:?inception copy, gzipped}; quality_condition; E=$Q/eval; mkdir -p $E/logs
-    T=${TEACHER:-$Q/teacher-run/bundle}; S=${STUDENT:-$Q/student-run/bundle}; C=${CLASSIFIER:-$Q/classifier/classifier.pt}
-    [ -f "$C" ] || C=models/zoo/fd-cifar-classifier/classifier.pt
+    # FD-CIFAR of the chain's teacher (35 and 17 NFE), its student (when there is one) and the test split, recorded
+    # into copies of both bundles (their sida.json come back). TEACHER, STUDENT, CLASSIFIER override the chain's paths.
+    DATA=${3:?data}; INC=${4:?inception copy, gzipped}; quality_condition; END=${END_S:-560}; quality_classifier
+    E=$Q/eval; rm -rf $E && mkdir -p $E/logs
+    T=${TEACHER:-$Q/teacher-run/bundle}; S=${STUDENT:-$Q/student-run/bundle}
     gunzip -c "$INC" > /tmp/inception.pt
-    rm -rf $E/teacher $E/student && cp -r "$T" $E/teacher && cp -r "$S" $E/student
+    cp -r "$T" $E/teacher
+    STUDENT_ARGS=(); [ -d "$S" ] && cp -r "$S" $E/student && STUDENT_ARGS=(--student sida=$E/student)
+    [ -f $Q/student-run/log.jsonl ] && [ -z "${STUDENT:-}" ] && STUDENT_ARGS+=(--curves sida=$Q/student-run)
     EVAL=(train evaluate --data "$DATA" "${TEXT_ARGS[@]}" "${TEST_ARGS[@]}" --classifier "$C" --samples ${SAMPLES:-50k}
-          --fid-weights /tmp/inception.pt
-          --stats-cache $Q/stats-cache --record)
-    echo "inception ${INC##*/}, classifier $C" | tee $E/logs/machine.txt
-    timeout $((${END_S:-560} - SECONDS - 130)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 \
-        --student sida=$E/student --curves sida=$Q/student-run --out $E/nfe35 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe35.log
-    cp $E/student/sida.json "$OUT/student.sida.json"; cp $E/teacher/sida.json "$OUT/teacher.sida.json"   # in OUT at once:
-                                                                                # a call cut short still brings these back
+          --fid-weights /tmp/inception.pt --stats-cache $Q/stats-cache --record)
+    echo "inception ${INC##*/}, classifier $C, teacher $T, student ${STUDENT_ARGS[*]:-none}" | tee $E/logs/machine.txt
+    timeout $(left 130) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 "${STUDENT_ARGS[@]}" \
+        --out $E/nfe35 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe35.log
+    cp $E/student/sida.json "$OUT/student.sida.json" 2>/dev/null    # in OUT at once: a call cut short still brings
+    cp $E/teacher/sida.json "$OUT/teacher.sida.json"                 # these back
     tar czf "$OUT/eval-nfe35.tgz" -C $E $(cd $E && ls -d logs nfe35 2>/dev/null)
-    timeout $((${END_S:-560} - SECONDS - 10)) "${SIDA[@]}" "${EVAL[@]}" --test-prefix '' --class-dependence-seeds 0 \
+    timeout $(left 10) "${SIDA[@]}" "${EVAL[@]}" --test-prefix '' --class-dependence-seeds 0 \
         --teacher teacher=$E/teacher --teacher-steps 9 --out $E/nfe17 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe17.log
     cp $E/teacher/sida.json "$OUT/teacher.sida.json"
     tar czf "$OUT/eval-nfe17.tgz" -C $E $(cd $E && ls -d logs nfe17 2>/dev/null)
@@ -749,30 +773,31 @@ quality-continue)
     # (--init-from that copy, CUDA graphs) for the time left, and the continued teacher evaluated the same way (its
     # progress plot then holds both). The continued bundle (teacher1-bundle.tar) and both sida.json come back.
     # FINAL_EVAL_S: seconds kept for the second evaluation (160; 60 skips it, for a short call).
-    DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; C=${CLASSIFIER:?CLASSIFIER=file}; quality_condition; Q=$Q/chain
-    END=${END_S:-560}
+    DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; : "${CLASSIFIER:?CLASSIFIER=file}"; quality_condition; END=${END_S:-560}
+    quality_classifier; Q=$Q/chain; F=${FINAL_EVAL_S:-160}
+    [ "$F" -ge 60 ] || { echo "FINAL_EVAL_S=$F: give 60 (no second evaluation) or more" >&2; exit 2; }
     rm -rf $Q && mkdir -p $Q/logs && cp -r "$T" $Q/teacher0
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
     EVAL=(train evaluate --data "$DATA" "${TEXT_ARGS[@]}" "${TEST_ARGS[@]}" --classifier "$C" --samples ${SAMPLES:-10k} --no-fid
-          --teacher-steps 18 --record --class-dependence-seeds ${DEP_SEEDS:-100}
-          --stats-cache build/quality/stats-cache)
-    timeout 150 "${SIDA[@]}" "${EVAL[@]}" --teacher teacher0=$Q/teacher0 --out $Q/eval0 2>&1 | grep -v 'it/s\]\|img/s\]' \
-        | tee $Q/logs/eval0.log
+          --teacher-steps 18 --record --class-dependence-seeds ${DEP_SEEDS:-100} --stats-cache build/quality/stats-cache)
+    timeout $(left 30 150) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher0=$Q/teacher0 --out $Q/eval0 2>&1 \
+        | grep -v 'it/s\]\|img/s\]' | tee $Q/logs/eval0.log
     cp $Q/teacher0/sida.json "$OUT/teacher0.sida.json"
-    F=${FINAL_EVAL_S:-160}
     if [ $((END - SECONDS - F)) -lt 60 ]; then          # under a minute left to train: the evaluation alone
         tar czf "$OUT/chain-logs.tgz" -C $Q logs $(cd $Q && ls -d eval0 2>/dev/null); exit 0; fi
-    timeout $((END - SECONDS - (F > 90 ? F - 70 : 20))) "${SIDA[@]}" train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" \
-        --data-prefix train --images 200M --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last \
-        --tf32 --log-every 100k --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 ${COMPILE---compile reduce-overhead} \
-        --out $Q/run --time-limit $((END - SECONDS - F))s > $Q/logs/teacher1.log 2>&1
+    CONTINUE=(train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 200M
+              --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k
+              --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0)
+    # the run's own time limit ends it F seconds before END (setup and the bundle's writing fall in the margin after)
+    timeout $(left $((F - 40))) "${SIDA[@]}" "${CONTINUE[@]}" ${COMPILE---compile reduce-overhead} --out $Q/run \
+        --time-limit $(left $F)s > $Q/logs/teacher1.log 2>&1
     echo "continued teacher: exit $? at $SECONDS s" | tee -a $Q/logs/machine.txt
     cp $Q/run/log.jsonl $Q/logs/teacher1-log.jsonl; cp $Q/run/config.json $Q/logs/teacher1-config.json
     cp $Q/run/samples/*.png $Q/logs/ 2>/dev/null
     [ -d $Q/run/bundle ] && tar cf "$OUT/teacher1-bundle.tar" -C $Q/run bundle
     tar czf "$OUT/chain-logs.tgz" -C $Q logs eval0
-    [ "$F" -gt 60 ] || exit 0          # FINAL_EVAL_S=60: no time for the second evaluation
-    timeout $((END - SECONDS - 5)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher1=$Q/run/bundle --out $Q/eval1 2>&1 \
+    [ "$F" -gt 60 ] && [ -d $Q/run/bundle ] || exit 0          # FINAL_EVAL_S=60: no time for the second evaluation
+    timeout $(left 5) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher1=$Q/run/bundle --out $Q/eval1 2>&1 \
         | grep -v 'it/s\]\|img/s\]' | tee $Q/logs/eval1.log
     cp $Q/run/bundle/sida.json "$OUT/teacher1.sida.json"
     tar czf "$OUT/chain-logs.tgz" -C $Q logs eval0 $(cd $Q && ls -d eval1 2>/dev/null)

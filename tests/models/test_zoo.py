@@ -76,7 +76,7 @@ def test_text_model_follows_its_prompt():
 
 
 def test_zoo_teacher_is_a_real_denoiser_of_cifar10():
-    """The shipped teacher (what `sida train distill --teacher` and the FID table's teacher rows use) validates and
+    """The shipped teacher (the teacher chain's current link, for `sida train distill --teacher`) validates and
     denoises real CIFAR-10 test images: at sigma 0.5 its squared error is under a tenth of the noise's (0.055 of it on
     2026-12-07; the same network with random weights, through the same preconditioning, leaves 0.55)."""
     from train.data import ImageDataset
