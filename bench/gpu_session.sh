@@ -700,7 +700,7 @@ quality-teacher)
     # calls while the machine is held); what a later call needs also comes back in OUT (classifier.pt,
     # teacher-bundle.tar), so a fresh machine can be handed it by carry. INIT_FROM=BUNDLE continues a teacher.
     DATA=${3:?data}; quality_condition; END=${END_S:-560}
-    fresh_run $Q/teacher-run; mkdir -p $Q/logs
+    fresh_run $Q/teacher-run; rm -rf $Q/logs; mkdir -p $Q/logs
     if [ -n "${INIT_FROM:-}" ] && [[ "$(realpath -m "$INIT_FROM")" == "$(realpath -m $Q/teacher-run.old)"* ]]; then
         rm -rf $Q/init-from && cp -r "$(realpath -m "$INIT_FROM")" $Q/init-from && INIT_FROM=$Q/init-from; fi   # the last run's
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
@@ -731,7 +731,7 @@ quality-student)
     # SiDA from quality-teacher's teacher (or TEACHER=BUNDLE) in the FD-CIFAR space of its classifier (or
     # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`) and CUDA graphs; eager if that run dies early.
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier
-    T=${TEACHER:-$Q/teacher-run/bundle}; fresh_run $Q/student-run; mkdir -p $Q/logs-student
+    T=${TEACHER:-$Q/teacher-run/bundle}; fresh_run $Q/student-run; rm -rf $Q/logs-student; mkdir -p $Q/logs-student
     echo "teacher $T, classifier $C" | tee $Q/logs-student/machine.txt
     STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
              --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
