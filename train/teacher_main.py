@@ -10,7 +10,7 @@ import click
 import torch
 
 from models.architecture import build_denoiser
-from models.bundle import BundleError, load_bundle, save_bundle
+from models.bundle import BundleError, is_teacher, load_bundle, save_bundle
 from models.generator import OneStepGenerator
 from models.heun_sampler import edm_sample
 from train.data import DataError
@@ -70,7 +70,7 @@ def warm_start(path, spec, condition):
     except BundleError as e:
         raise click.ClickException(f'--init-from: {e}') from None
     config = bundle.config
-    if config.latent or config.provenance.get('method') != 'edm-teacher':
+    if config.latent or not is_teacher(config):
         raise click.ClickException(f'--init-from {path}: not a teacher bundle of `sida train teacher` '
                                    f'(its method is {config.provenance.get("method")!r})')
     theirs, ours = _flat(config.architecture), _flat(json.loads(json.dumps(spec)))    # as the bundle stores it

@@ -11,20 +11,11 @@ import time
 
 import torch
 
-from models.bundle import load_bundle
-from models.heun_sampler import edm_sample
-from train.evaluate import class_dependence
+from models.bundle import is_teacher, load_bundle
+from train.evaluate import class_dependence, student_fn, teacher_fn
 from train.metrics import ClassifierFeatures
 
 CLASSIFIER = 'models/zoo/fd-cifar-classifier/classifier.pt'
-
-
-def sampler(bundle):
-    """(noise, {'class_labels': one-hot}) -> float images in [-1, 1]: one step, or Heun's 18 steps for a teacher."""
-    generator = bundle.generator.eval()
-    if bundle.config.provenance.get('method') == 'edm-teacher':
-        return lambda z, c: edm_sample(generator.denoiser, z, num_steps=18, **c)
-    return lambda z, c: generator.denoise(z, c['class_labels'])
 
 
 def main():
@@ -42,7 +33,9 @@ def main():
         shape = (bundle.config.channels, bundle.config.resolution, bundle.config.resolution)
         start = time.time()
         with torch.inference_mode():
-            row = class_dependence(sampler(bundle), features, shape, bundle.generator.label_dim, a.device, seeds=a.seeds,
+            generator = bundle.generator.eval()     # a teacher the way the evaluation samples it: Heun, 18 steps
+            fn = teacher_fn(generator.denoiser, 18) if is_teacher(bundle.config) else student_fn(generator)
+            row = class_dependence(fn, features, shape, bundle.generator.label_dim, a.device, seeds=a.seeds,
                                    batch=250)
         rows[path] = {**row, 'images_total': bundle.config.provenance.get('images_total'),
                       'images_seen': bundle.config.provenance.get('images_seen'), 'seconds': round(time.time() - start, 1)}

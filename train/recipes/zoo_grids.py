@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from models.bundle import load_bundle
+from models.bundle import is_teacher, load_bundle
 from models.generator import to_uint8_nhwc
-from models.heun_sampler import edm_sample
 from models.images import make_grid, save_png
 from models.seeds import noise_for_seeds
 from train.captions import DEMO_PROMPTS
+from train.evaluate import teacher_fn
 
 SEEDS = range(10)
 
@@ -22,11 +22,11 @@ SEEDS = range(10)
 def draw(bundle, noise, cond):
     """uint8 NHWC images: one step for a generator, the EDM Heun sampler (35 NFE) for a teacher."""
     generator = bundle.generator
-    if bundle.config.provenance.get('method') != 'edm-teacher':
+    if not is_teacher(bundle.config):
         return generator(noise, **cond)
     if 'class_labels' in cond:
         cond = {'class_labels': generator.one_hot(cond['class_labels'])}
-    return to_uint8_nhwc(edm_sample(generator.denoiser, noise, num_steps=18, **cond).float().clamp(-1, 1))
+    return to_uint8_nhwc(teacher_fn(generator.denoiser, 18)(noise, cond).clamp(-1, 1))
 
 
 def grid(bundle_dir):
