@@ -729,8 +729,10 @@ quality-teacher)
     ;;
 quality-student)
     # SiDA from quality-teacher's teacher (or TEACHER=BUNDLE) in the FD-CIFAR space of its classifier (or
-    # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`) and CUDA graphs; eager if that run dies early.
-    DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier
+    # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`). Eager unless COMPILE='--compile
+    # reduce-overhead': with CUDA graphs, 300 s on an H100 (2026-12-07) gave 20,480 generator images (134 s compiling
+    # the fake score's phase, ~100 s more for the generator's at 20k), where eager gave 295k in 370 s.
+    DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier; COMPILE=${COMPILE-}
     T=${TEACHER:-$Q/teacher-run/bundle}; fresh_run $Q/student-run; rm -rf $Q/logs-student; mkdir -p $Q/logs-student
     echo "teacher $T, classifier $C" | tee $Q/logs-student/machine.txt
     STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M

@@ -406,6 +406,8 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             else:
                 bundles[name] = (path, bundle)
                 models.append((f'{name} (1 step)', 'student', student_fn(bundle.generator), c['kind'], encoder))
+    # What the numbers are measured with, read now: a file moved during a long evaluation must not lose its result.
+    measured_with = {'classifier_sha256': hashlib.sha256(classifier_path.read_bytes()).hexdigest()}
     from train.metrics import NotTorchScript
     try:
         result = run_eval(dataset, test, classifier_path, models, n=samples, device=device, batch=batch, autocast=device == 'cuda',
@@ -422,9 +424,8 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
         result['curves'] = str(png)
     rows = {r['name']: r for r in result['rows']}
     nfe = 2 * max(steps) - 1
-    # What the numbers were measured with: an older record counts in a progress plot only if it matches.
-    measured_with = {'classifier_sha256': hashlib.sha256(classifier_path.read_bytes()).hexdigest(),
-                     **({'fid_weights': result['fid']['weights']} if result.get('fid') else {})}
+    # An older record counts in a progress plot only if it was measured with the same networks.
+    measured_with.update({'fid_weights': result['fid']['weights']} if result.get('fid') else {})
     progress = teacher_progress(teacher_bundles, rows, nfe, measured_with)
     if progress:
         result['teacher_progress'] = progress
@@ -442,12 +443,18 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             record_in_bundle(path, metrics)
             click.echo(f'recorded teacher metrics in {path}/sida.json')
         floor = rows.get('test split', {})
-        # The teacher's number goes into a student's card only when it is unambiguous: one teacher, run at 35 NFE.
-        teacher35 = rows.get(f'{next(iter(named["teacher"]))} (Heun, 35 NFE)', {}) if len(named['teacher']) == 1 else {}
+        # A teacher's numbers go into a student's card only when it is that student's own teacher (same weights), run
+        # at 35 NFE: another teacher's would read as the one it was distilled from.
+        teacher35 = {sha: rows.get(f'{name} (Heun, 35 NFE)', {}) for name, (_, tb) in teacher_bundles.items()
+                     if (sha := tb.config.sha256.get('generator.safetensors'))}
         for name, (path, bundle) in bundles.items():
             row = rows[f'{name} (1 step)']
+            own_teacher = teacher35.get(bundle.config.provenance.get('teacher_weights_sha256'), {})
+            if teacher_bundles and not own_teacher:
+                click.echo(f'{name}: its own teacher is not among --teacher (or its card does not name the teacher\'s '
+                           'weights), so no teacher numbers go into its card')
             metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': bundle.config.provenance.get('images_seen'),
-                       'feature_space': 'FD-CIFAR (not Inception FID)', 'eval_samples': row['images']}
+                       'feature_space': 'FD-CIFAR (not Inception FID)', 'eval_samples': row['images'], **measured_with}
             for key in ('class_accuracy', 'class_share', 'seed_lock'):
                 if key in row:
                     metrics[key] = round(row[key], 4)
@@ -455,12 +462,11 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
                 if metric not in row:
                     continue
                 metrics[key] = round(row[metric], 4)
-                if metric in teacher35:
-                    metrics[f'{key}_teacher_nfe35'] = round(teacher35[metric], 4)
+                if metric in own_teacher:
+                    metrics[f'{key}_teacher_nfe35'] = round(own_teacher[metric], 4)
                 if metric in floor:
                     metrics[f'{key}_test_split'] = round(floor[metric], 4)
             if 'fid' in row:
-                metrics['fid_weights'] = result['fid']['weights']
                 metrics['fid_reference_images'] = result['fid']['reference_images']
             record_in_bundle(path, metrics)
             click.echo(f'recorded metrics in {path}/sida.json')

@@ -24,6 +24,7 @@ from train.launch import (
     run_training,
     sample_grid_writer,
     student_bundle_writer,
+    teacher_weights_sha256,
 )
 
 
@@ -103,8 +104,11 @@ def build(o, cfg, rt):
         summary += (f'; warning: --augment {cfg.augment} on networks without augment labels: the fake score cannot tell '
                     'augmented images from clean ones, so the augmentations can leak into the generator')
 
+    teacher_sha256 = teacher_weights_sha256(o['teacher'])
+
     def provenance():
-        return {'method': cfg.method, 'teacher': str(o['teacher']), 'images_seen': trainer.images_seen,
+        return {'method': cfg.method, 'teacher': str(o['teacher']), 'teacher_weights_sha256': teacher_sha256,
+                'images_seen': trainer.images_seen,
                 'hyperparameters': resolved['distill'], 'per_gpu_batch': resolved['per_gpu_batch'],
                 'precision': resolved['precision'], 'world_size': rt.world, 'wall_seconds': round(time.time() - started)}
 

@@ -137,10 +137,11 @@ def data_key(dataset, shape):
 
 
 def describe_inception(features):
-    """Which Inception weights a FID was measured with, for eval.json and bundle cards."""
+    """Which Inception weights a FID was measured with, for eval.json and bundle cards; the weights' digest, not the
+    file's name, tells copies apart, so one copy gives one description wherever it lies (progress plots match on it)."""
     if features.rounding:
-        return f'TF-FID Inception-v3 (2015-12-05), {features.rounding["dtype"]}-rounded copy {features.path.name} ({features.id})'
-    return f'TF-FID Inception-v3 (2015-12-05), {features.path.name} ({features.id})'
+        return f'TF-FID Inception-v3 (2015-12-05), {features.rounding["dtype"]}-rounded copy ({features.id})'
+    return f'TF-FID Inception-v3 (2015-12-05) ({features.id})'
 
 
 def evaluate(dataset, test_dataset, classifier_path, models, n=10_000, device='cpu', batch=500, autocast=False, log=print,
@@ -269,7 +270,7 @@ def teacher_progress(teachers, rows, nfe, measured_with):
 
 def plot_teacher_progress(points, path, nfe):
     """FD-CIFAR (and Inception FID where measured) of teachers against their total training images, a line per
-    teacher and measure."""
+    teacher and measure (nfe None: the series' names say it)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -280,7 +281,7 @@ def plot_teacher_progress(points, path, nfe):
             if pts:
                 ax.plot(*zip(*pts), marker='o', ms=4, label=f'{series}: {label}')
     ax.set_xlabel('teacher training images (all runs)')
-    ax.set_ylabel(f'distance to the training images (Heun, {nfe} NFE)')
+    ax.set_ylabel(f'distance to the training images (Heun, {nfe} NFE)' if nfe else 'distance to the training images')
     ax.set_yscale('log')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from models.architecture import PRESETS, build_denoiser
-from models.bundle import load_bundle, save_bundle
+from models.bundle import load_bundle, read_config, save_bundle, sha256_file
 from models.generator import OneStepGenerator
 from models.images import make_grid, save_png
 from models.seeds import noise_for_seeds
@@ -164,6 +164,15 @@ def load_teacher_any(path, device):
         return bundle.generator.denoiser, bundle.config.architecture, bundle.config.condition
     denoiser, spec = load_teacher(path, device)
     return denoiser, spec, None
+
+
+def teacher_weights_sha256(path):
+    """The sha256 of a teacher's weights (a bundle's generator.safetensors, or the file itself), which a student's
+    card keeps so that an evaluation can tell its own teacher from another; None for anything else (a preset)."""
+    path = Path(path)
+    if path.is_dir() and (path / 'sida.json').is_file():
+        return read_config(path).sha256.get('generator.safetensors')
+    return sha256_file(path) if path.is_file() else None
 
 
 def teacher_spec(preset, resolution, channels, label_dim, text_dim, overrides):

@@ -39,6 +39,8 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     assert (student / 'triton-repo' / 'student-sida' / 'config.pbtxt').exists()
     bundle = load_bundle(student / 'bundle')
     assert bundle.config.provenance['method'] == 'sida' and bundle.config.provenance['images_seen'] == 48
+    # the teacher's weights, so that an evaluation can tell its own teacher from another
+    assert bundle.config.provenance['teacher_weights_sha256'] == config.sha256['generator.safetensors']
     assert bundle.config.condition == config.condition
     rows = [json.loads(line) for line in (student / 'log.jsonl').read_text().splitlines()]
     assert 'loss_g_gan' in rows[-1] and 'loss_g' not in rows[0]

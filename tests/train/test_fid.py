@@ -184,8 +184,12 @@ def small_eval_inputs(cifar_subset, tmp_path_factory):
             shutil.copy(f, root / 'data' / 'train' / c / f.name)
     torch.manual_seed(0)
     spec = tiny_ddpmpp(label_dim=3, augment_dim=0)
-    save_bundle(root / 'bundle', OneStepGenerator(perturb_(build_denoiser(spec))), name='tiny', architecture=spec,
-                condition={'kind': 'class', 'labels': CLASSES}, provenance={'images_seen': 7})
+    generator = OneStepGenerator(perturb_(build_denoiser(spec)))
+    teacher = save_bundle(root / 'bundle', generator, name='tiny', architecture=spec,
+                          condition={'kind': 'class', 'labels': CLASSES}, provenance={'images_seen': 7})
+    # a student whose card names that teacher's weights (the same network: only the record matters here)
+    save_bundle(root / 'student', generator, name='tiny-student', architecture=spec, condition={'kind': 'class', 'labels': CLASSES},
+                provenance={'images_seen': 7, 'teacher_weights_sha256': teacher.sha256['generator.safetensors']})
     torch.jit.save(torch.jit.script(TinyClassifier()), str(root / 'clf.pt'))
     return root
 
@@ -194,7 +198,7 @@ def small_eval_inputs(cifar_subset, tmp_path_factory):
 def test_evaluate_reports_fid_for_every_row_and_records_it(small_eval_inputs):
     root = small_eval_inputs
     r = sida('train', 'evaluate', '--data', root / 'data', '--test-prefix', 'train', '--classifier', root / 'clf.pt',
-             '--teacher', f'teacher={root / "bundle"}', '--teacher-steps', '18', '--student', f'student={root / "bundle"}',
+             '--teacher', f'teacher={root / "bundle"}', '--teacher-steps', '18', '--student', f'student={root / "student"}',
              '--samples', '4', '--batch', '4', '--device', 'cpu', '--out', root / 'eval', '--record',
              '--class-dependence-seeds', '0')      # 300 teacher samples at 35 NFE; tested in test_captions_and_evaluate
     assert r.returncode == 0, r.stderr
@@ -207,7 +211,7 @@ def test_evaluate_reports_fid_for_every_row_and_records_it(small_eval_inputs):
     assert rows['student (1 step)']['fid'] > 50                    # an untrained generator against real images
     assert result['fid']['reference_images'] == 6 and 'TF-FID' in result['fid']['weights'] and result['fid']['rounding'] is None
     assert len(list((root / 'eval' / 'stats-cache').glob('*.npz'))) == 2      # FD-CIFAR and FID references, cached
-    metrics = json.loads((root / 'bundle' / 'sida.json').read_text())['provenance']['metrics']
+    metrics = json.loads((root / 'student' / 'sida.json').read_text())['provenance']['metrics']
     assert metrics['fid'] == round(rows['student (1 step)']['fid'], 4)
     assert metrics['fid_teacher_nfe35'] == round(rows['teacher (Heun, 35 NFE)']['fid'], 4)
     assert metrics['fid_test_split'] == round(rows['test split']['fid'], 4)
