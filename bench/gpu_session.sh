@@ -69,6 +69,14 @@
 #                                                 17 NFE, the student; --record into copies whose sida.json come back
 #   bench/gpu_session.sh quality-continue OUT DATA  TEACHER=BUNDLE CLASSIFIER=FILE: the teacher evaluated (FD-CIFAR,
 #                                                 class dependence), continued by a warm restart, evaluated again
+#       FID's carry: the fp16 Inception (40 MB gzipped) and the data (20 MB) fill one 64 MiB transfer, so the call with
+#       FID carries only those two, every zoo weight and bench/results left behind (`bench/device_tree.sh leave
+#       $(git ls-files 'models/zoo/*.safetensors' 'models/zoo/*.pt' bench/results)`), and reads the teacher, student
+#       and classifier that earlier calls left on the same warm machine. The 2026-12-07 chain (results/.../
+#       2026-12-07-quality-fid): call 1 `mkdir -p build/keep && cp models/zoo/fd-cifar-classifier/classifier.pt
+#       build/keep/ && TEACHER=models/zoo/cifar10-cond-teacher CLASSIFIER=build/keep/classifier.pt quality-continue`
+#       (carry the data; the students left behind), then at once call 2: quality-student, then quality-eval, with
+#       TEACHER=build/quality/chain/run/bundle CLASSIFIER=build/keep/classifier.pt and END_S splitting the 10 minutes
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
@@ -230,14 +238,14 @@ fresh_run() {   # RUN_DIR: a new run starts there; the last call's (bundle, log)
 }
 
 train_with_fallback() {   # RUN_DIR LOG_PREFIX COMMAND...: COMMAND with CUDA graphs (COMPILE= turns them off) to 60 s
-                          # before END; if that leaves no bundle and 150 s remain, eager for the time left
+                          # before END; if a compiled run leaves no bundle and 150 s remain, eager for the time left
     local run=$1 logs=$2; shift 2
     if [ $((END - SECONDS)) -lt 120 ]; then echo "no time left to train ($((END - SECONDS)) s)" | tee -a "$(dirname $logs)/machine.txt"; return; fi
     timeout $(left 15) "${SIDA[@]}" "$@" ${COMPILE---compile reduce-overhead} --out $run --time-limit $(left 75)s \
         > $logs.log 2>&1
     local rc=$? mode=${COMPILE-compiled}
     echo "$(basename $logs) (${mode:-eager}): exit $rc at $SECONDS s" | tee -a "$(dirname $logs)/machine.txt"
-    if [ ! -f $run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
+    if [ -n "${COMPILE---compile}" ] && [ ! -f $run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
         rm -rf $run
         timeout $(left 15) "${SIDA[@]}" "$@" --out $run --time-limit $(left 60)s > $logs-eager.log 2>&1
         echo "$(basename $logs) (eager): exit $? at $SECONDS s" | tee -a "$(dirname $logs)/machine.txt"
@@ -730,8 +738,9 @@ quality-teacher)
 quality-student)
     # SiDA from quality-teacher's teacher (or TEACHER=BUNDLE) in the FD-CIFAR space of its classifier (or
     # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`). Eager unless COMPILE='--compile
-    # reduce-overhead': with CUDA graphs, 300 s on an H100 (2026-12-07) gave 20,480 generator images (134 s compiling
-    # the fake score's phase, ~100 s more for the generator's at 20k), where eager gave 295k in 370 s.
+    # reduce-overhead': with CUDA graphs, a 225 s run on an H100 (2026-12-07) trained 20,480 images (134 s compiling
+    # the fake score's phase; the generator's phase, from 20k, compiled for the rest), where eager trained the zoo's
+    # student, 295k images, in 370 s on an H200.
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier; COMPILE=${COMPILE-}
     T=${TEACHER:-$Q/teacher-run/bundle}; fresh_run $Q/student-run; rm -rf $Q/logs-student; mkdir -p $Q/logs-student
     echo "teacher $T, classifier $C" | tee $Q/logs-student/machine.txt

@@ -336,7 +336,8 @@ def _named_paths(items, option):
               help='Class models: this many seeds generated under every class, to measure how much the class rather than '
                    'the seed decides the image (class_share, seed_lock; 0 skips it).')
 @click.option('--record/--no-record', default=False, help='Also write the numbers into each bundle\'s provenance.metrics '
-              '(students: their own and their teacher\'s; teachers: theirs at each NFE, which later teacher-progress plots read).')
+              '(students: their own, and their teacher\'s where their card names its weights and it ran at 35 NFE; '
+              'teachers: theirs at each NFE, which later teacher-progress plots read).')
 @click.option('--curves', multiple=True, help='LABEL=RUN_DIR: plot FD vs images seen from its log.jsonl (repeatable).')
 def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_steps, students, captions, text_embeddings,
              samples, batch, device, out_dir, fid, fid_weights, stats_cache, class_dependence_seeds, record, curves):
@@ -445,12 +446,16 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
         floor = rows.get('test split', {})
         # A teacher's numbers go into a student's card only when it is that student's own teacher (same weights), run
         # at 35 NFE: another teacher's would read as the one it was distilled from.
-        teacher35 = {sha: rows.get(f'{name} (Heun, 35 NFE)', {}) for name, (_, tb) in teacher_bundles.items()
-                     if (sha := tb.config.sha256.get('generator.safetensors'))}
+        teacher_names = {sha: name for name, (_, tb) in teacher_bundles.items()
+                         if (sha := tb.config.sha256.get('generator.safetensors'))}
         for name, (path, bundle) in bundles.items():
             row = rows[f'{name} (1 step)']
-            own_teacher = teacher35.get(bundle.config.provenance.get('teacher_weights_sha256'), {})
-            if teacher_bundles and not own_teacher:
+            own = teacher_names.get(bundle.config.provenance.get('teacher_weights_sha256'))
+            own_teacher = rows.get(f'{own} (Heun, 35 NFE)', {}) if own else {}
+            if own and not own_teacher:
+                click.echo(f'{name}: its teacher {own} did not run at 35 NFE (--teacher-steps 18), so no teacher '
+                           'numbers go into its card')
+            elif teacher_bundles and not own:
                 click.echo(f'{name}: its own teacher is not among --teacher (or its card does not name the teacher\'s '
                            'weights), so no teacher numbers go into its card')
             metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': bundle.config.provenance.get('images_seen'),
@@ -468,5 +473,5 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
                     metrics[f'{key}_test_split'] = round(floor[metric], 4)
             if 'fid' in row:
                 metrics['fid_reference_images'] = result['fid']['reference_images']
-            record_in_bundle(path, metrics)
+            record_in_bundle(path, metrics, drop=('_teacher_nfe',))
             click.echo(f'recorded metrics in {path}/sida.json')

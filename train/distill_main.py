@@ -48,6 +48,7 @@ def configure(o):
 
 
 def build(o, cfg, rt):
+    teacher_sha256 = teacher_weights_sha256(o['teacher'])      # read with the weights, for the student's card
     try:
         teacher, spec, bundle_condition = load_teacher_any(o['teacher'], rt.device)
     except (BundleError, ValueError, FileNotFoundError) as e:
@@ -103,8 +104,6 @@ def build(o, cfg, rt):
     if cfg.augment and not trainer.augment_dim:
         summary += (f'; warning: --augment {cfg.augment} on networks without augment labels: the fake score cannot tell '
                     'augmented images from clean ones, so the augmentations can leak into the generator')
-
-    teacher_sha256 = teacher_weights_sha256(o['teacher'])
 
     def provenance():
         return {'method': cfg.method, 'teacher': str(o['teacher']), 'teacher_weights_sha256': teacher_sha256,

@@ -218,11 +218,19 @@ def student_fn(generator):
     return lambda z, c: generator.denoise(z, **c)
 
 
-def record_in_bundle(bundle_dir, metrics):
-    """Merge metrics into sida.json provenance.metrics (weights and their hashes are untouched)."""
+def record_in_bundle(bundle_dir, metrics, drop=()):
+    """Merge metrics into sida.json provenance.metrics (weights and their hashes are untouched). Older numbers go
+    first where they could be misread: keys containing any of `drop` (a student's teacher columns, written again
+    only for its own teacher), and per-NFE numbers measured with another classifier or other Inception weights than
+    the new ones, so that no number sits under a feature space it was not measured in."""
     path = Path(bundle_dir) / 'sida.json'
     config = json.loads(path.read_text())
-    config.setdefault('provenance', {}).setdefault('metrics', {}).update(metrics)
+    provenance = config.setdefault('provenance', {})
+    old = {k: v for k, v in provenance.get('metrics', {}).items() if not any(d in k for d in drop)}
+    for measured_with, prefix in (('classifier_sha256', 'fd_cifar_nfe'), ('fid_weights', 'fid_nfe')):
+        if measured_with in metrics and old.get(measured_with) != metrics[measured_with]:
+            old = {k: v for k, v in old.items() if not k.startswith(prefix)}
+    provenance['metrics'] = {**old, **metrics}
     tmp = path.with_suffix('.json.tmp')
     tmp.write_text(json.dumps(config, indent=2) + '\n')
     tmp.replace(path)

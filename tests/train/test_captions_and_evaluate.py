@@ -176,6 +176,54 @@ def test_teacher_progress_follows_a_chain_once_and_only_through_matching_records
     assert [p['images_total'] for p in teacher_progress(c, rows, 35, {'classifier_sha256': 'k1'})] == [30]
 
 
+def test_recorded_numbers_never_sit_under_a_feature_space_they_were_not_measured_in(tmp_path):
+    from train.evaluate import record_in_bundle
+    (tmp_path / 'sida.json').write_text(json.dumps({'provenance': {'metrics': {
+        'classifier_sha256': 'k1', 'fd_cifar_nfe35': 3.0, 'fid_weights': 'i1', 'fid_nfe35': 9.0, 'fid_nfe17': 12.0,
+        'fd_cifar_teacher_nfe35': 5.0}}}))
+    read = lambda: json.loads((tmp_path / 'sida.json').read_text())['provenance']['metrics']   # noqa: E731
+    record_in_bundle(tmp_path, {'classifier_sha256': 'k1', 'fd_cifar_nfe17': 4.0})     # same classifier: merged
+    assert read()['fd_cifar_nfe35'] == 3.0 and read()['fd_cifar_nfe17'] == 4.0
+    record_in_bundle(tmp_path, {'classifier_sha256': 'k2', 'fd_cifar_nfe35': 2.0})     # another: the older FDs go
+    assert 'fd_cifar_nfe17' not in read() and read()['fd_cifar_nfe35'] == 2.0 and read()['fid_nfe17'] == 12.0
+    record_in_bundle(tmp_path, {'fid_weights': 'i2', 'fid_nfe35': 8.0})               # other Inception weights
+    assert 'fid_nfe17' not in read() and read()['fid_nfe35'] == 8.0 and read()['fd_cifar_nfe35'] == 2.0
+    record_in_bundle(tmp_path, {'fd_cifar': 1.0}, drop=('_teacher_nfe',))             # a student's teacher columns
+    assert 'fd_cifar_teacher_nfe35' not in read() and read()['fd_cifar'] == 1.0
+
+
+def test_a_students_card_gets_only_its_own_teachers_numbers(cifar_subset, tmp_path):
+    """`train distill` keeps the teacher's weights' sha256 in the student's card; `evaluate --record` writes teacher
+    columns into a student's card only for that teacher, and drops the ones an earlier evaluation wrote."""
+    from models.architecture import build_denoiser
+    from models.bundle import save_bundle
+    from models.generator import OneStepGenerator
+    from tests.conftest import tiny_ddpmpp
+    from tests.train.test_metrics import TinyClassifier
+    data = cifar_subset.parent
+    torch.jit.save(torch.jit.script(TinyClassifier()), str(tmp_path / 'clf.pt'))
+    labels = {'kind': 'class', 'labels': sorted(p.name for p in cifar_subset.iterdir())}
+    spec = tiny_ddpmpp(label_dim=len(labels['labels']))
+    torch.manual_seed(0)
+    net = OneStepGenerator(build_denoiser(spec))
+    sha = save_bundle(tmp_path / 'teacher', net, name='t', architecture=spec, condition=labels,
+                      provenance={'method': 'edm-teacher', 'images_total': 5}).sha256['generator.safetensors']
+    stale = {'metrics': {'fd_cifar_teacher_nfe35': 99.0}}
+    for name, teacher_sha in (('own', sha), ('other', '0' * 64)):
+        save_bundle(tmp_path / name, net, name=name, architecture=spec, condition=labels,
+                    provenance={'method': 'sida', 'images_seen': 3, 'teacher_weights_sha256': teacher_sha, **stale})
+    r = sida('train', 'evaluate', '--data', data, '--test-prefix', 'train', '--classifier', tmp_path / 'clf.pt',
+             '--teacher', f'teacher={tmp_path / "teacher"}', '--teacher-steps', '18', '--student', f'own={tmp_path / "own"}',
+             '--student', f'other={tmp_path / "other"}', '--samples', '8', '--batch', '8', '--device', 'cpu',
+             '--out', tmp_path / 'eval', '--record', '--no-fid', '--class-dependence-seeds', '0')
+    assert r.returncode == 0, r.stderr
+    rows = {row['name']: row for row in json.loads((tmp_path / 'eval' / 'eval.json').read_text())['rows']}
+    card = lambda name: json.loads((tmp_path / name / 'sida.json').read_text())['provenance']['metrics']   # noqa: E731
+    assert card('own')['fd_cifar_teacher_nfe35'] == round(rows['teacher (Heun, 35 NFE)']['fd'], 4)
+    assert not any(k.endswith('_teacher_nfe35') for k in card('other')) and 'fd_cifar' in card('other')
+    assert 'other: its own teacher is not among --teacher' in r.stdout
+
+
 @pytest.mark.parametrize('args,fragment', [
     (['--teacher-steps', '0'], 'Heun step counts >= 1'),
     (['--student', 'a={b}', '--student', 'a={b}'], "'a' is given twice"),

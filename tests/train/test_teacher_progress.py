@@ -31,6 +31,17 @@ def test_points_follow_the_chain_in_the_last_links_feature_spaces(tmp_path):
         (1_000_000, 25.0, None), (2_000_000, 17.4, 30.4), (5_000_000, 11.3, 20.7)]    # FD of c0 left out, its FID kept
     assert out.stat().st_size > 0
 
+    # a newest link not evaluated yet does not hide the others; FID under other Inception weights is left out
+    files.append(record(tmp_path / 'new.json', 't', 8_000_000))
+    files.append(record(tmp_path / 'other.json', 't', 3_000_000, fid=14.0, fd=25.0, inception='i0'))
+    out = tmp_path / 'sub' / 'progress.png'
+    r = subprocess.run([sys.executable, 'train/recipes/teacher_progress.py', str(out), *map(str, files), '--nfe', '35'],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    pts = json.loads(out.with_suffix('.json').read_text())
+    assert [(p['images_total'], p.get('fid'), p.get('fd')) for p in pts] == [
+        (1_000_000, 25.0, None), (2_000_000, 17.4, 30.4), (3_000_000, None, 25.0), (5_000_000, 11.3, 20.7)]
+
 
 def test_no_recorded_numbers_is_a_one_line_error(tmp_path):
     f = record(tmp_path / 'none.json', 't', 500_000)

@@ -15,8 +15,10 @@ from train.evaluate import RECORDED, plot_teacher_progress
 
 
 def points(records, nfe):
-    """[{series, name, images_total, fd?, fid?}] of the records at `nfe`, in the last record's feature spaces."""
-    last = records[-1][1]['provenance'].get('metrics', {})
+    """[{series, name, images_total, fd?, fid?}] of the records at `nfe`, in the feature spaces of the last record
+    that has numbers."""
+    evaluated = [c['provenance']['metrics'] for _, c in records if c['provenance'].get('metrics')]
+    last = evaluated[-1] if evaluated else {}
     same = {'fd': 'classifier_sha256', 'fid': 'fid_weights'}
     out = []
     for path, config in records:
@@ -37,11 +39,12 @@ def main():
     parser.add_argument('--nfe', default='35,17', help='network evaluations per image to plot')
     a = parser.parse_args()
     records = sorted(((p, json.loads(p.read_text())) for p in a.records),
-                     key=lambda r: r[1]['provenance'].get('images_total', 0))
+                     key=lambda r: r[1]['provenance'].get('images_total', r[1]['provenance'].get('images_seen', 0)))
     nfes = [int(n) for n in a.nfe.split(',')]
     pts = [p for nfe in nfes for p in points(records, nfe)]
     if not pts:
         raise SystemExit('no recorded FID or FD-CIFAR in these files (evaluate the teachers with --record)')
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     plot_teacher_progress(pts, a.out, nfes[0] if len(nfes) == 1 else None)
     a.out.with_suffix('.json').write_text(json.dumps(pts, indent=2) + '\n')
     for p in pts:
