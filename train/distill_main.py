@@ -48,8 +48,8 @@ def configure(o):
 
 
 def build(o, cfg, rt):
-    teacher_sha256 = teacher_weights_sha256(o['teacher'])      # read with the weights, for the student's card
     try:
+        teacher_sha256 = teacher_weights_sha256(o['teacher'])      # read with the weights, for the student's card
         teacher, spec, bundle_condition = load_teacher_any(o['teacher'], rt.device)
     except (BundleError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(f'cannot load the teacher: {e}') from None
