@@ -144,6 +144,14 @@ def test_rounded_copy_is_half_the_size_loads_in_fp32_and_gives_close_features(in
     assert abs(frechet_distance(*statistics(near), *full)) < 0.05
     with pytest.raises(ValueError, match='choose one of fp16, bf16, int8'):
         save_rounded_inception(tmp_path / 'x.pt', 'int4')
+    # The same copy under another name is described the same way (cards and progress plots match on it), the full
+    # weights differently.
+    from train.evaluate import describe_inception
+    moved = tmp_path / 'inc.pt'
+    out.rename(moved)
+    assert describe_inception(InceptionFeatures(moved)) == describe_inception(rounded)
+    assert 'fp16-rounded copy' in describe_inception(rounded) and rounded.id in describe_inception(rounded)
+    assert describe_inception(features) != describe_inception(rounded)
 
 
 @needs_fid
