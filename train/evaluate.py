@@ -227,9 +227,10 @@ def record_in_bundle(bundle_dir, metrics, drop=()):
     config = json.loads(path.read_text())
     provenance = config.setdefault('provenance', {})
     old = {k: v for k, v in provenance.get('metrics', {}).items() if not any(d in k for d in drop)}
-    for measured_with, prefix in (('classifier_sha256', 'fd_cifar_nfe'), ('fid_weights', 'fid_nfe')):
+    for row_key, name in RECORDED:
+        measured_with = MEASURED_WITH[row_key]
         if measured_with in metrics and old.get(measured_with) != metrics[measured_with]:
-            old = {k: v for k, v in old.items() if not k.startswith(prefix)}
+            old = {k: v for k, v in old.items() if not k.startswith(f'{name}_nfe')}
     provenance['metrics'] = {**old, **metrics}
     tmp = path.with_suffix('.json.tmp')
     tmp.write_text(json.dumps(config, indent=2) + '\n')
@@ -237,6 +238,14 @@ def record_in_bundle(bundle_dir, metrics, drop=()):
 
 
 RECORDED = (('fd', 'fd_cifar'), ('fid', 'fid'))      # eval row key -> provenance.metrics name
+MEASURED_WITH = {'fd': 'classifier_sha256', 'fid': 'fid_weights'}     # what each was measured with
+
+
+def recorded_at(metrics, nfe, measured_with):
+    """{fd?, fid?}: a teacher card's recorded numbers at `nfe` (provenance.metrics), each only where it was measured
+    with the same network as `measured_with` says ({classifier_sha256, fid_weights})."""
+    return {k: metrics[f'{key}_nfe{nfe}'] for k, key in RECORDED
+            if f'{key}_nfe{nfe}' in metrics and metrics.get(MEASURED_WITH[k]) == measured_with.get(MEASURED_WITH[k])}
 
 
 def teacher_progress(teachers, rows, nfe, measured_with):
@@ -267,11 +276,8 @@ def teacher_progress(teachers, rows, nfe, measured_with):
                 break
             if config.sha256.get('generator.safetensors') != earlier.get('weights_sha256'):
                 break                                  # replaced since (continued in place): not the recorded start
-            recorded = config.provenance.get('metrics', {})
-            same = {'fd': recorded.get('classifier_sha256') == measured_with.get('classifier_sha256'),
-                    'fid': recorded.get('fid_weights') == measured_with.get('fid_weights')}
             add(name, f'{name} <- {Path(earlier["bundle"]).parent.name}', earlier['bundle'], config.provenance,
-                {k: recorded[f'{key}_nfe{nfe}'] for k, key in RECORDED if same[k] and f'{key}_nfe{nfe}' in recorded})
+                recorded_at(config.provenance.get('metrics', {}), nfe, measured_with))
             earlier = config.provenance.get('init_from')
     return sorted(points, key=lambda p: (p['series'], p['images_total']))
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from train.evaluate import RECORDED, plot_teacher_progress
+from train.evaluate import plot_teacher_progress, recorded_at
 
 
 def points(records, nfe):
@@ -19,13 +19,10 @@ def points(records, nfe):
     that has numbers."""
     evaluated = [c['provenance']['metrics'] for _, c in records if c['provenance'].get('metrics')]
     last = evaluated[-1] if evaluated else {}
-    same = {'fd': 'classifier_sha256', 'fid': 'fid_weights'}
     out = []
     for path, config in records:
         provenance = config['provenance']
-        metrics = provenance.get('metrics', {})
-        values = {k: metrics[f'{key}_nfe{nfe}'] for k, key in RECORDED
-                  if f'{key}_nfe{nfe}' in metrics and metrics.get(same[k]) == last.get(same[k])}
+        values = recorded_at(provenance.get('metrics', {}), nfe, last)
         total = provenance.get('images_total', provenance.get('images_seen'))
         if values and total is not None:
             out.append({'series': f'{config["name"]}, Heun {nfe} NFE', 'name': str(path), 'images_total': int(total), **values})
