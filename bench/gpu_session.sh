@@ -64,9 +64,11 @@
 #   bench/gpu_session.sh quality-teacher OUT DATA  [quality]'s class chain, one warm machine, three calls: a stronger
 #                                                 FD-CIFAR classifier (CANDIDATES WIDTH:EPOCHS), then a teacher with CUDA
 #                                                 graphs (INIT_FROM=BUNDLE continues one); state in build/quality
-#   bench/gpu_session.sh quality-student OUT DATA  SiDA from that teacher (TEACHER=, CLASSIFIER= override the chain's)
+#   bench/gpu_session.sh quality-student OUT DATA  SiDA from that teacher (TEACHER=, CLASSIFIER= override the chain's;
+#                                                 RESUME=1 continues the last call's student on the same warm machine)
 #   bench/gpu_session.sh quality-eval OUT DATA INCEPTION_GZ  FID (50k) and FD-CIFAR: test split, the teacher at 35 and
-#                                                 17 NFE, the student; --record into copies whose sida.json come back
+#                                                 17 NFE (NFE17=0: 35 only), the student; --record into copies whose
+#                                                 sida.json come back
 #   bench/gpu_session.sh quality-continue OUT DATA  TEACHER=BUNDLE CLASSIFIER=FILE: the teacher evaluated (FD-CIFAR,
 #                                                 class dependence), continued by a warm restart, evaluated again
 #       FID's carry: the fp16 Inception (40 MB gzipped) and the data (20 MB) fill one 64 MiB transfer, so the call with
@@ -245,7 +247,8 @@ train_with_fallback() {   # RUN_DIR LOG_PREFIX COMMAND...: COMMAND with CUDA gra
         > $logs.log 2>&1
     local rc=$? mode=${COMPILE-compiled}
     echo "$(basename $logs) (${mode:-eager}): exit $rc at $SECONDS s" | tee -a "$(dirname $logs)/machine.txt"
-    if [ -n "${COMPILE---compile}" ] && [ ! -f $run/bundle/generator.safetensors ] && [ $((END - SECONDS)) -gt 150 ]; then
+    if [ -n "${COMPILE---compile}" ] && [ -z "${RESUME:-}" ] && [ ! -f $run/bundle/generator.safetensors ] \
+            && [ $((END - SECONDS)) -gt 150 ]; then
         rm -rf $run
         timeout $(left 15) "${SIDA[@]}" "$@" --out $run --time-limit $(left 60)s > $logs-eager.log 2>&1
         echo "$(basename $logs) (eager): exit $? at $SECONDS s" | tee -a "$(dirname $logs)/machine.txt"
@@ -742,12 +745,19 @@ quality-student)
     # the fake score's phase; the generator's phase, from 20k, compiled for the rest), where eager trained the zoo's
     # student, 295k images, in 370 s on an H200.
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier; COMPILE=${COMPILE-}
-    T=${TEACHER:-$Q/teacher-run/bundle}; fresh_run $Q/student-run; rm -rf $Q/logs-student; mkdir -p $Q/logs-student
-    echo "teacher $T, classifier $C" | tee $Q/logs-student/machine.txt
+    # RESUME=1 continues the last call's run on this warm machine (its newest checkpoint; the logs accumulate).
+    T=${TEACHER:-$Q/teacher-run/bundle}; RESUME_ARGS=()
+    if [ -n "${RESUME:-}" ]; then
+        [ -d $Q/student-run ] || { echo "RESUME=1: no $Q/student-run on this machine (a cold one?)" >&2; exit 2; }
+        RESUME_ARGS=(--resume auto); mkdir -p $Q/logs-student; mv $Q/student-run/bundle $Q/student-run/bundle.before 2>/dev/null
+    else
+        fresh_run $Q/student-run; rm -rf $Q/logs-student; mkdir -p $Q/logs-student
+    fi
+    echo "teacher $T, classifier $C, ${RESUME_ARGS[*]:-fresh}" | tee -a $Q/logs-student/machine.txt
     STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
              --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
              --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k)
-    train_with_fallback $Q/student-run $Q/logs-student/student "${STUDENT[@]}"
+    train_with_fallback $Q/student-run $Q/logs-student/student${RESUME:+-resumed-$(date +%H%M%S)} "${STUDENT[@]}" "${RESUME_ARGS[@]}"
     cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl
     cp $Q/student-run/config.json $Q/logs-student/student-config.json
     cp $Q/student-run/samples/*.png $Q/logs-student/ 2>/dev/null
@@ -773,6 +783,7 @@ quality-eval)
     cp $E/student/sida.json "$OUT/student.sida.json" 2>/dev/null    # in OUT at once: a call cut short still brings
     cp $E/teacher/sida.json "$OUT/teacher.sida.json"                 # these back
     tar czf "$OUT/eval-nfe35.tgz" -C $E $(cd $E && ls -d logs nfe35 2>/dev/null)
+    [ "${NFE17:-1}" = 0 ] && exit 0          # NFE17=0: the 35-NFE run only
     timeout $(left 10) "${SIDA[@]}" "${EVAL[@]}" --test-prefix '' --class-dependence-seeds 0 \
         --teacher teacher=$E/teacher --teacher-steps 9 --out $E/nfe17 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe17.log
     cp $E/teacher/sida.json "$OUT/teacher.sida.json"
