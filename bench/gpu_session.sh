@@ -778,7 +778,7 @@ quality-eval)
     EVAL=(train evaluate --data "$DATA" "${TEXT_ARGS[@]}" "${TEST_ARGS[@]}" --classifier "$C" --samples ${SAMPLES:-50k}
           --fid-weights /tmp/inception.pt --stats-cache $Q/stats-cache --record)
     echo "inception ${INC##*/}, classifier $C, teacher $T, student ${STUDENT_ARGS[*]:-none}" | tee $E/logs/machine.txt
-    timeout $(left 130) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 "${STUDENT_ARGS[@]}" \
+    timeout $(left $([ "${NFE17:-1}" = 0 ] && echo 5 || echo 130)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 "${STUDENT_ARGS[@]}" \
         --out $E/nfe35 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe35.log
     cp $E/student/sida.json "$OUT/student.sida.json" 2>/dev/null    # in OUT at once: a call cut short still brings
     cp $E/teacher/sida.json "$OUT/teacher.sida.json"                 # these back
