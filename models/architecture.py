@@ -77,34 +77,40 @@ def _spec(network, precond='EDMPrecond', precond_kwargs=None, **network_kwargs):
             'network': network, 'network_kwargs': network_kwargs}
 
 
+def _label_dropout(p):
+    # Recorded only when set: the specs (and bundles) of networks trained without it stay as they were.
+    return {'label_dropout': p} if p else {}
+
+
 def ddpmpp(resolution=32, channels=3, label_dim=0, model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
-           attn_resolutions=(16,), dropout=0.13, augment_dim=9, text_dim=0, sigma_data=0.5):
+           attn_resolutions=(16,), dropout=0.13, augment_dim=9, text_dim=0, sigma_data=0.5, label_dropout=0):
     """EDM's DDPM++ (CIFAR-10 config by default: 55.7M parameters class-conditional)."""
     return _spec('SongUNet', precond_kwargs={'sigma_data': sigma_data},
                  img_resolution=resolution, in_channels=channels, out_channels=channels, label_dim=label_dim,
                  augment_dim=augment_dim, model_channels=model_channels, channel_mult=list(channel_mult),
                  num_blocks=num_blocks, attn_resolutions=list(attn_resolutions), dropout=dropout, text_dim=text_dim,
                  embedding_type='positional', encoder_type='standard', decoder_type='standard',
-                 channel_mult_noise=1, resample_filter=[1, 1])
+                 channel_mult_noise=1, resample_filter=[1, 1], **_label_dropout(label_dropout))
 
 
 def ncsnpp(resolution=32, channels=3, label_dim=0, model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
-           attn_resolutions=(16,), dropout=0.13, augment_dim=9, text_dim=0, sigma_data=0.5):
+           attn_resolutions=(16,), dropout=0.13, augment_dim=9, text_dim=0, sigma_data=0.5, label_dropout=0):
     """EDM's NCSN++ (Fourier noise embedding, residual encoder, [1,3,3,1] resampling)."""
     spec = ddpmpp(resolution, channels, label_dim, model_channels, channel_mult, num_blocks, attn_resolutions,
-                  dropout, augment_dim, text_dim, sigma_data)
+                  dropout, augment_dim, text_dim, sigma_data, label_dropout)
     spec['network_kwargs'].update(embedding_type='fourier', encoder_type='residual', decoder_type='standard',
                                   channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
     return spec
 
 
 def adm(resolution=64, channels=3, label_dim=1000, model_channels=192, channel_mult=(1, 2, 3, 4), num_blocks=3,
-        attn_resolutions=(32, 16, 8), dropout=0.10, augment_dim=0, sigma_data=0.5):
+        attn_resolutions=(32, 16, 8), dropout=0.10, augment_dim=0, sigma_data=0.5, label_dropout=0):
     """EDM's ADM (ImageNet-64 config by default: 295.9M parameters)."""
     return _spec('DhariwalUNet', precond_kwargs={'sigma_data': sigma_data},
                  img_resolution=resolution, in_channels=channels, out_channels=channels, label_dim=label_dim,
                  augment_dim=augment_dim, model_channels=model_channels, channel_mult=list(channel_mult),
-                 num_blocks=num_blocks, attn_resolutions=list(attn_resolutions), dropout=dropout)
+                 num_blocks=num_blocks, attn_resolutions=list(attn_resolutions), dropout=dropout,
+                 **_label_dropout(label_dropout))
 
 
 PRESETS = {'ddpmpp': ddpmpp, 'ncsnpp': ncsnpp, 'adm': adm}

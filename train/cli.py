@@ -124,6 +124,9 @@ def data_free_run_options(f):
               show_default='0.12 if the teacher takes augment labels (EDM CIFAR-10/FFHQ/AFHQ networks), else 0',
               help="Probability of each non-leaking augmentation of the images the fake score learns on, told to it "
                    "through its augment labels; the reference uses 0.12 for CIFAR-10, 0.15 for FFHQ/AFHQ, 0 = off.")
+@click.option('--guidance', type=click.FloatRange(1), default=1.0,
+              help="Classifier-free guidance of the teacher in the generator loss (SiD-LSG's long guidance; 1 = off). "
+                   "Needs a teacher trained with --label-dropout.")
 @click.option('--init-sigma', type=float, default=2.5, help="The generator's fixed input noise level.")
 @click.option('--tmax', type=click.IntRange(1, 1000), default=800, help='Generator-loss times t ~ U[0, tmax/1000].')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='500k', help='EMA half-life in images.')
@@ -187,6 +190,10 @@ def lsg(**o):
 @click.option('--num-blocks', type=click.IntRange(1), default=4, help='Residual blocks per resolution.')
 @click.option('--attn', default='16', help='Resolutions with self-attention (comma-separated; "" for none).')
 @click.option('--dropout', type=click.FloatRange(0, 1), default=0.13, help='Dropout probability in the residual blocks.')
+@click.option('--label-dropout', type=click.FloatRange(0, 1), default=0.0,
+              help='Probability of training on an image with its condition (class or caption) zeroed: what lets the '
+                   'teacher be guided later (`sida train distill --guidance`), e.g. 0.1. A warm restart (--init-from) '
+                   'may change it.')
 @click.option('--lr', type=float, default=1e-3, help='Learning rate (Adam).')
 @click.option('--lr-rampup', type=COUNT, default='640k', help='Images over which the learning rate ramps up.')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='500k', help='EMA half-life in images.')

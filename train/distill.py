@@ -6,6 +6,8 @@ Per iteration (the method's 1:1 alternation):
      With --augment p, fakes (and, independently, reals) are augmented first and f_psi is told how (train/augment.py).
   2. generator step (after the warm-up): the SiD loss through both frozen denoisers (+ SiDA's adversarial
      term after its start), then the EMA of G. Never augmented: both denoisers get "untouched" labels.
+     With guidance > 1 the teacher's prediction there is classifier-free guided (SiD-LSG's long guidance,
+     train/guidance.py); the fake score's never is.
 All randomness comes from generators seeded by the run's seed and shared by every rank: each rank draws
 the global batch's noise and takes its slice, so results do not depend on the number of processes
 (except SiDA's per-GPU BCE averages, which the method defines per GPU).
@@ -18,6 +20,7 @@ import dataclasses
 import torch
 
 from train import augment
+from train.guidance import ClassifierFreeGuidance
 from train.sid import fake_score_loss, fake_score_sigma, generator_loss, generator_sigma
 from train.sida import adversarial_generator_loss, fake_score_and_discriminator_loss
 
@@ -48,6 +51,8 @@ class DistillConfig:
     clip_psi: float | None = None        # grad value clip on f_psi; None = 1 for sida/sid2a, off for sid
     augment: float | None = None         # augmentation probability of f_psi's images; None = 0.12 for networks that
                                          # take augment labels, else 0 (resolved by the Distiller, which sees the network)
+    guidance: float = 1.0                # classifier-free guidance of the teacher in the G loss (SiD-LSG's long
+                                         # guidance); 1 = off, > 1 needs a teacher trained with label dropout
     ema_halflife_images: float = 500_000
     ema_rampup: float = 0.05
     total_images: int = 1_000_000
@@ -62,6 +67,8 @@ class DistillConfig:
         self.clip_psi = self.clip_psi if self.clip_psi is not None else (1.0 if adversarial else None)
         if self.augment is not None and not 0 <= self.augment <= 1:
             raise ValueError(f'augment is a probability in [0, 1], got {self.augment}')
+        if not self.guidance >= 1:
+            raise ValueError(f'guidance is a scale >= 1 (1 = off), got {self.guidance}')
 
     @property
     def adversarial(self):
@@ -261,10 +268,12 @@ class Distiller:
         self.opt_g.zero_grad(set_to_none=True)
         totals = {'loss_g': 0.0, **({'loss_g_gan': 0.0} if gan else {})}
         elements = float(torch.tensor(shape).prod())
+        # Long guidance: the teacher's score is guided, the fake score (which follows G's own samples) is not.
+        teacher = ClassifierFreeGuidance(self.teacher, cfg.guidance) if cfg.guidance != 1 else self.teacher
         for (z_m, eps_m, sigma_m), cond, last in self._micro_batches(z, eps, sigma, cond=batch.cond):
             with self._sync(self.G_train, last), self._autocast():
                 x_g = self.generate(self.G_train, z_m, cond).float()
-                loss_sid, w, keep, bottleneck = generator_loss(x_g, self.teacher, self.fake, sigma_m, eps_m, cfg.alpha,
+                loss_sid, w, keep, bottleneck = generator_loss(x_g, teacher, self.fake, sigma_m, eps_m, cfg.alpha,
                                                                with_logits=gan, **cond)
                 loss = loss_sid.sum() * cfg.loss_scale_g / self.rank_batch
                 if gan:

@@ -43,8 +43,39 @@ def configure(o):
                         loss_scale_g=o['loss_scale_g'], loss_scale_d=o['loss_scale_d'], loss_scale_g_gan=o['loss_scale_g_gan'],
                         g_warmup_images=o['g_warmup'], gan_start_images=o['gan_start'], ema_halflife_images=o['ema_halflife'],
                         total_images=o['total_images'], seed=o['seed'], augment=o['augment'], g_beta1=o['g_beta1'],
-                        adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
+                        guidance=o['guidance'], adam_eps=1e-6 if o['precision'] == 'fp16' else 1e-8)
     return cfg
+
+
+def check_guidance(cfg, spec, teacher):
+    """--guidance > 1 needs a class- or text-conditioned teacher that also learned the unconditional score (label
+    dropout); otherwise its "unconditional" prediction would be a guess and guiding away from it meaningless."""
+    if cfg.guidance == 1:
+        return
+    kw = spec['network_kwargs']
+    if not (kw.get('label_dim') or kw.get('text_dim')):
+        raise click.ClickException(f'--guidance {cfg.guidance}: {teacher} is unconditional; guidance needs a class- or '
+                                   'text-conditioned teacher')
+    if not kw.get('label_dropout', 0):
+        raise click.ClickException(f'--guidance {cfg.guidance}: {teacher} was trained without label dropout, so it has not '
+                                   'learned the unconditional score; (re)train or warm-restart it with `sida train teacher '
+                                   f'--label-dropout 0.1 --init-from {teacher}`')
+
+
+def without_label_dropout_(net):
+    """The generator and fake score start as copies of the teacher but must not inherit its label dropout: in training
+    mode it would drop the generator's (and fake score's) labels. Returns net."""
+    for module in net.modules():
+        if hasattr(module, 'label_dropout'):
+            module.label_dropout = 0
+    return net
+
+
+def student_spec(spec):
+    """The student's architecture: the teacher's without label dropout (its default, 0), as the student trains."""
+    spec = copy.deepcopy(spec)
+    spec['network_kwargs'].pop('label_dropout', None)
+    return spec
 
 
 def build(o, cfg, rt):
@@ -54,21 +85,24 @@ def build(o, cfg, rt):
     except (BundleError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(f'cannot load the teacher: {e}') from None
     if spec['network'] == 'UNet2DConditionModel':
-        raise click.UsageError(f'{o["teacher"]} is a latent text-to-image model: distil it with `sida train lsg`')
+        raise click.UsageError(f'{o["teacher"]} is a latent text-to-image model: distil it with `sida train lsg` '
+                               '(which has its own --guidance)')
+    check_guidance(cfg, spec, o['teacher'])
     kw = spec['network_kwargs']
     shape = (kw['in_channels'], kw['img_resolution'], kw['img_resolution'])
+    student = student_spec(spec)
 
     torch.manual_seed(o['seed'] + rt.rank)     # dropout streams differ per rank, as in the reference
-    generator = copy.deepcopy(teacher).requires_grad_(True)
+    generator = without_label_dropout_(copy.deepcopy(teacher).requires_grad_(True))
     if o['generator_init'] is not None:
         try:
             init = load_bundle(o['generator_init'], device=rt.device)
         except BundleError as e:
             raise click.ClickException(str(e)) from None
-        if init.config.architecture != spec:
+        if student_spec(init.config.architecture) != student:
             raise click.ClickException(f'{o["generator_init"]}: its architecture differs from the teacher\'s')
         generator.load_state_dict(init.generator.denoiser.state_dict())
-    fake_score = copy.deepcopy(teacher).requires_grad_(True)
+    fake_score = without_label_dropout_(copy.deepcopy(teacher).requires_grad_(True))
 
     dataset = None
     condition = None
@@ -114,7 +148,7 @@ def build(o, cfg, rt):
     metric = make_metric(o, trainer, dataset, stream if dataset is not None else None, condition, shape, rt) if rt.rank == 0 else None
     name = f'{o["run_dir"].name}-{cfg.method}'
     samples = sample_grid_writer(lambda z, c: trainer.generate(trainer.G_ema, z, c), condition, shape, rt.device)
-    write_bundle = student_bundle_writer(trainer, spec, condition, name, provenance, SAVE_DTYPES[o['save_dtype']])
+    write_bundle = student_bundle_writer(trainer, student, condition, name, provenance, SAVE_DTYPES[o['save_dtype']])
     return Training(trainer, write_bundle, resolved, summary, make_samples=samples, metric=metric)
 
 

@@ -37,12 +37,19 @@ def configure(o):
     """Usage checks and the typed teacher settings, from the options alone (what --dry-run prints)."""
     if o['data'] is None:
         raise click.UsageError('a teacher learns from images: give --data')
+    if o['label_dropout'] and o['cond'] == 'none':
+        raise click.UsageError('--label-dropout drops the condition: a --cond none teacher has none')
     # A warm restart's EMA starts from trained weights: no EMA ramp-up (it would follow the fresh optimiser's first steps).
     warm = bool(o.get('init_from') or recorded_warm_start(o))
     cfg = TeacherConfig(lr=o['lr'], lr_rampup_images=o['lr_rampup'], batch=o['batch'], batch_gpu=o['batch_gpu'],
                         ema_halflife_images=o['ema_halflife'], ema_rampup=None if warm else 0.05,
                         xflip=o['xflip'], total_images=o['total_images'], seed=o['seed'])
     return cfg
+
+
+# Training-time settings a warm restart may change: no weight depends on them (label dropout: what makes a teacher
+# guidable, added to one trained without it).
+WARM_START_MAY_CHANGE = ('network_kwargs.label_dropout',)
 
 
 def _flat(spec, prefix=''):
@@ -75,7 +82,7 @@ def warm_start(path, spec, condition):
                                    f'(its method is {config.provenance.get("method")!r})')
     theirs, ours = _flat(config.architecture), _flat(json.loads(json.dumps(spec)))    # as the bundle stores it
     differ = [f'{k} {ours.get(k)!r} here, {theirs.get(k)!r} there' for k in sorted(set(theirs) | set(ours))
-              if theirs.get(k) != ours.get(k)]
+              if theirs.get(k) != ours.get(k) and k not in WARM_START_MAY_CHANGE]
     if differ:
         raise click.ClickException(f'--init-from {path}: another architecture ({"; ".join(differ)}); give the options it '
                                    'was trained with')
@@ -113,7 +120,8 @@ def build(o, cfg, rt):
     else:
         condition = {'kind': 'none'}
     overrides = dict(model_channels=o['model_channels'], channel_mult=[int(x) for x in o['channel_mult'].split(',')],
-                     num_blocks=o['num_blocks'], attn_resolutions=[int(x) for x in o['attn'].split(',') if x], dropout=o['dropout'])
+                     num_blocks=o['num_blocks'], attn_resolutions=[int(x) for x in o['attn'].split(',') if x], dropout=o['dropout'],
+                     label_dropout=o['label_dropout'])
     if o['preset'] != 'adm':
         overrides['augment_dim'] = 0
     try:

@@ -118,7 +118,7 @@ def test_train_help_lists_its_commands():
 
 @pytest.mark.parametrize('args, section', [
     (['train', 'distill', '--method', 'sida', '--teacher', 'README.md', '--data', 'README.md', '--out', 'x', '--images', '2M',
-      '--save-dtype', 'bf16', '--augment', '0.15', '--g-beta1', '0.9'], 'distill'),
+      '--save-dtype', 'bf16', '--augment', '0.15', '--g-beta1', '0.9', '--guidance', '1.5'], 'distill'),
     (['train', 'teacher', '--data', 'README.md', '--out', 'x', '--lr', '2e-4'], 'teacher'),
     (['train', 'lsg', '--teacher', '.', '--prompts', 'README.md', '--out', 'x', '--guidance', '3'], 'lsg'),
     (['train', 'toy', '--out', 'x', '--method', 'sida'], 'toy'),
@@ -136,6 +136,7 @@ def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args
         assert config['run']['total_images'] == 2_000_000 and config['options']['save_dtype'] == 'bf16'
         assert config['options']['device'] == 'auto'
         assert config['distill']['augment'] == 0.15 and config['distill']['g_beta1'] == 0.9
+        assert config['distill']['guidance'] == 1.5
     if section == 'teacher':
         assert config['teacher']['lr'] == 2e-4 and config['run']['total_images'] == 20_000_000
     if section == 'lsg':
@@ -149,6 +150,8 @@ def test_dry_run_prints_the_typed_configuration_and_loads_nothing(tmp_path, args
     (['train', 'teacher', '--data', 'README.md', '--out', 'x', '--save-dtype', 'float16'], "'float16' is not one of 'fp32', 'fp16'"),
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--batch', '0'], '0 is not in the range x>=1'),
     (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--augment', '1.5'], '1.5 is not in the range 0<=x<=1'),
+    (['train', 'distill', '--teacher', 'README.md', '--out', 'x', '--guidance', '0.5'], '0.5 is not in the range x>=1'),
+    (['train', 'teacher', '--data', 'README.md', '--out', 'x', '--label-dropout', '1.5'], '1.5 is not in the range 0<=x<=1'),
 ])
 def test_invalid_option_values_exit_2_with_one_error_line(args, fragment, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
