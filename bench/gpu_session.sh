@@ -65,7 +65,8 @@
 #                                                 FD-CIFAR classifier (CANDIDATES WIDTH:EPOCHS), then a teacher with CUDA
 #                                                 graphs (INIT_FROM=BUNDLE continues one); state in build/quality
 #   bench/gpu_session.sh quality-student OUT DATA  SiDA from that teacher (TEACHER=, CLASSIFIER= override the chain's;
-#                                                 RESUME=1 continues the last call's student on the same warm machine)
+#                                                 RESUME=1 continues the last call's student on the same warm machine;
+#                                                 GUIDANCE=K guides a teacher trained with label dropout)
 #   bench/gpu_session.sh quality-eval OUT DATA INCEPTION_GZ  FID (50k) and FD-CIFAR: test split, the teacher at 35 and
 #                                                 17 NFE (NFE17=0: 35 only), the student; --record into copies whose
 #                                                 sida.json come back
@@ -756,7 +757,8 @@ quality-student)
     echo "teacher $T, classifier $C, ${RESUME_ARGS[*]:-fresh}" | tee -a $Q/logs-student/machine.txt
     STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
              --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
-             --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k)
+             --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k
+             --guidance ${GUIDANCE:-1})
     train_with_fallback $Q/student-run $Q/logs-student/student${RESUME:+-resumed-$(date +%H%M%S)} "${STUDENT[@]}" "${RESUME_ARGS[@]}"
     cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl
     cp $Q/student-run/config.json $Q/logs-student/student-config.json
@@ -794,7 +796,8 @@ quality-continue)
     # dependence, SAMPLES images at 35 NFE, in CLASSIFIER's space, recorded into a copy), continued by a warm restart
     # (--init-from that copy, CUDA graphs) for the time left, and the continued teacher evaluated the same way (its
     # progress plot then holds both). The continued bundle (teacher1-bundle.tar) and both sida.json come back.
-    # FINAL_EVAL_S: seconds kept for the second evaluation (160; 60 skips it, for a short call).
+    # FINAL_EVAL_S: seconds kept for the second evaluation (160; 60 skips it, for a short call). EVAL0=0 skips the
+    # first (TEACHER measured before); LABEL_DROPOUT=P continues it with label dropout, so that it can be guided.
     DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; : "${CLASSIFIER:?CLASSIFIER=file}"; quality_condition; END=${END_S:-560}
     quality_classifier; Q=$Q/chain; F=${FINAL_EVAL_S:-160}
     [ "$F" -ge 60 ] || { echo "FINAL_EVAL_S=$F: give 60 (no second evaluation) or more" >&2; exit 2; }
@@ -802,14 +805,16 @@ quality-continue)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $Q/logs/machine.txt
     EVAL=(train evaluate --data "$DATA" "${TEXT_ARGS[@]}" "${TEST_ARGS[@]}" --classifier "$C" --samples ${SAMPLES:-10k} --no-fid
           --teacher-steps 18 --record --class-dependence-seeds ${DEP_SEEDS:-100} --stats-cache build/quality/stats-cache)
-    timeout $(left 30 150) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher0=$Q/teacher0 --out $Q/eval0 2>&1 \
-        | grep -v 'it/s\]\|img/s\]' | tee $Q/logs/eval0.log
-    cp $Q/teacher0/sida.json "$OUT/teacher0.sida.json"
+    if [ "${EVAL0:-1}" != 0 ]; then          # EVAL0=0: TEACHER is already measured in this space
+        timeout $(left 30 150) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher0=$Q/teacher0 --out $Q/eval0 2>&1 \
+            | grep -v 'it/s\]\|img/s\]' | tee $Q/logs/eval0.log
+        cp $Q/teacher0/sida.json "$OUT/teacher0.sida.json"
+    fi
     if [ $((END - SECONDS - F)) -lt 60 ]; then          # under a minute left to train: the evaluation alone
         tar czf "$OUT/chain-logs.tgz" -C $Q logs $(cd $Q && ls -d eval0 2>/dev/null); exit 0; fi
     CONTINUE=(train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 200M
               --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k
-              --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0)
+              --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 --label-dropout ${LABEL_DROPOUT:-0})
     # the run's own time limit ends it F seconds before END (setup and the bundle's writing fall in the margin after)
     timeout $(left $((F - 40))) "${SIDA[@]}" "${CONTINUE[@]}" ${COMPILE---compile reduce-overhead} --out $Q/run \
         --time-limit $(left $F)s > $Q/logs/teacher1.log 2>&1
@@ -817,12 +822,12 @@ quality-continue)
     cp $Q/run/log.jsonl $Q/logs/teacher1-log.jsonl; cp $Q/run/config.json $Q/logs/teacher1-config.json
     cp $Q/run/samples/*.png $Q/logs/ 2>/dev/null
     [ -d $Q/run/bundle ] && tar cf "$OUT/teacher1-bundle.tar" -C $Q/run bundle
-    tar czf "$OUT/chain-logs.tgz" -C $Q logs eval0
+    tar czf "$OUT/chain-logs.tgz" -C $Q logs $(cd $Q && ls -d eval0 2>/dev/null)
     [ "$F" -gt 60 ] && [ -d $Q/run/bundle ] || exit 0          # FINAL_EVAL_S=60: no time for the second evaluation
     timeout $(left 5) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher1=$Q/run/bundle --out $Q/eval1 2>&1 \
         | grep -v 'it/s\]\|img/s\]' | tee $Q/logs/eval1.log
     cp $Q/run/bundle/sida.json "$OUT/teacher1.sida.json"
-    tar czf "$OUT/chain-logs.tgz" -C $Q logs eval0 $(cd $Q && ls -d eval1 2>/dev/null)
+    tar czf "$OUT/chain-logs.tgz" -C $Q logs $(cd $Q && ls -d eval0 eval1 2>/dev/null)
     ;;
 ddp1)
     # [scale-train] on one GPU: SiD, DDPM++ CIFAR-10 (random teacher), batch 128, --compile reduce-overhead, first as
