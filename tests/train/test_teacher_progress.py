@@ -42,6 +42,19 @@ def test_points_follow_the_chain_in_the_last_links_feature_spaces(tmp_path):
     assert [(p['images_total'], p.get('fid'), p.get('fd')) for p in pts] == [
         (1_000_000, 25.0, None), (2_000_000, 17.4, 30.4), (3_000_000, None, 25.0), (5_000_000, 11.3, 20.7)]
 
+    # a newest link measured without FID (FD-CIFAR only, no Inception named) keeps the earlier links' FIDs
+    fd_only = record(tmp_path / 'fd-only.json', 't', 9_000_000, fd=17.7)
+    metrics = json.loads(fd_only.read_text())
+    del metrics['provenance']['metrics']['fid_weights']
+    fd_only.write_text(json.dumps(metrics))
+    r = subprocess.run([sys.executable, 'train/recipes/teacher_progress.py', str(out), *map(str, files + [fd_only]),
+                        '--nfe', '35'], cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    pts = json.loads(out.with_suffix('.json').read_text())
+    assert [(p['images_total'], p.get('fid'), p.get('fd')) for p in pts] == [
+        (1_000_000, 25.0, None), (2_000_000, 17.4, 30.4), (3_000_000, None, 25.0), (5_000_000, 11.3, 20.7),
+        (9_000_000, None, 17.7)]
+
 
 def test_no_recorded_numbers_is_a_one_line_error(tmp_path):
     f = record(tmp_path / 'none.json', 't', 500_000)

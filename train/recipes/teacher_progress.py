@@ -11,14 +11,16 @@ import argparse
 import json
 from pathlib import Path
 
-from train.evaluate import plot_teacher_progress, recorded_at
+from train.evaluate import MEASURED_WITH, plot_teacher_progress, recorded_at
 
 
 def points(records, nfe):
-    """[{series, name, images_total, fd?, fid?}] of the records at `nfe`, in the feature spaces of the last record
-    that has numbers."""
-    evaluated = [c['provenance']['metrics'] for _, c in records if c['provenance'].get('metrics')]
-    last = evaluated[-1] if evaluated else {}
+    """[{series, name, images_total, fd?, fid?}] of the records at `nfe`, each number in the feature space of the
+    newest record that has one of its kind."""
+    last = {}       # what each number was last measured with: a link measured without FID keeps the others' FIDs
+    for _, config in records:
+        metrics = config['provenance'].get('metrics') or {}
+        last.update({m: metrics[m] for m in MEASURED_WITH.values() if m in metrics})
     out = []
     for path, config in records:
         provenance = config['provenance']
