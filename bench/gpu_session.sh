@@ -747,10 +747,12 @@ quality-student)
     # student, 295k images, in 370 s on an H200.
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier; COMPILE=${COMPILE-}
     # RESUME=1 continues the last call's run on this warm machine (its newest checkpoint; the logs accumulate).
-    T=${TEACHER:-$Q/teacher-run/bundle}; RESUME_ARGS=()
+    T=${TEACHER:-$Q/teacher-run/bundle}; RESUME_ARGS=(); RESUMED_GUIDANCE=1
     if [ -n "${RESUME:-}" ]; then
         [ -d $Q/student-run ] || { echo "RESUME=1: no $Q/student-run on this machine (a cold one?)" >&2; exit 2; }
         RESUME_ARGS=(--resume auto); mkdir -p $Q/logs-student; mv $Q/student-run/bundle $Q/student-run/bundle.before 2>/dev/null
+        RESUMED_GUIDANCE=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['distill'].get('guidance', 1))" \
+            $Q/student-run/config.json)      # the run's own unless GUIDANCE is given (distill refuses a change)
     else
         fresh_run $Q/student-run; rm -rf $Q/logs-student; mkdir -p $Q/logs-student
     fi
@@ -758,7 +760,7 @@ quality-student)
     STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
              --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
              --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k
-             --guidance ${GUIDANCE:-1})
+             --guidance ${GUIDANCE:-$RESUMED_GUIDANCE})
     train_with_fallback $Q/student-run $Q/logs-student/student${RESUME:+-resumed-$(date +%H%M%S)} "${STUDENT[@]}" "${RESUME_ARGS[@]}"
     cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl
     cp $Q/student-run/config.json $Q/logs-student/student-config.json
@@ -797,7 +799,7 @@ quality-continue)
     # (--init-from that copy, CUDA graphs) for the time left, and the continued teacher evaluated the same way (its
     # progress plot then holds both). The continued bundle (teacher1-bundle.tar) and both sida.json come back.
     # FINAL_EVAL_S: seconds kept for the second evaluation (160; 60 skips it, for a short call). EVAL0=0 skips the
-    # first (TEACHER measured before); LABEL_DROPOUT=P continues it with label dropout, so that it can be guided.
+    # first (TEACHER measured before); LABEL_DROPOUT=P sets the continued teacher's label dropout (else TEACHER's).
     DATA=${3:?data}; T=${TEACHER:?TEACHER=bundle}; : "${CLASSIFIER:?CLASSIFIER=file}"; quality_condition; END=${END_S:-560}
     quality_classifier; Q=$Q/chain; F=${FINAL_EVAL_S:-160}
     [ "$F" -ge 60 ] || { echo "FINAL_EVAL_S=$F: give 60 (no second evaluation) or more" >&2; exit 2; }
@@ -814,7 +816,7 @@ quality-continue)
         tar czf "$OUT/chain-logs.tgz" -C $Q logs $(cd $Q && ls -d eval0 2>/dev/null); exit 0; fi
     CONTINUE=(train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 200M
               --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k
-              --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 --label-dropout ${LABEL_DROPOUT:-0})
+              --sample-every 50M --checkpoint-every 50M --init-from $Q/teacher0 ${LABEL_DROPOUT:+--label-dropout $LABEL_DROPOUT})
     # the run's own time limit ends it F seconds before END (setup and the bundle's writing fall in the margin after)
     timeout $(left $((F - 40))) "${SIDA[@]}" "${CONTINUE[@]}" ${COMPILE---compile reduce-overhead} --out $Q/run \
         --time-limit $(left $F)s > $Q/logs/teacher1.log 2>&1

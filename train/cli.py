@@ -190,10 +190,11 @@ def lsg(**o):
 @click.option('--num-blocks', type=click.IntRange(1), default=4, help='Residual blocks per resolution.')
 @click.option('--attn', default='16', help='Resolutions with self-attention (comma-separated; "" for none).')
 @click.option('--dropout', type=click.FloatRange(0, 1), default=0.13, help='Dropout probability in the residual blocks.')
-@click.option('--label-dropout', type=click.FloatRange(0, 1), default=0.0,
+@click.option('--label-dropout', type=click.FloatRange(0, 1), default=None,
+              show_default='the --init-from bundle\'s (the resumed run\'s on --resume), else 0',
               help='Probability of training on an image with its condition (class or caption) zeroed: what lets the '
                    'teacher be guided later (`sida train distill --guidance`), e.g. 0.1. A warm restart (--init-from) '
-                   'may change it.')
+                   'keeps its bundle\'s unless given.')
 @click.option('--lr', type=float, default=1e-3, help='Learning rate (Adam).')
 @click.option('--lr-rampup', type=COUNT, default='640k', help='Images over which the learning rate ramps up.')
 @click.option('--ema', 'ema_halflife', type=COUNT, default='500k', help='EMA half-life in images.')

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 import time
 
 import click
@@ -62,6 +63,17 @@ def check_guidance(cfg, spec, teacher):
                                    f'--label-dropout 0.1 --init-from {teacher}`')
 
 
+def check_resume_guidance(o, cfg):
+    """A resumed run is the checkpointed run: its guidance (config.json of its last start) cannot change midway."""
+    config = o['run_dir'] / 'config.json'
+    if not (o.get('resume') and config.is_file()):
+        return
+    recorded = json.loads(config.read_text()).get('distill', {}).get('guidance', 1.0)
+    if recorded != cfg.guidance:
+        raise click.ClickException(f'--guidance {cfg.guidance}: the run being resumed trains with --guidance {recorded}; '
+                                   'resume with the same value')
+
+
 def without_label_dropout_(net):
     """The generator and fake score start as copies of the teacher but must not inherit its label dropout: in training
     mode it would drop the generator's (and fake score's) labels. Returns net."""
@@ -88,6 +100,7 @@ def build(o, cfg, rt):
         raise click.UsageError(f'{o["teacher"]} is a latent text-to-image model: distil it with `sida train lsg` '
                                '(which has its own --guidance)')
     check_guidance(cfg, spec, o['teacher'])
+    check_resume_guidance(o, cfg)
     kw = spec['network_kwargs']
     shape = (kw['in_channels'], kw['img_resolution'], kw['img_resolution'])
     student = student_spec(spec)

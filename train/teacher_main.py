@@ -69,6 +69,27 @@ def recorded_warm_start(o):
     return json.loads(config.read_text()).get('init_from')
 
 
+def recorded_label_dropout(path):
+    """The label dropout an architecture spec records (absent: 0)."""
+    return json.loads(Path(path).read_text())['architecture']['network_kwargs'].get('label_dropout', 0)
+
+
+def label_dropout_of(o, source):
+    """--label-dropout as given, else inherited: a resumed run keeps its own (config.json), a warm restart its bundle's,
+    so a guidable teacher stays guidable when continued; a fresh teacher has none. A resume cannot change it."""
+    given = o['label_dropout']
+    config = o['run_dir'] / 'config.json'
+    if o.get('resume') and config.is_file():
+        recorded = recorded_label_dropout(config)
+        if given is not None and given != recorded:
+            raise click.ClickException(f'--label-dropout {given}: the run being resumed trains with {recorded}; resume '
+                                       'without the option (or with the same value), or start a warm restart instead')
+        return recorded
+    if given is not None:
+        return given
+    return recorded_label_dropout(Path(source) / 'sida.json') if source else 0
+
+
 def warm_start(path, spec, condition):
     """The teacher bundle at `path` checked against this run's architecture and condition: (its denoiser's state dict,
     what the new bundle records of it). Anything that differs is a one-line error naming it."""
@@ -119,9 +140,14 @@ def build(o, cfg, rt):
         condition = {'kind': 'class', 'labels': list(dataset.class_names)}
     else:
         condition = {'kind': 'none'}
+    # A warm restart starts from a bundle's weights: --init-from, or on a resume the one its first start recorded (the
+    # checkpoint then holds the weights; they are loaded too for a run stopped before its first checkpoint).
+    init = recorded_warm_start(o)
+    given = o.get('init_from')
+    source = given or (init['bundle'] if init and Path(init['bundle']).is_dir() else None)
     overrides = dict(model_channels=o['model_channels'], channel_mult=[int(x) for x in o['channel_mult'].split(',')],
                      num_blocks=o['num_blocks'], attn_resolutions=[int(x) for x in o['attn'].split(',') if x], dropout=o['dropout'],
-                     label_dropout=o['label_dropout'])
+                     label_dropout=label_dropout_of(o, source))
     if o['preset'] != 'adm':
         overrides['augment_dim'] = 0
     try:
@@ -135,11 +161,6 @@ def build(o, cfg, rt):
 
     torch.manual_seed(o['seed'])
     net = build_denoiser(spec)
-    # A warm restart starts from a bundle's weights: --init-from, or on a resume the one its first start recorded (the
-    # checkpoint then holds the weights; they are loaded too for a run stopped before its first checkpoint).
-    init = recorded_warm_start(o)
-    given = o.get('init_from')
-    source = given or (init['bundle'] if init and Path(init['bundle']).is_dir() else None)
     if given and Path(given).resolve().is_relative_to(Path(o['run_dir']).resolve()):
         raise click.ClickException(f'--init-from {given} is inside --out {o["run_dir"]}: this run\'s bundle would replace '
                                    'it; give another --out')

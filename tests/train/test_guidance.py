@@ -135,6 +135,13 @@ def test_a_guided_distillation_records_its_guidance_and_its_student_drops_no_lab
                         '--data', cifar_subset, '--out', tmp_path / 'sid2a', '--guidance', '2', '--images', '4', '--batch', '4',
                         '--g-warmup', '0', '--sample-every', '1000M')
     assert r.returncode == 0, r.stderr
+    # a resume is the checkpointed run: it keeps its guidance, it cannot switch it off midway
+    resume = ['train', 'distill', '--method', 'sid', '--teacher', teacher, '--out', run, '--resume', 'auto',
+              '--images', '12', '--batch', '4', '--sample-every', '1000M']
+    r = sida_in_process(*resume, '--guidance', '1')
+    assert r.returncode == 1 and 'the run being resumed trains with --guidance 2.0' in r.stderr, r.stderr
+    r = sida_in_process(*resume, '--guidance', '2')
+    assert r.returncode == 0 and 'resumed from' in r.stderr + r.stdout, r.stderr
 
 
 def test_label_dropout_lands_in_the_teacher_bundle_and_a_warm_restart_may_add_it(cifar_subset, tmp_path):
@@ -152,6 +159,19 @@ def test_label_dropout_lands_in_the_teacher_bundle_and_a_warm_restart_may_add_it
     r = sida_in_process('train', 'teacher', '--out', tmp_path / 'wider', '--label-dropout', '0.2', '--init-from',
                         tmp_path / 'guidable' / 'bundle', *common, *wider)
     assert r.returncode == 1 and 'another architecture (network_kwargs.model_channels 32 here, 16 there)' in r.stderr, r.stderr
+
+    # continued without the option, a guidable teacher stays guidable (the bundle's label dropout is inherited) ...
+    r = sida_in_process('train', 'teacher', '--out', tmp_path / 'next', '--init-from', tmp_path / 'guidable' / 'bundle',
+                        *common, *TINY)
+    assert r.returncode == 0, r.stderr
+    assert load_bundle(tmp_path / 'next' / 'bundle').config.architecture['network_kwargs']['label_dropout'] == 0.1
+    # ... and a resume keeps its own run's (not its --init-from bundle's), refusing another
+    resume = ['train', 'teacher', '--out', tmp_path / 'guidable', '--resume', 'auto', *common[:-1], '16', *TINY]
+    r = sida_in_process(*resume, '--label-dropout', '0')
+    assert r.returncode == 1 and 'the run being resumed trains with 0.1' in r.stderr, r.stderr
+    r = sida_in_process(*resume)
+    assert r.returncode == 0, r.stderr
+    assert load_bundle(tmp_path / 'guidable' / 'bundle').config.architecture['network_kwargs']['label_dropout'] == 0.1
 
 
 def test_label_dropout_needs_a_condition_to_drop(tmp_path):

@@ -1,7 +1,7 @@
 """FID and FD-CIFAR of a teacher chain against its total training images, from the records `sida train evaluate
 --record` wrote into each link's sida.json (the zoo keeps each earlier link's in models/zoo/runs/, since a continued
-teacher replaces the folder it came from). Points count only where measured with the same classifier and Inception
-weights as the last link.
+teacher replaces the folder it came from). Each number counts only where measured with the same classifier (FD-CIFAR)
+or Inception weights (FID) as the newest link that has a number of its kind.
 
     python train/recipes/teacher_progress.py models/zoo/teacher-progress.png \\
         models/zoo/runs/cifar10-cond-teacher-*.sida.json models/zoo/cifar10-cond-teacher/sida.json
