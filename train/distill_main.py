@@ -2,7 +2,6 @@
 
 import copy
 import dataclasses
-import json
 import time
 
 import click
@@ -21,6 +20,7 @@ from train.launch import (
     make_batches,
     precision_dtype,
     prepare,
+    resumed_config,
     run_config,
     run_training,
     sample_grid_writer,
@@ -65,10 +65,10 @@ def check_guidance(cfg, spec, teacher):
 
 def check_resume_guidance(o, cfg):
     """A resumed run is the checkpointed run: its guidance (config.json of its last start) cannot change midway."""
-    config = o['run_dir'] / 'config.json'
-    if not (o.get('resume') and config.is_file()):
+    resumed = resumed_config(o)
+    if resumed is None:
         return
-    recorded = json.loads(config.read_text()).get('distill', {}).get('guidance', 1.0)
+    recorded = resumed.get('distill', {}).get('guidance', 1.0)      # runs from before --guidance had none: 1
     if recorded != cfg.guidance:
         raise click.ClickException(f'--guidance {cfg.guidance}: the run being resumed trains with --guidance {recorded}; '
                                    'resume with the same value')

@@ -144,6 +144,12 @@ def sample_grid_writer(net_fn, condition, shape, device, seeds=range(64), text_p
     return write
 
 
+def resumed_config(o):
+    """The config.json a resumed run's last start wrote (what it trains with), or None: a fresh run, or none written."""
+    config = Path(o['run_dir']) / 'config.json'
+    return json.loads(config.read_text()) if o.get('resume') and config.is_file() else None
+
+
 def write_json(path, obj):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2, default=str) + '\n')

@@ -10,7 +10,7 @@ import click
 import torch
 
 from models.architecture import build_denoiser
-from models.bundle import BundleError, is_teacher, load_bundle, save_bundle
+from models.bundle import BundleError, is_teacher, load_bundle, read_config, save_bundle
 from models.generator import OneStepGenerator
 from models.heun_sampler import edm_sample
 from train.data import DataError
@@ -21,6 +21,7 @@ from train.launch import (
     make_batches,
     precision_dtype,
     prepare,
+    resumed_config,
     run_config,
     run_training,
     sample_grid_writer,
@@ -63,31 +64,29 @@ def _flat(spec, prefix=''):
 def recorded_warm_start(o):
     """A resumed run's --init-from record, from the config.json its first start wrote (the bundle it named may have
     changed since, e.g. continued in place): None for a fresh run or one that was no warm restart."""
-    config = o['run_dir'] / 'config.json'
-    if not o.get('resume') or not config.is_file():
-        return None
-    return json.loads(config.read_text()).get('init_from')
+    return (resumed_config(o) or {}).get('init_from')
 
 
-def recorded_label_dropout(path):
-    """The label dropout an architecture spec records (absent: 0)."""
-    return json.loads(Path(path).read_text())['architecture']['network_kwargs'].get('label_dropout', 0)
+def recorded_label_dropout(architecture):
+    return architecture['network_kwargs'].get('label_dropout', 0)       # absent: trained without
 
 
 def label_dropout_of(o, source):
     """--label-dropout as given, else inherited: a resumed run keeps its own (config.json), a warm restart its bundle's,
     so a guidable teacher stays guidable when continued; a fresh teacher has none. A resume cannot change it."""
-    given = o['label_dropout']
-    config = o['run_dir'] / 'config.json'
-    if o.get('resume') and config.is_file():
-        recorded = recorded_label_dropout(config)
+    given, resumed = o['label_dropout'], resumed_config(o)
+    if resumed is not None:
+        recorded = recorded_label_dropout(resumed['architecture'])
         if given is not None and given != recorded:
             raise click.ClickException(f'--label-dropout {given}: the run being resumed trains with {recorded}; resume '
                                        'without the option (or with the same value), or start a warm restart instead')
         return recorded
-    if given is not None:
-        return given
-    return recorded_label_dropout(Path(source) / 'sida.json') if source else 0
+    if given is not None or not source:
+        return given or 0
+    try:
+        return recorded_label_dropout(read_config(source).architecture)
+    except BundleError as e:
+        raise click.ClickException(f'--init-from: {e}') from None
 
 
 def warm_start(path, spec, condition):
