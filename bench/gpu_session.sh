@@ -63,7 +63,8 @@
 #                                                 (with --record's metrics) and eval.json come back in OUT
 #   bench/gpu_session.sh quality-teacher OUT DATA  [quality]'s class chain, one warm machine, three calls: a stronger
 #                                                 FD-CIFAR classifier (CANDIDATES WIDTH:EPOCHS), then a teacher with CUDA
-#                                                 graphs (INIT_FROM=BUNDLE continues one); state in build/quality
+#                                                 graphs (INIT_FROM=BUNDLE continues one; LABEL_DROPOUT=P makes it
+#                                                 guidable); state in build/quality (COND=text: build/quality-text)
 #   bench/gpu_session.sh quality-student OUT DATA  SiDA from that teacher (TEACHER=, CLASSIFIER= override the chain's;
 #                                                 RESUME=1 continues the last call's student on the same warm machine;
 #                                                 GUIDANCE=K guides a teacher trained with label dropout)
@@ -731,7 +732,8 @@ quality-teacher)
     fi
     TEACHER=(train teacher "${ARCH[@]}" "${COND_ARGS[@]}" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 200M
              --batch 512 --lr 1e-3 --lr-rampup 200k --ema 250k --save-dtype fp16 --channels-last --tf32 --log-every 100k
-             --sample-every 5M --checkpoint-every 50M ${INIT_FROM:+--init-from $INIT_FROM})
+             --sample-every 5M --checkpoint-every 50M ${INIT_FROM:+--init-from $INIT_FROM}
+             ${LABEL_DROPOUT:+--label-dropout $LABEL_DROPOUT})
     # CUDA graphs (compiled in the first iterations; COMPILE= turns them off); if that run dies early, eager for the time left
     train_with_fallback $Q/teacher-run $Q/logs/teacher "${TEACHER[@]}"
     cp $Q/teacher-run/log.jsonl $Q/logs/teacher-log.jsonl; cp $Q/teacher-run/config.json $Q/logs/teacher-config.json
