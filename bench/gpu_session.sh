@@ -81,6 +81,16 @@
 #       build/keep/ && TEACHER=models/zoo/cifar10-cond-teacher CLASSIFIER=build/keep/classifier.pt quality-continue`
 #       (carry the data; the students left behind), then at once call 2: quality-student, then quality-eval, with
 #       TEACHER=build/quality/chain/run/bundle CLASSIFIER=build/keep/classifier.pt and END_S splitting the 10 minutes
+#       A carried folder stays on the warm machine for later calls that do not name it, so a chain splits what it needs
+#       over its calls. The text chain with the class FIDs (planned 2026-12-07, no machine lent): with every zoo weight
+#       and bench/results left behind, build/keep = the class teacher + the classifier, build/keep2 = cifar10-cond,
+#       build/q-cap = captions.tar.gz alone; call 1 (carry build/q-data build/q-cap build/keep, 56 MB)
+#       `COND=text CAPTIONS=build/q-cap/captions.tar.gz LABEL_DROPOUT=0.1 CANDIDATES= END_S=480 quality-teacher OUT
+#       build/q-data/cifar10-jpeg.tar.gz`; call 2 (carry build/q-inc build/keep2, 57 MB) `NFE17=0
+#       STUDENT=build/keep2/cifar10-cond TEACHER=build/keep/cifar10-cond-teacher CLASSIFIER=build/keep/classifier.pt
+#       quality-eval OUT build/q-data/cifar10-jpeg.tar.gz build/q-inc/inception-fp16.pt.gz`; call 3 (no carry)
+#       `COND=text CAPTIONS=build/q-cap/captions.tar.gz GUIDANCE=1.5 CLASSIFIER=build/keep/classifier.pt END_S=460
+#       quality-student OUT build/q-data/cifar10-jpeg.tar.gz` (the guided text student from call 1's teacher).
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
