@@ -203,7 +203,7 @@ def _triton_runner(backend, bundle, device, batches, triton_url, setup):
                       'or benchmark an external server with --triton-url') from None
     inner = TorchBackend(bundle, device, 'fp32')
     http_port, grpc_port, metrics_port = _free_ports(3)
-    model = types.SimpleNamespace(id='sida_bench', config=bundle.config, backend=inner)
+    model = types.SimpleNamespace(id='sida_bench', config=bundle.config, replicas=[types.SimpleNamespace(backend=inner)])
     triton = _timed(setup, 'triton_start_s', start_triton, [model], http_port, grpc_port, metrics_port,
                     max_batch=max(batches), max_delay_ms=0.0)
     try:

@@ -56,6 +56,18 @@ def test_each_backend_is_measured_at_each_batch_or_skipped_with_the_reason(gener
     assert all('TensorRT is not installed' in r['skipped'] for r in skipped)
 
 
+def test_a_local_triton_row_is_timed_through_a_real_pytriton_server(tiny_bundle, tmp_path):
+    """`--backends triton` without --triton-url starts PyTriton around the torch backend and times KServe v2 calls."""
+    pytest.importorskip('pytriton', reason='nvidia-pytriton (which ships tritonserver) is not installed')
+    invoke('generate', '--bundle', tiny_bundle, '--backends', 'triton', '--batch', '2', '--runs', '2', '--warmup', '1',
+           '--warmup-seconds', '0.1', '--out', tmp_path, '--name', 'triton', '--no-plot')
+    _, result = only_json(tmp_path)
+    [row] = result['results']
+    assert 'error' not in row and 'skipped' not in row, row
+    assert row['backend'] == 'triton' and row['batch'] == 2 and row['images_per_s'] > 0
+    assert row['setup_s']['inner_backend'] == 'torch-fp32 on cpu (PyTriton, KServe v2 HTTP)'
+
+
 def test_onnx_export_and_session_are_setup_not_measurement(generate_run):
     _, _, result = generate_run
     onnx = [r for r in measured(result) if r['backend'] == 'onnxruntime']
