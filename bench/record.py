@@ -102,19 +102,35 @@ def time_runs(call, runs, sync=lambda: None, max_seconds=None, min_runs=3):
     return times
 
 
-def result_path(out, device_slug, name, date):
-    return Path(out) / device_slug / f'{date}-{name}.json'
+def result_path(out, device_slug, name, date, run_id=None):
+    """OUT/<device>/<date>-<name>.json, or -2, -3, ... after it when an earlier run of the same name and day holds it:
+    a rerun never overwrites another run's rows. The same run (run_id) writing again (a partial file, then the whole
+    one) keeps its file."""
+    for i in range(1, 10_000):
+        path = Path(out) / device_slug / f'{date}-{name}{"" if i == 1 else f"-{i}"}.json'
+        if not path.exists() or _run_id_of(path) == run_id:
+            return path
+    raise RuntimeError(f'{Path(out) / device_slug}: 9,999 runs named {name!r} on {date}; pick another --name')
+
+
+def _run_id_of(path):
+    try:
+        return json.loads(path.read_text()).get('run_id')
+    except (OSError, ValueError, AttributeError):
+        return None                # unreadable: not ours, keep it
 
 
 def write_result(out, info, name, settings, rows, plot=True):
-    """Write the run's JSON (and its plots); returns the JSON path. A same-day rerun of a name replaces it."""
+    """Write the run's JSON (and its plots); returns the JSON path. The first write of a run picks a file no other run
+    holds (result_path); the run's later writes replace that one."""
     date = datetime.date.today().isoformat()
+    run_id = info.setdefault('run_id', f'{time.time_ns():x}-{os.getpid()}')      # one per run: `info` travels with it
     result = {'format': FORMAT, 'name': name, 'device': info['device'], 'device_slug': info['slug'], 'driver': info['driver'],
               'torch': info['torch'], 'commit': git_commit(), 'date': date,
-              'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-              'machine': {k: v for k, v in info.items() if k not in ('device', 'slug', 'driver', 'torch')},
+              'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'run_id': run_id,
+              'machine': {k: v for k, v in info.items() if k not in ('device', 'slug', 'driver', 'torch', 'run_id')},
               'settings': settings, 'results': rows}
-    path = result_path(out, info['slug'], name, date)
+    path = result_path(out, info['slug'], name, date, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix('.json.tmp')
     tmp.write_text(json.dumps(result, indent=2, default=str) + '\n')

@@ -210,3 +210,16 @@ def test_components_time_a_latent_generators_denoiser_and_decoder_apart(tmp_path
     flops = component_flops(read_config(path), 2)
     assert generator_flops(read_config(path), 2) >= flops['denoiser'] + flops['decoder'] > flops['denoiser'] > 0
     assert [r['flops_per_image'] for r in parts] == [flops['denoiser'] / 2, flops['decoder'] / 2]
+
+
+def test_a_rerun_of_the_same_name_and_day_gets_its_own_file_and_a_run_keeps_its_file(tmp_path):
+    from bench.record import machine, write_result
+    first_run, second_run = machine(gpu=False), machine(gpu=False)
+    partial = write_result(tmp_path, first_run, 'same', {'incomplete': True}, [{'row': 1}], plot=False)
+    whole = write_result(tmp_path, first_run, 'same', {}, [{'row': 1}, {'row': 2}], plot=False)
+    assert whole == partial and whole.name == f'{datetime.date.today().isoformat()}-same.json'
+    rerun = write_result(tmp_path, second_run, 'same', {}, [{'row': 3}], plot=False)
+    assert rerun.name == whole.stem + '-2.json'
+    import json
+    assert [r['row'] for r in json.loads(whole.read_text())['results']] == [1, 2]      # the first run's rows survive
+    assert json.loads(rerun.read_text())['run_id'] != json.loads(whole.read_text())['run_id']
