@@ -142,6 +142,7 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
         raise click.ClickException(str(e)) from None
     if not settings.bundles:
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
+    check_distinct_ids(settings.bundles)
     if settings.workers > 1:
         if with_triton:
             raise click.UsageError('--workers and --triton do not go together: Triton runs the models in its own process')
@@ -181,6 +182,23 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     finally:
         if triton is not None:
             triton.stop()
+
+
+def check_distinct_ids(bundles):
+    """A model's id is its bundle's name: two bundles with one name would leave one unreachable, so refuse them."""
+    from models.bundle import BundleError, read_config
+    seen = {}
+    for bundle in bundles:
+        try:
+            name = read_config(bundle).name
+        except BundleError as e:
+            raise click.ClickException(str(e)) from None
+        if name in seen:
+            same = Path(seen[name]).resolve() == Path(bundle).resolve()
+            raise click.UsageError(f'{bundle} is given twice' if same else
+                                   f'two bundles are named {name!r} ({seen[name]}, {bundle}): models are served by name, '
+                                   'so one would be unreachable; rename one (the "name" in its sida.json)')
+        seen[name] = bundle
 
 
 def serve_workers(settings):

@@ -39,6 +39,20 @@ def test_unavailable_backend_fails_at_start_with_the_reason(class_bundle_dir, ba
     assert r.exit_code == code and fragment in r.stderr and 'Traceback' not in r.output, r.output
 
 
+def test_two_bundles_with_one_name_are_refused_before_anything_loads(class_bundle_dir, tmp_path):
+    """Models are served by name: a second bundle of the same name would be unreachable, so it is a usage error."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from sida.cli import main
+    twin = shutil.copytree(class_bundle_dir, tmp_path / 'twin')
+    for second, fragment in ((twin, 'two bundles are named'), (class_bundle_dir, 'is given twice')):
+        r = CliRunner().invoke(main, ['serve', '--bundle', str(class_bundle_dir), '--bundle', str(second),
+                                      '--port', str(free_port())])
+        assert r.exit_code == 2 and fragment in r.stderr and 'Traceback' not in r.output, r.output
+
+
 def test_serve_with_pytriton(class_bundle_dir, tmp_path):
     """`sida serve --triton`: Triton (PyTriton) runs the backend; the API and plain tritonclient both reach it."""
     pytest.importorskip('pytriton', reason='nvidia-pytriton is not installed')
