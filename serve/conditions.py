@@ -14,9 +14,9 @@ def quoted(text, limit=ECHO_MAX):
 class RequestError(ValueError):
     """A request this model cannot serve as asked (unknown class, missing prompt, ...): HTTP 400/404."""
 
-    def __init__(self, message, status=400, code='invalid_request'):
+    def __init__(self, message, status=400, code='invalid_request', param=None):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.param = status, code, param      # param: the request field at fault
 
 
 class ConditionError(RequestError):
@@ -29,10 +29,12 @@ def resolve_class(config, model_id, class_label=None, class_name=None):
     if class_name is not None:
         lowered = [x.lower() for x in labels]
         if class_name.strip().lower() not in lowered:
-            raise ConditionError(f'unknown class {quoted(class_name)} for model {model_id}; known: {", ".join(labels)}')
+            raise ConditionError(f'unknown class {quoted(class_name)} for model {model_id}; known: {", ".join(labels)}',
+                                 param='class_name')
         return lowered.index(class_name.strip().lower())
     if class_label is not None and not 0 <= class_label < len(labels):
-        raise ConditionError(f'class_label {class_label} out of range for model {model_id} (0..{len(labels) - 1})')
+        raise ConditionError(f'class_label {class_label} out of range for model {model_id} (0..{len(labels) - 1})',
+                             param='class_label')
     return class_label
 
 
@@ -41,9 +43,9 @@ def check_condition(kind, model_id, has_class=False, prompt=None):
     if kind != 'class' and has_class:
         raise ConditionError(f'model {model_id} is {kind}-conditioned: it takes no class')
     if kind != 'text' and prompt is not None:
-        raise ConditionError(f'model {model_id} is {kind}-conditioned: it takes no prompt')
+        raise ConditionError(f'model {model_id} is {kind}-conditioned: it takes no prompt', param='prompt')
     if kind == 'text' and not (prompt or '').strip():
-        raise ConditionError(f'model {model_id} is text-conditioned: give a prompt')
+        raise ConditionError(f'model {model_id} is text-conditioned: give a prompt', param='prompt')
 
 
 def condition_metadata(class_name=None, prompt=None, seed_b=None, mix=None):

@@ -43,16 +43,28 @@ def error_response(status, code, message, headers=None, request_id=None, param=N
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def validation_error(errors):
+BODY_TYPES = ('missing', 'model_attributes_type', 'model_type', 'dict_type')     # pydantic's errors about the body itself
+
+
+def validation_error(errors, content_type=''):
     """(status, code, message, param) for pydantic's errors: the first one, named by its field."""
     first = errors[0] if errors else {}
     loc = [str(x) for x in first.get('loc', ()) if x != 'body']
     if first.get('type') == 'json_invalid':      # loc is the character position, not a field
         return 422, 'invalid_request', f'the body is not valid JSON ({first.get("msg")} at character {".".join(loc)})', None
+    if not loc and first.get('type') in BODY_TYPES:     # the body as a whole: absent, or not a JSON object
+        if first.get('type') == 'missing':
+            return 422, 'invalid_request', 'the request has no body: send a JSON object', None
+        if 'json' not in content_type:           # e.g. curl -d without -H, which sends a form
+            return 422, 'invalid_request', (f'the body must be a JSON object sent as Content-Type: application/json '
+                                            f'(got {content_type or "no Content-Type"})'), None
+        return 422, 'invalid_request', 'the body must be a JSON object', None
     param = '.'.join(loc) or None
     if first.get('type') in BAD_VALUE_TYPES:
         return 400, 'invalid_text', f'{param}: not valid Unicode text (a lone surrogate such as \\ud800?)', param
     message = first.get('msg', 'invalid request')
+    if param in ('seed', 'seed_b') and isinstance(first.get('input'), str):     # a CLI seed list such as "0-3"
+        message = f'one integer (image i of the request uses {param} + i), not a string such as {first["input"][:40]!r}'
     return 422, 'invalid_request', f'{param}: {message}' if param else message, param
 
 
@@ -67,7 +79,7 @@ def add_error_handlers(app, metrics):
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, e: RequestValidationError):
-        status, code, message, param = validation_error(e.errors())
+        status, code, message, param = validation_error(e.errors(), request.headers.get('content-type', '').lower())
         metrics.errors.labels(code).inc()
         return error_response(status, code, message, request_id=request_id(request), param=param)
 

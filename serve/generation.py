@@ -72,7 +72,7 @@ async def make_images(state, model, n, seed=None, class_label=None, class_name=N
         # step itself rose from 20 to 30 ms (bench/results/nvidia-h100-80gb-hbm3/2026-12-06-triton-mode/).
         inputs, seeds, meta = model.build_inputs(n, seed, fixed_class, prompt, embedding, seed_b, mix)
     except RequestError as e:
-        raise ApiError(e.status, e.code, str(e)) from None
+        raise ApiError(e.status, e.code, str(e), param=e.param) from None
     started = time.perf_counter()
     remaining_s = deadline_s - (started - arrived)           # prompt encoding has used some of it
     queue = metrics.queue.labels(model.id, replica.device)    # kept current at both ends: an autoscaler reads it

@@ -50,6 +50,12 @@ class GenerateRequest(Strict):
             raise PydanticCustomError('seed_walk', 'a seed walk (seed_b, mix) needs seed, the seed it starts from')
         return self
 
+    @model_validator(mode='after')
+    def _one_class(self):
+        if self.class_label is not None and self.class_name is not None:
+            raise PydanticCustomError('one_class', 'give one of class_label and class_name, not both')
+        return self
+
 
 class GeneratedImage(BaseModel):
     seed: int

@@ -149,7 +149,7 @@ class ServedModel:
         check_condition(self.kind, self.id, class_label is not None or class_name is not None, prompt)
         for first, name in ((seed, 'seed'), (seed_b, 'seed_b')):
             if first is not None and first + n - 1 > 2 ** 63 - 1:
-                raise RequestError(f'{name} + n - 1 exceeds the largest seed (2^63 - 1)')
+                raise RequestError(f'{name} + n - 1 exceeds the largest seed (2^63 - 1)', param=name)
         return resolve_class(self.config, self.id, class_label, class_name) if self.kind == 'class' else None
 
     def build_inputs(self, n, seed=None, fixed_class=None, prompt=None, text_embedding=None, seed_b=None, mix=None):

@@ -27,7 +27,12 @@ async def openai_images(body: OpenAIImageRequest, state: State, request: Request
     if model.kind == 'class' and len(body.prompt) > CLASS_NAME_MAX:   # the prompt is a class name: /v1/generate's limit
         raise ApiError(400, 'invalid_request', f'prompt: a class name has at most {CLASS_NAME_MAX} characters', param='prompt')
     condition = {'prompt': body.prompt} if model.kind == 'text' else {'class_name': body.prompt} if model.kind == 'class' else {}
-    images, seeds, meta, _ = await make_images(state, model, body.n, request=request, **condition)
+    try:
+        images, seeds, meta, _ = await make_images(state, model, body.n, request=request, **condition)
+    except ApiError as e:
+        if e.param == 'class_name':         # here the class name came in as the prompt
+            e.param = 'prompt'
+        raise
     quality = 95 if body.output_compression is None else body.output_compression
     blobs = await encoded(model, images, seeds, meta, body.output_format, quality)
     return {'created': int(time.time()), 'output_format': body.output_format, 'size': size,

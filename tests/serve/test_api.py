@@ -136,11 +136,30 @@ def test_openai_images_endpoint(api):
     ({'colour': 'blue'}, 422, 'colour'),
     ({'model': 'nope'}, 404, 'unknown model'),
     ({'format': 'gif'}, 422, 'format'),
+    ({'class_label': 3, 'class_name': 'dog'}, 422, 'give one of class_label and class_name'),
+    ({'seed': '0-3'}, 422, "one integer (image i of the request uses seed + i), not a string such as '0-3'"),
 ])
 def test_bad_input_gets_a_4xx_with_a_message(api, payload, status, fragment):
     r = api.post('/v1/generate', json=payload)
     assert r.status_code == status, r.text
     assert fragment in r.json()['error']['message'] and 'Traceback' not in r.text
+
+
+@pytest.mark.parametrize('path,payload,param', [
+    ('/v1/generate', {'class_name': 'unicorn'}, 'class_name'), ('/v1/generate', {'class_label': 99}, 'class_label'),
+    ('/v1/generate', {'seed': 2 ** 63 - 1, 'n': 2}, 'seed'), ('/v1/generate', {'n': 1000}, 'n'),
+    ('/v1/images/generations', {'prompt': 'unicorn'}, 'prompt'),      # there the class name is the prompt
+])
+def test_an_error_names_the_field_at_fault(api, path, payload, param):
+    r = api.post(path, json=payload)
+    assert r.status_code == 400 and r.json()['error']['param'] == param, r.text
+
+
+def test_a_body_that_is_not_a_json_object_is_told_so(api):
+    r = api.post('/v1/generate', content=b'{"class_name": "cat"}', headers={'content-type': 'application/x-www-form-urlencoded'})
+    assert r.status_code == 422 and 'sent as Content-Type: application/json' in r.json()['error']['message']
+    assert 'no body' in api.post('/v1/generate').json()['error']['message']
+    assert api.post('/v1/generate', json=[1, 2]).json()['error']['message'] == 'the body must be a JSON object'
 
 
 def test_malformed_requests(api):
