@@ -7,6 +7,7 @@ seed gives the same image on every backend, batch size and machine (up to numeri
 import torch
 
 SEED_MAX = 2 ** 63 - 1
+MAX_SEEDS = 1_000_000          # images one seed list may name (`sida generate --seeds`)
 
 
 def noise_for_seeds(seeds, shape):
@@ -56,9 +57,13 @@ def parse_seeds(text):
                 lo, hi = (int(x) for x in part.split('-', 1))
                 if hi < lo:
                     raise ValueError
+                if len(seeds) + hi - lo + 1 > MAX_SEEDS:          # counted before the list is built
+                    raise OverflowError
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
+        except OverflowError:
+            raise ValueError(f'seed list {text!r} names more than {MAX_SEEDS:,} images; generate them in parts') from None
         except ValueError:
             raise ValueError(f'bad seed list {text!r}: use numbers and inclusive ranges like 0-63 or 1,5,9') from None
     if not seeds:

@@ -53,6 +53,9 @@ def test_parse_seeds():
     for bad in ['', 'a', '5-2', '-1']:
         with pytest.raises(ValueError):
             parse_seeds(bad)
+    with pytest.raises(ValueError, match='names more than 1,000,000 images'):      # refused before a list is built
+        parse_seeds('0-99999999999')
+    assert len(parse_seeds('0-999999')) == 1_000_000
 
 
 def test_torch_export_traces_the_generator_with_dynamic_batch():
