@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sida.cli_options import COMPILE_MODES, CTX, DTYPES, device_option, resolve_device
+from sida.cli_options import COMPILE_MODES, CPU_COMPILE_DEFAULT, CTX, CUDA_COMPILE_DEFAULT, DTYPES, device_option, resolve_device
 
 BUNDLE = click.option('--bundle', 'bundle_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
                       help='Bundle directory; exports go to BUNDLE/exports/ and exports/manifest.json.')
@@ -62,7 +62,7 @@ def onnx(bundle_dir, precision, opset, exporter, force):
 @BUNDLE
 @precision_option(list(DTYPES), None, 'bf16 on CUDA, fp32 on CPU')
 @click.option('--mode', type=click.Choice(COMPILE_MODES), default=None,
-              show_default='reduce-overhead (+channels-last+fused-affines) on CUDA, default on CPU',
+              show_default=f'{CUDA_COMPILE_DEFAULT} on CUDA, {CPU_COMPILE_DEFAULT} on CPU (a given mode keeps the switches)',
               help='torch.compile mode (reduce-overhead: CUDA graphs; max-autotune: also tunes kernels, paid once here).')
 @click.option('--freezing/--no-freezing', default=False, help='Inductor freezing: weights become constants it folds (inference only).')
 @click.option('--channels-last/--no-channels-last', default=None, show_default='on CUDA',

@@ -163,10 +163,11 @@ def default_options(device, mode=None):
     bench/results/nvidia-h100-80gb-hbm3/2026-12-07-speed-folded-norm/). max-autotune's 2026-12-02 H200 figures were
     no better and cost minutes of tuning per start. On CPU: default + fused-affines. `mode` (--compile-mode) replaces
     the mode only; a mode with CUDA graphs of its own drops whole-graph."""
+    from sida.cli_options import CPU_COMPILE_DEFAULT, CUDA_COMPILE_DEFAULT
     if torch.device(device).type != 'cuda':
-        return CompileOptions(mode or 'default', fused_affines=True)
-    best = CompileOptions('default', channels_last=True, fused_affines=True, channels_last_cat=True, folded_norm=True,
-                          split_skip=True, planar_qkv=True, whole_graph=True)
+        cpu = CompileOptions.parse(CPU_COMPILE_DEFAULT)
+        return dataclasses.replace(cpu, mode=mode or cpu.mode)
+    best = CompileOptions.parse(CUDA_COMPILE_DEFAULT)
     return best.adapted(mode or best.mode, device)
 
 

@@ -11,7 +11,7 @@ import click
 
 from serve.runtimes import BACKEND_HELP, backend_callback
 from serve.worker import SWITCH_INTERVAL_S
-from sida.cli_options import COMPILE_MODES, CTX, is_loopback
+from sida.cli_options import COMPILE_MODES, CPU_COMPILE_DEFAULT, CTX, CUDA_COMPILE_DEFAULT, is_loopback
 
 ZOO = Path(__file__).resolve().parents[1] / 'models' / 'zoo'
 DEMO = Path.home() / '.cache' / 'sida' / 'demo-untrained-ddpmpp'
@@ -64,7 +64,8 @@ def setting(name):
 @click.option('--backend', default=None, callback=backend_callback, show_default=setting('backend'), help=BACKEND_HELP)
 @click.option('--triton-url', default=None, help='External Triton server for --backend triton.')
 @click.option('--compile-mode', type=click.Choice(COMPILE_MODES),
-              default=None, show_default="the bundle's `sida export compile`, else reduce-overhead+channels-last on CUDA, default on CPU",
+              default=None,
+              show_default=f"the bundle's `sida export compile`, else {CUDA_COMPILE_DEFAULT} on CUDA, {CPU_COMPILE_DEFAULT} on CPU",
               help='torch.compile mode of the compile backend (reduce-overhead: CUDA graphs without kernel tuning).')
 @click.option('--host', default=None, show_default=setting('host'), help='Bind address.')
 @click.option('--port', type=int, default=None, show_default=setting('port'), help='HTTP port.')

@@ -34,6 +34,9 @@ def torch_dtype(name):
 
 # torch.compile's modes, as `--compile` (train) and `--compile-mode` (serve) take them.
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+# The compile backend's defaults (export.compiled.default_options builds them from these; --help shows them).
+CUDA_COMPILE_DEFAULT = 'default+channels-last+fused-affines+channels-last-cat+folded-norm+split-skip+planar-qkv+whole-graph'
+CPU_COMPILE_DEFAULT = 'default+fused-affines'
 
 
 def is_loopback(host):
