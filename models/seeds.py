@@ -10,14 +10,27 @@ SEED_MAX = 2 ** 63 - 1
 MAX_SEEDS = 1_000_000          # images one seed list may name (`sida generate --seeds`)
 
 
-def noise_for_seeds(seeds, shape):
-    """[len(seeds), *shape] standard normal float32, one CPU generator per seed."""
-    out = torch.empty(len(seeds), *shape)
-    generator = torch.Generator()        # re-seeding resets it fully (state and cached normals): as good as a new one
-    for i, seed in enumerate(seeds):
-        if not 0 <= int(seed) <= SEED_MAX:
+def checked_seeds(seeds):
+    """The seeds as ints, each in 0..SEED_MAX (ValueError names the first that is not)."""
+    seeds = [int(seed) for seed in seeds]
+    for seed in seeds:
+        if not 0 <= seed <= SEED_MAX:
             raise ValueError(f'seed {seed} out of range 0..{SEED_MAX}')
-        torch.randn(*shape, generator=generator.manual_seed(int(seed)), out=out[i])
+    return seeds
+
+
+def noise_for_seeds(seeds, shape):
+    """[len(seeds), *shape] standard normal float32, one CPU generator per seed.
+
+    Few torch calls: the server draws this on its event loop, where each call can hand the GIL to the batcher's
+    thread and wait to get it back. One seed is one randn; several fill one tensor (no stacked copy)."""
+    seeds = checked_seeds(seeds)
+    generator = torch.Generator()        # re-seeding resets it fully (state and cached normals): as good as a new one
+    if len(seeds) == 1:
+        return torch.randn(1, *shape, generator=generator.manual_seed(seeds[0]))
+    out = torch.empty(len(seeds), *shape)
+    for row, seed in zip(out, seeds):
+        torch.randn(*shape, generator=generator.manual_seed(seed), out=row)
     return out
 
 
@@ -39,10 +52,13 @@ def slerp(a, b, t):
 
 
 def labels_for_seeds(seeds, num_classes):
-    """A class per seed when the user names none: drawn from a generator seeded by the seed (after its noise stream)."""
+    """A class per seed when the user names none: drawn from a generator seeded by the seed (after its noise stream).
+    One randint per seed, joined once (no Python int per draw: each is another torch call on the event loop)."""
     generator = torch.Generator()
-    return torch.tensor([int(torch.randint(num_classes, (1,), generator=generator.manual_seed(int(s) ^ 0x5EED)))
-                         for s in seeds], dtype=torch.int64)
+    draws = [torch.randint(num_classes, (1,), generator=generator.manual_seed(int(s) ^ 0x5EED)) for s in seeds]
+    if len(draws) == 1:
+        return draws[0]
+    return torch.cat(draws) if draws else torch.empty(0, dtype=torch.int64)
 
 
 def parse_seeds(text):

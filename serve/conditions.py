@@ -80,7 +80,7 @@ def seeded_inputs(config, seeds, fixed_class=None, text_embedding=None):
         labels = (torch.full((n,), fixed_class, dtype=torch.int64) if fixed_class is not None
                   else labels_for_seeds(seeds, len(c.label_names)))
         inputs['class_labels'] = labels
-        names = [c.label_names[int(x)] for x in labels]
+        names = [c.label_names[x] for x in labels.tolist()]      # one call, not a tensor per label
     elif kind == 'text':
         inputs['text_embeds'] = text_embedding.unsqueeze(0).expand(n, -1, -1).contiguous()
     return inputs, names
