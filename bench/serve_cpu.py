@@ -104,8 +104,9 @@ def main():
                     requests, refused = after[2] - before[2], after[3] - before[3]
                     ms = [1000 * (a - b) / HZ / requests for a, b in zip(after[:2], before[:2])]
                     per_n[n].append(ms[0])
-                    print(json.dumps({'label': args.label, 'round': r, 'n': n, 'requests': int(requests), 'not_200': int(refused), 'img_per_s': rate,
-                                      'main_ms_per_req': round(ms[0], 3), 'backend_ms_per_req': round(ms[1], 3)}), flush=True)
+                    print(json.dumps({'label': args.label, 'round': r, 'n': n, 'requests': int(requests), 'not_200': int(refused),
+                                      'img_per_s': rate, 'main_ms_per_req': round(ms[0], 3),
+                                      'backend_ms_per_req': round(ms[1], 3)}), flush=True)
             finally:
                 server.terminate()
                 server.wait(30)
