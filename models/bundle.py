@@ -112,11 +112,20 @@ def _atomic_write_bytes(path, data):
     os.replace(tmp, path)
 
 
+def save_safetensors(tensors, path, metadata=None):
+    """safetensors' save_file, with the file readable as any other file this process writes: save_file creates it
+    0600 whatever the umask, and a bundle is often read by another user (a container's, a server's)."""
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _write_tensors(path, file, state, dtype):
     tensors = {k: v.detach().to('cpu', SAVE_DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state.items()}
     tmp = path / (file + '.tmp')
-    save_file(tensors, str(tmp), metadata={'format': FORMAT})
+    save_safetensors(tensors, tmp, metadata={'format': FORMAT})
     os.replace(tmp, path / file)
     return sha256_file(path / file)
 

@@ -151,11 +151,11 @@ class PrecomputedTextEncoder:
 
 
 def save_precomputed(path, prompts, encoder):
-    from safetensors.torch import save_file
+    from models.bundle import save_safetensors
     prompts = sorted(set(prompts))
     table = torch.cat([encoder.encode(prompts[i:i + 256]) for i in range(0, len(prompts), 256)])
-    save_file({'embeddings': table.contiguous()}, str(path),
-              metadata={'encoder': encoder.name, 'max_tokens': str(encoder.max_tokens), 'prompts': json.dumps(prompts)})
+    save_safetensors({'embeddings': table.contiguous()}, path,
+                     metadata={'encoder': encoder.name, 'max_tokens': str(encoder.max_tokens), 'prompts': json.dumps(prompts)})
     return len(prompts)
 
 

@@ -53,6 +53,17 @@ def test_round_trip_gives_identical_outputs(bundle):
     assert not loaded.generator.training
 
 
+def test_weights_are_readable_as_the_umask_allows(tmp_path):
+    """safetensors writes 0600; a bundle is often read by another user (a container's), so it follows the umask."""
+    import os
+    old = os.umask(0o022)
+    try:
+        _save(tmp_path / 'b')
+    finally:
+        os.umask(old)
+    assert (tmp_path / 'b' / WEIGHTS_FILE).stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
 def test_half_precision_weights_load(tmp_path, dtype):
     g = _save(tmp_path / 'b', dtype=dtype)
