@@ -47,6 +47,9 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
 
     if (grid is None) == (out is None):
         raise click.UsageError('give exactly one of --grid FILE.png (one grid) or --out DIR (one PNG per seed)')
+    if grid is not None and grid.suffix.lower() != '.png':
+        raise click.BadParameter(f'{grid}: the grid is a PNG (it carries the seeds and condition); name it .png',
+                                 param_hint='--grid')
     try:
         seed_list = parse_seeds(seeds)
     except ValueError as e:
@@ -92,7 +95,10 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
 
     if grid is not None:
         grid.parent.mkdir(parents=True, exist_ok=True)
-        save_png(grid, make_grid(images, columns), {'model': config.name, 'seeds': seed_list, 'backend': runner.name})
+        condition = ({'class_name': config.label_names[fixed_class]} if fixed_class is not None else
+                     {'prompt': prompt} if kind == 'text' else {})
+        save_png(grid, make_grid(images, columns), {'model': config.name, 'seeds': seed_list, 'backend': runner.name,
+                                                    **condition})
         click.echo(f'wrote a grid of {len(images)} images to {grid}')
     else:
         out.mkdir(parents=True, exist_ok=True)

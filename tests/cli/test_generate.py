@@ -67,11 +67,20 @@ def test_one_seed_gives_the_same_image_in_any_batch(bundle, tmp_path):
     (['--class', '12'], 'out of range'),
     (['--backend', 'warp-drive'], 'unknown backend'),
     (['--out', 'also-a-folder'], 'exactly one of --grid'),
+    (['--seeds', '0-99999999999'], 'names more than 1,000,000 images'),
 ])
 def test_bad_input_is_a_usage_error_with_a_reason(bundle, tmp_path, args, fragment):
     result = sida('generate', '--bundle', str(bundle), '--grid', str(tmp_path / 'x.png'), *args)
     assert result.returncode == 2 and fragment in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_a_grid_is_a_png_that_carries_the_condition(bundle, tmp_path):
+    result = sida('generate', '--bundle', str(bundle), '--seeds', '0-1', '--grid', str(tmp_path / 'g.jpg'))
+    assert result.returncode == 2 and 'name it .png' in result.stderr and not (tmp_path / 'g.jpg').exists()
+    assert sida('generate', '--bundle', str(bundle), '--seeds', '0-1', '--class', 'cat', '--grid', str(tmp_path / 'g.png')).returncode == 0
+    text = Image.open(tmp_path / 'g.png').text
+    assert text['class_name'] == 'cat' and text['model'] == 'demo-untrained-ddpmpp'
 
 
 def test_broken_bundle_is_one_line_and_exit_1(bundle, tmp_path):
