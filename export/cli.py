@@ -174,6 +174,8 @@ def verify(bundle_dir):
     """Re-run the parity gate of the recorded ONNX exports against the bundle as it is now."""
     from export.verify import verify_exports
     results = _run(verify_exports, bundle_dir)
+    if not results:
+        raise click.ClickException(f'{bundle_dir} has no recorded ONNX exports to verify; make one with `sida export onnx`')
     click.echo(json.dumps({k: {'passed': v['passed'], **({'reason': v['reason']} if 'reason' in v else {})}
                            for k, v in results.items()}, indent=2))
     if not all(v['passed'] for v in results.values()):

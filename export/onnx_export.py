@@ -106,7 +106,7 @@ def export_onnx(bundle_dir, precision='fp32', opset=18, force=False, batch_sizes
     try:
         session = ort_session(path)
     except Exception as e:   # e.g. ONNX Runtime's CPU kernels have no bf16 for several ops
-        path.unlink(missing_ok=True)
+        _discard(out_dir)
         raise ExportError(f'ONNX Runtime here cannot run the {precision} graph ({str(e).splitlines()[0][:200]}); '
                           'export fp32 or fp16 for ONNX Runtime, or use TensorRT for bf16') from None
     report = run_parity(lambda inputs: session.run(['images', 'images_float'], {k: v.numpy() for k, v in inputs.items()}),
@@ -120,11 +120,20 @@ def export_onnx(bundle_dir, precision='fp32', opset=18, force=False, batch_sizes
     try:
         gate(report, f'ONNX export {path}', force)
     except Exception:
-        path.unlink(missing_ok=True)
-        (out_dir / 'model.onnx.data').unlink(missing_ok=True)
+        _discard(out_dir)
         raise
     record_export(bundle_dir, f'onnx-{precision}', entry)
     return entry
+
+
+def _discard(out_dir):
+    """A refused export leaves nothing behind: its files, and its folder once empty."""
+    for name in ('model.onnx', 'model.onnx.data'):
+        (out_dir / name).unlink(missing_ok=True)
+    try:
+        out_dir.rmdir()
+    except OSError:          # something else in it (not ours): leave it
+        pass
 
 
 def _example(config):

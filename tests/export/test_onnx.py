@@ -79,12 +79,16 @@ def test_bad_requests_are_refused_clearly(class_bundle):
 
 def test_cli_one_line_errors_and_success(class_bundle, tmp_path):
     from tests.train.test_cli import sida
+    r = sida('export', 'verify', '--bundle', class_bundle)            # nothing exported yet: said, not an empty {}
+    assert r.returncode == 1 and 'no recorded ONNX exports' in r.stderr
     r = sida('export', 'onnx', '--bundle', tmp_path / 'missing')
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and 'not a directory' in r.stderr
     r = sida('export', 'onnx', '--bundle', class_bundle, '--precision', 'fp64')
     assert r.returncode == 2 and "'fp64' is not one of" in r.stderr
     r = sida('export', 'onnx', '--bundle', class_bundle, '--opset', '12')
     assert r.returncode == 2 and 'x>=17' in r.stderr
+    r = sida('export', 'onnx', '--bundle', class_bundle, '--precision', 'bf16')     # refused here: leaves nothing
+    assert r.returncode == 1 and 'cannot run the bf16 graph' in r.stderr and not (class_bundle / 'exports' / 'onnx-bf16').exists()
     r = sida('export', 'onnx', '--bundle', class_bundle)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout[r.stdout.index('{'):])['parity_passed'] is True
