@@ -144,6 +144,7 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     if not settings.bundles:
         settings.bundles = default_bundles(lambda m: click.echo(m, err=True))
     check_distinct_ids(settings.bundles)
+    check_port_free(settings.host, settings.port)         # before minutes of loading and warming, not after
     if settings.workers > 1:
         if with_triton:
             raise click.UsageError('--workers and --triton do not go together: Triton runs the models in its own process')
@@ -183,6 +184,19 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
     finally:
         if triton is not None:
             triton.stop()
+
+
+def check_port_free(host, port):
+    """Bind the address once, as uvicorn will: a port in use is one line now rather than after the models warm up."""
+    import socket
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)        # uvicorn's option: TIME_WAIT is no clash
+            probe.bind(address)
+    except OSError as e:
+        raise click.ClickException(f'cannot listen on {host}:{port}: {e.strerror or e}; stop what uses it or give '
+                                   'another --port') from None
 
 
 def check_distinct_ids(bundles):

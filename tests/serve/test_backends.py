@@ -53,6 +53,24 @@ def test_two_bundles_with_one_name_are_refused_before_anything_loads(class_bundl
         assert r.exit_code == 2 and fragment in r.stderr and 'Traceback' not in r.output, r.output
 
 
+def test_a_port_in_use_is_one_line_before_any_model_loads(class_bundle_dir, monkeypatch):
+    import socket
+
+    from click.testing import CliRunner
+
+    import serve.served_model
+    from sida.cli import main
+
+    def never(*a, **k):
+        raise AssertionError('a model was loaded for a port that cannot be had')
+    monkeypatch.setattr(serve.served_model, 'ServedModel', never)
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        r = CliRunner().invoke(main, ['serve', '--bundle', str(class_bundle_dir), '--port', str(taken.getsockname()[1])])
+    assert r.exit_code == 1 and 'cannot listen on 127.0.0.1:' in r.stderr and 'another --port' in r.stderr, r.output
+
+
 def test_serve_with_pytriton(class_bundle_dir, tmp_path):
     """`sida serve --triton`: Triton (PyTriton) runs the backend; the API and plain tritonclient both reach it."""
     pytest.importorskip('pytriton', reason='nvidia-pytriton is not installed')
