@@ -29,7 +29,7 @@ def tensors(config):
     return inputs, outputs
 
 
-def infer_function(backend):
+def infer_function(backend, num_classes=None):
     from pytriton.decorators import batch
 
     @batch
@@ -37,6 +37,9 @@ def infer_function(backend):
         feeds = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         if 'class_labels' in feeds:
             feeds['class_labels'] = feeds['class_labels'].reshape(-1)
+            bad = feeds['class_labels'][(feeds['class_labels'] < 0) | (feeds['class_labels'] >= num_classes)]
+            if len(bad):        # one-hot of an out-of-range label is all zeros: an unconditional image, silently
+                raise ValueError(f'class_labels {bad.tolist()} out of range 0..{num_classes - 1}')
         return {'images': np.asarray(backend.generate(feeds))}
     return infer
 
@@ -56,7 +59,8 @@ def start_triton(served_models, http_port=8010, grpc_port=8011, metrics_port=801
         inputs, outputs = tensors(model.config)
         config = ModelConfig(max_batch_size=max_batch,
                              batcher=DynamicBatcher(max_queue_delay_microseconds=int(max_delay_ms * 1000)))
-        triton.bind(model_name=model.id, infer_func=[infer_function(r.backend) for r in model.replicas], inputs=inputs,
-                    outputs=outputs, config=config)
+        classes = len(model.config.label_names)
+        triton.bind(model_name=model.id, infer_func=[infer_function(r.backend, classes) for r in model.replicas],
+                    inputs=inputs, outputs=outputs, config=config)
     triton.run()
     return triton

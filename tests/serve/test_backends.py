@@ -92,6 +92,9 @@ def test_serve_with_pytriton(class_bundle_dir, tmp_path):
         direct = client.infer('demo-untrained-ddpmpp', inputs).as_numpy('images').astype(int)
         for a, b in zip(via_api, direct):
             assert np.abs(a - b).max() <= 1
+        inputs[1].set_data_from_numpy(np.array([[5], [99]], dtype=np.int64))      # not an unconditional image: an error
+        with pytest.raises(Exception, match='out of range 0..9'):
+            client.infer('demo-untrained-ddpmpp', inputs)
     finally:
         s.stop()
 
