@@ -148,7 +148,7 @@ def triton_repo(bundle_dir, out, runtime, name, max_batch, instances, kind, gpus
               help="Class names of a class-conditional network: 'cifar10' or a comma-separated list.")
 @click.option('--name', default=None, show_default='the pickle file name', help='Model name in the bundle (and the API).')
 @click.option('--key', default='ema', show_default=True, help='Entry of the snapshot dict that holds the network.')
-@click.option('--save-dtype', type=click.Choice(['float32', 'float16', 'bfloat16']), default='float32', show_default=True,
+@click.option('--save-dtype', type=click.Choice(DTYPES), default='fp32', show_default=True,
               help='Precision of the stored weights.')
 def from_pickle(pickle_path, out, init_sigma, labels, name, key, save_dtype):
     """A one-step generator from the SiD / SiDA authors' code (an EDM-format pickle) as a bundle.
@@ -158,8 +158,10 @@ def from_pickle(pickle_path, out, init_sigma, labels, name, key, save_dtype):
     import pickle
 
     from export.from_pickle import PickleImportError, bundle_from_pickle
+    from train.launch import SAVE_DTYPES
     try:
-        config = bundle_from_pickle(pickle_path, out, init_sigma=init_sigma, name=name, labels=labels, key=key, dtype=save_dtype)
+        config = bundle_from_pickle(pickle_path, out, init_sigma=init_sigma, name=name, labels=labels, key=key,
+                                    dtype=SAVE_DTYPES[save_dtype])
     except PickleImportError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
     except (pickle.UnpicklingError, ValueError, EOFError) as e:
