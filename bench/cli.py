@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import click
 
 from serve.runtimes import BACKEND_HELP, backend_callback
-from sida.cli_options import CTX, device_option, is_loopback, resolve_device
+from sida.cli_options import CPU_COMPILE_DEFAULT, CTX, CUDA_COMPILE_DEFAULT, device_option, is_loopback, resolve_device
 
 OUT = click.option('--out', default='bench/results', type=click.Path(file_okay=False),
                    help='Results root: files go to OUT/<device-slug>/<date>-<name>.json (+ .png).')
@@ -89,9 +89,7 @@ def bench():
 @click.option('--io', type=click.Choice(['device', 'host']), default='device',
               help='PyTorch backends: inputs on the device and outputs left there, or CPU in / host bytes out like the server.')
 @click.option('--compile-mode', default=None,
-              show_default='default (+channels-last+fused-affines+channels-last-cat+folded-norm+split-skip+planar-qkv'
-                           '+whole-graph) on CUDA, '
-                           'default (+fused-affines) on CPU',
+              show_default=f'{CUDA_COMPILE_DEFAULT} on CUDA, {CPU_COMPILE_DEFAULT} on CPU',
               help='torch.compile mode.')
 @click.option('--compile-variants', default=None, callback=compile_variants,
               help='Measure every compile backend once per variant, MODE[+switch...] (switches: '

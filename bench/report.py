@@ -63,6 +63,12 @@ def _read_result(path):
     return result
 
 
+def _recency(result):
+    """Newer runs compare greater: by date, then by when the file was written (a same-day rerun is `<name>-2.json`,
+    which sorts before `<name>.json` as text)."""
+    return result.get('date', ''), result.get('created', ''), result['_path'].name
+
+
 def load_results(results_dir):
     """Every result file, newest first within each (device slug, name); old backend names read as today's."""
     found = {}
@@ -72,7 +78,7 @@ def load_results(results_dir):
             continue
         name = result.get('name') or path.stem[11:]
         key = (result.get('device_slug') or path.parent.name, name)
-        if key not in found or (result.get('date', ''), path.name) > (found[key].get('date', ''), found[key]['_path'].name):
+        if key not in found or _recency(result) > _recency(found[key]):
             found[key] = result
     return found
 

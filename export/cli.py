@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from sida.cli_options import COMPILE_MODES, CPU_COMPILE_DEFAULT, CTX, CUDA_COMPILE_DEFAULT, DTYPES, device_option, resolve_device
+from sida.cli_options import (
+    COMPILE_MODES,
+    CPU_COMPILE_DEFAULT,
+    CTX,
+    CUDA_COMPILE_DEFAULT,
+    DTYPES,
+    SAVE_DTYPES,
+    device_option,
+    resolve_device,
+)
 
 BUNDLE = click.option('--bundle', 'bundle_dir', required=True, type=click.Path(file_okay=False, path_type=Path),
                       help='Bundle directory; exports go to BUNDLE/exports/ and exports/manifest.json.')
@@ -62,7 +71,8 @@ def onnx(bundle_dir, precision, opset, exporter, force):
 @BUNDLE
 @precision_option(list(DTYPES), None, 'bf16 on CUDA, fp32 on CPU')
 @click.option('--mode', type=click.Choice(COMPILE_MODES), default=None,
-              show_default=f'{CUDA_COMPILE_DEFAULT} on CUDA, {CPU_COMPILE_DEFAULT} on CPU (a given mode keeps the switches)',
+              show_default=f'{CUDA_COMPILE_DEFAULT} on CUDA, {CPU_COMPILE_DEFAULT} on CPU (a given mode keeps the switches; '
+                           'CUDA-graph modes drop whole-graph)',
               help='torch.compile mode (reduce-overhead: CUDA graphs; max-autotune: also tunes kernels, paid once here).')
 @click.option('--freezing/--no-freezing', default=False, help='Inductor freezing: weights become constants it folds (inference only).')
 @click.option('--channels-last/--no-channels-last', default=None, show_default='on CUDA',
@@ -148,8 +158,8 @@ def triton_repo(bundle_dir, out, runtime, name, max_batch, instances, kind, gpus
               help="Class names of a class-conditional network: 'cifar10' or a comma-separated list.")
 @click.option('--name', default=None, show_default='the pickle file name', help='Model name in the bundle (and the API).')
 @click.option('--key', default='ema', show_default=True, help='Entry of the snapshot dict that holds the network.')
-@click.option('--save-dtype', type=click.Choice(DTYPES), default='fp32', show_default=True,
-              help='Precision of the stored weights.')
+@click.option('--save-dtype', type=click.Choice([*DTYPES, *SAVE_DTYPES.values()]), default='fp32', show_default=True,
+              help='Precision of the stored weights (float32, float16, bfloat16: the same, as earlier versions spelt them).')
 def from_pickle(pickle_path, out, init_sigma, labels, name, key, save_dtype):
     """A one-step generator from the SiD / SiDA authors' code (an EDM-format pickle) as a bundle.
 
@@ -158,10 +168,9 @@ def from_pickle(pickle_path, out, init_sigma, labels, name, key, save_dtype):
     import pickle
 
     from export.from_pickle import PickleImportError, bundle_from_pickle
-    from train.launch import SAVE_DTYPES
     try:
         config = bundle_from_pickle(pickle_path, out, init_sigma=init_sigma, name=name, labels=labels, key=key,
-                                    dtype=SAVE_DTYPES[save_dtype])
+                                    dtype=SAVE_DTYPES.get(save_dtype, save_dtype))
     except PickleImportError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
     except (pickle.UnpicklingError, ValueError, EOFError) as e:

@@ -87,39 +87,38 @@ def export_onnx(bundle_dir, precision='fp32', opset=18, force=False, batch_sizes
     args = tuple(example[name] for name in input_names)
     out_dir = Path(bundle_dir) / 'exports' / f'onnx-{precision}'
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / 'model.onnx'
-    large = sum(p.numel() * p.element_size() for p in generator.parameters()) > TWO_GB * 0.9
-    started = time.perf_counter()
-    used, fallback_reason = exporter, None
-    try:
-        _export(graph, args, input_names, path, opset, dynamo=exporter == 'dynamo', external=large)
-    except Exception as e:                       # the dynamo exporter fails on some graphs: say so and fall back
-        if exporter != 'dynamo':
-            raise ExportError(f'ONNX export failed: {type(e).__name__}: {e}') from None
-        fallback_reason = f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
-        log(f'dynamo exporter failed ({fallback_reason}); falling back to the TorchScript exporter')
-        used = 'torchscript'
-        _export(graph, args, input_names, path, opset, dynamo=False, external=large)
-    onnx.checker.check_model(str(path))
-    export_seconds = time.perf_counter() - started
+    try:                # whatever fails from here on, the export leaves nothing behind
+        path = out_dir / 'model.onnx'
+        large = sum(p.numel() * p.element_size() for p in generator.parameters()) > TWO_GB * 0.9
+        started = time.perf_counter()
+        used, fallback_reason = exporter, None
+        try:
+            _export(graph, args, input_names, path, opset, dynamo=exporter == 'dynamo', external=large)
+        except Exception as e:                       # the dynamo exporter fails on some graphs: say so and fall back
+            if exporter != 'dynamo':
+                raise ExportError(f'ONNX export failed: {type(e).__name__}: {e}') from None
+            fallback_reason = f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+            log(f'dynamo exporter failed ({fallback_reason}); falling back to the TorchScript exporter')
+            used = 'torchscript'
+            _export(graph, args, input_names, path, opset, dynamo=False, external=large)
+        onnx.checker.check_model(str(path))
+        export_seconds = time.perf_counter() - started
 
-    try:
-        session = ort_session(path)
-    except Exception as e:   # e.g. ONNX Runtime's CPU kernels have no bf16 for several ops
-        _discard(out_dir)
-        raise ExportError(f'ONNX Runtime here cannot run the {precision} graph ({str(e).splitlines()[0][:200]}); '
-                          'export fp32 or fp16 for ONNX Runtime, or use TensorRT for bf16') from None
-    report = run_parity(lambda inputs: session.run(['images', 'images_float'], {k: v.numpy() for k, v in inputs.items()}),
-                        load_bundle(bundle_dir, return_float=True).generator, config, precision, batch_sizes)
-    inputs, outputs = io_spec(config)
-    entry = {'runtime': 'onnxruntime', 'file': str(path.relative_to(Path(bundle_dir))), 'precision': precision, 'opset': opset,
-             'exporter': used, 'exporter_fallback_reason': fallback_reason, 'external_data': large, 'inputs': inputs,
-             'outputs': outputs, 'dynamic_axes': {'batch': 0}, 'parity': report, 'forced': bool(force and not report['passed']),
-             'export_seconds': round(export_seconds, 2), 'build_device': 'cpu', 'bundle_sha256': config.sha256,
-             'versions': {**runtime_versions('torch', 'onnx', 'onnxruntime', 'onnxscript')}}
-    try:
+        try:
+            session = ort_session(path)
+        except Exception as e:   # e.g. ONNX Runtime's CPU kernels have no bf16 for several ops
+            raise ExportError(f'ONNX Runtime here cannot run the {precision} graph ({str(e).splitlines()[0][:200]}); '
+                              'export fp32 or fp16 for ONNX Runtime, or use TensorRT for bf16') from None
+        report = run_parity(lambda inputs: session.run(['images', 'images_float'], {k: v.numpy() for k, v in inputs.items()}),
+                            load_bundle(bundle_dir, return_float=True).generator, config, precision, batch_sizes)
+        inputs, outputs = io_spec(config)
+        entry = {'runtime': 'onnxruntime', 'file': str(path.relative_to(Path(bundle_dir))), 'precision': precision, 'opset': opset,
+                 'exporter': used, 'exporter_fallback_reason': fallback_reason, 'external_data': large, 'inputs': inputs,
+                 'outputs': outputs, 'dynamic_axes': {'batch': 0}, 'parity': report, 'forced': bool(force and not report['passed']),
+                 'export_seconds': round(export_seconds, 2), 'build_device': 'cpu', 'bundle_sha256': config.sha256,
+                 'versions': {**runtime_versions('torch', 'onnx', 'onnxruntime', 'onnxscript')}}
         gate(report, f'ONNX export {path}', force)
-    except Exception:
+    except BaseException:
         _discard(out_dir)
         raise
     record_export(bundle_dir, f'onnx-{precision}', entry)
@@ -130,10 +129,11 @@ def _discard(out_dir):
     """A refused export leaves nothing behind: its files, and its folder once empty."""
     for name in ('model.onnx', 'model.onnx.data'):
         (out_dir / name).unlink(missing_ok=True)
-    try:
-        out_dir.rmdir()
-    except OSError:          # something else in it (not ours): leave it
-        pass
+    for folder in (out_dir, out_dir.parent):      # onnx-<precision>/, then exports/ if this was its only export
+        try:
+            folder.rmdir()
+        except OSError:      # something else in it (not ours): leave it
+            return
 
 
 def _example(config):

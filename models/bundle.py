@@ -116,9 +116,18 @@ def save_safetensors(tensors, path, metadata=None):
     """safetensors' save_file, with the file readable as any other file this process writes: save_file creates it
     0600 whatever the umask, and a bundle is often read by another user (a container's, a server's)."""
     save_file(tensors, str(path), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask():
+    """The process's umask, read without setting it (os.umask would change it for every thread for a moment)."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022          # no /proc (not Linux): the common default
 
 
 def _write_tensors(path, file, state, dtype):

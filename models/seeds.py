@@ -84,10 +84,7 @@ def parse_seeds(text):
             raise ValueError(f'bad seed list {text!r}: use numbers and inclusive ranges like 0-63 or 1,5,9') from None
     if not seeds:
         raise ValueError(f'bad seed list {text!r}: no seeds')
-    for s in seeds:
-        if not 0 <= s <= SEED_MAX:
-            raise ValueError(f'seed {s} out of range 0..{SEED_MAX}')
-    return seeds
+    return checked_seeds(seeds)
 
 
 def example_inputs(config, batch, seed=0, text_embeds=None):

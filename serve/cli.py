@@ -187,15 +187,20 @@ def serve(bundles, backend, triton_url, compile_mode, host, port, max_batch, max
 
 
 def check_port_free(host, port):
-    """Bind the address once, as uvicorn will: a port in use is one line now rather than after the models warm up."""
+    """Bind each address once, as asyncio's server will (SO_REUSEADDR, IPv6 sockets IPv6-only): a port in use is one
+    line now rather than after the models warm up."""
     import socket
+    where = f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)        # uvicorn's option: TIME_WAIT is no clash
-            probe.bind(address)
+        for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                   flags=socket.AI_PASSIVE):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)        # TIME_WAIT is no clash
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
     except OSError as e:
-        raise click.ClickException(f'cannot listen on {host}:{port}: {e.strerror or e}; stop what uses it or give '
+        raise click.ClickException(f'cannot listen on {where}: {e.strerror or e}; stop what uses it or give '
                                    'another --port') from None
 
 

@@ -63,8 +63,9 @@ def validation_error(errors, content_type=''):
     if first.get('type') in BAD_VALUE_TYPES:
         return 400, 'invalid_text', f'{param}: not valid Unicode text (a lone surrogate such as \\ud800?)', param
     message = first.get('msg', 'invalid request')
-    if param in ('seed', 'seed_b') and isinstance(first.get('input'), str):     # a CLI seed list such as "0-3"
-        message = f'one integer (image i of the request uses {param} + i), not a string such as {first["input"][:40]!r}'
+    given = first.get('input')
+    if param in ('seed', 'seed_b') and isinstance(given, str) and not given.strip().lstrip('+-').isdigit():   # e.g. "0-3"
+        message = f'one integer (image i of the request uses {param} + i), not a string such as {given[:40]!r}'
     return 422, 'invalid_request', f'{param}: {message}' if param else message, param
 
 

@@ -70,7 +70,7 @@ def generate(bundle_dir, seeds, class_name, prompt, grid, out, columns, batch, b
             index = int(class_name) if class_name.strip().isdigit() else None
             fixed_class = resolve_class(config, config.name, class_label=index, class_name=None if index is not None else class_name)
     except ConditionError as e:
-        raise click.BadParameter(str(e), param_hint='--prompt' if 'prompt' in str(e) else '--class') from None
+        raise click.BadParameter(str(e), param_hint='--prompt' if e.param == 'prompt' else '--class') from None
     try:
         runner = make_backend(backend, bundle, triton_url, device, max_batch=batch)
     except BackendUnavailable as e:

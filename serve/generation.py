@@ -20,8 +20,9 @@ async def wait_or_disconnect(request, awaitable):
 
     A request still waiting after 0.25 s awaits its client's disconnect rather than polling for it: once the body is
     read, the server's receive() answers only when the client leaves. Polling Starlette's is_disconnected() every
-    0.25 s cost the event loop a formatted task repr per poll (anyio's cancel scope): 26% of its time on a 2-core CPU
-    with requests waiting about a second (n=16). Shorter waits never look (no watcher to start and cancel)."""
+    0.25 s set up an anyio cancel scope per poll (up to a quarter of the loop's py-spy samples at n=16 on a 2-core
+    CPU, though a paired A/B there showed no CPU saved per request: bench/results/cpu-2core-amd-epyc/
+    2026-12-07-serve-cpu-per-request.json); a disconnect is now seen at once. Shorter waits never look."""
     task = asyncio.ensure_future(awaitable)
     watch = None
     try:

@@ -29,7 +29,7 @@ def tensors(config):
     return inputs, outputs
 
 
-def infer_function(backend, num_classes=None):
+def infer_function(backend, num_classes):
     from pytriton.decorators import batch
 
     @batch

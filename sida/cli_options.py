@@ -11,6 +11,7 @@ CTX = {'help_option_names': ['-h', '--help'], 'show_default': True}
 
 DEVICES = ('auto', 'cpu', 'cuda')
 DTYPES = ('fp32', 'fp16', 'bf16')
+SAVE_DTYPES = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}     # --save-dtype -> the bundle's names
 
 
 def device_option(help='Where to run: auto = cuda when present, else cpu.'):

@@ -14,6 +14,7 @@ from models.generator import OneStepGenerator
 from models.images import make_grid, save_png
 from models.seeds import noise_for_seeds
 from models.teacher_loader import load_teacher
+from sida.cli_options import SAVE_DTYPES  # noqa: F401  (--save-dtype -> the bundle's names; the mains import it here)
 from train import runner
 from train.batches import CaptionTable, ImageBatches
 from train.data import DataStream, ImageDataset
@@ -279,9 +280,6 @@ def run_training(o, command, configure, build):
     if rt.rank == 0:
         log(f'done: {training.trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
     finish(o, rt, targets, log)
-
-
-SAVE_DTYPES = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}     # --save-dtype -> the bundle's names
 
 
 def run_config(o):
