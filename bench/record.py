@@ -124,7 +124,7 @@ def write_result(out, info, name, settings, rows, plot=True):
     """Write the run's JSON (and its plots); returns the JSON path. The first write of a run picks a file no other run
     holds (result_path); the run's later writes replace that one."""
     date = datetime.date.today().isoformat()
-    run_id = info.setdefault('run_id', f'{time.time_ns():x}-{os.getpid()}')      # one per run: `info` travels with it
+    run_id = info.setdefault('run_id', f'{time.time_ns():016x}-{os.getpid()}')   # one per run: `info` travels with it
     result = {'format': FORMAT, 'name': name, 'device': info['device'], 'device_slug': info['slug'], 'driver': info['driver'],
               'torch': info['torch'], 'commit': git_commit(), 'date': date,
               'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'run_id': run_id,

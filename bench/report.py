@@ -64,9 +64,9 @@ def _read_result(path):
 
 
 def _recency(result):
-    """Newer runs compare greater: by date, then by when the file was written (a same-day rerun is `<name>-2.json`,
-    which sorts before `<name>.json` as text)."""
-    return result.get('date', ''), result.get('created', ''), result['_path'].name
+    """Newer runs compare greater: by date, then by when the file was written, to the second, then by run id (its
+    nanosecond start, hex) (a same-day rerun is `<name>-2.json`, which sorts before `<name>.json` as text)."""
+    return result.get('date', ''), result.get('created', ''), result.get('run_id', ''), result['_path'].name
 
 
 def load_results(results_dir):

@@ -73,6 +73,17 @@ def test_results_recorded_with_the_old_eager_names_read_as_torch(tmp_path):
     assert [r['backend'] for r in result['results']] == ['torch-bf16', 'eager-x']    # training variants keep their names
 
 
+def test_a_same_day_rerun_is_the_run_shown(tmp_path):
+    """The rerun's file is `<name>-2.json`, which sorts before `<name>.json` as text: the newer write wins."""
+    from bench.record import machine, write_result
+    write_result(tmp_path, machine(gpu=False), 'x', {}, [{'kind': 'generate', 'backend': 'torch-fp32', 'batch': 1}], plot=False)
+    rerun = write_result(tmp_path, machine(gpu=False), 'x', {}, [{'kind': 'generate', 'backend': 'torch-fp32', 'batch': 2}],
+                         plot=False)
+    assert rerun.name.endswith('-x-2.json')
+    [shown] = load_results(tmp_path).values()
+    assert shown['_path'] == rerun and shown['results'][0]['batch'] == 2
+
+
 def test_open_loop_rows_get_their_table_and_the_429_target_reads_the_worst_rate():
     from bench.report import open_loop_table
     row = dict(kind='http-open-loop', sent_rps=99.0, requests_per_s=60.0, images_per_s=60.0, p50_ms=5.0, p99_ms=40.0)
