@@ -6,14 +6,13 @@ thread (event loop) has a core to itself. Per round: a fresh server, then `sida 
 the main thread's CPU ticks (/proc/PID/task/TID/stat, utime + stime) around each run, divided by the generate
 requests the server counted (/metrics). Prints one line per run and the spread.
 
-    python bench/serve_cpu.py --bundle /tmp/hp/tiny --rounds 3 --n 1,16 [--env SIDA_HTTP_PARSER=httptools]
+    python -m bench.serve_cpu --bundle /tmp/hp/tiny --rounds 3 --n 1,16 [--env SIDA_HTTP_PARSER=httptools]
 """
 
 import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,14 +20,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.soak import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 HZ = os.sysconf('SC_CLK_TCK')
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def ticks(pid, tid):

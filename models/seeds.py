@@ -20,14 +20,9 @@ def checked_seeds(seeds):
 
 
 def noise_for_seeds(seeds, shape):
-    """[len(seeds), *shape] standard normal float32, one CPU generator per seed.
-
-    Few torch calls: the server draws this on its event loop, where each call can hand the GIL to the batcher's
-    thread and wait to get it back. One seed is one randn; several fill one tensor (no stacked copy)."""
+    """[len(seeds), *shape] standard normal float32, one CPU generator per seed, drawn into one tensor."""
     seeds = checked_seeds(seeds)
     generator = torch.Generator()        # re-seeding resets it fully (state and cached normals): as good as a new one
-    if len(seeds) == 1:
-        return torch.randn(1, *shape, generator=generator.manual_seed(seeds[0]))
     out = torch.empty(len(seeds), *shape)
     for row, seed in zip(out, seeds):
         torch.randn(*shape, generator=generator.manual_seed(seed), out=row)
@@ -52,12 +47,9 @@ def slerp(a, b, t):
 
 
 def labels_for_seeds(seeds, num_classes):
-    """A class per seed when the user names none: drawn from a generator seeded by the seed (after its noise stream).
-    One randint per seed, joined once (no Python int per draw: each is another torch call on the event loop)."""
+    """A class per seed when the user names none: drawn from a generator seeded by the seed (after its noise stream)."""
     generator = torch.Generator()
     draws = [torch.randint(num_classes, (1,), generator=generator.manual_seed(int(s) ^ 0x5EED)) for s in seeds]
-    if len(draws) == 1:
-        return draws[0]
     return torch.cat(draws) if draws else torch.empty(0, dtype=torch.int64)
 
 

@@ -8,11 +8,11 @@ import click
 import torch
 
 from models.bundle import BundleError, load_bundle
+from sida.cli_options import SAVE_DTYPES
 from train.batches import LabelBatches
 from train.data import DataError
 from train.distill import DistillConfig, Distiller
 from train.launch import (
-    SAVE_DTYPES,
     Training,
     condition_of,
     load_data,

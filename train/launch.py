@@ -14,7 +14,6 @@ from models.generator import OneStepGenerator
 from models.images import make_grid, save_png
 from models.seeds import noise_for_seeds
 from models.teacher_loader import load_teacher
-from sida.cli_options import SAVE_DTYPES  # noqa: F401  (--save-dtype -> the bundle's names; the mains import it here)
 from train import runner
 from train.batches import CaptionTable, ImageBatches
 from train.data import DataStream, ImageDataset

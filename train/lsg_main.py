@@ -13,9 +13,9 @@ from models.bundle import save_bundle
 from models.diffusers_teacher import is_diffusers_dir, load_unet_denoiser, load_vae
 from models.generator import OneStepGenerator, VaeDecoder
 from models.text_encoder import ClipTextEncoder
-from sida.cli_options import torch_dtype
+from sida.cli_options import SAVE_DTYPES, torch_dtype
 from train.batches import PromptBatches
-from train.launch import SAVE_DTYPES, Training, precision_dtype, prepare, run_config, run_training, sample_grid_writer, uses_cuda_graphs
+from train.launch import Training, precision_dtype, prepare, run_config, run_training, sample_grid_writer, uses_cuda_graphs
 from train.sid_lsg import LSGConfig, LSGDistiller
 
 

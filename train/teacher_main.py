@@ -13,9 +13,9 @@ from models.architecture import build_denoiser
 from models.bundle import BundleError, is_teacher, load_bundle, read_config, save_bundle
 from models.generator import OneStepGenerator
 from models.heun_sampler import edm_sample
+from sida.cli_options import SAVE_DTYPES
 from train.data import DataError
 from train.launch import (
-    SAVE_DTYPES,
     Training,
     load_data,
     make_batches,

@@ -1,6 +1,7 @@
 """`sida bench generate` on a tiny bundle, CPU: the result file's schema, skips, percentiles and FLOPs."""
 
 import datetime
+import json
 
 import pytest
 import torch
@@ -220,6 +221,5 @@ def test_a_rerun_of_the_same_name_and_day_gets_its_own_file_and_a_run_keeps_its_
     assert whole == partial and whole.name == f'{datetime.date.today().isoformat()}-same.json'
     rerun = write_result(tmp_path, second_run, 'same', {}, [{'row': 3}], plot=False)
     assert rerun.name == whole.stem + '-2.json'
-    import json
     assert [r['row'] for r in json.loads(whole.read_text())['results']] == [1, 2]      # the first run's rows survive
     assert json.loads(rerun.read_text())['run_id'] != json.loads(whole.read_text())['run_id']
