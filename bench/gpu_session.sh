@@ -67,7 +67,9 @@
 #                                                 guidable); state in build/quality (COND=text: build/quality-text)
 #   bench/gpu_session.sh quality-student OUT DATA  SiDA from that teacher (TEACHER=, CLASSIFIER= override the chain's;
 #                                                 RESUME=1 continues the last call's student on the same warm machine;
-#                                                 GUIDANCE=K guides a teacher trained with label dropout)
+#                                                 GUIDANCE=K guides a teacher trained with label dropout;
+#                                                 CONTINUE=BUNDLE starts the generator from a student, a warm restart
+#                                                 that carries a student on across sessions)
 #   bench/gpu_session.sh quality-eval OUT DATA INCEPTION_GZ  FID (50k) and FD-CIFAR: test split, the teacher at 35 and
 #                                                 17 NFE (NFE17=0: 35 only), the student; --record into copies whose
 #                                                 sida.json come back
@@ -772,7 +774,7 @@ quality-student)
     STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
              --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
              --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k
-             --guidance ${GUIDANCE:-$RESUMED_GUIDANCE})
+             --guidance ${GUIDANCE:-$RESUMED_GUIDANCE} ${CONTINUE:+--generator $CONTINUE})
     train_with_fallback $Q/student-run $Q/logs-student/student${RESUME:+-resumed-$(date +%H%M%S)} "${STUDENT[@]}" "${RESUME_ARGS[@]}"
     cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl
     cp $Q/student-run/config.json $Q/logs-student/student-config.json

@@ -114,7 +114,9 @@ def data_free_run_options(f):
 @click.option('--teacher', required=True, type=click.Path(exists=True, path_type=Path),
               help='EDM/SiD network pickle, or a sida bundle / checkpoint directory.')
 @click.option('--generator', 'generator_init', type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help='SiD2A: the SiD generator bundle to start from.')
+              help='A one-step generator bundle to start the generator from: SiD2A\'s SiD generator, or a student to '
+                   'continue (a warm restart: the fake score starts again from the teacher, so keep a --g-warmup for it '
+                   'to learn the generator\'s images first; the new card counts the images of both runs).')
 @click.option('--alpha', type=float, default=None, show_default='1.2 for sid, 1.0 for sida/sid2a', help='SiD alpha.')
 @click.option('--lr', 'lr_g', type=float, default=1e-5, help='Generator learning rate.')
 @click.option('--lr-psi', type=float, default=None, show_default='--lr', help='Fake-score learning rate.')

@@ -107,14 +107,18 @@ def build(o, cfg, rt):
 
     torch.manual_seed(o['seed'] + rt.rank)     # dropout streams differ per rank, as in the reference
     generator = without_label_dropout_(copy.deepcopy(teacher).requires_grad_(True))
+    init = None         # what the card records of --generator: a student continued across runs counts all its images
     if o['generator_init'] is not None:
         try:
-            init = load_bundle(o['generator_init'], device=rt.device)
+            start = load_bundle(o['generator_init'], device=rt.device)
         except BundleError as e:
             raise click.ClickException(str(e)) from None
-        if student_spec(init.config.architecture) != student:
+        if student_spec(start.config.architecture) != student:
             raise click.ClickException(f'{o["generator_init"]}: its architecture differs from the teacher\'s')
-        generator.load_state_dict(init.generator.denoiser.state_dict())
+        generator.load_state_dict(start.generator.denoiser.state_dict())
+        earlier = start.config.provenance
+        init = {'bundle': str(o['generator_init'].resolve()), 'weights_sha256': start.config.sha256.get('generator.safetensors'),
+                'method': earlier.get('method'), 'images_total': int(earlier.get('images_total', earlier.get('images_seen', 0)))}
     fake_score = without_label_dropout_(copy.deepcopy(teacher).requires_grad_(True))
 
     dataset = None
@@ -143,18 +147,22 @@ def build(o, cfg, rt):
     # cfg as the Distiller resolved it: --augment's default depends on the teacher's network.
     resolved = {'command': 'distill', 'distill': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
                 'teacher': str(o['teacher']), 'architecture': spec, 'condition': condition, 'world_size': rt.world, 'ddp': rt.distributed,
-                'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device,
+                'per_gpu_batch': cfg.batch // rt.world, 'micro_batch': trainer.micro, 'device': rt.device, 'generator_init': init,
                 'precision': str(autocast or 'fp32'), 'data': str(o['data']) if o['data'] else None,
                 'data_prefix': o['data_prefix'], 'channels_last': o['channels_last'], 'compile': o['compile_']}
     summary = (f'distilling with {cfg.method} ({rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, '
                f'{resolved["precision"]}) into {o["run_dir"]}')
+    before = 0
+    if init is not None and init['method'] in ('sid', 'sida', 'sid2a'):     # a student continued: its images count
+        before = init['images_total']
+        summary += f', continuing {init["bundle"]} ({before:,} generator images before)'
     if cfg.augment and not trainer.augment_dim:
         summary += (f'; warning: --augment {cfg.augment} on networks without augment labels: the fake score cannot tell '
                     'augmented images from clean ones, so the augmentations can leak into the generator')
 
     def provenance():
         return {'method': cfg.method, 'teacher': str(o['teacher']), 'teacher_weights_sha256': teacher_sha256,
-                'images_seen': trainer.images_seen,
+                'images_seen': trainer.images_seen, 'images_total': before + trainer.images_seen, 'generator_init': init,
                 'hyperparameters': resolved['distill'], 'per_gpu_batch': resolved['per_gpu_batch'],
                 'precision': resolved['precision'], 'world_size': rt.world, 'wall_seconds': round(time.time() - started)}
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from models.bundle import load_bundle
 from tests.conftest import sida_in_process
@@ -56,6 +57,19 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
              '--images', '64', '--batch', '8', '--g-warmup', '16', '--gan-start', '32', '--resume', 'auto', '--log-every', '16')
     assert r.returncode == 0, r.stderr
     assert 'resumed from' in r.stderr and load_bundle(student / 'bundle').config.provenance['images_seen'] == 64
+
+    # A student continued in a new run (--generator: a warm restart, the fake score fresh from the teacher): it starts
+    # from that student's weights (with --lr 0 they stay exactly those) and its card counts the images of both runs.
+    r = sida('train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out',
+             tmp_path / 'more', '--generator', student / 'bundle', '--lr', '0', '--images', '16', '--batch', '8',
+             '--g-warmup', '8', '--gan-start', '8', '--log-every', '16', '--sample-every', '1000M')
+    assert r.returncode == 0 and '(64 generator images before)' in r.stderr, r.stderr
+    before, after = (load_bundle(run / 'bundle') for run in (student, tmp_path / 'more'))
+    for name, weight in before.generator.denoiser.state_dict().items():
+        assert torch.allclose(weight.float(), after.generator.denoiser.state_dict()[name].float(), rtol=1e-6, atol=0), name
+    provenance = after.config.provenance
+    assert (provenance['images_seen'], provenance['images_total'], provenance['generator_init']['images_total']) == (16, 80, 64)
+    assert provenance['generator_init']['weights_sha256'] == before.config.sha256['generator.safetensors']
 
 
 def test_a_teacher_continues_from_its_bundle(cifar_subset, tmp_path):
