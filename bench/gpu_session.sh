@@ -69,7 +69,9 @@
 #                                                 RESUME=1 continues the last call's student on the same warm machine;
 #                                                 GUIDANCE=K guides a teacher trained with label dropout;
 #                                                 CONTINUE=BUNDLE starts the generator from a student, a warm restart
-#                                                 that carries a student on across sessions)
+#                                                 that carries a student on across sessions; the last call's student
+#                                                 on this machine: CONTINUE=$Q/student-run.old/bundle (Q: build/quality,
+#                                                 COND=text: build/quality-text), as a fresh run moves student-run aside)
 #   bench/gpu_session.sh quality-eval OUT DATA INCEPTION_GZ  FID (50k) and FD-CIFAR: test split, the teacher at 35 and
 #                                                 17 NFE (NFE17=0: 35 only), the student; --record into copies whose
 #                                                 sida.json come back
@@ -84,15 +86,18 @@
 #       (carry the data; the students left behind), then at once call 2: quality-student, then quality-eval, with
 #       TEACHER=build/quality/chain/run/bundle CLASSIFIER=build/keep/classifier.pt and END_S splitting the 10 minutes
 #       A carried folder stays on the warm machine for later calls that do not name it, so a chain splits what it needs
-#       over its calls. The text chain with the class FIDs (planned 2026-12-07, no machine lent): with every zoo weight
-#       and bench/results left behind, build/keep = the class teacher + the classifier, build/keep2 = cifar10-cond,
-#       build/q-cap = captions.tar.gz alone; call 1 (carry build/q-data build/q-cap build/keep, 56 MB)
+#       over its calls. The text chain with the class FIDs (2026-12-07, results/.../2026-12-07-quality-text): with every
+#       zoo weight and bench/results left behind (`bench/device_tree.sh leave $(git ls-files 'models/zoo/*.safetensors'
+#       'models/zoo/*.pt') $(git ls-files bench/results)`), build/keep = the class teacher + the classifier, build/keep2 =
+#       cifar10-cond, build/q-cap = captions.tar.gz alone; call 1 (carry build/q-data build/q-cap build/keep, 56 MB)
 #       `COND=text CAPTIONS=build/q-cap/captions.tar.gz LABEL_DROPOUT=0.1 CANDIDATES= END_S=480 quality-teacher OUT
-#       build/q-data/cifar10-jpeg.tar.gz`; call 2 (carry build/q-inc build/keep2, 57 MB) `NFE17=0
-#       STUDENT=build/keep2/cifar10-cond TEACHER=build/keep/cifar10-cond-teacher CLASSIFIER=build/keep/classifier.pt
-#       quality-eval OUT build/q-data/cifar10-jpeg.tar.gz build/q-inc/inception-fp16.pt.gz`; call 3 (no carry)
-#       `COND=text CAPTIONS=build/q-cap/captions.tar.gz GUIDANCE=1.5 CLASSIFIER=build/keep/classifier.pt END_S=460
-#       quality-student OUT build/q-data/cifar10-jpeg.tar.gz` (the guided text student from call 1's teacher).
+#       build/q-data/cifar10-jpeg.tar.gz`; call 2 (no carry) `COND=text CAPTIONS=build/q-cap/captions.tar.gz GUIDANCE=1.5
+#       CLASSIFIER=build/keep/classifier.pt END_S=440 quality-student OUT build/q-data/cifar10-jpeg.tar.gz`; call 3
+#       (carry build/q-inc build/keep2, 57 MB) `NFE17=0 END_S=500 STUDENT=build/keep2/cifar10-cond
+#       TEACHER=build/keep/cifar10-cond-teacher CLASSIFIER=build/keep/classifier.pt quality-eval OUT
+#       build/q-data/cifar10-jpeg.tar.gz build/q-inc/inception-fp16.pt.gz`; call 4 (no carry) the same with `COND=text
+#       CAPTIONS=build/q-cap/captions.tar.gz NFE17=0 END_S=315 CLASSIFIER=build/keep/classifier.pt` and no
+#       TEACHER/STUDENT (the chain's own, calls 1 and 2).
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as

@@ -468,8 +468,11 @@ def evaluate(data, data_prefix, test_prefix, classifier_path, teachers, teacher_
             elif teacher_bundles and not own:
                 click.echo(f'{name}: its own teacher is not among --teacher (or its card does not name the teacher\'s '
                            'weights), so no teacher numbers go into its card')
-            metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': bundle.config.provenance.get('images_seen'),
+            provenance = bundle.config.provenance
+            metrics = {'fd_cifar': round(row['fd'], 4), 'images_seen': provenance.get('images_seen'),
                        'feature_space': 'FD-CIFAR (not Inception FID)', 'eval_samples': row['images'], **measured_with}
+            if 'images_total' in provenance:            # a continued student: its images over all its runs
+                metrics['images_total'] = provenance['images_total']
             for key in ('class_accuracy', 'class_share', 'seed_lock'):
                 if key in row:
                     metrics[key] = round(row[key], 4)

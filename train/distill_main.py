@@ -7,7 +7,7 @@ import time
 import click
 import torch
 
-from models.bundle import BundleError, load_bundle
+from models.bundle import BundleError, is_teacher, load_bundle
 from sida.cli_options import SAVE_DTYPES
 from train.batches import LabelBatches
 from train.data import DataError
@@ -74,6 +74,40 @@ def check_resume_guidance(o, cfg):
                                    'resume with the same value')
 
 
+def start_generator_(o, cfg, generator, student, device):
+    """--generator: load a one-step generator bundle (SiD2A's SiD generator, or a student to continue) into `generator`.
+    Returns (what the card records of it, its condition), (None, None) without one. A resumed run keeps the start its
+    first start recorded (the checkpoint holds the weights): the earlier run's images still count, and a --generator
+    given again must be the same weights."""
+    resumed = resumed_config(o)
+    recorded = resumed.get('generator_init') if resumed else None
+    if o['generator_init'] is None:
+        return recorded, None
+    path = o['generator_init']
+    try:
+        start = load_bundle(path, device=device)
+    except BundleError as e:
+        raise click.ClickException(str(e)) from None
+    config = start.config
+    if is_teacher(config):
+        raise click.ClickException(f'--generator {path}: a teacher (a denoiser for the many-step sampler), not a one-step '
+                                   'generator; the generator starts from the teacher without --generator')
+    if student_spec(config.architecture) != student:
+        raise click.ClickException(f'--generator {path}: its architecture differs from the teacher\'s')
+    if config.init_sigma != cfg.init_sigma:
+        raise click.ClickException(f'--generator {path}: it was trained at --init-sigma {config.init_sigma:g}, this run '
+                                   f'uses {cfg.init_sigma:g}; give --init-sigma {config.init_sigma:g}')
+    init = {'bundle': str(path.resolve()), 'weights_sha256': config.sha256.get('generator.safetensors'),
+            'method': config.provenance.get('method'),
+            'images_total': int(config.provenance.get('images_total', config.provenance.get('images_seen', 0)))}
+    if resumed and 'generator_init' in resumed and (recorded or {}).get('weights_sha256') != init['weights_sha256']:
+        started = f'{recorded["bundle"]}, sha256 {recorded["weights_sha256"][:12]}' if recorded else 'the teacher'
+        raise click.ClickException(f'--generator {path}: the run being resumed started from other weights ({started}); '
+                                   'resume without --generator or with that bundle')
+    generator.load_state_dict(start.generator.denoiser.state_dict())
+    return recorded or init, config.condition
+
+
 def without_label_dropout_(net):
     """The generator and fake score start as copies of the teacher but must not inherit its label dropout: in training
     mode it would drop the generator's (and fake score's) labels. Returns net."""
@@ -107,18 +141,7 @@ def build(o, cfg, rt):
 
     torch.manual_seed(o['seed'] + rt.rank)     # dropout streams differ per rank, as in the reference
     generator = without_label_dropout_(copy.deepcopy(teacher).requires_grad_(True))
-    init = None         # what the card records of --generator: a student continued across runs counts all its images
-    if o['generator_init'] is not None:
-        try:
-            start = load_bundle(o['generator_init'], device=rt.device)
-        except BundleError as e:
-            raise click.ClickException(str(e)) from None
-        if student_spec(start.config.architecture) != student:
-            raise click.ClickException(f'{o["generator_init"]}: its architecture differs from the teacher\'s')
-        generator.load_state_dict(start.generator.denoiser.state_dict())
-        earlier = start.config.provenance
-        init = {'bundle': str(o['generator_init'].resolve()), 'weights_sha256': start.config.sha256.get('generator.safetensors'),
-                'method': earlier.get('method'), 'images_total': int(earlier.get('images_total', earlier.get('images_seen', 0)))}
+    init, start_condition = start_generator_(o, cfg, generator, student, rt.device)
     fake_score = without_label_dropout_(copy.deepcopy(teacher).requires_grad_(True))
 
     dataset = None
@@ -132,6 +155,9 @@ def build(o, cfg, rt):
             batches = make_batches(dataset, stream, kw.get('label_dim', 0), condition, rt.device)
     except (DataError, ValueError, RuntimeError, ImportError) as e:    # bad data, captions or text-encoder setup
         raise click.ClickException(str(e)) from None
+    if start_condition is not None and start_condition != condition:
+        raise click.ClickException(f'--generator {o["generator_init"]}: another condition ({start_condition} there, '
+                                   f'{condition} here)')
     if dataset is None:
         if condition['kind'] == 'text':
             raise click.UsageError('a text-conditioned teacher needs --data with captions (prompts to distil on)')
@@ -152,9 +178,8 @@ def build(o, cfg, rt):
                 'data_prefix': o['data_prefix'], 'channels_last': o['channels_last'], 'compile': o['compile_']}
     summary = (f'distilling with {cfg.method} ({rt.world} process(es), per-GPU batch {cfg.batch // rt.world}, '
                f'{resolved["precision"]}) into {o["run_dir"]}')
-    before = 0
-    if init is not None and init['method'] in ('sid', 'sida', 'sid2a'):     # a student continued: its images count
-        before = init['images_total']
+    before = init['images_total'] if init else 0
+    if init:
         summary += f', continuing {init["bundle"]} ({before:,} generator images before)'
     if cfg.augment and not trainer.augment_dim:
         summary += (f'; warning: --augment {cfg.augment} on networks without augment labels: the fake score cannot tell '

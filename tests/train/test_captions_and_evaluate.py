@@ -116,7 +116,7 @@ def test_evaluate_compares_teacher_and_student_and_records_metrics(cifar_subset,
     assert 0 <= dependence['class_share'] <= 1 and 0 <= dependence['seed_share'] <= 1
     metrics = load_bundle(teacher).config.provenance['metrics']
     assert metrics['seed_lock'] == round(dependence['seed_lock'], 4)
-    assert metrics['fd_cifar'] == round(rows['student (1 step)']['fd'], 4) and metrics['images_seen'] == 16
+    assert metrics['fd_cifar'] == round(rows['student (1 step)']['fd'], 4) and metrics['images_seen'] == metrics['images_total'] == 16
     assert metrics['fd_cifar_test_split'] == round(rows['test split']['fd'], 4)
     # Its card does not name the teacher's weights (a teacher is not distilled from one), so no teacher numbers go in
     # as "its teacher's": tests/train/test_fid.py has a student that names its teacher.

@@ -70,6 +70,19 @@ def test_teacher_then_sida_student_then_generate(cifar_subset, tmp_path):
     provenance = after.config.provenance
     assert (provenance['images_seen'], provenance['images_total'], provenance['generator_init']['images_total']) == (16, 80, 64)
     assert provenance['generator_init']['weights_sha256'] == before.config.sha256['generator.safetensors']
+    # Resumed, it stays that continuation (the earlier run's images still count); another start is refused, as is a teacher.
+    more = ['train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out',
+            tmp_path / 'more', '--batch', '8', '--g-warmup', '8', '--gan-start', '8', '--sample-every', '1000M', '--resume', 'auto']
+    r = sida(*more, '--images', '24')
+    assert r.returncode == 0, r.stderr
+    resumed = load_bundle(tmp_path / 'more' / 'bundle').config.provenance
+    assert (resumed['images_seen'], resumed['images_total'], resumed['generator_init']) == (24, 88, provenance['generator_init'])
+    r = sida('train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out', student,
+             '--images', '72', '--batch', '8', '--resume', 'auto', '--generator', tmp_path / 'more' / 'bundle')
+    assert r.returncode == 1 and 'started from other weights (the teacher)' in r.stderr, r.stderr
+    r = sida('train', 'distill', '--method', 'sida', '--teacher', teacher / 'bundle', '--data', cifar_subset, '--out',
+             tmp_path / 'x', '--generator', teacher / 'bundle')
+    assert r.returncode == 1 and 'a teacher (a denoiser for the many-step sampler)' in r.stderr, r.stderr
 
 
 def test_a_teacher_continues_from_its_bundle(cifar_subset, tmp_path):

@@ -7,7 +7,8 @@
 # classifier  the FD-CIFAR feature network (a small ResNet; not Inception)
 # teachers    class- and text-conditioned EDM teachers, trained side by side on one GPU
 # students    SiDA (class), SiD (class, for comparison) and SiDA (text) one-step students, side by side; the class
-#             teacher (trained with LABEL_DROPOUT, 0.1) is classifier-free guided at GUIDANCE (1.5) in their loss
+#             and text teachers (trained with LABEL_DROPOUT, 0.1) are classifier-free guided at GUIDANCE (1.5) in
+#             their loss
 # evaluate    FD-CIFAR and Inception FID of teacher (Heun 35 / 17 NFE), students and the test split; class accuracy;
 #             time per image; EVAL_SAMPLES per model (50k, the FID protocol). FID needs the [fid] extra, or
 #             FID_WEIGHTS=inception-fp16.pt (`sida bench fid-weights`)
@@ -54,13 +55,14 @@ teachers() {
     if [ -n "${CONTINUE_FROM:-}" ]; then
         from_class=(--init-from "$CONTINUE_FROM/teacher-class/bundle"); from_text=(--init-from "$CONTINUE_FROM/teacher-text/bundle")
     fi
-    # label dropout: the class teacher also learns the unconditional score, so the students can be guided
+    # label (caption) dropout: the teachers also learn the unconditional score, so the students can be guided
     $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" "${from_class[@]}" --cond class --label-dropout "${LABEL_DROPOUT:-0.1}" \
         --out "$OUT/teacher-class" \
         --images "$TEACHER_IMAGES" --batch "${TEACHER_BATCH:-512}" --lr 1e-3 --lr-rampup 200k --ema 250k \
         --log-every 100k --sample-every 1M --checkpoint-every 2M > "$OUT/teacher-class.log" 2>&1 &
     local class_pid=$!
-    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" "${TEXT[@]}" "${from_text[@]}" --cond text --out "$OUT/teacher-text" \
+    $SIDA train teacher "${ARCH[@]}" "${COMMON[@]}" "${TEXT[@]}" "${from_text[@]}" --cond text --label-dropout "${LABEL_DROPOUT:-0.1}" \
+        --out "$OUT/teacher-text" \
         --images "$TEACHER_IMAGES" --batch "${TEACHER_BATCH:-512}" --lr 1e-3 --lr-rampup 200k --ema 250k \
         --log-every 100k --sample-every 1M --checkpoint-every 2M > "$OUT/teacher-text.log" 2>&1 &
     local text_pid=$!
@@ -70,7 +72,7 @@ teachers() {
 students() {
     local metric=(--metric-features "classifier:$CLASSIFIER" --metric-every 200k --metric-samples "${METRIC_SAMPLES:-5k}")
     local student=(--images "$STUDENT_IMAGES" --batch "${STUDENT_BATCH:-256}" --lr 2e-5 --log-every 20k --sample-every 500k --checkpoint-every 2M)
-    local guided=(--guidance "${GUIDANCE:-1.5}")     # the class teacher guided in the generator loss (shipped: 1.5)
+    local guided=(--guidance "${GUIDANCE:-1.5}")     # the teacher guided in the generator loss (shipped: 1.5)
     $SIDA train distill --method sida --teacher "$OUT/teacher-class/bundle" "${COMMON[@]}" "${student[@]}" "${metric[@]}" \
         "${guided[@]}" --out "$OUT/sida-class" > "$OUT/sida-class.log" 2>&1 &
     local p1=$!
@@ -78,7 +80,7 @@ students() {
         "${guided[@]}" --out "$OUT/sid-class" > "$OUT/sid-class.log" 2>&1 &
     local p2=$!
     $SIDA train distill --method sida --teacher "$OUT/teacher-text/bundle" "${COMMON[@]}" "${TEXT[@]}" "${student[@]}" \
-        --out "$OUT/sida-text" > "$OUT/sida-text.log" 2>&1 &
+        "${guided[@]}" --out "$OUT/sida-text" > "$OUT/sida-text.log" 2>&1 &
     local p3=$!
     wait_all $p1 $p2 $p3
 }
