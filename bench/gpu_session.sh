@@ -72,9 +72,12 @@
 #                                                 that carries a student on across sessions; the last call's student
 #                                                 on this machine: CONTINUE=$Q/student-run.old/bundle (Q: build/quality,
 #                                                 COND=text: build/quality-text), as a fresh run moves student-run aside)
+#   bench/gpu_session.sh quality-guidance OUT DATA  students at each scale of GUIDANCES ("1 1.2") side by side on the
+#                                                 one GPU, eager, quality-student's settings (TEACHER=, CLASSIFIER=,
+#                                                 CONTINUE= as there): what guidance costs in FID and buys in class accuracy
 #   bench/gpu_session.sh quality-eval OUT DATA INCEPTION_GZ  FID (50k) and FD-CIFAR: test split, the teacher at 35 and
-#                                                 17 NFE (NFE17=0: 35 only), the student; --record into copies whose
-#                                                 sida.json come back
+#                                                 17 NFE (NFE17=0: 35 only), the student (STUDENTS="NAME=BUNDLE ...":
+#                                                 these instead); --record into copies whose sida.json come back
 #   bench/gpu_session.sh quality-continue OUT DATA  TEACHER=BUNDLE CLASSIFIER=FILE: the teacher evaluated (FD-CIFAR,
 #                                                 class dependence), continued by a warm restart, evaluated again
 #       FID's carry: the fp16 Inception (40 MB gzipped) and the data (20 MB) fill one 64 MiB transfer, so the call with
@@ -272,6 +275,13 @@ train_with_fallback() {   # RUN_DIR LOG_PREFIX COMMAND...: COMMAND with CUDA gra
         timeout $(left 15) "${SIDA[@]}" "$@" --out $run --time-limit $(left 60)s > $logs-eager.log 2>&1
         echo "$(basename $logs) (eager): exit $? at $SECONDS s" | tee -a "$(dirname $logs)/machine.txt"
     fi
+}
+
+student_command() {   # GUIDANCE: STUDENT, the zoo's SiDA student of teacher T (short schedule, FD-CIFAR in C's space)
+    STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
+             --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
+             --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k
+             --guidance $1 ${CONTINUE:+--generator $CONTINUE})
 }
 
 quality_classifier() {   # C: CLASSIFIER when given (it must exist), else the chain's, else the zoo's
@@ -776,16 +786,31 @@ quality-student)
         fresh_run $Q/student-run; rm -rf $Q/logs-student; mkdir -p $Q/logs-student
     fi
     echo "teacher $T, classifier $C, ${RESUME_ARGS[*]:-fresh}" | tee -a $Q/logs-student/machine.txt
-    STUDENT=(train distill --method sida --teacher "$T" "${TEXT_ARGS[@]}" --data "$DATA" --data-prefix train --images 20M
-             --batch 256 --lr 2e-5 --g-warmup 20k --gan-start 40k --save-dtype fp16 --channels-last --tf32 --log-every 10k
-             --sample-every 5M --checkpoint-every 50M --metric-features classifier:$C --metric-every 40k --metric-samples 5k
-             --guidance ${GUIDANCE:-$RESUMED_GUIDANCE} ${CONTINUE:+--generator $CONTINUE})
+    student_command ${GUIDANCE:-$RESUMED_GUIDANCE}
     train_with_fallback $Q/student-run $Q/logs-student/student${RESUME:+-resumed-$(date +%H%M%S)} "${STUDENT[@]}" "${RESUME_ARGS[@]}"
     cp $Q/student-run/log.jsonl $Q/logs-student/student-log.jsonl
     cp $Q/student-run/config.json $Q/logs-student/student-config.json
     cp $Q/student-run/samples/*.png $Q/logs-student/ 2>/dev/null
     [ -d $Q/student-run/bundle ] && tar cf "$OUT/student-bundle.tar" -C $Q/student-run bundle
     tar czf "$OUT/student-logs.tgz" -C $Q logs-student
+    ;;
+quality-guidance)
+    # [quality]'s guidance sweep: a student of quality-student's settings at each scale of GUIDANCES ("1 1.2"), from one
+    # teacher (TEACHER=, else the chain's), trained side by side, eager: one of these small networks keeps the GPU far
+    # from busy (launch-bound), so the runs share it at little cost each. Bundles and logs in OUT/students-guidance.tar;
+    # evaluate them with quality-eval STUDENTS="g1=build/quality/guidance/g1/bundle g1.2=...".
+    DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier
+    T=${TEACHER:-$Q/teacher-run/bundle}; G=$Q/guidance; rm -rf $G && mkdir -p $G/logs; pids=()
+    echo "teacher $T, classifier $C, guidance ${GUIDANCES:-1 1.2}, ${CONTINUE:-fresh}" | tee $G/logs/machine.txt
+    for g in ${GUIDANCES:-1 1.2}; do
+        student_command $g
+        timeout $(left 15) "${SIDA[@]}" "${STUDENT[@]}" --out $G/g$g --time-limit $(left 75)s > $G/logs/student-g$g.log 2>&1 &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait $p; echo "student $p: exit $? at $SECONDS s" | tee -a $G/logs/machine.txt; done
+    for g in ${GUIDANCES:-1 1.2}; do cp $G/g$g/log.jsonl $G/logs/student-g$g-log.jsonl; cp $G/g$g/config.json \
+        $G/logs/student-g$g-config.json; done 2>/dev/null
+    tar cf "$OUT/students-guidance.tar" -C $G logs $(cd $G && ls -d g*/bundle 2>/dev/null)
     ;;
 quality-eval)
     # FID (50k samples against the 50k training images, INCEPTION: a gzipped copy from `sida bench fid-weights`) and
@@ -796,13 +821,19 @@ quality-eval)
     T=${TEACHER:-$Q/teacher-run/bundle}; S=${STUDENT:-$Q/student-run/bundle}
     gunzip -c "$INC" > /tmp/inception.pt
     cp -r "$T" $E/teacher
-    STUDENT_ARGS=(); [ -d "$S" ] && cp -r "$S" $E/student && STUDENT_ARGS=(--student sida=$E/student)
-    [ -f $Q/student-run/log.jsonl ] && [ -z "${STUDENT:-}" ] && STUDENT_ARGS+=(--curves sida=$Q/student-run)
+    STUDENT_ARGS=()
+    if [ -n "${STUDENTS:-}" ]; then          # STUDENTS="NAME=BUNDLE ...": these students instead (quality-guidance's)
+        for named in $STUDENTS; do n=${named%%=*}; cp -r "${named#*=}" $E/$n && STUDENT_ARGS+=(--student $n=$E/$n); done
+    elif [ -d "$S" ]; then
+        cp -r "$S" $E/student && STUDENT_ARGS=(--student sida=$E/student)
+    fi
+    [ -f $Q/student-run/log.jsonl ] && [ -z "${STUDENT:-}${STUDENTS:-}" ] && STUDENT_ARGS+=(--curves sida=$Q/student-run)
     EVAL=(train evaluate --data "$DATA" "${TEXT_ARGS[@]}" "${TEST_ARGS[@]}" --classifier "$C" --samples ${SAMPLES:-50k}
           --fid-weights /tmp/inception.pt --stats-cache $Q/stats-cache --record)
     echo "inception ${INC##*/}, classifier $C, teacher $T, student ${STUDENT_ARGS[*]:-none}" | tee $E/logs/machine.txt
     timeout $(left $([ "${NFE17:-1}" = 0 ] && echo 5 || echo 130)) "${SIDA[@]}" "${EVAL[@]}" --teacher teacher=$E/teacher --teacher-steps 18 "${STUDENT_ARGS[@]}" \
         --out $E/nfe35 2>&1 | grep -v 'it/s\]\|img/s\]' | tee $E/logs/nfe35.log
+    for named in ${STUDENTS:-}; do cp $E/${named%%=*}/sida.json "$OUT/${named%%=*}.sida.json"; done
     cp $E/student/sida.json "$OUT/student.sida.json" 2>/dev/null    # in OUT at once: a call cut short still brings
     cp $E/teacher/sida.json "$OUT/teacher.sida.json"                 # these back
     tar czf "$OUT/eval-nfe35.tgz" -C $E $(cd $E && ls -d logs nfe35 2>/dev/null)
