@@ -814,7 +814,8 @@ quality-guidance)
         timeout $(left 15) "${SIDA[@]}" "${STUDENT[@]}" --out $G/g$g --time-limit $(left 75)s > $G/logs/student-g$g.log 2>&1 &
         pids+=($!)
     done
-    for p in "${pids[@]}"; do wait $p; echo "student $p: exit $? at $SECONDS s" | tee -a $G/logs/machine.txt; done
+    set -- ${GUIDANCES:-1 1.2}
+    for p in "${pids[@]}"; do wait $p; echo "student g$1: exit $? at $SECONDS s" | tee -a $G/logs/machine.txt; shift; done
     for g in ${GUIDANCES:-1 1.2}; do cp $G/g$g/log.jsonl $G/logs/student-g$g-log.jsonl; cp $G/g$g/config.json \
         $G/logs/student-g$g-config.json; done 2>/dev/null
     tar cf "$OUT/students-guidance.tar" -C $G logs $(cd $G && ls -d g*/bundle 2>/dev/null)
