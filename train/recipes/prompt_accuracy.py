@@ -15,13 +15,14 @@ import torch
 from models.bundle import load_bundle
 from models.seeds import noise_for_seeds
 from models.text_encoder import bundle_text_encoder
+from train.cifar10 import CLASSES
 
-CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 CLASSIFIER = Path('models/zoo/fd-cifar-classifier/classifier.pt')
 FIRST_SEED = 100
 
 
 def prompt_accuracy(bundle_dir, classifier, per):
+    """{bundle, weights_sha256, accuracy, per_class} of the text bundle at bundle_dir; classifier: the loaded network."""
     bundle = load_bundle(bundle_dir)
     c = bundle.config
     embeds = bundle_text_encoder(c).encode([f'a photo of a {name}' for name in CLASSES]).repeat_interleave(per, 0)
