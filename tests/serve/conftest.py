@@ -60,12 +60,14 @@ class Server:
 def in_process(*bundles, replicas=None, **settings):
     """The real app (its lifespan run: models loaded, warmed, batchers started) behind a TestClient, with no socket.
     Requests from several threads at once are served concurrently, on the app's one event loop. replicas: [(name,
-    device)], one replica of each model per entry."""
+    device)], one replica of each model per entry. Loop-lag shedding is off unless asked for: a burst of threads on a
+    2-core CI machine runs the loop late, and a test of the batcher's admission must see the batcher's answer
+    (tests/serve/test_load_shedding.py turns it on)."""
     from fastapi.testclient import TestClient
 
     from serve.app import create_app
     from serve.settings import Settings
-    settings = {'backend': 'torch', 'ui': False, **settings}
+    settings = {'backend': 'torch', 'ui': False, 'max_loop_lag_ms': 0, **settings}
     with TestClient(create_app(Settings(bundles=[str(b) for b in bundles], **settings), devices=replicas)) as client:
         yield client
 
