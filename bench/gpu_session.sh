@@ -106,9 +106,12 @@
 #       END_S=480 quality-guidance OUT build/q-data/cifar10-jpeg.tar.gz`; call 2 (carry build/q-inc) `NFE17=0
 #       TEACHER=build/keep/cifar10-cond-teacher CLASSIFIER=build/keep/classifier.pt END_S=560
 #       STUDENTS='g1=build/quality/guidance/g1/bundle g1.2=build/quality/guidance/g1.2/bundle'
-#       quality-eval OUT build/q-data/cifar10-jpeg.tar.gz build/q-inc/inception-fp16.pt.gz`; then CONTINUE= the better
-#       one. The text teacher of 2026-12-07 (not in the repository) is kept on the workstation in build/text-teacher-2
-#       (15 MB; INIT_FROM= continues it).
+#       quality-eval OUT build/q-data/cifar10-jpeg.tar.gz build/q-inc/inception-fp16.pt.gz`; call 3 (no carry)
+#       `COMPILE='--compile reduce-overhead' CONTINUE=build/quality/guidance/gBEST/bundle TEACHER=... CLASSIFIER=...
+#       GUIDANCE=BEST END_S=560 quality-student OUT build/q-data/cifar10-jpeg.tar.gz` (cold compile, eager fallback);
+#       call 4 the same with RESUME=1 (its graphs from build/compile-cache: compiled speed from the start). The text
+#       teacher of 2026-12-07 (not in the repository) is kept on the workstation in build/text-teacher-2 (15 MB;
+#       INIT_FROM= continues it).
 #   bench/gpu_session.sh ddp1    OUT     SiD with CUDA graphs as one plain process and under torchrun with one (DDP):
 #                                                 the multi-GPU code path on one GPU, and its overhead
 #   bench/gpu_session.sh ratio   OUT     one-step student against the 35-NFE Heun teacher per image (ddpmpp-cifar10 as
@@ -305,6 +308,10 @@ quality_classifier() {   # C: CLASSIFIER when given (it must exist), else the ch
 # writes, or its .tar.gz); sets Q (the chain's state: build/quality, build/quality-text), COND_ARGS (the teacher's),
 # TEXT_ARGS (captions and their embeddings, for every command) and TEST_ARGS (text models have no test-split floor).
 quality_condition() {
+    # Compiled runs (COMPILE=...) keep inductor's caches in the working tree, which stays on the warm machine between
+    # calls: a later call's run loads the graphs an earlier one compiled (a tiny SiDA run on 2 CPU cores, 2026-12-08:
+    # 13 graphs, 448 s cold, 48 s warm).
+    export SIDA_CACHE_DIR=${SIDA_CACHE_DIR:-$PWD/build/compile-cache}
     COND_ARGS=(--cond "${COND:-class}"); TEXT_ARGS=(); TEST_ARGS=(); Q=build/quality
     if [ "${COND:-class}" = text ]; then
         local c=${CAPTIONS:?COND=text needs CAPTIONS}
@@ -780,8 +787,10 @@ quality-student)
     # SiDA from quality-teacher's teacher (or TEACHER=BUNDLE) in the FD-CIFAR space of its classifier (or
     # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`). Eager unless COMPILE='--compile
     # reduce-overhead': with CUDA graphs, a 225 s run on an H100 (2026-12-07) trained 20,480 images (134 s compiling
-    # the fake score's phase; the generator's phase, from 20k, compiled for the rest), where eager trained the zoo's
-    # student, 295k images, in 370 s on an H200.
+    # the fake score's phase, then 5,230 img/s in it; the generator's phase, from 20k, compiled for the rest), where
+    # eager trained the zoo's student, 295k images, in 370 s on an H200. That run compiled its later graphs with a
+    # dynamic batch (the EMA's evaluation batch) and its EMA too; since 2026-12-08 graphs are static, the EMA is eager
+    # and the graphs persist in build/compile-cache for the next call on the warm machine (quality_condition).
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier; COMPILE=${COMPILE-}
     # RESUME=1 continues the last call's run on this warm machine (its newest checkpoint; the logs accumulate).
     T=${TEACHER:-$Q/teacher-run/bundle}; RESUME_ARGS=(); RESUMED_GUIDANCE=1
@@ -804,15 +813,16 @@ quality-student)
     ;;
 quality-guidance)
     # [quality]'s guidance sweep: a student of quality-student's settings at each scale of GUIDANCES ("1 1.2"), from one
-    # teacher (TEACHER=, else the chain's), trained side by side, eager: one of these small networks keeps the GPU far
-    # from busy (launch-bound), so the runs share it at little cost each. Bundles and logs in OUT/students-guidance.tar;
+    # teacher (TEACHER=, else the chain's), trained side by side, eager (or COMPILE='--compile reduce-overhead'): one
+    # of these small networks keeps the GPU far from busy, so the runs share it at little cost each. Bundles and logs in OUT/students-guidance.tar;
     # evaluate them with quality-eval STUDENTS="g1=build/quality/guidance/g1/bundle g1.2=...".
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier
     T=${TEACHER:-$Q/teacher-run/bundle}; G=$Q/guidance; rm -rf $G && mkdir -p $G/logs; pids=()
     echo "teacher $T, classifier $C, guidance ${GUIDANCES:-1 1.2}, ${CONTINUE:-fresh}" | tee $G/logs/machine.txt
     for g in ${GUIDANCES:-1 1.2}; do
         student_command $g
-        timeout $(left 15) "${SIDA[@]}" "${STUDENT[@]}" --out $G/g$g --time-limit $(left 75)s > $G/logs/student-g$g.log 2>&1 &
+        timeout $(left 15) "${SIDA[@]}" "${STUDENT[@]}" ${COMPILE:-} --out $G/g$g --time-limit $(left 75)s \
+            > $G/logs/student-g$g.log 2>&1 &
         pids+=($!)
     done
     set -- ${GUIDANCES:-1 1.2}

@@ -78,13 +78,32 @@ def uses_cuda_graphs(mode):
     return bool(mode) and compile_options(mode).get('triton.cudagraphs', False)
 
 
+# A trainer's networks are copies of one class, so their compiled graphs are entries of one code object, whose
+# default limit is 8: SiDA alone makes 7 (the frozen G's pass, f_psi's training pass and its encoder pass on reals;
+# G's training pass, the teacher's and f_psi's passes with input gradients; f_psi's logits pass once the adversarial
+# term starts). Past the limit dynamo runs the rest eagerly, with one warning.
+RECOMPILE_LIMIT = 32
+
+
 def prepare(module, device, channels_last=False, compile_=None):
     """Move (and optionally convert / compile) a network; compile_ is None/False or a torch.compile mode name."""
     module = module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_:
-        module.compile(options=compile_options(compile_))      # in place: state-dict keys stay the same
+        compile_in_place(module, compile_)
+    return module
+
+
+def compile_in_place(module, mode):
+    """torch.compile a network in place (state-dict keys stay the same) with static shapes: one graph per call
+    signature. Dynamo would otherwise make the batch dimension dynamic as soon as one code object sees two batch sizes
+    (a guided teacher's doubled batch, an evaluation's), and compile every later graph with generic-size kernels.
+    Inductor's caches persist (export.compile_cache's directory), so a second run on the machine loads its graphs."""
+    from export.compile_cache import use_cache_dir
+    use_cache_dir()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    module.compile(options=compile_options(mode), dynamic=False)
     return module
 
 
@@ -270,6 +289,7 @@ def run_training(o, command, configure, build):
                                'options': options}, indent=2, default=str))
         return
     rt, log = begin(o)
+    compiled_before = compile_totals() if o.get('compile_') else None
     training = build(cfg, rt)
     if rt.rank == 0:
         write_json(o['run_dir'] / 'config.json', training.resolved)
@@ -278,7 +298,27 @@ def run_training(o, command, configure, build):
                metric=training.metric, rank=rt.rank, log=log)
     if rt.rank == 0:
         log(f'done: {training.trainer.images_seen:,} images; bundle in {o["run_dir"] / "bundle"}')
+        if compiled_before is not None:
+            log(compile_report(compiled_before))
     finish(o, rt, targets, log)
+
+
+def compile_totals():
+    """This process's compile counters and seconds per phase so far (torch keeps them per process)."""
+    from export.compile_cache import compile_seconds, counters
+    return counters(), compile_seconds(top=None)
+
+
+def compile_report(before):
+    """One line on what compiling cost this run: graphs compiled and loaded from the persisted cache, and the phases
+    that took the time (a cold machine compiles every graph; a warm one should load them)."""
+    from export.compile_cache import cache_dir
+    (c0, s0), (c, s) = before, compile_totals()
+    c = {k: v - c0[k] for k, v in c.items()}
+    top = sorted(((name, t - s0.get(name, 0)) for name, t in s.items()), key=lambda kv: -kv[1])[:4]
+    phases = ', '.join(f'{name} {seconds:.1f} s' for name, seconds in top if seconds > 0)
+    return (f'compile: {c["fxgraph_miss"]} graph(s) compiled, {c["fxgraph_hit"]} loaded from the cache ({cache_dir()}), '
+            f'{c["fxgraph_bypass"]} uncacheable; time in {phases or "nothing"}')
 
 
 def run_config(o):

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,16 +132,18 @@ def test_metric_runs_on_its_own_schedule_and_nan_is_never_best(cifar_subset, tmp
 
 
 @pytest.mark.parametrize('mode,cudagraphs', [('default', False), ('reduce-overhead', True), ('max-autotune', True)])
-def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, cudagraphs, monkeypatch):
+def test_prepare_compiles_in_place_with_the_measured_inductor_options(mode, cudagraphs, monkeypatch, tmp_path):
     import torch._inductor.config as inductor
 
     from train import launch
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
+    monkeypatch.setenv('SIDA_CACHE_DIR', str(tmp_path))
     calls, before = [], inductor.save_config()
     net = torch.nn.Linear(2, 2)
     monkeypatch.setattr(net, 'compile', lambda **kw: calls.append(kw))
     assert launch.prepare(net, 'cpu', compile_=mode) is net            # in place: state-dict keys unchanged
     (kw,) = calls
-    assert set(kw) == {'options'} and launch.INDUCTOR_OPTIONS.items() <= kw['options'].items()
+    assert set(kw) == {'options', 'dynamic'} and kw['dynamic'] is False and launch.INDUCTOR_OPTIONS.items() <= kw['options'].items()
     assert kw['options'].get('triton.cudagraphs', False) is cudagraphs is launch.uses_cuda_graphs(mode)
     assert inductor.save_config() == before                                # for this compile only, not the process
     torch.compile(torch.nn.Linear(2, 2), options=kw['options'])          # torch accepts the combination
@@ -168,8 +171,10 @@ def test_every_iteration_tells_cuda_graphs_a_new_step_begins(monkeypatch):
     assert [str(x) for x in seen] == ['cpu', 'cpu']
 
 
-def test_compiled_networks_get_the_options_in_their_generated_code():
+def test_compiled_networks_get_the_options_in_their_generated_code(monkeypatch, tmp_path):
     """The per-compile options reach inductor: with prepare() a 1x1 convolution becomes a matmul; plain compile keeps it."""
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
+    monkeypatch.setenv('SIDA_CACHE_DIR', str(tmp_path))        # an empty cache: compiled here, so its code is seen
     from torch._inductor.utils import run_and_get_code
 
     from models.layers import Conv2d
@@ -244,3 +249,43 @@ def test_generator_adam_beta1_is_an_option_and_survives_resume(tmp_path):
     assert resumed.opt_g.param_groups[0]['betas'] == (0.9, 0.999)           # the run's optimiser, as checkpointed
     assert said == ['resume: optimizer_g as checkpointed, this command line\'s settings ignored: '
                     'betas (0.9, 0.999) kept, not (0.0, 0.999)']
+
+
+def test_compiled_sida_compiles_one_static_graph_per_network_call_and_leaves_the_ema_eager(cifar_subset, tmp_path, monkeypatch):
+    """`--compile` as a user runs it (guided SiDA through all three phases, FD metrics and sample grids), with inductor
+    swapped for a backend that records each graph: every graph has static shapes (dynamo would otherwise turn the
+    batch dimension dynamic once the guided teacher's doubled batch arrived), there is one per distinct network call,
+    none comes from the EMA that the metrics and grids sample (batch 12 here), and none ran past dynamo's limit."""
+    from models.bundle import save_bundle
+    from models.generator import OneStepGenerator
+    from tests.conftest import sida_in_process
+    from train.cifar10 import CLASSES
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
+    monkeypatch.setenv('SIDA_CACHE_DIR', str(tmp_path / 'cache'))
+    graphs, real_compile = [], torch.compile
+
+    def record(gm, inputs):
+        tensors = [i for i in inputs if isinstance(i, torch.Tensor)]
+        dynamic = any(not isinstance(d, int) for t in tensors for d in t.shape) or len(tensors) < len(inputs)
+        images = [tuple(t.shape) for t in tensors if t.ndim == 4 and t.shape[1] == 3]
+        graphs.append((dynamic, images[0][0] if images else None))
+        return gm.forward
+    monkeypatch.setattr(torch, 'compile', lambda fn, **kw: real_compile(fn, backend=record, dynamic=kw.get('dynamic')))
+    torch._dynamo.reset()
+    spec = tiny_ddpmpp(augment_dim=0, label_dropout=0.1)
+    save_bundle(tmp_path / 'teacher', OneStepGenerator(perturb_(build_denoiser(spec), 0.02)), name='teacher',
+                architecture=spec, condition={'kind': 'class', 'labels': list(CLASSES)})
+    classifier = Path(__file__).resolve().parents[2] / 'models' / 'zoo' / 'fd-cifar-classifier' / 'classifier.pt'
+    try:
+        r = sida_in_process('train', 'distill', '--method', 'sida', '--teacher', tmp_path / 'teacher', '--data', cifar_subset,
+                            '--out', tmp_path / 'run', '--compile', 'default', '--guidance', '1.5', '--images', '48',
+                            '--batch', '8', '--g-warmup', '16', '--gan-start', '32', '--sample-every', '24',
+                            '--metric-features', f'classifier:{classifier}', '--metric-every', '24', '--metric-samples', '12')
+    finally:
+        torch._dynamo.reset()
+    assert r.returncode == 0 and 'compile: 0 graph(s) compiled' in r.stderr, r.stderr    # inductor's count: none here
+    assert 'metric_fd_classifier' in (tmp_path / 'run' / 'log.jsonl').read_text() and (tmp_path / 'run' / 'samples').is_dir()
+    assert not any(dynamic for dynamic, _ in graphs), graphs
+    # f_psi: training pass, encoder pass on reals; G: frozen pass, training pass; the guided teacher (batch 16);
+    # f_psi with input gradients, then with its logits too once the adversarial term is on.
+    assert sorted(batch for _, batch in graphs) == [8] * 6 + [16], graphs
