@@ -788,9 +788,9 @@ quality-student)
     # CLASSIFIER=FILE), with SiDA's short-run schedule (see `student`). Eager unless COMPILE='--compile
     # reduce-overhead': with CUDA graphs, a 225 s run on an H100 (2026-12-07) trained 20,480 images (134 s compiling
     # the fake score's phase, then 5,230 img/s in it; the generator's phase, from 20k, compiled for the rest), where
-    # eager trained the zoo's student, 295k images, in 370 s on an H200. That run compiled its later graphs with a
-    # dynamic batch (the EMA's evaluation batch) and its EMA too; since 2026-12-08 graphs are static, the EMA is eager
-    # and the graphs persist in build/compile-cache for the next call on the warm machine (quality_condition).
+    # eager trained the zoo's student, 295k images, in 370 s on an H200. Since 2026-12-08 the graphs are static (a
+    # guided teacher's doubled batch made later graphs dynamic) and persist in build/compile-cache for the next call
+    # on the warm machine (quality_condition).
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier; COMPILE=${COMPILE-}
     # RESUME=1 continues the last call's run on this warm machine (its newest checkpoint; the logs accumulate).
     T=${TEACHER:-$Q/teacher-run/bundle}; RESUME_ARGS=(); RESUMED_GUIDANCE=1
@@ -813,8 +813,9 @@ quality-student)
     ;;
 quality-guidance)
     # [quality]'s guidance sweep: a student of quality-student's settings at each scale of GUIDANCES ("1 1.2"), from one
-    # teacher (TEACHER=, else the chain's), trained side by side, eager (or COMPILE='--compile reduce-overhead'): one
-    # of these small networks keeps the GPU far from busy, so the runs share it at little cost each. Bundles and logs in OUT/students-guidance.tar;
+    # teacher (TEACHER=, else the chain's), trained side by side, eager (or COMPILE='--compile reduce-overhead', with
+    # no eager fallback here): one of these small networks keeps the GPU far from busy, so the runs share it at little
+    # cost each. Bundles and logs in OUT/students-guidance.tar;
     # evaluate them with quality-eval STUDENTS="g1=build/quality/guidance/g1/bundle g1.2=...".
     DATA=${3:?data}; quality_condition; END=${END_S:-560}; quality_classifier
     T=${TEACHER:-$Q/teacher-run/bundle}; G=$Q/guidance; rm -rf $G && mkdir -p $G/logs; pids=()

@@ -51,6 +51,17 @@ def use_cache_dir():
     return path
 
 
+def raise_recompile_limit(graphs, config=None):
+    """Let dynamo keep at least `graphs` graphs per function and twice that in all. torch 2.7 renamed the settings
+    (`cache_size_limit` became `recompile_limit`); the Docker image's default NGC 25.01 base ships torch 2.6."""
+    import torch._dynamo.config
+    config = config if config is not None else torch._dynamo.config
+    renamed = hasattr(config, 'recompile_limit')
+    for name, least in (('recompile_limit' if renamed else 'cache_size_limit', graphs),
+                        ('accumulated_recompile_limit' if renamed else 'accumulated_cache_size_limit', 2 * graphs)):
+        setattr(config, name, max(getattr(config, name), least))
+
+
 def device_name(device):
     """Compiled code is specific to the GPU model (Triton kernels, autotuning), not to one card."""
     device = torch.device(device)

@@ -132,10 +132,9 @@ def make_room_for_graphs(count):
     generator's forward at 3 buckets each, over the default 8 (fullgraph then fails the warm-up). Raise it to what
     this process compiles."""
     global _GRAPHS
-    import torch._dynamo.config as dynamo
+    from export.compile_cache import raise_recompile_limit
     _GRAPHS += count
-    dynamo.recompile_limit = max(dynamo.recompile_limit, _GRAPHS)
-    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 2 * _GRAPHS)
+    raise_recompile_limit(_GRAPHS)
 
 
 class CompiledBackend(TorchBackend):

@@ -14,7 +14,6 @@ from train.data import DataError
 from train.distill import DistillConfig, Distiller
 from train.launch import (
     Training,
-    compile_in_place,
     condition_of,
     load_data,
     load_teacher_any,
@@ -166,14 +165,9 @@ def build(o, cfg, rt):
 
     autocast = precision_dtype(o['precision'], rt.device)
     for net in (teacher, generator, fake_score):
-        prepare(net, rt.device, o['channels_last'])
+        prepare(net, rt.device, o['channels_last'], o['compile_'])
     trainer = Distiller(cfg, teacher, generator, fake_score, batches, shape, device=rt.device, rank=rt.rank, world=rt.world,
                         autocast_dtype=autocast, ddp=rt.distributed)
-    if o['compile_']:
-        # After the Distiller copied G into its EMA: the EMA, run only for metrics and sample grids (other batch sizes,
-        # no gradients), stays eager rather than compiling graphs that a few calls per run do not repay.
-        for net in (teacher, generator, fake_score):
-            compile_in_place(net, o['compile_'])
 
     started = time.time()
     # cfg as the Distiller resolved it: --augment's default depends on the teacher's network.

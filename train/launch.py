@@ -79,9 +79,9 @@ def uses_cuda_graphs(mode):
 
 
 # A trainer's networks are copies of one class, so their compiled graphs are entries of one code object, whose
-# default limit is 8: SiDA alone makes 7 (the frozen G's pass, f_psi's training pass and its encoder pass on reals;
-# G's training pass, the teacher's and f_psi's passes with input gradients; f_psi's logits pass once the adversarial
-# term starts). Past the limit dynamo runs the rest eagerly, with one warning.
+# default limit is 8. SiDA makes 7 (the frozen G's pass, f_psi's training pass and its encoder pass on reals; G's
+# training pass, the teacher's and f_psi's passes with input gradients; f_psi's logits pass once the adversarial term
+# starts); past the limit dynamo would run the rest eagerly, with one warning. 32 is headroom for other trainers.
 RECOMPILE_LIMIT = 32
 
 
@@ -98,11 +98,12 @@ def prepare(module, device, channels_last=False, compile_=None):
 def compile_in_place(module, mode):
     """torch.compile a network in place (state-dict keys stay the same) with static shapes: one graph per call
     signature. Dynamo would otherwise make the batch dimension dynamic as soon as one code object sees two batch sizes
-    (a guided teacher's doubled batch, an evaluation's), and compile every later graph with generic-size kernels.
-    Inductor's caches persist (export.compile_cache's directory), so a second run on the machine loads its graphs."""
-    from export.compile_cache import use_cache_dir
+    (a guided teacher's doubled batch), and compile every later graph with generic-size kernels. A deep copy of the
+    network (a trainer's EMA) is not compiled. Inductor's caches persist (export.compile_cache's directory), so a
+    second run on the machine loads its graphs."""
+    from export.compile_cache import raise_recompile_limit, use_cache_dir
     use_cache_dir()
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    raise_recompile_limit(RECOMPILE_LIMIT)
     module.compile(options=compile_options(mode), dynamic=False)
     return module
 
@@ -315,10 +316,10 @@ def compile_report(before):
     from export.compile_cache import cache_dir
     (c0, s0), (c, s) = before, compile_totals()
     c = {k: v - c0[k] for k, v in c.items()}
-    top = sorted(((name, t - s0.get(name, 0)) for name, t in s.items()), key=lambda kv: -kv[1])[:4]
-    phases = ', '.join(f'{name} {seconds:.1f} s' for name, seconds in top if seconds > 0)
+    top = sorted(((name, t - s0.get(name, 0)) for name, t in s.items()), key=lambda kv: -kv[1])[:3]
+    timers = ', '.join(f'{name} {seconds:.1f} s' for name, seconds in top if seconds > 0)
     return (f'compile: {c["fxgraph_miss"]} graph(s) compiled, {c["fxgraph_hit"]} loaded from the cache ({cache_dir()}), '
-            f'{c["fxgraph_bypass"]} uncacheable; time in {phases or "nothing"}')
+            f'{c["fxgraph_bypass"]} uncacheable; largest compile timers (nested, do not add up): {timers or "none"}')
 
 
 def run_config(o):

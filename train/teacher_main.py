@@ -17,7 +17,6 @@ from sida.cli_options import SAVE_DTYPES
 from train.data import DataError
 from train.launch import (
     Training,
-    compile_in_place,
     load_data,
     make_batches,
     precision_dtype,
@@ -174,11 +173,9 @@ def build(o, cfg, rt):
         init = init or fresh
         if weights is not None:
             net.load_state_dict(weights, strict=True)
-    net = prepare(net, rt.device, o['channels_last'])
+    net = prepare(net, rt.device, o['channels_last'], o['compile_'])
     trainer = TeacherTrainer(cfg, net, batches, device=rt.device, rank=rt.rank, world=rt.world,
                              autocast_dtype=precision_dtype(o['precision'], rt.device), ddp=rt.distributed)
-    if o['compile_']:
-        compile_in_place(net, o['compile_'])        # after the EMA's copy: the sample grids' sampler runs it eagerly
     started = time.time()
     resolved = {'command': 'teacher', 'teacher': dataclasses.asdict(cfg), 'run': dataclasses.asdict(run_config(o)),
                 'architecture': spec, 'condition': condition, 'data': str(o['data']), 'data_prefix': o['data_prefix'],

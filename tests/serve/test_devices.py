@@ -199,6 +199,18 @@ def test_more_compiled_replicas_get_room_for_their_graphs():
     assert dynamo.recompile_limit >= max(before, 9) and dynamo.accumulated_recompile_limit >= 18
 
 
+def test_the_graph_limit_is_raised_under_its_name_before_torch_2_7():
+    """torch 2.6 (the Docker image's default NGC base) calls the limits cache_size_limit; it has no recompile_limit."""
+    from types import SimpleNamespace
+
+    from export.compile_cache import raise_recompile_limit
+    old = SimpleNamespace(cache_size_limit=8, accumulated_cache_size_limit=256)
+    raise_recompile_limit(32, old)
+    assert vars(old) == {'cache_size_limit': 32, 'accumulated_cache_size_limit': 256}
+    raise_recompile_limit(200, old)
+    assert vars(old) == {'cache_size_limit': 200, 'accumulated_cache_size_limit': 400}
+
+
 def test_workers_take_their_own_share_of_the_devices(tmp_path, tiny_bundle_dir):
     """--workers 2 --devices cpu:0,cpu:1: each worker process claims a slot and serves on its own device (its ready
     line says which), and the images of both add up in /metrics."""
