@@ -131,6 +131,18 @@ def counters():
             'aot_autograd_miss': c['aot_autograd']['autograd_cache_miss']}
 
 
+def counters_since(before):
+    """Cache hits and misses since `before` (an earlier counters())."""
+    now = counters()
+    return {k: now[k] - before[k] for k in now}
+
+
+def describe(delta):
+    """One phrase for a counters_since() delta: what came from the cache directory and what was compiled."""
+    return (f'{delta["fxgraph_hit"]} graph(s) loaded from the cache, {delta["fxgraph_miss"]} compiled, '
+            f'{delta["fxgraph_bypass"]} uncacheable ({cache_dir()})')
+
+
 def compile_seconds(top=8):
     """Where compile time went in this process (dynamo's timers, summed per phase), the largest first."""
     from torch._dynamo.utils import compilation_time_metrics
@@ -216,9 +228,7 @@ class CompileCache:
 
     def finish(self):
         """After warm-up: how many graphs came from the cache; logged and kept in the report."""
-        now = counters()
-        delta = {k: now[k] - self.before[k] for k in now}
+        delta = counters_since(self.before)
         self.report.update(counters=delta, compile_seconds=compile_seconds())
-        self.log(f'compile cache: {delta["fxgraph_hit"]} graph(s) loaded from the cache, {delta["fxgraph_miss"]} compiled, '
-                 f'{delta["fxgraph_bypass"]} uncacheable ({self.dir})')
+        self.log(f'compile cache: {describe(delta)}')
         return self.report

@@ -91,20 +91,14 @@ def prepare(module, device, channels_last=False, compile_=None):
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_:
-        compile_in_place(module, compile_)
-    return module
-
-
-def compile_in_place(module, mode):
-    """torch.compile a network in place (state-dict keys stay the same) with static shapes: one graph per call
-    signature. Dynamo would otherwise make the batch dimension dynamic as soon as one code object sees two batch sizes
-    (a guided teacher's doubled batch), and compile every later graph with generic-size kernels. A deep copy of the
-    network (a trainer's EMA) is not compiled. Inductor's caches persist (export.compile_cache's directory), so a
-    second run on the machine loads its graphs."""
-    from export.compile_cache import raise_recompile_limit, use_cache_dir
-    use_cache_dir()
-    raise_recompile_limit(RECOMPILE_LIMIT)
-    module.compile(options=compile_options(mode), dynamic=False)
+        # In place (state-dict keys stay the same) with static shapes, one graph per call signature: dynamo would
+        # otherwise make the batch dimension dynamic once one code object sees two batch sizes (a guided teacher's
+        # doubled batch) and compile every later graph with generic-size kernels. A deep copy (a trainer's EMA) is
+        # not compiled. Inductor's caches persist (export/compile_cache.py), so a second run here loads its graphs.
+        from export.compile_cache import raise_recompile_limit, use_cache_dir
+        use_cache_dir()
+        raise_recompile_limit(RECOMPILE_LIMIT)
+        module.compile(options=compile_options(compile_), dynamic=False)
     return module
 
 
@@ -311,15 +305,13 @@ def compile_totals():
 
 
 def compile_report(before):
-    """One line on what compiling cost this run: graphs compiled and loaded from the persisted cache, and the phases
+    """One line on what compiling cost this run: graphs loaded from the persisted cache and compiled, and the timers
     that took the time (a cold machine compiles every graph; a warm one should load them)."""
-    from export.compile_cache import cache_dir
-    (c0, s0), (c, s) = before, compile_totals()
-    c = {k: v - c0[k] for k, v in c.items()}
-    top = sorted(((name, t - s0.get(name, 0)) for name, t in s.items()), key=lambda kv: -kv[1])[:3]
-    timers = ', '.join(f'{name} {seconds:.1f} s' for name, seconds in top if seconds > 0)
-    return (f'compile: {c["fxgraph_miss"]} graph(s) compiled, {c["fxgraph_hit"]} loaded from the cache ({cache_dir()}), '
-            f'{c["fxgraph_bypass"]} uncacheable; largest compile timers (nested, do not add up): {timers or "none"}')
+    from export.compile_cache import compile_seconds, counters_since, describe
+    counted, seconds = before
+    top = sorted(((name, t - seconds.get(name, 0)) for name, t in compile_seconds(top=None).items()), key=lambda kv: -kv[1])[:3]
+    timers = ', '.join(f'{name} {t:.1f} s' for name, t in top if t > 0)
+    return f'compile: {describe(counters_since(counted))}; largest compile timers (nested, do not add up): {timers or "none"}'
 
 
 def run_config(o):
